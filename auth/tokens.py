@@ -1,0 +1,190 @@
+"""Subscriber tokens: JWTs granting one user access to one execution.
+
+Errors::
+
+    TokenError            base; ``reason`` says why (for logs and metrics)
+    ├── TokenExpired      ``exp`` passed -> close 4001 / HTTP 401
+    ├── TokenInvalid      anything else wrong -> close 4500 / HTTP 401
+    └── TokenForbidden    valid, but for another execution -> 4503 / 403
+
+The verifier accepts exactly one configured algorithm (never ``none``, never
+HMAC and public-key families together), picks the key by ``kid``, and checks
+size and shape before any cryptographic work.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+__all__ = [
+    "MAX_TOKEN_BYTES",
+    "Claims",
+    "TokenError",
+    "TokenExpired",
+    "TokenForbidden",
+    "TokenInvalid",
+    "TokenMinter",
+    "TokenVerifier",
+]
+
+MAX_TOKEN_BYTES = 8192
+MAX_LEEWAY = 30
+HMAC = frozenset(("HS256", "HS384", "HS512"))
+PUBLIC = frozenset(("RS256", "ES256"))
+
+
+class TokenError(Exception):
+    """A token was refused; ``reason`` is a short machine-readable word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TokenExpired(TokenError):
+    """The token's ``exp`` has passed (beyond the leeway)."""
+
+
+class TokenInvalid(TokenError):
+    """Missing, malformed, badly signed, wrong audience/issuer, or unknown key."""
+
+
+class TokenForbidden(TokenError):
+    """A valid token for another execution."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """The verified claims the relay uses."""
+
+    sub: str
+    execution_id: str
+    exp: int
+    jti: str | None = None
+
+
+class TokenVerifier:
+    """Verifies subscriber tokens for one pinned algorithm and a key set."""
+
+    def __init__(
+        self,
+        algorithm: str,
+        keys: Sequence[tuple[str, str]],
+        audience: str,
+        issuer: str = "",
+        leeway: int = 10,
+    ) -> None:
+        if algorithm not in HMAC | PUBLIC:
+            raise ValueError(f"unsupported algorithm {algorithm!r}")
+        if not keys:
+            raise ValueError("at least one key is required")
+        if not 0 <= leeway <= MAX_LEEWAY:
+            raise ValueError(f"leeway must be 0..{MAX_LEEWAY} seconds")
+        self.algorithm = algorithm
+        self._keys = dict(keys)
+        self._default_kid = keys[0][0]
+        self.audience = audience
+        self.issuer = issuer
+        self.leeway = leeway
+
+    def verify(self, token: str | None, execution_id: str | None = None) -> Claims:
+        """Return the claims of ``token`` or raise a :class:`TokenError`.
+
+        With ``execution_id``, a token for any other execution raises
+        :class:`TokenForbidden`.
+        """
+        if not token:
+            raise TokenInvalid("missing", "no token was presented")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenInvalid("too_large", f"token longer than {MAX_TOKEN_BYTES} bytes")
+        if token.count(".") != 2:
+            raise TokenInvalid("malformed", "token is not a JWS compact serialisation")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenInvalid("malformed", "token header cannot be decoded") from None
+        if header.get("alg") != self.algorithm:
+            raise TokenInvalid("algorithm", "token algorithm is not the configured one")
+        kid = header.get("kid", self._default_kid)
+        key = self._keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise TokenInvalid("unknown_kid", "token names a key this service does not have")
+        payload = self._decode(token, key)
+        claims = _claims(payload)
+        if execution_id is not None and claims.execution_id != execution_id:
+            raise TokenForbidden("other_execution", "token was issued for another execution")
+        return claims
+
+    def _decode(self, token: str, key: str) -> dict[str, Any]:
+        options: dict[str, Any] = {"require": ["exp", "aud", "sub", "execution_id"]}
+        try:
+            payload: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer or None,
+                leeway=self.leeway,
+                options=options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired("expired", "token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenInvalid("not_yet_valid", "token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise TokenInvalid("audience", "token audience is wrong") from None
+        except jwt.InvalidIssuerError:
+            raise TokenInvalid("issuer", "token issuer is wrong") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenInvalid("missing_claim", f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise TokenInvalid("signature", "token signature is invalid") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise TokenInvalid("malformed", "token cannot be verified") from None
+        return payload
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    sub, execution_id, exp, jti = (payload.get(k) for k in ("sub", "execution_id", "exp", "jti"))
+    if not isinstance(sub, str) or not sub:
+        raise TokenInvalid("claim_type", "token 'sub' must be a non-empty string")
+    if not isinstance(execution_id, str) or not execution_id:
+        raise TokenInvalid("claim_type", "token 'execution_id' must be a non-empty string")
+    if jti is not None and not isinstance(jti, str):
+        raise TokenInvalid("claim_type", "token 'jti' must be a string")
+    return Claims(sub=sub, execution_id=execution_id, exp=int(exp), jti=jti)
+
+
+class TokenMinter:
+    """Signs subscriber tokens with the first configured key."""
+
+    def __init__(self, algorithm: str, kid: str, key: str, audience: str, issuer: str = "") -> None:
+        self.algorithm = algorithm
+        self.kid = kid
+        self._key = key
+        self.audience = audience
+        self.issuer = issuer
+
+    def mint(self, execution_id: str, sub: str, ttl: int, now: float | None = None) -> tuple[str, int]:
+        """Return ``(token, expires_at)`` for one user and one execution."""
+        issued = int(time.time() if now is None else now)
+        exp = issued + ttl
+        payload: dict[str, Any] = {
+            "sub": sub,
+            "execution_id": execution_id,
+            "aud": self.audience,
+            "iat": issued,
+            "exp": exp,
+            "jti": uuid.uuid4().hex,
+        }
+        if self.issuer:
+            payload["iss"] = self.issuer
+        token = jwt.encode(payload, self._key, algorithm=self.algorithm, headers={"kid": self.kid})
+        return token, exp

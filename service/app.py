@@ -1,0 +1,107 @@
+"""The Sanic application factory: thin edges around the Sanic-free core."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
+
+from .config import Settings, load_settings
+from .errors import RelayError
+from .http import error_response, json_response
+from .logs import redact
+from .relay import Relay
+from .routes import internal, ops, ws
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("relay.app")
+access = logging.getLogger("relay.access")
+_names = itertools.count()
+
+
+def create_app(settings: Settings | None = None, name: str | None = None) -> Sanic:
+    """Build the application for ``settings`` (read from the environment if omitted)."""
+    settings = settings or load_settings()
+    app = Sanic(name or f"progress_relay_{next(_names)}", configure_logging=False)
+    app.config.update(
+        {
+            "WEBSOCKET_MAX_SIZE": settings.ws_max_message_size,
+            "WEBSOCKET_PING_INTERVAL": settings.ws_ping_interval,
+            "WEBSOCKET_PING_TIMEOUT": settings.ws_ping_timeout,
+            "REQUEST_MAX_SIZE": settings.max_body_size,
+            "ACCESS_LOG": False,  # ours below redacts tokens
+            "FALLBACK_ERROR_FORMAT": "json",
+            "KEEP_ALIVE_TIMEOUT": 75,
+            "GRACEFUL_SHUTDOWN_TIMEOUT": 5.0,
+        }
+    )
+    app.ctx.settings = settings
+    app.ctx.draining = False
+    app.blueprint(ops.bp)
+    app.blueprint(ws.bp)
+    app.blueprint(internal.bp)
+    _add_public_routes(app)
+
+    @app.before_server_start
+    async def start_relay(app: Sanic) -> None:
+        relay = Relay(settings)
+        await relay.start()
+        app.ctx.relay = relay
+
+    @app.after_server_stop
+    async def stop_relay(app: Sanic) -> None:
+        await app.ctx.relay.close()
+
+    @app.on_request(priority=100)
+    async def request_start(request: Request) -> None:
+        request.ctx.started = time.monotonic()
+        request.ctx.request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
+
+    @app.on_response
+    async def access_log(request: Request, response: HTTPResponse) -> None:
+        rid = getattr(request.ctx, "request_id", "")
+        if rid:
+            response.headers["x-request-id"] = rid
+        if settings.access_log:
+            started = getattr(request.ctx, "started", time.monotonic())
+            access.info("request", extra={"fields": {
+                "request_id": rid, "method": request.method, "path": redact(request.path),
+                "status": response.status, "duration_ms": round((time.monotonic() - started) * 1000, 2)}})
+
+    app.error_handler.add(RelayError, _relay_error)
+    app.error_handler.add(SanicException, _sanic_error)
+    app.error_handler.add(Exception, _unexpected_error)
+    return app
+
+
+def _add_public_routes(app: Sanic) -> None:
+    """Polling, SSE and state routes, when their module is present."""
+    try:
+        from .routes import public
+    except ImportError:
+        return
+    app.blueprint(public.bp)
+
+
+def _relay_error(request: Request, exc: RelayError) -> HTTPResponse:
+    return error_response(exc)
+
+
+def _sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
+    status = getattr(exc, "status_code", 500) or 500
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "bad_request"}
+    message = str(exc) if status < 500 else "internal error"
+    if status >= 500:
+        log.error("server error on %s", redact(request.path), exc_info=exc)
+    return json_response({"error": codes.get(status, "error"), "message": redact(message)}, status=status)
+
+
+def _unexpected_error(request: Request, exc: Exception) -> HTTPResponse:
+    log.error("unhandled error on %s %s", request.method, redact(request.path), exc_info=exc)
+    return json_response({"error": "internal_error", "message": "internal error"}, status=500)

@@ -1,0 +1,121 @@
+"""The in-memory broker: one process, nothing to install.
+
+Each execution keeps a bounded deque of events, its next seq, its
+idempotency keys and whether it has finished. Everything happens on the
+event loop without awaiting, so a publish is atomic by construction and the
+listener sees events in seq order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import ExecutionFinished
+from ..events import Event, EventDraft
+from .base import Broker, HistoryPage, PublishResult
+
+__all__ = ["MemoryBroker"]
+
+
+@dataclass(slots=True)
+class _Log:
+    events: deque[Event]
+    latest_seq: int = 0
+    terminal: bool = False
+    updated_at: float = 0.0  # wall clock, reported to clients
+    touched: float = 0.0  # monotonic, for expiry
+    keys: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryBroker(Broker):
+    """History and live delivery inside this process."""
+
+    def __init__(self, history_size: int, history_ttl: int, sweep_interval: float = 30.0) -> None:
+        super().__init__(history_size, history_ttl)
+        self._logs: dict[str, _Log] = {}
+        self._sweep_interval = sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
+        self.published = 0
+
+    async def start(self) -> None:
+        """Start the task that forgets expired executions."""
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        """Stop the sweeper."""
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _live_log(self, execution_id: str) -> _Log | None:
+        log = self._logs.get(execution_id)
+        if log is not None and time.monotonic() - log.touched > self.history_ttl:
+            del self._logs[execution_id]
+            return None
+        return log
+
+    async def publish(self, draft: EventDraft) -> PublishResult:
+        """Assign the next seq, append, remember the key, and hand to the listener."""
+        eid = draft.execution_id
+        log = self._live_log(eid)
+        if log is None:
+            log = self._logs[eid] = _Log(deque(maxlen=self.history_size))
+        if draft.idempotency_key is not None and draft.idempotency_key in log.keys:
+            return PublishResult(eid, log.keys[draft.idempotency_key], True)
+        if log.terminal:
+            raise ExecutionFinished()
+        log.latest_seq += 1
+        event = draft.with_seq(log.latest_seq)
+        log.events.append(event)
+        log.terminal = event.terminal
+        log.updated_at = time.time()
+        log.touched = time.monotonic()
+        if draft.idempotency_key is not None:
+            log.keys[draft.idempotency_key] = event.seq
+        self.published += 1
+        if self._listener is not None:
+            self._listener(eid, event)
+        return PublishResult(eid, event.seq, False, event)
+
+    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
+        """Retained events after ``after``; seqs are contiguous, so slice by offset."""
+        log = self._live_log(execution_id)
+        if log is None:
+            return HistoryPage()
+        events = log.events
+        first = events[0].seq if events else 0
+        start = max(0, after + 1 - first) if first else 0
+        stop = len(events) if limit is None else min(len(events), start + limit)
+        selected = [events[i] for i in range(start, stop)] if start < stop else []
+        return HistoryPage(selected, log.latest_seq, first, log.terminal, log.updated_at)
+
+    async def subscribe(self, execution_id: str) -> None:
+        """Nothing to do: every publish already reaches the listener."""
+
+    async def unsubscribe(self, execution_id: str) -> None:
+        """Nothing to do."""
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    def sweep(self) -> int:
+        """Forget executions idle for longer than the TTL; return how many."""
+        limit = time.monotonic() - self.history_ttl
+        expired = [eid for eid, log in self._logs.items() if log.touched < limit]
+        for eid in expired:
+            del self._logs[eid]
+        return len(expired)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            self.sweep()
+
+    def stats(self) -> dict[str, int]:
+        """Executions held and events accepted."""
+        return {"executions_retained": len(self._logs), "events_accepted": self.published}

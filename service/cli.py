@@ -1,0 +1,178 @@
+"""The ``progress-relay`` command: serve, token, publish, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from functools import partial
+from typing import Any
+
+from .config import ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+DEMO_EXECUTION = "demo-001"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    parser = argparse.ArgumentParser(prog="progress-relay", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("serve", help="run the service (configured by RELAY_ variables / .env)")
+
+    token = commands.add_parser("token", help="mint a subscriber token with the configured key")
+    token.add_argument("--execution-id", required=True)
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default RELAY_TOKEN_TTL)")
+
+    publish = commands.add_parser("publish", help="send one event to a running service")
+    publish.add_argument("--execution-id", required=True)
+    publish.add_argument("--event", required=True, choices=("progress", "result", "complete", "error"))
+    publish.add_argument("--data", default="{}", help="the event's data as JSON")
+    publish.add_argument("--idempotency-key", default=None)
+    _client_args(publish)
+
+    demo = commands.add_parser("demo", help="run a simulated diagnosis against a running service")
+    demo.add_argument("--executions", type=int, default=1)
+    demo.add_argument("--pace", type=float, default=1.0, help="seconds between steps")
+    demo.add_argument("--execution-id", default=None, help="id of the (first) execution")
+    _client_args(demo)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve()
+        if args.command == "token":
+            return mint(args)
+        if args.command == "publish":
+            return publish_one(args)
+        return run_demo(args)
+    except ConfigError as exc:
+        print(f"progress-relay: {exc}", file=sys.stderr)
+        return 2
+
+
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None, help="service URL (default http://RELAY_HOST:RELAY_PORT)")
+    parser.add_argument("--key", default=None, help="publisher key (default: first of RELAY_PUBLISH_KEYS)")
+
+
+def _client(args: argparse.Namespace) -> tuple[str, str]:
+    env = {**_env_file(), **os.environ}
+    url = args.url or f"http://{env.get('RELAY_HOST', '127.0.0.1') or '127.0.0.1'}:{env.get('RELAY_PORT', '8765') or '8765'}"
+    key = args.key or (env.get("RELAY_PUBLISH_KEYS", "").split(",")[0].strip())
+    if not key:
+        raise ConfigError("RELAY_PUBLISH_KEYS is not set; pass --key with the key the service printed.")
+    return url, key
+
+
+def _env_file() -> dict[str, str]:
+    from .config import read_env_file
+
+    return read_env_file(".env")
+
+
+def mint(args: argparse.Namespace) -> int:
+    """Print a subscriber token signed with the configured key."""
+    if not os.environ.get("RELAY_JWT_SECRET") and not _env_file().get("RELAY_JWT_SECRET") and \
+            not os.environ.get("RELAY_JWT_PRIVATE_KEY") and not _env_file().get("RELAY_JWT_PRIVATE_KEY"):
+        raise ConfigError("RELAY_JWT_SECRET is not set, so a token minted here would not match any server's key.")
+    settings = load_settings()
+    from .relay import _minter
+
+    minter = _minter(settings)
+    if minter is None:
+        raise ConfigError("RELAY_JWT_PRIVATE_KEY is needed to mint tokens with a public-key algorithm.")
+    token, expires_at = minter.mint(args.execution_id, args.sub, args.ttl or settings.token_ttl)
+    print(token)
+    return 0
+
+
+def publish_one(args: argparse.Namespace) -> int:
+    """Send one event and print the relay's answer."""
+    from .publisher import PublishError, RelayPublisher
+
+    url, key = _client(args)
+    try:
+        data = json.loads(args.data)
+    except ValueError:
+        print("progress-relay: --data is not valid JSON", file=sys.stderr)
+        return 2
+    try:
+        result = RelayPublisher(url, key, retries=2).publish(args.execution_id, args.event, data, args.idempotency_key)
+    except PublishError as exc:
+        print(f"progress-relay: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run simulated diagnoses (see service.demo)."""
+    from .demo import run
+
+    url, key = _client(args)
+    return run(url, key, executions=args.executions, pace=args.pace, first_id=args.execution_id)
+
+
+def _banner(settings: Settings) -> str:
+    from .relay import _minter
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{settings.port}"
+    minter = _minter(settings)
+    token = minter.mint(DEMO_EXECUTION, "demo-user", settings.token_ttl)[0] if minter else "(configure a key to mint)"
+    key = settings.publish_keys[0]
+    lines = [
+        "",
+        "progress-relay is running in DEV mode with throwaway secrets (set RELAY_JWT_SECRET and",
+        "RELAY_PUBLISH_KEYS, or RELAY_ENV=production, to stop this). Try it:",
+        "",
+        f"  demo page         {base}/demo",
+        f"  publisher key     {key}",
+        f"  subscriber token  (execution {DEMO_EXECUTION}, valid {settings.token_ttl} s)",
+        f"    {token}",
+        "",
+        "  1. watch (in another terminal):",
+        f"     .venv/bin/python -m websockets 'ws://{host}:{settings.port}/ws/executions/{DEMO_EXECUTION}?token={token}'",
+        "  2. publish:",
+        f"     curl -s -X POST {base}/internal/v1/executions/{DEMO_EXECUTION}/events \\",
+        f"          -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\",
+        "          -d '{\"event\":\"progress\",\"data\":{\"progress\":50,\"stage\":\"ai_fetching\"}}'",
+        "  or run a whole simulated diagnosis:",
+        f"     RELAY_PUBLISH_KEYS={key} RELAY_PORT={settings.port} .venv/bin/progress-relay demo --execution-id {DEMO_EXECUTION}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _worker_app(name: str) -> Any:
+    from .app import create_app
+
+    return create_app(load_settings(), name=name)
+
+
+def serve() -> int:
+    """Run the server in the foreground until SIGINT/SIGTERM."""
+    settings = load_settings()
+    if settings.dev_secrets:
+        # Workers re-read the environment: hand them the same throwaway secrets.
+        os.environ["RELAY_JWT_SECRET"] = ",".join(f"{k}:{v}" for k, v in settings.jwt_keys) \
+            if len(settings.jwt_keys) > 1 else settings.jwt_keys[0][1]
+        os.environ["RELAY_PUBLISH_KEYS"] = ",".join(settings.publish_keys)
+        print(_banner(settings), file=sys.stderr, flush=True)
+    from sanic import Sanic
+    from sanic.worker.loader import AppLoader
+
+    from .logs import setup_logging
+
+    setup_logging(settings.log_level)
+    loader = AppLoader(factory=partial(_worker_app, "progress_relay"))
+    app = loader.load()
+    app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False,
+                motd=False, single_process=settings.workers == 1)
+    Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)
+    return 0

@@ -1,0 +1,178 @@
+"""The event model: validate a publish body once, encode it once.
+
+A publisher sends ``{"event", "data", "timestamp"?, "idempotency_key"?}``.
+:func:`parse_draft` checks it against the contract and returns an
+:class:`EventDraft`, which already holds the encoded JSON around the one
+value only the broker can know, the ``seq``: the frame is
+``draft.head + str(seq) + draft.tail``. Every subscriber, every replay and
+every poll then hands out that same text; nothing is encoded twice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import ujson
+
+from .errors import FieldError, ValidationFailed
+
+__all__ = [
+    "EVENT_TYPES",
+    "EXECUTION_ID_RE",
+    "Event",
+    "EventDraft",
+    "decode_frame",
+    "dumps",
+    "now_iso",
+    "parse_draft",
+    "valid_execution_id",
+]
+
+EVENT_TYPES = ("progress", "result", "complete", "error")
+EXECUTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_IDEMPOTENCY_KEY = 200
+MAX_STAGE = 200
+_TOP_LEVEL = frozenset(("event", "data", "timestamp", "idempotency_key", "execution_id"))
+
+
+def dumps(obj: Any) -> str:
+    """Encode JSON compactly, keeping non-ASCII text (Chinese stays 3 bytes a character)."""
+    return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False)
+
+
+def now_iso() -> str:
+    """The current UTC time as ``2026-02-27T21:30:00.123Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def valid_execution_id(execution_id: str) -> bool:
+    """Whether ``execution_id`` has the accepted format (1-128 of ``A-Za-z0-9._:-``)."""
+    return EXECUTION_ID_RE.fullmatch(execution_id) is not None
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """An accepted event: its seq, type and the encoded frame sent to clients."""
+
+    seq: int
+    event: str
+    terminal: bool
+    frame: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Decode the frame (for folding state; not on the delivery path)."""
+        return decode_frame(self.frame)
+
+
+@dataclass(slots=True, frozen=True)
+class EventDraft:
+    """A validated event waiting for its seq."""
+
+    execution_id: str
+    event: str
+    terminal: bool
+    head: str
+    tail: str
+    idempotency_key: str | None = None
+
+    def with_seq(self, seq: int) -> Event:
+        """The accepted event once the broker assigned ``seq``."""
+        return Event(seq, self.event, self.terminal, f"{self.head}{seq}{self.tail}")
+
+
+def decode_frame(frame: str) -> dict[str, Any]:
+    """Decode an encoded event frame."""
+    value: dict[str, Any] = ujson.loads(frame)
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_data(event: str, data: Any, errors: list[FieldError]) -> bool:
+    """Check ``data`` for ``event``; return whether the event is terminal."""
+    if not isinstance(data, dict):
+        errors.append({"field": "data", "message": "must be a JSON object"})
+        return event == "complete"
+    if event == "progress":
+        progress = data.get("progress")
+        if not _is_int(progress) or not 0 <= progress <= 100:
+            errors.append({"field": "data.progress", "message": "required, an integer from 0 to 100"})
+        stage = data.get("stage")
+        if not isinstance(stage, str) or not stage or len(stage) > MAX_STAGE:
+            errors.append({"field": "data.stage", "message": f"required, a string of 1 to {MAX_STAGE} characters"})
+        for name in ("status", "status_text"):
+            if name in data and not isinstance(data[name], str):
+                errors.append({"field": f"data.{name}", "message": "must be a string"})
+        return False
+    if event == "complete":
+        if "report" in data and not isinstance(data["report"], dict):
+            errors.append({"field": "data.report", "message": "must be a JSON object"})
+        return True
+    if event == "error":
+        if not isinstance(data.get("error"), str) or not data["error"]:
+            errors.append({"field": "data.error", "message": "required, a non-empty string"})
+        if "error_type" in data and not isinstance(data["error_type"], str):
+            errors.append({"field": "data.error_type", "message": "must be a string"})
+        if "error_details" in data and not isinstance(data["error_details"], dict):
+            errors.append({"field": "data.error_details", "message": "must be a JSON object"})
+        recoverable = data.get("recoverable", False)
+        if not isinstance(recoverable, bool):
+            errors.append({"field": "data.recoverable", "message": "must be true or false"})
+        return recoverable is not True
+    return False  # result: any JSON object
+
+
+def _check_timestamp(value: Any, errors: list[FieldError]) -> str:
+    if value is None:
+        return now_iso()
+    if isinstance(value, str) and len(value) <= 64:
+        try:
+            datetime.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    errors.append({"field": "timestamp", "message": "must be an ISO 8601 date-time string"})
+    return ""
+
+
+def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
+    """Validate one publish body for ``execution_id``; raise :class:`ValidationFailed`.
+
+    ``prefix`` is put before field names (``events[3].``) for batch items.
+    """
+    errors: list[FieldError] = []
+    if not valid_execution_id(execution_id):
+        errors.append({"field": f"{prefix}execution_id", "message": "must be 1-128 characters of A-Za-z0-9._:-"})
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
+    for key in body.keys() - _TOP_LEVEL:
+        errors.append({"field": f"{prefix}{key}", "message": "unknown field"})
+    if "execution_id" in body and body["execution_id"] != execution_id:
+        errors.append({"field": f"{prefix}execution_id", "message": "does not match the execution in the URL"})
+    event = body.get("event")
+    terminal = False
+    if event not in EVENT_TYPES:
+        errors.append({"field": f"{prefix}event", "message": f"required, one of {', '.join(EVENT_TYPES)}"})
+    else:
+        data = body.get("data", {} if event == "complete" else None)
+        sub_errors: list[FieldError] = []
+        terminal = _check_data(event, data, sub_errors)
+        errors.extend({"field": prefix + e["field"], "message": e["message"]} for e in sub_errors)
+    ts_errors: list[FieldError] = []
+    timestamp = _check_timestamp(body.get("timestamp"), ts_errors)
+    errors.extend({"field": prefix + e["field"], "message": e["message"]} for e in ts_errors)
+    key = body.get("idempotency_key")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
+        errors.append({"field": f"{prefix}idempotency_key", "message": f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"})
+    if errors:
+        raise ValidationFailed(errors)
+    assert isinstance(event, str)
+    data = body.get("data", {})
+    head = f'{{"type":"diagnosis_update","execution_id":{dumps(execution_id)},"seq":'
+    tail = f',"timestamp":{dumps(timestamp)},"event":"{event}","data":{dumps(data)}}}'
+    return EventDraft(execution_id, event, terminal, head, tail, key)

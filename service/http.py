@@ -1,0 +1,69 @@
+"""Small helpers shared by the HTTP and WebSocket edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from .errors import BadRequest, RelayError, ValidationFailed
+from .events import dumps
+
+__all__ = ["bearer_or_query_token", "bearer_token", "json_body", "json_response", "query_int"]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
+    """A JSON response encoded with the relay's encoder."""
+    return HTTPResponse(dumps(body), status=status, headers=headers, content_type="application/json")
+
+
+def raw_json_response(text: str, status: int = 200) -> HTTPResponse:
+    """A response whose JSON body is already encoded."""
+    return HTTPResponse(text, status=status, content_type="application/json")
+
+
+def error_response(error: RelayError, headers: dict[str, str] | None = None) -> HTTPResponse:
+    """The JSON response for a relay error."""
+    return json_response(error.body(), status=error.status, headers=headers)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The value of ``Authorization: Bearer <value>``, if any."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def bearer_or_query_token(request: Request) -> str | None:
+    """A subscriber token from the Authorization header or ``?token=``."""
+    return bearer_token(request) or request.args.get("token") or None
+
+
+def json_body(request: Request) -> Any:
+    """The request body decoded as JSON, or :class:`BadRequest`."""
+    import ujson
+
+    body = request.body
+    if not body:
+        raise BadRequest("request body is empty; a JSON object is expected")
+    try:
+        return ujson.loads(body)
+    except (ValueError, OverflowError):
+        raise BadRequest() from None
+
+
+def query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within ``low..high``, or :class:`ValidationFailed`."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ValidationFailed([{"field": name, "message": f"must be an integer from {low} to {high}"}])
+    return value

@@ -1,0 +1,138 @@
+"""The relay: one object tying broker, hub and auth together, free of Sanic.
+
+Routes are thin edges around it: they translate HTTP and WebSocket requests
+into calls of :class:`Relay` and its results back into responses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from auth import PublisherKeys, TokenMinter, TokenVerifier
+
+from .brokers import Broker, HistoryPage, PublishResult, create_broker
+from .config import HMAC_ALGORITHMS, Settings
+from .errors import RelayError
+from .events import Event, EventDraft
+from .hub import Hub
+from .subscription import Sink, Subscription
+
+__all__ = ["Relay"]
+
+
+class _Waiter:
+    """A long-poll request waiting for the next event of one execution."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def offer(self, event: Event) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def resync(self) -> None:
+        self.offer(None)  # type: ignore[arg-type]  # wake up and re-read history
+
+
+class Relay:
+    """Publishes events, serves history and opens subscriptions."""
+
+    def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.broker = broker or create_broker(
+            settings.broker_url, settings.history_size, settings.history_ttl, prefix=settings.redis_prefix
+        )
+        self.hub = Hub(self.broker)
+        self.broker.set_listener(self.hub.dispatch, self.hub.resync)
+        self.verifier = TokenVerifier(
+            settings.jwt_algorithm,
+            settings.jwt_keys,
+            settings.jwt_audience,
+            settings.jwt_issuer,
+            settings.jwt_leeway,
+        )
+        self.minter = _minter(settings)
+        self.publisher_keys = PublisherKeys(settings.publish_keys)
+        self.counters: Counter[str] = Counter()
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        """Connect the broker."""
+        await self.broker.start()
+
+    async def close(self) -> None:
+        """Release the broker."""
+        await self.hub.close()
+        await self.broker.close()
+
+    async def publish(self, draft: EventDraft) -> PublishResult:
+        """Accept one event (idempotent by key); the broker delivers it."""
+        result = await self.broker.publish(draft)
+        self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
+        return result
+
+    async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
+        """Accept several events in order, one result or error each."""
+        results = await self.broker.publish_many(drafts)
+        for draft, result in zip(drafts, results, strict=True):
+            if isinstance(result, PublishResult):
+                self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
+        return results
+
+    def subscription(self, execution_id: str, cursor: int, sink: Sink) -> Subscription:
+        """A new subscription after ``cursor``; call ``open`` then ``start`` on it."""
+        return Subscription(self, execution_id, cursor, sink, self.settings.send_queue_size)
+
+    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
+        """Retained events after ``after``."""
+        return await self.broker.history(execution_id, after, limit)
+
+    async def wait_for_events(
+        self, execution_id: str, after: int, timeout: float, limit: int | None = None
+    ) -> HistoryPage:
+        """Events after ``after``; if none yet, wait up to ``timeout`` s for one.
+
+        One future per waiting request, woken by the hub: no polling loop.
+        """
+        page = await self.broker.history(execution_id, after, limit)
+        if page.events or page.terminal or timeout <= 0:
+            return page
+        waiter = _Waiter()
+        await self.hub.add(execution_id, waiter)
+        try:
+            # Registered first, then re-read: an event published in between is not missed.
+            page = await self.broker.history(execution_id, after, limit)
+            if page.events or page.terminal:
+                return page
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            except TimeoutError:
+                return page
+            return await self.broker.history(execution_id, after, limit)
+        finally:
+            self.hub.remove(execution_id, waiter)
+
+    def stats(self) -> dict[str, Any]:
+        """Connections, executions and counters of this instance."""
+        return {
+            "connections": self.hub.connections,
+            "executions": self.hub.executions,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "broker": self.settings.broker_scheme,
+            "counters": {**self.counters, **self.broker.stats(), "frames_dispatched": self.hub.dispatched},
+        }
+
+
+def _minter(settings: Settings) -> TokenMinter | None:
+    kid, key = settings.jwt_keys[0]
+    if settings.jwt_algorithm not in HMAC_ALGORITHMS:
+        if not settings.jwt_private_key:
+            return None
+        key = settings.jwt_private_key
+    return TokenMinter(settings.jwt_algorithm, kid, key, settings.jwt_audience, settings.jwt_issuer)

@@ -1,0 +1,125 @@
+"""Internal API for publishers (the scheduler), under ``/internal/v1``.
+
+Every route needs ``Authorization: Bearer <publisher key>``. Bodies are
+validated against the contract; nothing a client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from ..brokers import PublishResult
+from ..errors import RelayError, Unauthorized, ValidationFailed
+from ..events import EventDraft, parse_draft, valid_execution_id
+from ..http import bearer_token, json_body, json_response
+from ..relay import Relay
+
+__all__ = ["bp"]
+
+bp = Blueprint("internal", url_prefix="/internal/v1")
+log = logging.getLogger("relay.publish")
+
+
+@bp.on_request
+async def require_publisher_key(request: Request) -> None:
+    """Refuse any internal request without a valid publisher key (401)."""
+    relay: Relay = request.app.ctx.relay
+    if not relay.publisher_keys.check(bearer_token(request)):
+        relay.counters["auth_failures_publisher"] += 1
+        raise Unauthorized("a valid publisher key is required in Authorization: Bearer", reason="publisher_key")
+
+
+def _result_body(result: PublishResult) -> dict[str, Any]:
+    return {"execution_id": result.execution_id, "seq": result.seq, "duplicate": result.duplicate}
+
+
+def _log_published(result: PublishResult, event: str) -> None:
+    log.info("published", extra={"fields": {"execution_id": result.execution_id, "event": event,
+                                            "seq": result.seq, "duplicate": result.duplicate}})
+
+
+@bp.post("/executions/<execution_id>/events")
+async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
+    """Accept one event for ``execution_id``: 202 with its seq."""
+    relay: Relay = request.app.ctx.relay
+    draft = parse_draft(execution_id, json_body(request))
+    result = await relay.publish(draft)
+    _log_published(result, draft.event)
+    return json_response(_result_body(result), status=202)
+
+
+@bp.post("/events")
+async def publish_batch(request: Request) -> HTTPResponse:
+    """Accept up to RELAY_MAX_BATCH_SIZE events; one result per item, in order."""
+    relay: Relay = request.app.ctx.relay
+    body = json_body(request)
+    items = body.get("events") if isinstance(body, dict) else None
+    limit = relay.settings.max_batch_size
+    if not isinstance(items, list) or not items:
+        raise ValidationFailed([{"field": "events", "message": "required, a non-empty array"}])
+    if len(items) > limit:
+        raise ValidationFailed([{"field": "events", "message": f"at most {limit} events per request"}])
+    outcome: list[RelayError | EventDraft] = []
+    for i, item in enumerate(items):
+        eid = item.get("execution_id") if isinstance(item, dict) else None
+        try:
+            if not isinstance(eid, str):
+                raise ValidationFailed([{"field": f"events[{i}].execution_id", "message": "required, a string"}])
+            outcome.append(parse_draft(eid, item, prefix=f"events[{i}]."))
+        except ValidationFailed as exc:
+            outcome.append(exc)
+    drafts = [d for d in outcome if isinstance(d, EventDraft)]
+    published = iter(await relay.publish_many(drafts))
+    results: list[dict[str, Any]] = []
+    for i, entry in enumerate(outcome):
+        item_result = next(published) if isinstance(entry, EventDraft) else entry
+        if isinstance(item_result, PublishResult):
+            results.append({**_result_body(item_result), "status": 202})
+            assert isinstance(entry, EventDraft)
+            _log_published(item_result, entry.event)
+        else:
+            eid = items[i].get("execution_id") if isinstance(items[i], dict) else None
+            results.append({"execution_id": eid if isinstance(eid, str) else None,
+                            "status": item_result.status, **item_result.body()})
+    return json_response({"results": results}, status=202)
+
+
+@bp.post("/tokens")
+async def mint_token(request: Request) -> HTTPResponse:
+    """Mint a subscriber token for one execution and user: 201."""
+    relay: Relay = request.app.ctx.relay
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
+    errors = []
+    eid, sub, ttl = body.get("execution_id"), body.get("sub"), body.get("ttl_seconds", relay.settings.token_ttl)
+    if not isinstance(eid, str) or not valid_execution_id(eid):
+        errors.append({"field": "execution_id", "message": "required, 1-128 characters of A-Za-z0-9._:-"})
+    if not isinstance(sub, str) or not 1 <= len(sub) <= 256:
+        errors.append({"field": "sub", "message": "required, a string of 1 to 256 characters"})
+    max_ttl = relay.settings.token_max_ttl
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= max_ttl:
+        errors.append({"field": "ttl_seconds", "message": f"must be an integer from 1 to {max_ttl}"})
+    for key in body.keys() - {"execution_id", "sub", "ttl_seconds"}:
+        errors.append({"field": key, "message": "unknown field"})
+    if errors:
+        raise ValidationFailed(errors)
+    if relay.minter is None:
+        return json_response({"error": "not_configured", "message":
+                              "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"}, status=501)
+    token, expires_at = relay.minter.mint(eid, sub, ttl)
+    return json_response({"token": token, "expires_at": expires_at,
+                          "expires_at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))},
+                         status=201)
+
+
+@bp.get("/stats")
+async def stats(request: Request) -> HTTPResponse:
+    """Connections, executions and counters of this instance."""
+    relay: Relay = request.app.ctx.relay
+    return json_response(relay.stats())

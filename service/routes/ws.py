@@ -1,0 +1,155 @@
+"""WebSocket edge: ``GET /ws/executions/{execution_id}[?last_seq=N]``.
+
+The token is verified before the socket is registered for anything and
+before any frame is sent; a refusal closes with the contract's code. Events
+are written by the subscription's own task, never from the publish path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ujson
+from sanic import Blueprint, Request
+from sanic.server.websockets.impl import WebsocketImplProtocol
+
+from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
+
+from ..closecodes import CloseCode
+from ..errors import RelayError
+from ..events import dumps, now_iso
+from ..http import bearer_or_query_token
+from ..relay import Relay
+from ..subscription import Subscription
+
+__all__ = ["bp"]
+
+bp = Blueprint("ws")
+log = logging.getLogger("relay.ws")
+
+
+class WsSink:
+    """Adapts a Sanic websocket to the subscription's sink."""
+
+    __slots__ = ("ws",)
+
+    def __init__(self, ws: WebsocketImplProtocol) -> None:
+        self.ws = ws
+
+    async def send(self, frame: str) -> None:
+        """Write one text frame (waits for the transport to drain)."""
+        await self.ws.send(frame)
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Send a close frame without waiting; Sanic aborts a peer that never answers."""
+        self.ws.end_connection(code, reason)
+
+
+def origin_allowed(relay: Relay, origin: str | None) -> bool:
+    """No list or no Origin header: allowed; otherwise the Origin must be listed."""
+    allowed = relay.settings.allowed_origins
+    return not allowed or not origin or origin.rstrip("/") in allowed
+
+
+def _refuse(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
+    relay.counters[f"ws_refused_{why}"] += 1
+    log.info("websocket refused", extra={"fields": {"close_code": int(code), "reason": why}})
+    ws.end_connection(int(code), reason)
+
+
+def _authorize(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str) -> Claims | None:
+    if not origin_allowed(relay, request.headers.get("origin")):
+        _refuse(ws, relay, CloseCode.FORBIDDEN, "origin not allowed", "origin")
+        return None
+    try:
+        return relay.verifier.verify(bearer_or_query_token(request), execution_id)
+    except TokenExpired:
+        _refuse(ws, relay, CloseCode.TOKEN_EXPIRED, "token expired", "expired")
+    except TokenForbidden:
+        _refuse(ws, relay, CloseCode.FORBIDDEN, "token is for another execution", "other_execution")
+    except TokenInvalid as exc:
+        _refuse(ws, relay, CloseCode.TOKEN_INVALID, "token invalid", exc.reason)
+    return None
+
+
+def _last_seq(request: Request) -> int | None:
+    raw = request.args.get("last_seq")
+    if raw is None or raw == "":
+        return None
+    value = int(raw)  # ValueError handled by the caller
+    if value < 0:
+        raise ValueError("negative")
+    return value
+
+
+@bp.websocket("/ws/executions/<execution_id>")
+async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:
+    """Stream one execution's events to an authorized subscriber."""
+    relay: Relay = request.app.ctx.relay
+    claims = _authorize(request, ws, relay, execution_id)
+    if claims is None:
+        return
+    try:
+        last_seq = _last_seq(request)
+    except ValueError:
+        _refuse(ws, relay, CloseCode.BAD_MESSAGE, "last_seq must be a non-negative integer", "bad_last_seq")
+        return
+    sub = relay.subscription(execution_id, last_seq or 0, WsSink(ws))
+    try:
+        page = await sub.open()
+    except RelayError:
+        _refuse(ws, relay, CloseCode.INTERNAL_ERROR, "broker unavailable", "broker")
+        return
+    connected: dict[str, Any] = {
+        "type": "connected",
+        "execution_id": execution_id,
+        "latest_seq": page.latest_seq,
+        "resumed": last_seq is not None,
+        "heartbeat_interval": relay.settings.heartbeat_interval,
+    }
+    if page.gap_after(last_seq or 0):
+        connected["gap"] = True
+    relay.counters["ws_connections"] += 1
+    opened = time.monotonic()
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"
+    )
+    log.info("websocket opened", extra={"fields": {"execution_id": execution_id, "sub": claims.sub,
+                                                   "last_seq": last_seq, "latest_seq": page.latest_seq}})
+    try:
+        sub.start(page, dumps(connected))
+        await _read_frames(ws, sub)
+    except Exception:
+        log.exception("websocket handler failed")
+        sub.close(CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        expiry.cancel()
+        sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
+        log.info("websocket closed", extra={"fields": {
+            "execution_id": execution_id, "close_code": sub.close_code, "frames_sent": sub.sent,
+            "duration_s": round(time.monotonic() - opened, 3)}})
+
+
+async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription) -> None:
+    """Answer client frames until the socket or the subscription ends."""
+    while not sub.closed.done():
+        message = await ws.recv()
+        if message is None:
+            return
+        if isinstance(message, bytes | bytearray | memoryview):
+            sub.close(CloseCode.BAD_MESSAGE, "binary frames are not accepted")
+            return
+        try:
+            frame = ujson.loads(message)
+        except ValueError:
+            sub.close(CloseCode.BAD_MESSAGE, "malformed JSON")
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "ping":
+            sub.send_control(dumps({"type": "pong", "timestamp": now_iso()}))
+        else:
+            sub.send_control(dumps({"type": "error", "error": "unknown_message_type",
+                                    "message": "the server understands only {\"type\": \"ping\"}"}))

@@ -1,0 +1,817 @@
+"""progress-relay benchmark runner.
+
+    python bench/run.py                 # standard suite (< 10 min on 2 cores)
+    python bench/run.py --smoke         # tiny configuration (~1 min)
+    python bench/run.py --only fanout   # one scenario (repeatable)
+    python bench/run.py --targets sanic_minimal,relay
+
+Every scenario runs against each target in the same invocation, one fresh
+server process per (scenario, target), loopback only. The load generator
+(bench/loadgen.py) runs as separate processes: one holding the subscribers,
+one publishing. Results: bench/results/<timestamp>.json (raw),
+bench/results/latest.md (tables with ratios to the baselines),
+bench/results/latency.png (latency against load); a full run also refreshes
+the table in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+LOADGEN = str(BENCH / "loadgen.py")
+JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+PUBLISH_KEY = "bench-publish-key-0123456789abcdef0123456789"
+DOCS_START = "<!-- bench:table:start -->"
+DOCS_END = "<!-- bench:table:end -->"
+CLIENT_BOUND_PERCENT = 85.0
+
+
+# ---------------------------------------------------------------------------
+# targets
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    kind: str                 # loadgen subscriber kind: json | socketio | relay
+    baseline: bool
+    http_port_offset: int = 0
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    extra_env: dict = field(default_factory=dict)
+
+    def command(self) -> list[str]:
+        if self.name == "relay":
+            return [PY, "-m", "service"]
+        script = {"sanic_minimal": "sanic_minimal.py", "socketio": "socketio_aiohttp.py",
+                  "bare_websockets": "bare_websockets.py"}[self.name]
+        return [PY, str(BENCH / "baselines" / script), "--port", str(self.port)]
+
+    def env(self) -> dict:
+        env = dict(os.environ)
+        env.pop("RELAY_BROKER_URL", None)
+        if self.name == "relay":
+            env.update({
+                "RELAY_ENV": "dev", "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(self.port),
+                "RELAY_JWT_SECRET": JWT_SECRET, "RELAY_PUBLISH_KEYS": PUBLISH_KEY,
+                "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "WARNING",
+                "RELAY_WORKERS": "1",
+            })
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def http_port(self) -> int:
+        return self.port + self.http_port_offset
+
+    @property
+    def publish_key(self) -> str:
+        return PUBLISH_KEY if self.name == "relay" else ""
+
+    def ws_url(self, execution_id: str, sub: str) -> str:
+        base = f"ws://127.0.0.1:{self.port}"
+        if self.kind == "socketio":
+            return f"{base}/socket.io/?EIO=4&transport=websocket&execution_id={execution_id}"
+        if self.name == "relay":
+            return f"{base}/ws/executions/{execution_id}?token={mint_token(execution_id, sub)}"
+        return f"{base}/ws/executions/{execution_id}"
+
+
+TARGETS = {
+    "sanic_minimal": dict(label="(a) minimal Sanic", kind="json", baseline=True),
+    "socketio": dict(label="(b) python-socketio", kind="socketio", baseline=True),
+    "bare_websockets": dict(label="(c) bare websockets", kind="json", baseline=True,
+                            http_port_offset=1),
+    "relay": dict(label="progress-relay", kind="relay", baseline=False),
+}
+BASELINES = ["sanic_minimal", "socketio", "bare_websockets"]
+SHORT = {"sanic_minimal": "a", "socketio": "b", "bare_websockets": "c", "relay": "relay"}
+
+_jwt = None
+
+
+def mint_token(execution_id: str, sub: str) -> str:
+    global _jwt
+    if _jwt is None:
+        import jwt
+        _jwt = jwt
+    return _jwt.encode({"sub": sub, "execution_id": execution_id, "aud": "progress-relay",
+                        "exp": int(time.time()) + 3600}, JWT_SECRET, algorithm="HS256")
+
+
+def free_port(pair: bool = False) -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not pair:
+            return port
+        try:
+            with socket.socket() as s2:
+                s2.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
+
+
+def raise_fd_limit(want: int = 65536) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for target in (want, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
+            return target
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+# ---------------------------------------------------------------------------
+# process helpers
+
+class Server:
+    def __init__(self, target: Target, logdir: Path):
+        self.t = target
+        self.logdir = logdir
+
+    def __enter__(self):
+        t = self.t
+        t.port = free_port(pair=t.http_port_offset > 0)
+        t.log = self.logdir / f"{t.name}-{t.port}.log"
+        self.logf = open(t.log, "wb")
+        t.proc = subprocess.Popen(t.command(), cwd=ROOT, env=t.env(), stdout=self.logf,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        self.ps = psutil.Process(t.proc.pid)
+        deadline = time.monotonic() + 30
+        ports = {t.port, t.http_port}
+        while time.monotonic() < deadline:
+            if t.proc.poll() is not None:
+                raise RuntimeError(f"{t.name} exited at start:\n{tail(t.log)}")
+            if all(port_open(p) for p in ports):
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{t.name} did not listen within 30 s:\n{tail(t.log)}")
+        time.sleep(0.5)
+        return self
+
+    def procs(self) -> list[psutil.Process]:
+        try:
+            return [self.ps] + self.ps.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.procs():
+            try:
+                total += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.procs():
+            try:
+                c = p.cpu_times()
+                total += c.user + c.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def __exit__(self, *exc):
+        proc = self.t.proc
+        if proc and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(8)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.logf.close()
+        return False
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        try:
+            s.connect(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def tail(path: Path | None, n: int = 30) -> str:
+    if not path or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+
+
+class Subs:
+    """The subscriber process: connects at start, then answers commands."""
+
+    def __init__(self, target: Target, exec_ids: list[str], tmp: Path, *,
+                 per_event: bool = False, concurrency: int = 200, timeout: float = 120):
+        urls = [target.ws_url(e, f"user-{i}") for i, e in enumerate(exec_ids)]
+        cfg = {"kind": target.kind, "n": len(urls), "urls": urls, "per_event": per_event,
+               "connect_concurrency": concurrency, "resume_param": target.name == "relay"}
+        cfgfile = tmp / f"subs-{target.name}-{time.monotonic_ns()}.json"
+        cfgfile.write_text(json.dumps(cfg))
+        self.errlog = open(tmp / f"subs-{target.name}.err", "ab")
+        self.proc = subprocess.Popen([PY, LOADGEN, "subs", f"@{cfgfile}"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.errlog, cwd=ROOT)
+        self.timeout = timeout
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        if not ready:
+            raise RuntimeError("subscriber process did not answer in time")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"subscriber process died: rc={self.proc.poll()}")
+        return json.loads(line)
+
+    def cmd(self, name: str) -> dict:
+        self.proc.stdin.write(name.encode() + b"\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(b"quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(5)
+        self.errlog.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def publish(target: Target, exec_ids: list[str], tmp: Path, *, background: bool = False,
+            **cfg):
+    cfg.update({"port": target.http_port, "key": target.publish_key, "exec_ids": exec_ids})
+    cfgfile = tmp / f"pub-{target.name}-{time.monotonic_ns()}.json"
+    cfgfile.write_text(json.dumps(cfg))
+    proc = subprocess.Popen([PY, LOADGEN, "pub", f"@{cfgfile}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    if background:
+        return proc
+    return finish_publish(proc, cfg)
+
+
+def finish_publish(proc: subprocess.Popen, cfg: dict | None = None) -> dict:
+    limit = 60 + 2 * float((cfg or {}).get("duration", 30))
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"publisher failed rc={proc.returncode}: {err.decode()[-2000:]}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------
+# scenarios: each returns {"summary": {metric: value}, ...details}
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def client_flag(*cpu_percents) -> float | None:
+    vals = [c for c in cpu_percents if c is not None]
+    return max(vals) if vals else None
+
+
+def sc_idle_memory(t: Target, cfg: dict, tmp: Path) -> dict:
+    n = cfg["n"]
+    with Server(t, tmp) as srv:
+        time.sleep(0.5)
+        rss0 = srv.rss()
+        ids = [f"mem-{i}" for i in range(n)]
+        with Subs(t, ids, tmp, concurrency=cfg.get("concurrency", 100)) as subs:
+            info = subs.info
+            time.sleep(cfg.get("settle", 2.0))
+            rss1 = srv.rss()
+            subs.cmd("reset")
+            time.sleep(cfg.get("hold", 3.0))
+            held = subs.cmd("report")
+            rss2 = srv.rss()
+        connected = info["connected"] or 1
+        per_conn = (rss1 - rss0) / connected / 1024
+        return {
+            "summary": {
+                "kb_per_conn": round(per_conn, 2),
+                "connected": info["connected"],
+                "errors": info["connect_errors"] + held["disconnects"],
+                "connect_per_s": round(info["connected"] / max(info["connect_seconds"], 1e-3)),
+                "client_cpu_pct": round(100 * info["connect_cpu_seconds"]
+                                        / max(info["connect_seconds"], 1e-3), 1),
+            },
+            "rss_before_mb": round(rss0 / 2**20, 1), "rss_after_mb": round(rss1 / 2**20, 1),
+            "rss_after_hold_mb": round(rss2 / 2**20, 1),
+            "connect": info, "hold": held,
+        }
+
+
+def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path,
+                **pubcfg) -> dict:
+    subs.cmd("reset")
+    cpu0, w0 = srv.cpu(), time.monotonic()
+    pub = publish(t, ids, tmp, **pubcfg)
+    cpu1, w1 = srv.cpu(), time.monotonic()
+    time.sleep(0.3)
+    rep = subs.cmd("report")
+    expected = pub["events_accepted"] * pubcfg.get("fanout", 1)
+    return {
+        "posts_per_s": pub["requests_per_second"],
+        "events_per_s": pub["events_per_second"],
+        "delivered_per_s": round(rep["events"] / pub["wall_seconds"], 1),
+        "delivered": rep["events"], "expected": expected,
+        "lost": max(0, expected - rep["events"]),
+        "p50_ms": rep["latency_ms"]["p50"], "p99_ms": rep["latency_ms"]["p99"],
+        "max_ms": rep["latency_ms"]["max"],
+        "server_cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
+        "pub_cpu_pct": pub["cpu_percent"], "subs_cpu_pct": rep["cpu_percent"],
+        "failed_requests": pub["requests_failed"], "status_counts": pub["status_counts"],
+        "error_samples": pub["error_samples"], "disconnects": rep["disconnects"],
+        "gaps": rep["gaps"], "dups": rep["dups"],
+        "schedule_lag_ms": pub.get("schedule_lag_ms"),
+    }
+
+
+def sc_closed_loop(t: Target, cfg: dict, tmp: Path) -> dict:
+    n = cfg["subscribers"]
+    ids = [f"exec-{i}" for i in range(n)]
+    with Server(t, tmp) as srv, Subs(t, ids, tmp) as subs:
+        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
+                connections=cfg["connections"])
+        trials = [_steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
+                              connections=cfg["connections"]) for _ in range(cfg["trials"])]
+    return {
+        "summary": {
+            "posts_per_s": median([x["posts_per_s"] for x in trials]),
+            "delivered_per_s": median([x["delivered_per_s"] for x in trials]),
+            "p50_ms": median([x["p50_ms"] for x in trials]),
+            "p99_ms": median([x["p99_ms"] for x in trials]),
+            "lost": sum(x["lost"] for x in trials),
+            "failed": sum(x["failed_requests"] for x in trials),
+            "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
+            "client_cpu_pct": client_flag(median([x["pub_cpu_pct"] for x in trials]),
+                                          median([x["subs_cpu_pct"] for x in trials])),
+        },
+        "connect": subs.info, "trials": trials,
+    }
+
+
+def sc_rates(t: Target, cfg: dict, tmp: Path) -> dict:
+    n = cfg["subscribers"]
+    ids = [f"exec-{i}" for i in range(n)]
+    points = {}
+    with Server(t, tmp) as srv, Subs(t, ids, tmp) as subs:
+        publish(t, ids, tmp, mode="rate", rate=cfg["rates"][0], duration=cfg["warmup"],
+                connections=cfg["connections"])
+        for rate in cfg["rates"]:
+            points[str(rate)] = _steady_run(t, subs, srv, ids, tmp, mode="rate", rate=rate,
+                                            duration=cfg["duration"],
+                                            connections=cfg["connections"])
+    summary = {}
+    for rate, p in points.items():
+        summary[f"p50_ms@{rate}"] = p["p50_ms"]
+        summary[f"p99_ms@{rate}"] = p["p99_ms"]
+    top = points[str(cfg["rates"][-1])]
+    summary["achieved_per_s@top"] = top["delivered_per_s"]
+    summary["lost"] = sum(p["lost"] for p in points.values())
+    summary["client_cpu_pct"] = client_flag(*(p["pub_cpu_pct"] for p in points.values()),
+                                            *(p["subs_cpu_pct"] for p in points.values()))
+    return {"summary": summary, "points": points, "connect": subs.info}
+
+
+def sc_fanout(t: Target, cfg: dict, tmp: Path) -> dict:
+    n = cfg["subscribers"]
+    ids = ["fanout-0"] * n
+    with Server(t, tmp) as srv, Subs(t, ids, tmp, per_event=True) as subs:
+        publish(t, ids[:1], tmp, mode="spaced", count=3, interval=cfg["interval"])
+        time.sleep(0.2)
+        subs.cmd("reset")
+        cpu0 = srv.cpu()
+        pub = publish(t, ids[:1], tmp, mode="spaced", count=cfg["events"],
+                      interval=cfg["interval"])
+        cpu = srv.cpu() - cpu0
+        time.sleep(0.3)
+        rep = subs.cmd("report")
+    pe = rep.get("per_event", {})
+    return {
+        "summary": {
+            "all_delivered_p50_ms": pe.get("all_delivered_ms", {}).get("p50"),
+            "all_delivered_p90_ms": pe.get("all_delivered_ms", {}).get("p90"),
+            "per_sub_p50_ms": rep["latency_ms"]["p50"],
+            "per_sub_p99_ms": rep["latency_ms"]["p99"],
+            "server_cpu_ms_per_event": round(1000 * cpu / max(1, pub["requests_ok"]), 2),
+            "lost": max(0, pub["events_accepted"] * n - rep["events"]),
+            "client_cpu_pct": client_flag(rep["cpu_percent"]),
+        },
+        "publisher": pub, "subscribers": rep, "connect": subs.info,
+    }
+
+
+def sc_batch(t: Target, cfg: dict, tmp: Path) -> dict:
+    n = cfg["subscribers"]
+    ids = [f"exec-{i}" for i in range(n)]
+    with Server(t, tmp) as srv, Subs(t, ids, tmp) as subs:
+        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
+                connections=cfg["connections"], batch_size=cfg["batch_size"])
+        trials = [_steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
+                              connections=cfg["connections"], batch_size=cfg["batch_size"])
+                  for _ in range(cfg["trials"])]
+    return {
+        "summary": {
+            "delivered_per_s": median([x["delivered_per_s"] for x in trials]),
+            "p50_ms": median([x["p50_ms"] for x in trials]),
+            "p99_ms": median([x["p99_ms"] for x in trials]),
+            "lost": sum(x["lost"] for x in trials),
+            "failed": sum(x["failed_requests"] for x in trials),
+            "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
+            "client_cpu_pct": client_flag(median([x["pub_cpu_pct"] for x in trials]),
+                                          median([x["subs_cpu_pct"] for x in trials])),
+        },
+        "trials": trials, "connect": subs.info,
+    }
+
+
+def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
+    n = cfg["clients"]
+    ids = [f"storm-{i}" for i in range(n)]
+    with Server(t, tmp), Subs(t, ids, tmp, concurrency=cfg["concurrency"]) as subs:
+        subs.cmd("reset")
+        pubcfg = dict(mode="rate", rate=cfg["rate"], duration=cfg["duration"],
+                      connections=8)
+        proc = publish(t, ids, tmp, background=True, **pubcfg)
+        time.sleep(cfg["storm_after"])
+        storm = subs.cmd("storm")
+        pub = finish_publish(proc, pubcfg)
+        time.sleep(1.0)
+        rep = subs.cmd("report")
+    unique = rep["events"]
+    lost = max(0, pub["events_accepted"] - unique)
+    return {
+        "summary": {
+            "resume_seconds": storm["connect_seconds"],
+            "resumed": storm["connected"],
+            "failed": storm["connect_errors"],
+            "lost": lost,
+            "seq_gaps": rep["gaps"],
+            "dups": rep["dups"],
+            "client_cpu_pct": round(100 * storm["connect_cpu_seconds"]
+                                    / max(storm["connect_seconds"], 1e-3), 1),
+        },
+        "storm": storm, "publisher": pub, "subscribers": rep, "connect": subs.info,
+    }
+
+
+SCENARIOS = {
+    "idle_memory": (sc_idle_memory, "Idle memory per connection"),
+    "closed_loop": (sc_closed_loop, "Closed-loop single-event POSTs"),
+    "rates": (sc_rates, "End-to-end latency at fixed rates"),
+    "fanout": (sc_fanout, "Fan-out of one execution"),
+    "batch": (sc_batch, "Batch ingest"),
+    "storm": (sc_storm, "Reconnect storm"),
+}
+
+FULL = {
+    "idle_memory": {"n": 10000, "concurrency": 100, "settle": 2.0, "hold": 3.0},
+    "closed_loop": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 4.0,
+                    "trials": 3},
+    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 5.0,
+              "rates": [1000, 2000, 4000]},
+    "fanout": {"subscribers": 1000, "events": 30, "interval": 0.1},
+    "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0,
+              "duration": 4.0, "trials": 3},
+    "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0,
+              "storm_after": 1.5},
+}
+SMOKE = {
+    "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.5, "hold": 0.5},
+    "closed_loop": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
+                    "trials": 1},
+    "rates": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
+              "rates": [100, 200]},
+    "fanout": {"subscribers": 50, "events": 5, "interval": 0.05},
+    "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.3,
+              "duration": 1.0, "trials": 1},
+    "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.5,
+              "storm_after": 0.5},
+}
+
+# how each summary metric compares: "higher" or "lower" is better; None: no ratio
+DIRECTION = {
+    "kb_per_conn": "lower", "connect_per_s": "higher", "posts_per_s": "higher",
+    "delivered_per_s": "higher", "p50_ms": "lower", "p99_ms": "lower",
+    "all_delivered_p50_ms": "lower", "all_delivered_p90_ms": "lower",
+    "per_sub_p50_ms": "lower", "per_sub_p99_ms": "lower",
+    "server_cpu_ms_per_event": "lower", "resume_seconds": "lower",
+    "achieved_per_s@top": "higher",
+}
+
+
+def direction(metric: str):
+    if metric in DIRECTION:
+        return DIRECTION[metric]
+    if metric.startswith(("p50_ms@", "p99_ms@")):
+        return "lower"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# reporting
+
+def ratios(results: dict, subject: str) -> dict:
+    out = {}
+    for scen, per_target in results.items():
+        subj = per_target.get(subject, {}).get("summary")
+        if not subj:
+            continue
+        out[scen] = {}
+        for metric, value in subj.items():
+            if direction(metric) is None or not isinstance(value, (int, float)):
+                continue
+            for b in BASELINES:
+                if b == subject:
+                    continue
+                base = per_target.get(b, {}).get("summary", {}).get(metric)
+                if isinstance(base, (int, float)) and base:
+                    out[scen].setdefault(metric, {})[b] = round(value / base, 3)
+    return out
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def markdown(doc: dict) -> str:
+    meta = doc["meta"]
+    results = doc["scenarios"]
+    names = [n for n in TARGETS if n in meta["targets"]]
+    subject = "relay" if "relay" in names else "sanic_minimal"
+    lines = [
+        f"Run `{meta['command']}` at {meta['started']} ({meta['mode']}), "
+        f"git {meta['git']}, {meta['cpu_count']} cores ({meta['cpu_model']}), "
+        f"Python {meta['python']}, {meta['duration_s']:.0f} s.",
+        "",
+        f"Ratios are **{TARGETS[subject]['label']} ÷ baseline** from this same run "
+        "(for throughput higher is better, for latency, memory and time lower is better). "
+        f"`client_cpu_pct` is the busiest load-generator process; at ≥ {CLIENT_BOUND_PERCENT:.0f} % "
+        "the client, not the server, may have been the limit.",
+        "",
+    ]
+    for scen, per_target in results.items():
+        title = SCENARIOS[scen][1]
+        cfg = doc["config"].get(scen, {})
+        lines.append(f"### {title} (`{scen}`)")
+        lines.append("")
+        lines.append("Config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
+        lines.append("")
+        metrics = []
+        for name in names:
+            for m in per_target.get(name, {}).get("summary", {}):
+                if m not in metrics:
+                    metrics.append(m)
+        others = [b for b in BASELINES if b in names and b != subject]
+        head = ["metric"] + [TARGETS[n]["label"] for n in names] + \
+               [f"÷ ({SHORT[b]})" for b in others]
+        lines.append("| " + " | ".join(head) + " |")
+        lines.append("|" + "---|" * len(head))
+        for m in metrics:
+            row = [m]
+            for name in names:
+                entry = per_target.get(name, {})
+                if "error" in entry:
+                    row.append("error")
+                else:
+                    row.append(fmt(entry.get("summary", {}).get(m)))
+            for b in others:
+                r = doc["ratios"].get(scen, {}).get(m, {}).get(b)
+                row.append("–" if r is None else f"{r:.2f}×")
+            lines.append("| " + " | ".join(row) + " |")
+        errors = {n: e["error"] for n, e in per_target.items() if "error" in e}
+        for n, e in errors.items():
+            lines.append("")
+            lines.append(f"- {TARGETS[n]['label']} failed: `{e.splitlines()[0][:200]}`")
+        bound = [TARGETS[n]["label"] for n in names
+                 if (per_target.get(n, {}).get("summary", {}).get("client_cpu_pct") or 0)
+                 >= CLIENT_BOUND_PERCENT]
+        if bound:
+            lines.append("")
+            lines.append(f"- Load generator near saturation for: {', '.join(bound)}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(doc: dict, path: Path) -> bool:
+    rates = doc["scenarios"].get("rates")
+    if not rates:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"sanic_minimal": "tab:blue", "socketio": "tab:orange",
+              "bare_websockets": "tab:green", "relay": "tab:red"}
+    for name, entry in rates.items():
+        pts = entry.get("points")
+        if not pts:
+            continue
+        xs = sorted(pts, key=float)
+        label = TARGETS[name]["label"]
+        ax.plot([float(x) for x in xs], [pts[x]["p99_ms"] for x in xs], "o-",
+                color=colors.get(name), label=f"{label} p99")
+        ax.plot([float(x) for x in xs], [pts[x]["p50_ms"] for x in xs], "s--",
+                color=colors.get(name), alpha=0.6, label=f"{label} p50")
+    ax.set_xlabel("offered load (events/s, one subscriber per execution)")
+    ax.set_ylabel("POST written → frame parsed by subscriber (ms, log)")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"End-to-end latency vs load ({doc['meta']['started']}, {doc['meta']['mode']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def update_docs(md: str) -> bool:
+    path = ROOT / "docs" / "performance.md"
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if DOCS_START not in text or DOCS_END not in text:
+        return False
+    before, rest = text.split(DOCS_START, 1)
+    _, after = rest.split(DOCS_END, 1)
+    path.write_text(before + DOCS_START + "\n" + md + "\n" + DOCS_END + after)
+    return True
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def relay_available() -> bool:
+    return (ROOT / "service" / "app.py").exists() and (ROOT / "service" / "__main__.py").exists()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny configuration (harness check)")
+    ap.add_argument("--only", action="append", choices=list(SCENARIOS),
+                    help="run only this scenario (repeatable)")
+    ap.add_argument("--targets", help="comma-separated: " + ",".join(TARGETS) +
+                    " (default: all; relay only when service/app.py exists)")
+    ap.add_argument("--results-dir", default=str(BENCH / "results"))
+    ap.add_argument("--no-docs", action="store_true", help="do not refresh docs/performance.md")
+    args = ap.parse_args(argv)
+
+    fd = raise_fd_limit()
+    if args.targets:
+        names = [n.strip() for n in args.targets.split(",") if n.strip()]
+        unknown = set(names) - set(TARGETS)
+        if unknown:
+            ap.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    else:
+        names = BASELINES + (["relay"] if relay_available() else [])
+    scen_names = args.only or list(SCENARIOS)
+    config = SMOKE if args.smoke else FULL
+    outdir = Path(args.results_dir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    started = datetime.now(timezone.utc)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    t_start = time.monotonic()
+    print(f"bench: targets={','.join(names)} scenarios={','.join(scen_names)} "
+          f"mode={'smoke' if args.smoke else 'full'} fd_limit={fd} logs={tmp}", flush=True)
+
+    results: dict = {}
+    for scen in scen_names:
+        fn, title = SCENARIOS[scen]
+        results[scen] = {}
+        for name in names:
+            target = Target(name=name, **TARGETS[name])
+            t0 = time.monotonic()
+            try:
+                res = fn(target, config[scen], tmp)
+            except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
+                res = {"error": f"{type(exc).__name__}: {exc}\n{tail(target.log)}"}
+            res["seconds"] = round(time.monotonic() - t0, 1)
+            results[scen][name] = res
+            summary = res.get("summary") or res.get("error", "").splitlines()[0]
+            print(f"  {scen:12s} {name:16s} {res['seconds']:6.1f}s {summary}", flush=True)
+
+    doc = {
+        "meta": {
+            "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": "python bench/run.py" + (" " + " ".join(argv if argv is not None
+                                                               else sys.argv[1:])).rstrip(),
+            "mode": "smoke" if args.smoke else "full",
+            "targets": names, "scenarios": scen_names,
+            "git": git_rev(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+            "load_average": os.getloadavg(), "fd_limit": fd,
+            "duration_s": round(time.monotonic() - t_start, 1),
+            "versions": versions(),
+        },
+        "config": {s: config[s] for s in scen_names},
+        "scenarios": results,
+    }
+    subject = "relay" if "relay" in names else "sanic_minimal"
+    doc["ratios_subject"] = subject
+    doc["ratios"] = ratios(results, subject)
+    json_path = outdir / f"{stamp}{'-smoke' if args.smoke else ''}.json"
+    json_path.write_text(json.dumps(doc, indent=1, default=str))
+    md = markdown(doc)
+    (outdir / "latest.md").write_text(f"# Benchmark results\n\n{md}\n")
+    png = outdir / "latency.png"
+    has_chart = chart(doc, png)
+    if not args.smoke and not args.only and not args.no_docs:
+        update_docs(md)
+    print(f"bench: wrote {json_path}, {outdir / 'latest.md'}"
+          + (f", {png}" if has_chart else "") + f" in {doc['meta']['duration_s']:.0f} s",
+          flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for pkg in ("sanic", "websockets", "python-socketio", "aiohttp", "picows", "uvloop",
+                "progress-relay"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,6 +35,8 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
             "WEBSOCKET_PING_INTERVAL": settings.ws_ping_interval,
             "WEBSOCKET_PING_TIMEOUT": settings.ws_ping_timeout,
             "REQUEST_MAX_SIZE": settings.max_body_size,
+            # Room for an over-long token to reach the verifier and get its 4500.
+            "REQUEST_MAX_HEADER_SIZE": 16384,
             "ACCESS_LOG": False,  # ours below redacts tokens
             "FALLBACK_ERROR_FORMAT": "json",
             "KEEP_ALIVE_TIMEOUT": 75,

@@ -115,6 +115,9 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
     async def start(settings: Settings | None = None, **env: str) -> Server:
         settings = settings or make_settings(**env)
         app = create_app(settings)
+        # Sanic's touch-up rewrites class methods once per process; a second app in the
+        # same process fails on it, so in-process test servers run without it.
+        app.config.TOUCHUP = False
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))

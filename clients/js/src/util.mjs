@@ -1,0 +1,127 @@
+// Small helpers shared by the client and the transports. No dependencies, no
+// globals beyond what every target (browsers, WeChat mini-programs, Node 20)
+// has.
+
+/**
+ * Exponential backoff with jitter.
+ * failures=1 -> base, 2 -> 2*base, 3 -> 4*base ... capped at `max`, then
+ * multiplied by a random factor in [1 - jitter, 1 + jitter) so that many
+ * clients dropped at the same moment do not come back in lockstep.
+ * @param {number} failures consecutive failures so far (1 for the first)
+ * @param {{base: number, max: number, jitter: number, random?: () => number}} o
+ * @returns {number} milliseconds
+ */
+export function computeBackoff(failures, o) {
+  const n = Math.max(1, failures | 0);
+  const raw = Math.min(o.max, o.base * Math.pow(2, n - 1));
+  const rnd = o.random ? o.random() : Math.random();
+  const factor = 1 - o.jitter + 2 * o.jitter * rnd;
+  return Math.max(0, Math.round(raw * factor));
+}
+
+/**
+ * Retry-After header value (seconds or an HTTP date) to milliseconds.
+ * @param {string | null | undefined} value
+ * @param {number} fallbackMs used when the header is absent or unreadable
+ * @param {number} [nowMs]
+ * @returns {number}
+ */
+export function parseRetryAfter(value, fallbackMs, nowMs) {
+  if (value === null || value === undefined || value === '') return fallbackMs;
+  const text = String(value).trim();
+  if (/^\d+(\.\d+)?$/.test(text)) return Math.round(parseFloat(text) * 1000);
+  const when = Date.parse(text);
+  if (!isNaN(when)) {
+    const now = nowMs === undefined ? Date.now() : nowMs;
+    return Math.max(0, when - now);
+  }
+  return fallbackMs;
+}
+
+/**
+ * @param {Record<string, string | number | undefined | null>} params
+ * @returns {string} "?a=1&b=2" or ""
+ */
+export function buildQuery(params) {
+  const parts = [];
+  for (const key of Object.keys(params)) {
+    const v = params[key];
+    if (v === undefined || v === null || v === '') continue;
+    parts.push(encodeURIComponent(key) + '=' + encodeURIComponent(String(v)));
+  }
+  return parts.length ? '?' + parts.join('&') : '';
+}
+
+/** @param {string} url */
+export function stripTrailingSlash(url) {
+  return String(url).replace(/\/+$/, '');
+}
+
+/**
+ * ws(s):// URL for a base http(s):// URL.
+ * @param {string} baseUrl
+ */
+export function toWebSocketBase(baseUrl) {
+  const base = stripTrailingSlash(baseUrl);
+  if (/^wss?:\/\//i.test(base)) return base;
+  if (/^https:\/\//i.test(base)) return 'wss://' + base.slice(8);
+  if (/^http:\/\//i.test(base)) return 'ws://' + base.slice(7);
+  return base;
+}
+
+/**
+ * Case-insensitive header lookup in a plain object (wx.request's res.header).
+ * @param {Record<string, any> | undefined | null} headers
+ * @param {string} name
+ * @returns {string | undefined}
+ */
+export function headerFromObject(headers, name) {
+  if (!headers) return undefined;
+  const want = name.toLowerCase();
+  for (const key of Object.keys(headers)) {
+    if (key.toLowerCase() === want) {
+      const v = headers[key];
+      return v === undefined || v === null ? undefined : String(v);
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Text of a frame that may arrive as an ArrayBuffer (wx SocketTask) or a
+ * Buffer / Uint8Array (ws under Node).
+ * @param {any} data
+ * @returns {string}
+ */
+export function frameToText(data) {
+  if (typeof data === 'string') return data;
+  if (data === null || data === undefined) return '';
+  /** @type {Uint8Array | null} */
+  let bytes = null;
+  if (typeof ArrayBuffer !== 'undefined' && data instanceof ArrayBuffer) bytes = new Uint8Array(data);
+  else if (data && data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
+    bytes = new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
+  }
+  if (!bytes) return String(data);
+  if (typeof TextDecoder !== 'undefined') return new TextDecoder('utf-8').decode(bytes);
+  // Old mini-program base libraries have no TextDecoder.
+  let binary = '';
+  for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
+  try {
+    return decodeURIComponent(escape(binary));
+  } catch (e) {
+    return binary;
+  }
+}
+
+/**
+ * @param {string} text
+ * @returns {any} parsed JSON, or undefined when the text is not JSON
+ */
+export function safeJsonParse(text) {
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    return undefined;
+  }
+}

@@ -459,10 +459,11 @@ function createWxLifecycle(wxApi) {
     if (typeof wxApi.onAppHide === 'function') wxApi.onAppHide(onHide);
     if (typeof wxApi.onAppShow === 'function') wxApi.onAppShow(onShow);
     if (typeof wxApi.onNetworkStatusChange === 'function') wxApi.onNetworkStatusChange(onNet);
+    // (the typings declare off* listeners with another parameter type than on*)
     return function () {
-      if (typeof wxApi.offAppHide === 'function') wxApi.offAppHide(onHide);
-      if (typeof wxApi.offAppShow === 'function') wxApi.offAppShow(onShow);
-      if (typeof wxApi.offNetworkStatusChange === 'function') wxApi.offNetworkStatusChange(onNet);
+      if (typeof wxApi.offAppHide === 'function') wxApi.offAppHide(/** @type {any} */ (onHide));
+      if (typeof wxApi.offAppShow === 'function') wxApi.offAppShow(/** @type {any} */ (onShow));
+      if (typeof wxApi.offNetworkStatusChange === 'function') wxApi.offNetworkStatusChange(/** @type {any} */ (onNet));
     };
   };
 }
@@ -546,739 +547,740 @@ function resolveTransport(options) {
   };
 }
 
-/**
- * @param {any} options
- */
-function ProgressRelayClient(options) {
-  if (!options || typeof options.baseUrl !== 'string' || !options.baseUrl) {
-    throw new TypeError('createClient: options.baseUrl (http(s)://host[:port]) is required');
+class ProgressRelayClient {
+  /**
+   * @param {any} options
+   */
+  constructor(options) {
+    if (!options || typeof options.baseUrl !== 'string' || !options.baseUrl) {
+      throw new TypeError('createClient: options.baseUrl (http(s)://host[:port]) is required');
+    }
+    if (typeof options.getToken !== 'function') {
+      throw new TypeError('createClient: options.getToken (async () => token) is required');
+    }
+    /** @type {any} */
+    const opts = {};
+    const keys = Object.keys(DEFAULT_OPTIONS);
+    for (let i = 0; i < keys.length; i++) opts[keys[i]] = /** @type {any} */ (DEFAULT_OPTIONS)[keys[i]];
+    for (const k of Object.keys(options)) if (options[k] !== undefined) opts[k] = options[k];
+    this.options = opts;
+    this._transport = resolveTransport(options);
+    this._baseUrl = stripTrailingSlash(options.baseUrl);
+    this._wsBase = stripTrailingSlash(options.wsUrl || toWebSocketBase(options.baseUrl));
+    this._random = typeof options.random === 'function' ? options.random : Math.random;
+    this._logger = options.logger === undefined ? getGlobal().console : options.logger;
+    /** @type {Record<string, any>} */
+    this._timers = {};
+    /** @type {any[]} */
+    this._http = [];
+    this._sid = 0;
+    this._state = 'idle';
+    this._mode = opts.ENABLE_WEBSOCKET ? 'websocket' : 'polling';
+    this._preferPolling = !opts.ENABLE_WEBSOCKET;
+    this._resetSession();
   }
-  if (typeof options.getToken !== 'function') {
-    throw new TypeError('createClient: options.getToken (async () => token) is required');
+
+
+  _resetSession() {
+    this._active = false;
+    this._executionId = '';
+    /** @type {any} */
+    this._handlers = {};
+    this._lastSeq = 0;
+    this._terminal = false;
+    this._token = null;
+    this._tokenPromise = null;
+    this._failures = 0;
+    this._pollErrors = 0;
+    this._fallback = false;
+    this._manualPolling = false;
+    /** @type {any} */
+    this._socket = null;
+    this._sockGen = 0;
+    this._pollGen = 0;
+    this._checkGen = 0;
+    this._pollAnnounced = false;
+    this._hidden = false;
+    this._offline = false;
+    /** @type {null | (() => void)} */
+    this._unsubscribe = null;
   }
-  /** @type {any} */
-  const opts = {};
-  const keys = Object.keys(DEFAULT_OPTIONS);
-  for (let i = 0; i < keys.length; i++) opts[keys[i]] = /** @type {any} */ (DEFAULT_OPTIONS)[keys[i]];
-  for (const k of Object.keys(options)) if (options[k] !== undefined) opts[k] = options[k];
-  this.options = opts;
-  this._transport = resolveTransport(options);
-  this._baseUrl = stripTrailingSlash(options.baseUrl);
-  this._wsBase = stripTrailingSlash(options.wsUrl || toWebSocketBase(options.baseUrl));
-  this._random = typeof options.random === 'function' ? options.random : Math.random;
-  this._logger = options.logger === undefined ? getGlobal().console : options.logger;
-  /** @type {Record<string, any>} */
-  this._timers = {};
-  /** @type {any[]} */
-  this._http = [];
-  this._sid = 0;
-  this._state = 'idle';
-  this._mode = opts.ENABLE_WEBSOCKET ? 'websocket' : 'polling';
-  this._preferPolling = !opts.ENABLE_WEBSOCKET;
-  this._resetSession();
-}
 
-const proto = ProgressRelayClient.prototype;
+  // ---------------------------------------------------------------- public API
 
-proto._resetSession = function () {
-  this._active = false;
-  this._executionId = '';
-  /** @type {any} */
-  this._handlers = {};
-  this._lastSeq = 0;
-  this._terminal = false;
-  this._token = null;
-  this._tokenPromise = null;
-  this._failures = 0;
-  this._pollErrors = 0;
-  this._fallback = false;
-  this._manualPolling = false;
-  /** @type {any} */
-  this._socket = null;
-  this._sockGen = 0;
-  this._pollGen = 0;
-  this._checkGen = 0;
-  this._pollAnnounced = false;
-  this._hidden = false;
-  this._offline = false;
-  /** @type {null | (() => void)} */
-  this._unsubscribe = null;
-};
-
-// ---------------------------------------------------------------- public API
-
-/**
- * Starts watching one execution. A client watches one execution at a time:
- * connecting again first disconnects the previous one.
- * @param {string} executionId
- * @param {any} [handlers]
- * @param {{lastSeq?: number}} [resume] resume after this seq (e.g. kept across a page reload)
- */
-proto.connect = function (executionId, handlers, resume) {
-  if (executionId === undefined || executionId === null || executionId === '') {
-    throw new TypeError('connect: executionId is required');
-  }
-  if (this._active || this._state !== 'idle') this._teardown();
-  this._resetSession();
-  this._sid++;
-  this._active = true;
-  this._executionId = String(executionId);
-  this._handlers = handlers || {};
-  if (resume && typeof resume.lastSeq === 'number' && resume.lastSeq > 0) this._lastSeq = resume.lastSeq;
-  const self = this;
-  const sid = this._sid;
-  this._unsubscribe = this._transport.lifecycle({
-    hide: function () { if (sid === self._sid) self._onHide(); },
-    show: function () { if (sid === self._sid) self._onShow(); },
-    online: function () { if (sid === self._sid) self._onOnline(); },
-    offline: function () { if (sid === self._sid) self._onOffline(); }
-  });
-  if (this._preferPolling) {
-    this._mode = 'polling';
-    this._manualPolling = true;
-    this._startPolling();
-  } else {
-    this._mode = 'websocket';
-    this._openSocket(false);
-  }
-  return this;
-};
-
-/**
- * Switches the transport by hand. Idempotent. Events keep their order and
- * are never repeated across the switch (the new transport resumes after the
- * last seq received).
- * @param {'polling' | 'websocket'} mode
- */
-proto.setMode = function (mode) {
-  if (mode !== 'polling' && mode !== 'websocket') throw new TypeError("setMode: 'polling' or 'websocket'");
-  this._preferPolling = mode === 'polling';
-  if (!this._active) {
-    this._mode = mode;
+  /**
+   * Starts watching one execution. A client watches one execution at a time:
+   * connecting again first disconnects the previous one.
+   * @param {string} executionId
+   * @param {any} [handlers]
+   * @param {{lastSeq?: number}} [resume] resume after this seq (e.g. kept across a page reload)
+   */
+  connect(executionId, handlers, resume) {
+    if (executionId === undefined || executionId === null || executionId === '') {
+      throw new TypeError('connect: executionId is required');
+    }
+    if (this._active || this._state !== 'idle') this._teardown();
+    this._resetSession();
+    this._sid++;
+    this._active = true;
+    this._executionId = String(executionId);
+    this._handlers = handlers || {};
+    if (resume && typeof resume.lastSeq === 'number' && resume.lastSeq > 0) this._lastSeq = resume.lastSeq;
+    const self = this;
+    const sid = this._sid;
+    this._unsubscribe = this._transport.lifecycle({
+      hide: function () { if (sid === self._sid) self._onHide(); },
+      show: function () { if (sid === self._sid) self._onShow(); },
+      online: function () { if (sid === self._sid) self._onOnline(); },
+      offline: function () { if (sid === self._sid) self._onOffline(); }
+    });
+    if (this._preferPolling) {
+      this._mode = 'polling';
+      this._manualPolling = true;
+      this._startPolling();
+    } else {
+      this._mode = 'websocket';
+      this._openSocket(false);
+    }
     return this;
   }
-  if (mode === 'polling') {
-    this._manualPolling = true;
-    this._fallback = false;
-    this._clearTimer('probe');
-    if (this._mode === 'polling') {
-      if (this._socket && this._socket.probe) this._closeSocket(1000, 'probe cancelled');
+
+  /**
+   * Switches the transport by hand. Idempotent. Events keep their order and
+   * are never repeated across the switch (the new transport resumes after the
+   * last seq received).
+   * @param {'polling' | 'websocket'} mode
+   */
+  setMode(mode) {
+    if (mode !== 'polling' && mode !== 'websocket') throw new TypeError("setMode: 'polling' or 'websocket'");
+    this._preferPolling = mode === 'polling';
+    if (!this._active) {
+      this._mode = mode;
       return this;
     }
-    this._mode = 'polling';
-    this._closeSocket(1000, 'switching to polling');
-    this._clearTimer('reconnect');
-    this._checkGen++;
-    if (this._paused()) return this;
-    this._startPolling();
-  } else {
-    this._manualPolling = false;
-    if (this._mode === 'websocket') return this;
-    this._stopPolling();
-    this._clearTimer('probe');
-    this._fallback = false;
-    this._failures = 0;
-    this._mode = 'websocket';
-    if (this._socket && this._socket.probe) {
-      // a background attempt is already under way: let it finish as the real one
-      this._socket.probe = false;
-      this._setState('connecting', { attempt: 0 });
-      return this;
+    if (mode === 'polling') {
+      this._manualPolling = true;
+      this._fallback = false;
+      this._clearTimer('probe');
+      if (this._mode === 'polling') {
+        if (this._socket && this._socket.probe) this._closeSocket(1000, 'probe cancelled');
+        return this;
+      }
+      this._mode = 'polling';
+      this._closeSocket(1000, 'switching to polling');
+      this._clearTimer('reconnect');
+      this._checkGen++;
+      if (this._paused()) return this;
+      this._startPolling();
+    } else {
+      this._manualPolling = false;
+      if (this._mode === 'websocket') return this;
+      this._stopPolling();
+      this._clearTimer('probe');
+      this._fallback = false;
+      this._failures = 0;
+      this._mode = 'websocket';
+      if (this._socket && this._socket.probe) {
+        // a background attempt is already under way: let it finish as the real one
+        this._socket.probe = false;
+        this._setState('connecting', { attempt: 0 });
+        return this;
+      }
+      if (this._paused()) return this;
+      this._openSocket(false);
     }
-    if (this._paused()) return this;
-    this._openSocket(false);
+    return this;
   }
-  return this;
-};
 
-/** Stops everything: closes the socket, aborts requests, clears every timer. */
-proto.disconnect = function () {
-  const was = this._state;
-  this._teardown();
-  if (was !== 'closed' && was !== 'idle') this._setState('closed', {});
-  return this;
-};
-
-proto.getState = function () { return this._state; };
-proto.getMode = function () { return this._mode; };
-proto.getLastSeq = function () { return this._lastSeq; };
-/** names of the timers still pending (empty after disconnect) */
-proto.pendingTimers = function () { return Object.keys(this._timers); };
-
-// ------------------------------------------------------------------ internals
-
-proto._log = function (level, msg, extra) {
-  const l = this._logger;
-  if (l && typeof l[level] === 'function') {
-    try { l[level]('[progress-relay] ' + msg, extra === undefined ? '' : extra); } catch (e) { /* ignore */ }
+  /** Stops everything: closes the socket, aborts requests, clears every timer. */
+  disconnect() {
+    const was = this._state;
+    this._teardown();
+    if (was !== 'closed' && was !== 'idle') this._setState('closed', {});
+    return this;
   }
-};
 
-proto._call = function (name) {
-  const fn = this._handlers && this._handlers[name];
-  if (typeof fn !== 'function') return;
-  const args = Array.prototype.slice.call(arguments, 1);
-  try {
-    fn.apply(null, args);
-  } catch (err) {
-    this._log('error', 'handler ' + name + ' threw', err);
-  }
-};
+  getState() { return this._state; };
+  getMode() { return this._mode; };
+  getLastSeq() { return this._lastSeq; };
+  /** names of the timers still pending (empty after disconnect) */
+  pendingTimers() { return Object.keys(this._timers); };
 
-proto._setState = function (state, info) {
-  const prev = this._state;
-  if (prev === state && state !== 'reconnecting') return;
-  this._state = state;
-  const detail = { previous: prev, mode: this._mode };
-  if (info) for (const k of Object.keys(info)) /** @type {any} */ (detail)[k] = info[k];
-  this._call('onStateChange', state, detail);
-};
+  // ------------------------------------------------------------------ internals
 
-proto._setTimer = function (name, fn, ms) {
-  this._clearTimer(name);
-  const self = this;
-  const sid = this._sid;
-  this._timers[name] = setTimeout(function () {
-    delete self._timers[name];
-    if (sid !== self._sid) return;
-    fn.call(self);
-  }, Math.max(0, ms));
-};
-
-proto._clearTimer = function (name) {
-  if (Object.prototype.hasOwnProperty.call(this._timers, name)) {
-    clearTimeout(this._timers[name]);
-    delete this._timers[name];
-  }
-};
-
-proto._clearAllTimers = function () {
-  for (const name of Object.keys(this._timers)) this._clearTimer(name);
-};
-
-proto._backoff = function (failures) {
-  const o = this.options;
-  return computeBackoff(failures, { base: o.RECONNECT_INTERVAL, max: o.MAX_RECONNECT_INTERVAL, jitter: o.RECONNECT_JITTER, random: this._random });
-};
-
-proto._paused = function () { return this._hidden || this._offline; };
-
-proto._teardown = function () {
-  this._active = false;
-  this._sid++;
-  this._stopTransports();
-  if (this._unsubscribe) {
-    const un = this._unsubscribe;
-    this._unsubscribe = null;
-    try { un(); } catch (e) { /* ignore */ }
-  }
-};
-
-proto._stopTransports = function () {
-  this._closeSocket(1000, 'client closing');
-  this._stopPolling();
-  this._checkGen++;
-  const pending = this._http.slice();
-  this._http = [];
-  for (let i = 0; i < pending.length; i++) {
-    try { pending[i].abort(); } catch (e) { /* ignore */ }
-  }
-  this._clearAllTimers();
-};
-
-// token -----------------------------------------------------------------------
-
-proto._getToken = function (force) {
-  if (!force && this._token) return Promise.resolve(this._token);
-  if (this._tokenPromise) return this._tokenPromise;
-  const self = this;
-  const sid = this._sid;
-  const executionId = this._executionId;
-  const p = Promise.resolve()
-    .then(function () { return self.options.getToken({ executionId: executionId, reason: force ? 'refresh' : 'initial' }); })
-    .then(function (tok) {
-      if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
-      if (sid === self._sid) self._token = tok;
-      return tok;
-    });
-  this._tokenPromise = p;
-  const clear = function () { if (self._tokenPromise === p) self._tokenPromise = null; };
-  p.then(clear, clear);
-  return p;
-};
-
-/** @returns {Promise<boolean>} whether the fresh token differs from the old one */
-proto._refreshToken = function () {
-  const old = this._token;
-  return this._getToken(true).then(function (tok) { return tok !== old; });
-};
-
-// HTTP ------------------------------------------------------------------------
-
-proto._httpGet = function (path, query, timeout) {
-  const self = this;
-  const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
-  this._http.push(handle);
-  const done = function () {
-    const i = self._http.indexOf(handle);
-    if (i >= 0) self._http.splice(i, 1);
-  };
-  const promise = this._getToken(false).then(function (token) {
-    if (handle.aborted) {
-      const e = new Error('aborted');
-      /** @type {any} */ (e).aborted = true;
-      throw e;
+  _log(level, msg, extra) {
+    const l = this._logger;
+    if (l && typeof l[level] === 'function') {
+      try { l[level]('[progress-relay] ' + msg, extra === undefined ? '' : extra); } catch (e) { /* ignore */ }
     }
-    handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
-    return handle.inner.promise;
-  });
-  promise.then(done, done);
-  return { promise: promise, abort: handle.abort };
-};
+  }
 
-// WebSocket -------------------------------------------------------------------
-
-proto._openSocket = function (probe) {
-  if (!this._active || this._paused()) return;
-  this._closeSocket(1000, 'reconnecting');
-  this._clearTimer('reconnect');
-  if (!probe) this._setState('connecting', { attempt: this._failures });
-  const self = this;
-  const s = { gen: ++this._sockGen, probe: !!probe, connected: false, handle: null, requestedLastSeq: this._lastSeq };
-  this._socket = s;
-  this._setTimer('connect-timeout', function () {
-    if (self._socket === s) self._socketEnded(s, { code: 4000, reason: 'connection timeout', local: true });
-  }, this.options.CONNECTION_TIMEOUT);
-  this._getToken(false).then(function (token) {
-    if (self._socket !== s) return;
-    const url = self._wsBase + '/ws/executions/' + encodeURIComponent(self._executionId) +
-      buildQuery({ last_seq: s.requestedLastSeq > 0 ? s.requestedLastSeq : undefined });
+  _call(name) {
+    const fn = this._handlers && this._handlers[name];
+    if (typeof fn !== 'function') return;
+    const args = Array.prototype.slice.call(arguments, 1);
     try {
-      s.handle = self._transport.openSocket({
-        url: url,
-        token: token,
-        timeout: self.options.CONNECTION_TIMEOUT,
-        onOpen: function () {},
-        onMessage: function (text) { if (self._socket === s) self._onSocketMessage(s, text); },
-        onError: function (err) { if (self._socket === s) self._log('debug', 'socket error', err); },
-        onClose: function (info) { if (self._socket === s) self._socketEnded(s, info); }
-      });
+      fn.apply(null, args);
     } catch (err) {
-      self._log('warn', 'cannot open a socket', err);
-      self._socketEnded(s, { code: 4000, reason: 'cannot open a socket', local: true });
+      this._log('error', 'handler ' + name + ' threw', err);
     }
-  }, function (err) {
-    self._log('warn', 'getToken failed', err);
-    if (self._socket === s) self._socketEnded(s, { code: 4000, reason: 'getToken failed', local: true });
-  });
-};
-
-proto._closeSocket = function (code, reason) {
-  const s = this._socket;
-  this._clearTimer('connect-timeout');
-  this._clearTimer('ping');
-  this._clearTimer('watchdog');
-  if (!s) return;
-  this._socket = null;
-  if (s.handle) {
-    try { s.handle.close(code || 1000, reason || ''); } catch (e) { /* ignore */ }
   }
-};
 
-proto._onSocketMessage = function (s, text) {
-  if (s.connected) this._armWatchdog();
-  const msg = safeJsonParse(text);
-  if (!msg || typeof msg !== 'object') return;
-  if (msg.type === 'connected') {
-    this._onConnectedFrame(s, msg);
-    return;
+  _setState(state, info) {
+    const prev = this._state;
+    if (prev === state && state !== 'reconnecting') return;
+    this._state = state;
+    const detail = { previous: prev, mode: this._mode };
+    if (info) for (const k of Object.keys(info)) /** @type {any} */ (detail)[k] = info[k];
+    this._call('onStateChange', state, detail);
   }
-  if (msg.type === 'pong') return;
-  if (msg.type === 'diagnosis_update' || typeof msg.event === 'string') this._deliver(msg);
-};
 
-proto._onConnectedFrame = function (s, msg) {
-  this._clearTimer('connect-timeout');
-  const latest = typeof msg.latest_seq === 'number' ? msg.latest_seq : null;
-  if (latest !== null && latest < this._lastSeq) {
-    // The server no longer has what we saw (a restarted in-memory broker, or
-    // expired history): its sequence starts again. Follow it.
-    const prev = this._lastSeq;
-    this._lastSeq = latest;
-    this._call('onReset', { previousSeq: prev, latestSeq: latest });
-    if (s.requestedLastSeq > latest) {
-      this._openSocket(s.probe);
+  _setTimer(name, fn, ms) {
+    this._clearTimer(name);
+    const self = this;
+    const sid = this._sid;
+    this._timers[name] = setTimeout(function () {
+      delete self._timers[name];
+      if (sid !== self._sid) return;
+      fn.call(self);
+    }, Math.max(0, ms));
+  }
+
+  _clearTimer(name) {
+    if (Object.prototype.hasOwnProperty.call(this._timers, name)) {
+      clearTimeout(this._timers[name]);
+      delete this._timers[name];
+    }
+  }
+
+  _clearAllTimers() {
+    for (const name of Object.keys(this._timers)) this._clearTimer(name);
+  }
+
+  _backoff(failures) {
+    const o = this.options;
+    return computeBackoff(failures, { base: o.RECONNECT_INTERVAL, max: o.MAX_RECONNECT_INTERVAL, jitter: o.RECONNECT_JITTER, random: this._random });
+  }
+
+  _paused() { return this._hidden || this._offline; };
+
+  _teardown() {
+    this._active = false;
+    this._sid++;
+    this._stopTransports();
+    if (this._unsubscribe) {
+      const un = this._unsubscribe;
+      this._unsubscribe = null;
+      try { un(); } catch (e) { /* ignore */ }
+    }
+  }
+
+  _stopTransports() {
+    this._closeSocket(1000, 'client closing');
+    this._stopPolling();
+    this._checkGen++;
+    const pending = this._http.slice();
+    this._http = [];
+    for (let i = 0; i < pending.length; i++) {
+      try { pending[i].abort(); } catch (e) { /* ignore */ }
+    }
+    this._clearAllTimers();
+  }
+
+  // token -----------------------------------------------------------------------
+
+  _getToken(force) {
+    if (!force && this._token) return Promise.resolve(this._token);
+    if (this._tokenPromise) return this._tokenPromise;
+    const self = this;
+    const sid = this._sid;
+    const executionId = this._executionId;
+    const p = Promise.resolve()
+      .then(function () { return self.options.getToken({ executionId: executionId, reason: force ? 'refresh' : 'initial' }); })
+      .then(function (tok) {
+        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
+        if (sid === self._sid) self._token = tok;
+        return tok;
+      });
+    this._tokenPromise = p;
+    const clear = function () { if (self._tokenPromise === p) self._tokenPromise = null; };
+    p.then(clear, clear);
+    return p;
+  }
+
+  /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
+  _refreshToken() {
+    const old = this._token;
+    return this._getToken(true).then(function (tok) { return tok !== old; });
+  }
+
+  // HTTP ------------------------------------------------------------------------
+
+  _httpGet(path, query, timeout) {
+    const self = this;
+    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
+    this._http.push(handle);
+    const done = function () {
+      const i = self._http.indexOf(handle);
+      if (i >= 0) self._http.splice(i, 1);
+    };
+    const promise = this._getToken(false).then(function (token) {
+      if (handle.aborted) {
+        const e = new Error('aborted');
+        /** @type {any} */ (e).aborted = true;
+        throw e;
+      }
+      handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
+      return handle.inner.promise;
+    });
+    promise.then(done, done);
+    return { promise: promise, abort: handle.abort };
+  }
+
+  // WebSocket -------------------------------------------------------------------
+
+  _openSocket(probe) {
+    if (!this._active || this._paused()) return;
+    this._closeSocket(1000, 'reconnecting');
+    this._clearTimer('reconnect');
+    if (!probe) this._setState('connecting', { attempt: this._failures });
+    const self = this;
+    const s = { gen: ++this._sockGen, probe: !!probe, connected: false, handle: null, requestedLastSeq: this._lastSeq };
+    this._socket = s;
+    this._setTimer('connect-timeout', function () {
+      if (self._socket === s) self._socketEnded(s, { code: 4000, reason: 'connection timeout', local: true });
+    }, this.options.CONNECTION_TIMEOUT);
+    this._getToken(false).then(function (token) {
+      if (self._socket !== s) return;
+      const url = self._wsBase + '/ws/executions/' + encodeURIComponent(self._executionId) +
+        buildQuery({ last_seq: s.requestedLastSeq > 0 ? s.requestedLastSeq : undefined });
+      try {
+        s.handle = self._transport.openSocket({
+          url: url,
+          token: token,
+          timeout: self.options.CONNECTION_TIMEOUT,
+          onOpen: function () {},
+          onMessage: function (text) { if (self._socket === s) self._onSocketMessage(s, text); },
+          onError: function (err) { if (self._socket === s) self._log('debug', 'socket error', err); },
+          onClose: function (info) { if (self._socket === s) self._socketEnded(s, info); }
+        });
+      } catch (err) {
+        self._log('warn', 'cannot open a socket', err);
+        self._socketEnded(s, { code: 4000, reason: 'cannot open a socket', local: true });
+      }
+    }, function (err) {
+      self._log('warn', 'getToken failed', err);
+      if (self._socket === s) self._socketEnded(s, { code: 4000, reason: 'getToken failed', local: true });
+    });
+  }
+
+  _closeSocket(code, reason) {
+    const s = this._socket;
+    this._clearTimer('connect-timeout');
+    this._clearTimer('ping');
+    this._clearTimer('watchdog');
+    if (!s) return;
+    this._socket = null;
+    if (s.handle) {
+      try { s.handle.close(code || 1000, reason || ''); } catch (e) { /* ignore */ }
+    }
+  }
+
+  _onSocketMessage(s, text) {
+    if (s.connected) this._armWatchdog();
+    const msg = safeJsonParse(text);
+    if (!msg || typeof msg !== 'object') return;
+    if (msg.type === 'connected') {
+      this._onConnectedFrame(s, msg);
       return;
     }
+    if (msg.type === 'pong') return;
+    if (msg.type === 'diagnosis_update' || typeof msg.event === 'string') this._deliver(msg);
   }
-  s.connected = true;
-  if (s.probe) {
-    // the background attempt got through: leave polling
-    s.probe = false;
-    this._stopPolling();
-    this._clearTimer('probe');
-    this._fallback = false;
-    this._mode = 'websocket';
-  }
-  this._failures = 0;
-  let hb = this.options.HEARTBEAT_INTERVAL;
-  if (typeof msg.heartbeat_interval === 'number' && msg.heartbeat_interval > 0) hb = Math.min(hb, msg.heartbeat_interval * 1000);
-  s.heartbeat = hb;
-  this._schedulePing();
-  this._armWatchdog();
-  const info = {
-    mode: 'websocket',
-    executionId: this._executionId,
-    latestSeq: latest,
-    lastSeq: this._lastSeq,
-    resumed: !!msg.resumed,
-    gap: !!msg.gap
-  };
-  this._setState('connected', { resumed: info.resumed, gap: info.gap, latestSeq: latest });
-  this._call('onConnected', info);
-};
 
-proto._schedulePing = function () {
-  const s = this._socket;
-  if (!s) return;
-  this._setTimer('ping', function () {
-    if (this._socket !== s || !s.handle) return;
-    s.handle.send('{"type":"ping"}');
-    this._schedulePing();
-  }, s.heartbeat || this.options.HEARTBEAT_INTERVAL);
-};
-
-proto._armWatchdog = function () {
-  const s = this._socket;
-  if (!s) return;
-  this._setTimer('watchdog', function () {
-    if (this._socket === s) this._socketEnded(s, { code: 4000, reason: 'heartbeat timeout', local: true });
-  }, (s.heartbeat || this.options.HEARTBEAT_INTERVAL) + this.options.HEARTBEAT_GRACE);
-};
-
-/**
- * The close-code policy. `info.local` marks an end decided here (timeouts).
- */
-proto._socketEnded = function (s, info) {
-  if (this._socket === s) this._closeSocket(info.local ? 4000 : 1000, info.reason || '');
-  if (!this._active || this._terminal) return;
-  const code = info.code;
-  const self = this;
-  const sid = this._sid;
-  if (s.probe) {
-    this._probeEnded(s, info);
-    return;
-  }
-  if (code >= 4500 && code <= 4999) {
-    this._fatal(code, info.reason, code === 4503 ? 'forbidden' : 'token invalid or revoked');
-    return;
-  }
-  if (code === 4001) {
-    // token expired: a fresh one first, then resume
-    this._refreshToken().then(function (changed) {
-      if (sid !== self._sid || !self._active || self._socket) return;
-      if (changed || s.connected) {
-        if (s.connected) self._failures = 0;
-        self._openSocket(false);
-      } else self._failure(s, info);
-    }, function (err) {
-      if (sid !== self._sid || !self._active || self._socket) return;
-      self._log('warn', 'getToken failed', err);
-      self._failure(s, info);
-    });
-    return;
-  }
-  if (info.local || s.connected || code === 1000 || code === 1001 || code === 1012 || code === 1008 ||
-      code === 1009 || code === 1011 || (code >= 4000 && code <= 4499)) {
-    this._failure(s, info);
-    return;
-  }
-  // 1006 (and anything else without a meaning) before "connected": the
-  // network, or a handshake refused before any close code could be sent.
-  // The state endpoint with the same token tells the two apart.
-  this._checkRefused(s, info);
-};
-
-proto._checkRefused = function (s, info) {
-  const self = this;
-  const gen = ++this._checkGen;
-  const sid = this._sid;
-  const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId), null, this.options.CONNECTION_TIMEOUT);
-  req.promise.then(function (res) {
-    if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
-    if (res.status === 403) {
-      self._fatal(1006, info.reason, 'token refused (403)');
-    } else if (res.status === 401) {
-      self._refreshToken().then(function (changed) {
-        if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
-        if (changed) self._failure(s, info);
-        else self._fatal(1006, info.reason, 'token refused (401)');
-      }, function () {
-        if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
-        self._fatal(1006, info.reason, 'token refused (401)');
-      });
-    } else self._failure(s, info);
-  }, function (err) {
-    if (err && err.aborted) return;
-    if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
-    self._failure(s, info);
-  });
-};
-
-proto._failure = function (s, info) {
-  if (!this._active || this._terminal || this._paused()) return;
-  if (s && s.connected) this._failures = 0;
-  this._failures += 1;
-  if (this._failures > this.options.MAX_RECONNECT_ATTEMPTS) {
-    this._startFallback(info);
-    return;
-  }
-  let delay = this._backoff(this._failures);
-  if (info && info.code === 4029) delay = Math.max(delay, this.options.RATE_LIMIT_INTERVAL);
-  this._setState('reconnecting', { attempt: this._failures, delay: delay, code: info ? info.code : undefined, reason: info ? info.reason : undefined });
-  this._setTimer('reconnect', function () { this._openSocket(false); }, delay);
-};
-
-proto._fatal = function (code, reason, message) {
-  this._teardown();
-  this._setState('failed', { code: code, reason: reason });
-  this._call('onError', {
-    error: message,
-    error_type: 'CONNECTION_REFUSED',
-    code: code,
-    reason: reason || '',
-    fatal: true,
-    source: 'connection'
-  });
-};
-
-proto._startFallback = function (info) {
-  this._failures = 0;
-  this._fallback = true;
-  this._mode = 'polling';
-  this._call('onFallback', { reason: (info && info.reason) || ('close code ' + (info && info.code)), code: info && info.code, attempts: this.options.MAX_RECONNECT_ATTEMPTS });
-  if (!this._active || this._mode !== 'polling') return;
-  this._startPolling();
-  this._scheduleProbe(this.options.BACKGROUND_RETRY_INTERVAL);
-};
-
-proto._scheduleProbe = function (base) {
-  if (!this._active || !this._fallback || this._manualPolling || !this.options.ENABLE_WEBSOCKET) return;
-  const j = this.options.RECONNECT_JITTER;
-  const delay = Math.round(base * (1 - j + 2 * j * this._random()));
-  this._setTimer('probe', function () { this._openSocket(true); }, delay);
-};
-
-proto._probeEnded = function (s, info) {
-  const code = info.code;
-  if (code >= 4500 && code <= 4999) {
-    // the socket is refused for good; polling decides about the token
-    this._fallback = false;
-    return;
-  }
-  if (code === 4001) this._refreshToken().then(null, function () {});
-  this._scheduleProbe(this.options.BACKGROUND_RETRY_INTERVAL);
-};
-
-// polling ---------------------------------------------------------------------
-
-proto._startPolling = function () {
-  if (this._socket && !this._socket.probe) this._closeSocket(1000, 'polling');
-  this._clearTimer('reconnect');
-  this._pollErrors = 0;
-  this._pollAnnounced = false;
-  this._setState('polling', { fallback: this._fallback });
-  this._poll();
-};
-
-proto._stopPolling = function () {
-  this._pollGen++;
-  this._clearTimer('poll');
-  if (this._pollReq) {
-    const r = this._pollReq;
-    this._pollReq = null;
-    r.abort();
-  }
-};
-
-proto._schedulePoll = function (delay) {
-  this._setTimer('poll', function () { this._poll(); }, delay);
-};
-
-proto._poll = function () {
-  if (!this._active || this._paused() || this._mode !== 'polling' || this._terminal) return;
-  this._clearTimer('poll');
-  if (this._pollReq) {
-    const old = this._pollReq;
-    this._pollReq = null;
-    old.abort();
-  }
-  const self = this;
-  const gen = ++this._pollGen;
-  const after = this._lastSeq;
-  const wait = Math.max(0, Math.min(30, this.options.POLL_WAIT));
-  const started = Date.now();
-  const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId) + '/events',
-    { after: after, wait: wait }, wait * 1000 + this.options.CONNECTION_TIMEOUT);
-  this._pollReq = req;
-  req.promise.then(function (res) {
-    if (gen !== self._pollGen) return;
-    self._pollReq = null;
-    self._onPollResponse(res, after, started);
-  }, function (err) {
-    if (gen !== self._pollGen) return;
-    self._pollReq = null;
-    if (err && err.aborted) return;
-    self._onPollError(err);
-  });
-};
-
-proto._onPollResponse = function (res, after, started) {
-  const self = this;
-  const sid = this._sid;
-  const o = this.options;
-  if (res.status === 200 && res.body && typeof res.body === 'object') {
-    this._pollErrors = 0;
-    const body = res.body;
-    const latest = typeof body.latest_seq === 'number' ? body.latest_seq : null;
-    if (latest !== null && latest < after) {
+  _onConnectedFrame(s, msg) {
+    this._clearTimer('connect-timeout');
+    const latest = typeof msg.latest_seq === 'number' ? msg.latest_seq : null;
+    if (latest !== null && latest < this._lastSeq) {
+      // The server no longer has what we saw (a restarted in-memory broker, or
+      // expired history): its sequence starts again. Follow it.
       const prev = this._lastSeq;
       this._lastSeq = latest;
       this._call('onReset', { previousSeq: prev, latestSeq: latest });
-      if (sid === this._sid && this._active) this._schedulePoll(0);
-      return;
+      if (s.requestedLastSeq > latest) {
+        this._openSocket(s.probe);
+        return;
+      }
     }
-    if (!this._pollAnnounced) {
-      this._pollAnnounced = true;
-      this._call('onConnected', { mode: 'polling', executionId: this._executionId, latestSeq: latest, lastSeq: this._lastSeq, resumed: after > 0, gap: false });
-      if (sid !== this._sid || !this._active || this._mode !== 'polling') return;
+    s.connected = true;
+    if (s.probe) {
+      // the background attempt got through: leave polling
+      s.probe = false;
+      this._stopPolling();
+      this._clearTimer('probe');
+      this._fallback = false;
+      this._mode = 'websocket';
     }
-    const events = Array.isArray(body.events) ? body.events.slice() : [];
-    events.sort(function (a, b) { return (a && typeof a.seq === 'number' ? a.seq : 0) - (b && typeof b.seq === 'number' ? b.seq : 0); });
-    for (let i = 0; i < events.length; i++) {
-      this._deliver(events[i]);
-      if (sid !== this._sid || !this._active || this._terminal || this._mode !== 'polling') return;
-    }
-    if (body.terminal === true && (latest === null || this._lastSeq >= latest)) {
-      // finished, and the terminal event itself is no longer in the history
-      this._finish(null);
-      return;
-    }
-    const elapsed = Date.now() - started;
-    const more = latest !== null && latest > this._lastSeq;
-    this._schedulePoll(events.length || more || elapsed >= o.POLL_MIN_INTERVAL ? 0 : o.POLL_MIN_INTERVAL - elapsed);
-    return;
+    this._failures = 0;
+    let hb = this.options.HEARTBEAT_INTERVAL;
+    if (typeof msg.heartbeat_interval === 'number' && msg.heartbeat_interval > 0) hb = Math.min(hb, msg.heartbeat_interval * 1000);
+    s.heartbeat = hb;
+    this._schedulePing();
+    this._armWatchdog();
+    const info = {
+      mode: 'websocket',
+      executionId: this._executionId,
+      latestSeq: latest,
+      lastSeq: this._lastSeq,
+      resumed: !!msg.resumed,
+      gap: !!msg.gap
+    };
+    this._setState('connected', { resumed: info.resumed, gap: info.gap, latestSeq: latest });
+    this._call('onConnected', info);
   }
-  if (res.status === 401) {
-    this._refreshToken().then(function (changed) {
-      if (sid !== self._sid || !self._active) return;
-      if (changed) self._schedulePoll(0);
-      else self._fatal(401, 'polling refused', 'token refused (401)');
-    }, function () {
-      if (sid === self._sid && self._active) self._onPollError(new Error('getToken failed'));
+
+  _schedulePing() {
+    const s = this._socket;
+    if (!s) return;
+    this._setTimer('ping', function () {
+      if (this._socket !== s || !s.handle) return;
+      s.handle.send('{"type":"ping"}');
+      this._schedulePing();
+    }, s.heartbeat || this.options.HEARTBEAT_INTERVAL);
+  }
+
+  _armWatchdog() {
+    const s = this._socket;
+    if (!s) return;
+    this._setTimer('watchdog', function () {
+      if (this._socket === s) this._socketEnded(s, { code: 4000, reason: 'heartbeat timeout', local: true });
+    }, (s.heartbeat || this.options.HEARTBEAT_INTERVAL) + this.options.HEARTBEAT_GRACE);
+  }
+
+  /**
+   * The close-code policy. `info.local` marks an end decided here (timeouts).
+   */
+  _socketEnded(s, info) {
+    if (this._socket === s) this._closeSocket(info.local ? 4000 : 1000, info.reason || '');
+    if (!this._active || this._terminal) return;
+    const code = info.code;
+    const self = this;
+    const sid = this._sid;
+    if (s.probe) {
+      this._probeEnded(s, info);
+      return;
+    }
+    if (code >= 4500 && code <= 4999) {
+      this._fatal(code, info.reason, code === 4503 ? 'forbidden' : 'token invalid or revoked');
+      return;
+    }
+    if (code === 4001) {
+      // token expired: a fresh one first, then resume
+      this._refreshToken().then(function (changed) {
+        if (sid !== self._sid || !self._active || self._socket) return;
+        if (changed || s.connected) {
+          if (s.connected) self._failures = 0;
+          self._openSocket(false);
+        } else self._failure(s, info);
+      }, function (err) {
+        if (sid !== self._sid || !self._active || self._socket) return;
+        self._log('warn', 'getToken failed', err);
+        self._failure(s, info);
+      });
+      return;
+    }
+    if (info.local || s.connected || code === 1000 || code === 1001 || code === 1012 || code === 1008 ||
+        code === 1009 || code === 1011 || (code >= 4000 && code <= 4499)) {
+      this._failure(s, info);
+      return;
+    }
+    // 1006 (and anything else without a meaning) before "connected": the
+    // network, or a handshake refused before any close code could be sent.
+    // The state endpoint with the same token tells the two apart.
+    this._checkRefused(s, info);
+  }
+
+  _checkRefused(s, info) {
+    const self = this;
+    const gen = ++this._checkGen;
+    const sid = this._sid;
+    const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId), null, this.options.CONNECTION_TIMEOUT);
+    req.promise.then(function (res) {
+      if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
+      if (res.status === 403) {
+        self._fatal(1006, info.reason, 'token refused (403)');
+      } else if (res.status === 401) {
+        self._refreshToken().then(function (changed) {
+          if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
+          if (changed) self._failure(s, info);
+          else self._fatal(1006, info.reason, 'token refused (401)');
+        }, function () {
+          if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
+          self._fatal(1006, info.reason, 'token refused (401)');
+        });
+      } else self._failure(s, info);
+    }, function (err) {
+      if (err && err.aborted) return;
+      if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
+      self._failure(s, info);
     });
-    return;
   }
-  if (res.status === 403) {
-    this._fatal(403, 'polling refused', 'forbidden (403)');
-    return;
+
+  _failure(s, info) {
+    if (!this._active || this._terminal || this._paused()) return;
+    if (s && s.connected) this._failures = 0;
+    this._failures += 1;
+    if (this._failures > this.options.MAX_RECONNECT_ATTEMPTS) {
+      this._startFallback(info);
+      return;
+    }
+    let delay = this._backoff(this._failures);
+    if (info && info.code === 4029) delay = Math.max(delay, this.options.RATE_LIMIT_INTERVAL);
+    this._setState('reconnecting', { attempt: this._failures, delay: delay, code: info ? info.code : undefined, reason: info ? info.reason : undefined });
+    this._setTimer('reconnect', function () { this._openSocket(false); }, delay);
   }
-  if (res.status === 429) {
-    this._schedulePoll(Math.max(o.POLL_MIN_INTERVAL, parseRetryAfter(res.header('Retry-After'), o.RATE_LIMIT_INTERVAL)));
-    return;
+
+  _fatal(code, reason, message) {
+    this._teardown();
+    this._setState('failed', { code: code, reason: reason });
+    this._call('onError', {
+      error: message,
+      error_type: 'CONNECTION_REFUSED',
+      code: code,
+      reason: reason || '',
+      fatal: true,
+      source: 'connection'
+    });
   }
-  this._onPollError(new Error('HTTP ' + res.status));
-};
 
-proto._onPollError = function (err) {
-  if (!this._active || this._paused()) return;
-  this._pollErrors += 1;
-  const delay = this._backoff(this._pollErrors);
-  this._log('debug', 'poll failed, next in ' + delay + ' ms', err);
-  this._schedulePoll(delay);
-};
-
-// events ----------------------------------------------------------------------
-
-/** Delivers one event unless already seen; returns whether it was new. */
-proto._deliver = function (evt) {
-  if (!evt || typeof evt !== 'object' || !this._active || this._terminal) return false;
-  const seq = evt.seq;
-  if (typeof seq === 'number') {
-    if (seq <= this._lastSeq) return false;
-    this._lastSeq = seq;
-  }
-  const sid = this._sid;
-  const data = evt.data && typeof evt.data === 'object' ? evt.data : {};
-  this._call('onEvent', evt);
-  if (sid !== this._sid) return true;
-  switch (evt.event) {
-    case 'progress': this._call('onProgress', data, evt); break;
-    case 'result': this._call('onResult', data, evt); break;
-    case 'complete': this._call('onComplete', data, evt); break;
-    case 'error': this._call('onError', data, evt); break;
-    default: break;
-  }
-  if (sid !== this._sid || !this._active) return true;
-  if (evt.event === 'complete' || (evt.event === 'error' && data.recoverable !== true)) this._finish(evt);
-  return true;
-};
-
-proto._finish = function (evt) {
-  this._terminal = true;
-  this._teardown();
-  this._setState('done', { event: evt ? evt.event : null });
-};
-
-// lifecycle -------------------------------------------------------------------
-
-proto._pause = function (reason) {
-  if (!this._active) return;
-  this._stopTransports();
-  this._setState('paused', { reason: reason });
-};
-
-proto._resume = function (reason) {
-  if (!this._active || this._paused()) return;
-  if (this._state === 'connected' && this._socket && this._socket.connected) return;
-  this._failures = 0;
-  this._pollErrors = 0;
-  if (this._mode === 'polling') {
+  _startFallback(info) {
+    this._failures = 0;
+    this._fallback = true;
+    this._mode = 'polling';
+    this._call('onFallback', { reason: (info && info.reason) || ('close code ' + (info && info.code)), code: info && info.code, attempts: this.options.MAX_RECONNECT_ATTEMPTS });
+    if (!this._active || this._mode !== 'polling') return;
     this._startPolling();
-    if (this._fallback) this._scheduleProbe(0);
-  } else {
-    this._openSocket(false);
+    this._scheduleProbe(this.options.BACKGROUND_RETRY_INTERVAL);
   }
-  this._log('debug', 'resumed (' + reason + ')');
-};
 
-proto._onHide = function () {
-  this._hidden = true;
-  this._pause('hidden');
-};
+  _scheduleProbe(base) {
+    if (!this._active || !this._fallback || this._manualPolling || !this.options.ENABLE_WEBSOCKET) return;
+    const j = this.options.RECONNECT_JITTER;
+    const delay = Math.round(base * (1 - j + 2 * j * this._random()));
+    this._setTimer('probe', function () { this._openSocket(true); }, delay);
+  }
 
-proto._onShow = function () {
-  if (!this._hidden) return;
-  this._hidden = false;
-  this._resume('shown');
-};
+  _probeEnded(s, info) {
+    const code = info.code;
+    if (code >= 4500 && code <= 4999) {
+      // the socket is refused for good; polling decides about the token
+      this._fallback = false;
+      return;
+    }
+    if (code === 4001) this._refreshToken().then(null, function () {});
+    this._scheduleProbe(this.options.BACKGROUND_RETRY_INTERVAL);
+  }
 
-proto._onOffline = function () {
-  this._offline = true;
-  this._pause('offline');
-};
+  // polling ---------------------------------------------------------------------
 
-proto._onOnline = function () {
-  this._offline = false;
-  this._resume('online');
-};
+  _startPolling() {
+    if (this._socket && !this._socket.probe) this._closeSocket(1000, 'polling');
+    this._clearTimer('reconnect');
+    this._pollErrors = 0;
+    this._pollAnnounced = false;
+    this._setState('polling', { fallback: this._fallback });
+    this._poll();
+  }
+
+  _stopPolling() {
+    this._pollGen++;
+    this._clearTimer('poll');
+    if (this._pollReq) {
+      const r = this._pollReq;
+      this._pollReq = null;
+      r.abort();
+    }
+  }
+
+  _schedulePoll(delay) {
+    this._setTimer('poll', function () { this._poll(); }, delay);
+  }
+
+  _poll() {
+    if (!this._active || this._paused() || this._mode !== 'polling' || this._terminal) return;
+    this._clearTimer('poll');
+    if (this._pollReq) {
+      const old = this._pollReq;
+      this._pollReq = null;
+      old.abort();
+    }
+    const self = this;
+    const gen = ++this._pollGen;
+    const after = this._lastSeq;
+    const wait = Math.max(0, Math.min(30, this.options.POLL_WAIT));
+    const started = Date.now();
+    const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId) + '/events',
+      { after: after, wait: wait }, wait * 1000 + this.options.CONNECTION_TIMEOUT);
+    this._pollReq = req;
+    req.promise.then(function (res) {
+      if (gen !== self._pollGen) return;
+      self._pollReq = null;
+      self._onPollResponse(res, after, started);
+    }, function (err) {
+      if (gen !== self._pollGen) return;
+      self._pollReq = null;
+      if (err && err.aborted) return;
+      self._onPollError(err);
+    });
+  }
+
+  _onPollResponse(res, after, started) {
+    const self = this;
+    const sid = this._sid;
+    const o = this.options;
+    if (res.status === 200 && res.body && typeof res.body === 'object') {
+      this._pollErrors = 0;
+      const body = res.body;
+      const latest = typeof body.latest_seq === 'number' ? body.latest_seq : null;
+      if (latest !== null && latest < after) {
+        const prev = this._lastSeq;
+        this._lastSeq = latest;
+        this._call('onReset', { previousSeq: prev, latestSeq: latest });
+        if (sid === this._sid && this._active) this._schedulePoll(0);
+        return;
+      }
+      if (!this._pollAnnounced) {
+        this._pollAnnounced = true;
+        this._call('onConnected', { mode: 'polling', executionId: this._executionId, latestSeq: latest, lastSeq: this._lastSeq, resumed: after > 0, gap: false });
+        if (sid !== this._sid || !this._active || this._mode !== 'polling') return;
+      }
+      const events = Array.isArray(body.events) ? body.events.slice() : [];
+      events.sort(function (a, b) { return (a && typeof a.seq === 'number' ? a.seq : 0) - (b && typeof b.seq === 'number' ? b.seq : 0); });
+      for (let i = 0; i < events.length; i++) {
+        this._deliver(events[i]);
+        if (sid !== this._sid || !this._active || this._terminal || this._mode !== 'polling') return;
+      }
+      if (body.terminal === true && (latest === null || this._lastSeq >= latest)) {
+        // finished, and the terminal event itself is no longer in the history
+        this._finish(null);
+        return;
+      }
+      const elapsed = Date.now() - started;
+      const more = latest !== null && latest > this._lastSeq;
+      this._schedulePoll(events.length || more || elapsed >= o.POLL_MIN_INTERVAL ? 0 : o.POLL_MIN_INTERVAL - elapsed);
+      return;
+    }
+    if (res.status === 401) {
+      this._refreshToken().then(function (changed) {
+        if (sid !== self._sid || !self._active) return;
+        if (changed) self._schedulePoll(0);
+        else self._fatal(401, 'polling refused', 'token refused (401)');
+      }, function () {
+        if (sid === self._sid && self._active) self._onPollError(new Error('getToken failed'));
+      });
+      return;
+    }
+    if (res.status === 403) {
+      this._fatal(403, 'polling refused', 'forbidden (403)');
+      return;
+    }
+    if (res.status === 429) {
+      this._schedulePoll(Math.max(o.POLL_MIN_INTERVAL, parseRetryAfter(res.header('Retry-After'), o.RATE_LIMIT_INTERVAL)));
+      return;
+    }
+    this._onPollError(new Error('HTTP ' + res.status));
+  }
+
+  _onPollError(err) {
+    if (!this._active || this._paused()) return;
+    this._pollErrors += 1;
+    const delay = this._backoff(this._pollErrors);
+    this._log('debug', 'poll failed, next in ' + delay + ' ms', err);
+    this._schedulePoll(delay);
+  }
+
+  // events ----------------------------------------------------------------------
+
+  /** Delivers one event unless already seen; returns whether it was new. */
+  _deliver(evt) {
+    if (!evt || typeof evt !== 'object' || !this._active || this._terminal) return false;
+    const seq = evt.seq;
+    if (typeof seq === 'number') {
+      if (seq <= this._lastSeq) return false;
+      this._lastSeq = seq;
+    }
+    const sid = this._sid;
+    const data = evt.data && typeof evt.data === 'object' ? evt.data : {};
+    this._call('onEvent', evt);
+    if (sid !== this._sid) return true;
+    switch (evt.event) {
+      case 'progress': this._call('onProgress', data, evt); break;
+      case 'result': this._call('onResult', data, evt); break;
+      case 'complete': this._call('onComplete', data, evt); break;
+      case 'error': this._call('onError', data, evt); break;
+      default: break;
+    }
+    if (sid !== this._sid || !this._active) return true;
+    if (evt.event === 'complete' || (evt.event === 'error' && data.recoverable !== true)) this._finish(evt);
+    return true;
+  }
+
+  _finish(evt) {
+    this._terminal = true;
+    this._teardown();
+    this._setState('done', { event: evt ? evt.event : null });
+  }
+
+  // lifecycle -------------------------------------------------------------------
+
+  _pause(reason) {
+    if (!this._active) return;
+    this._stopTransports();
+    this._setState('paused', { reason: reason });
+  }
+
+  _resume(reason) {
+    if (!this._active || this._paused()) return;
+    if (this._state === 'connected' && this._socket && this._socket.connected) return;
+    this._failures = 0;
+    this._pollErrors = 0;
+    if (this._mode === 'polling') {
+      this._startPolling();
+      if (this._fallback) this._scheduleProbe(0);
+    } else {
+      this._openSocket(false);
+    }
+    this._log('debug', 'resumed (' + reason + ')');
+  }
+
+  _onHide() {
+    this._hidden = true;
+    this._pause('hidden');
+  }
+
+  _onShow() {
+    if (!this._hidden) return;
+    this._hidden = false;
+    this._resume('shown');
+  }
+
+  _onOffline() {
+    this._offline = true;
+    this._pause('offline');
+  }
+
+  _onOnline() {
+    this._offline = false;
+    this._resume('online');
+  }
+}
 
 /**
  * @param {any} options
  * @returns {any}
  */
 function createClient(options) {
-  return new /** @type {any} */ (ProgressRelayClient)(options);
+  return new ProgressRelayClient(options);
 }
 
 export { createClient, DEFAULT_OPTIONS, resolveTransport, ProgressRelayClient, computeBackoff, parseRetryAfter, VERSION };

@@ -57,6 +57,7 @@ class Subscription:
     __slots__ = (
         "_buffer",
         "_catch_up",
+        "_finished",
         "_queue",
         "_state",
         "_wakeup",
@@ -86,6 +87,7 @@ class Subscription:
         self._wakeup: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._catch_up: asyncio.Task[None] | None = None
+        self._finished = False  # history says terminal: close once the queue is written
 
     async def open(self) -> HistoryPage:
         """Register for live events, then read history after the cursor."""
@@ -103,6 +105,8 @@ class Subscription:
         if first_frame is not None:
             self._queue.append(first_frame)
         self._merge(page.events)
+        # Already finished and nothing newer for this client: close after what is queued.
+        self._finished = page.terminal
         self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def send_control(self, frame: str) -> None:
@@ -188,6 +192,9 @@ class Subscription:
         try:
             while True:
                 while not self._queue:
+                    if self._finished:
+                        self.close(CloseCode.NORMAL, "execution finished")
+                        return
                     self._wakeup = asyncio.get_running_loop().create_future()
                     await self._wakeup
                 item = self._queue.popleft()

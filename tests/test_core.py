@@ -1,0 +1,247 @@
+"""The core without sockets: event model, subscriptions, hub, publisher keys, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import jwt
+import pytest
+
+from auth import PublisherKeys, TokenExpired, TokenForbidden, TokenInvalid, TokenMinter, TokenVerifier
+from service.brokers.memory import MemoryBroker
+from service.errors import ExecutionFinished, ValidationFailed
+from service.events import parse_draft
+from service.relay import Relay
+from tests.conftest import SECRET, make_settings, make_token
+
+
+class ListSink:
+    """A sink that records frames; can be made to stall."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.closed: tuple[int, str] | None = None
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def send(self, frame: str) -> None:
+        await self.gate.wait()
+        self.frames.append(frame)
+
+    def close_now(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    def seqs(self) -> list[int]:
+        return [json.loads(f)["seq"] for f in self.frames if '"seq"' in f]
+
+
+def progress(eid: str, n: int, **extra: object):  # type: ignore[no-untyped-def]
+    """A progress draft."""
+    return parse_draft(eid, {"event": "progress", "data": {"progress": n % 101, "stage": "s"}, **extra})
+
+
+async def settle() -> None:
+    """Let the writer tasks run."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_frame_is_encoded_once_with_seq_in_place() -> None:
+    """A draft's frame is the contract's event object with the seq filled in, Chinese kept as UTF-8."""
+    draft = parse_draft("exec-001", {"event": "progress", "timestamp": "2026-02-27T21:30:00Z",
+                                     "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"}})
+    event = draft.with_seq(7)
+    assert json.loads(event.frame) == {
+        "type": "diagnosis_update", "execution_id": "exec-001", "seq": 7, "timestamp": "2026-02-27T21:30:00Z",
+        "event": "progress", "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"}}
+    assert "查询中" in event.frame and not event.terminal
+
+
+@pytest.mark.parametrize(("body", "terminal"), [
+    ({"event": "complete"}, True),
+    ({"event": "error", "data": {"error": "x"}}, True),
+    ({"event": "error", "data": {"error": "x", "recoverable": True}}, False),
+    ({"event": "error", "data": {"error": "x", "recoverable": False}}, True),
+    ({"event": "result", "data": {}}, False),
+])
+def test_terminal_events(body: dict[str, object], terminal: bool) -> None:
+    """complete and non-recoverable errors are terminal; nothing else is."""
+    assert parse_draft("e", body).terminal is terminal
+
+
+def test_validation_collects_every_failing_field() -> None:
+    """All failing fields are reported at once, not only the first."""
+    with pytest.raises(ValidationFailed) as exc:
+        parse_draft("bad id!", {"event": "progress", "data": {"progress": "x"}, "extra": 1})
+    assert {f["field"] for f in exc.value.fields} == {"execution_id", "extra", "data.progress", "data.stage"}
+
+
+async def test_memory_broker_assigns_seq_and_refuses_after_terminal() -> None:
+    """Seqs are 1..n per execution; after a terminal event, publish raises ExecutionFinished."""
+    broker = MemoryBroker(history_size=10, history_ttl=60)
+    seen: list[tuple[str, int]] = []
+    broker.set_listener(lambda eid, ev: seen.append((eid, ev.seq)))
+    assert (await broker.publish(progress("a", 1))).seq == 1
+    assert (await broker.publish(progress("b", 1))).seq == 1
+    assert (await broker.publish(progress("a", 2))).seq == 2
+    await broker.publish(parse_draft("a", {"event": "complete"}))
+    with pytest.raises(ExecutionFinished):
+        await broker.publish(progress("a", 3))
+    assert seen == [("a", 1), ("b", 1), ("a", 2), ("a", 3)]
+
+
+async def test_memory_broker_bounds_history_and_expires_it() -> None:
+    """History keeps the newest RELAY_HISTORY_SIZE events and is forgotten after the TTL."""
+    broker = MemoryBroker(history_size=3, history_ttl=1)
+    for i in range(5):
+        await broker.publish(progress("a", i))
+    page = await broker.history("a")
+    assert [e.seq for e in page.events] == [3, 4, 5] and page.first_seq == 3 and page.gap_after(0)
+    assert [e.seq for e in (await broker.history("a", after=3, limit=1)).events] == [4]
+    assert not page.gap_after(2)
+    broker._logs["a"].touched -= 5  # as if the last event were 5 s old
+    assert not (await broker.history("a")).exists
+    assert (await broker.publish(progress("a", 0))).seq == 1  # a new history starts
+
+
+async def relay_with(**env: str) -> Relay:
+    """A relay on the memory broker."""
+    relay = Relay(make_settings(**env))
+    await relay.start()
+    return relay
+
+
+async def test_subscription_merges_replay_and_buffered_live_events_without_duplicates() -> None:
+    """Events published between registering and reading history are delivered once, in order."""
+    relay = await relay_with()
+    for i in range(3):
+        await relay.publish(progress("e", i))
+    sink = ListSink()
+    sub = relay.subscription("e", 1, sink)
+    page = await sub.open()
+    # Published after history was read but before going live: buffered, and seq 3 is in both.
+    await relay.publish(progress("e", 3))
+    sub.offer(page.events[-1])  # a duplicate delivery of seq 3 must be ignored
+    sub.start(page, '{"type":"connected"}')
+    await relay.publish(progress("e", 4))
+    await settle()
+    assert sink.frames[0] == '{"type":"connected"}'
+    assert sink.seqs() == [2, 3, 4, 5]
+    await relay.close()
+
+
+async def test_subscription_rereads_history_on_a_seq_hole() -> None:
+    """A live event that skips seqs makes the subscription re-read history instead of losing events."""
+    relay = await relay_with()
+    sink = ListSink()
+    sub = relay.subscription("e", 0, sink)
+    sub.start(await sub.open())
+    relay.hub.remove("e", sub)  # simulate a lost live channel: publishes do not reach it
+    for i in range(3):
+        await relay.publish(progress("e", i))
+    await relay.hub.add("e", sub)
+    await relay.publish(progress("e", 3))  # seq 4 arrives live; 1..3 were missed
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4]
+    await relay.close()
+
+
+async def test_resync_recovers_events_missed_without_a_later_event() -> None:
+    """After resync (a broker reconnected), a subscription fetches what it missed, terminal included."""
+    relay = await relay_with()
+    sink = ListSink()
+    sub = relay.subscription("e", 0, sink)
+    sub.start(await sub.open())
+    relay.hub.remove("e", sub)
+    await relay.publish(progress("e", 1))
+    await relay.publish(parse_draft("e", {"event": "complete"}))
+    await relay.hub.add("e", sub)
+    relay.hub.resync()
+    await settle()
+    assert sink.seqs() == [1, 2]
+    assert sink.closed == (1000, "execution finished")
+    await relay.close()
+
+
+async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None:
+    """A stalled sink overflows its bounded queue and is closed with 4008; another keeps receiving."""
+    relay = await relay_with(RELAY_SEND_QUEUE_SIZE="4")
+    stalled, healthy = ListSink(), ListSink()
+    stalled.gate.clear()
+    subs = []
+    for sink in (stalled, healthy):
+        sub = relay.subscription("e", 0, sink)
+        sub.start(await sub.open())
+        subs.append(sub)
+    for i in range(10):
+        await relay.publish(progress("e", i))
+        await settle()
+    assert stalled.closed == (4008, "slow consumer")
+    assert healthy.closed is None and healthy.seqs() == list(range(1, 11))
+    assert relay.hub.subscribers("e") == 1
+    assert relay.counters["slow_consumer_closes"] == 1
+    await relay.close()
+
+
+async def test_long_poll_wakes_on_publish_and_times_out_empty() -> None:
+    """wait_for_events returns as soon as an event is published, or an empty page at the timeout."""
+    relay = await relay_with()
+    waiter = asyncio.create_task(relay.wait_for_events("e", 0, timeout=10))
+    await settle()
+    assert not waiter.done()
+    await relay.publish(progress("e", 1))
+    page = await asyncio.wait_for(waiter, 1)
+    assert [e.seq for e in page.events] == [1]
+    empty = await relay.wait_for_events("e", 1, timeout=0.05)
+    assert empty.events == [] and empty.latest_seq == 1
+    assert relay.hub.executions == 0  # waiters unregister
+    await relay.close()
+
+
+def test_publisher_keys_compare_every_key() -> None:
+    """Any configured key matches; near misses, empty and None do not."""
+    keys = PublisherKeys(["alpha-key", "beta-key"])
+    assert keys.check("alpha-key") and keys.check("beta-key")
+    assert not keys.check("alpha-ke") and not keys.check("") and not keys.check(None)
+
+
+def test_verifier_outcomes() -> None:
+    """The verifier returns claims, or the error class that maps to each close code."""
+    v = TokenVerifier("HS256", [("default", SECRET)], "progress-relay", leeway=5)
+    claims = v.verify(make_token("e1", sub="u"), "e1")
+    assert claims.execution_id == "e1" and claims.sub == "u"
+    with pytest.raises(TokenForbidden):
+        v.verify(make_token("e1"), "e2")
+    with pytest.raises(TokenExpired):
+        v.verify(make_token(ttl=-30))
+    v.verify(make_token(ttl=-3))  # within the leeway
+    with pytest.raises(TokenInvalid) as exc:
+        v.verify(make_token(algorithm="HS512", secret=SECRET))
+    assert exc.value.reason == "algorithm"
+    with pytest.raises(TokenInvalid) as exc:
+        v.verify("e" * 8193)
+    assert exc.value.reason == "too_large"
+    token = make_token(headers={"jku": "https://evil.example/jwks", "x5u": "https://evil.example/cert"})
+    assert v.verify(token).sub == "user-1"  # such headers are ignored, never fetched
+
+
+def test_verifier_refuses_bad_configuration() -> None:
+    """Unknown algorithms (none included), empty key sets and leeway above 30 s are refused."""
+    with pytest.raises(ValueError):
+        TokenVerifier("none", [("k", "s")], "a")
+    with pytest.raises(ValueError):
+        TokenVerifier("HS256", [], "a")
+    with pytest.raises(ValueError):
+        TokenVerifier("HS256", [("k", "s")], "a", leeway=31)
+
+
+def test_minted_tokens_verify_and_carry_kid() -> None:
+    """Minted tokens name their kid and pass the verifier for the same key set."""
+    minter = TokenMinter("HS256", "k2", SECRET, "progress-relay", issuer="backend")
+    token, exp = minter.mint("e1", "u1", ttl=60)
+    assert jwt.get_unverified_header(token)["kid"] == "k2"
+    assert abs(exp - time.time() - 60) < 5
+    v = TokenVerifier("HS256", [("k1", "other" * 8), ("k2", SECRET)], "progress-relay", issuer="backend")
+    assert v.verify(token, "e1").sub == "u1"

@@ -1,0 +1,447 @@
+"""The Redis broker: many processes and pods share one history.
+
+Per execution (``{eid}`` is a Redis Cluster hash tag, so one execution's
+keys live in one slot and one Lua script may touch them all)::
+
+    <prefix>:{<eid>}:stream   Stream, entry id "<seq>-0", fields f (frame),
+                              e (event type), t ("1" if terminal);
+                              trimmed to exactly RELAY_HISTORY_SIZE entries
+    <prefix>:{<eid>}:meta     Hash: seq (counter), terminal ("0"/"1"),
+                              updated (unix ms of the last event)
+    <prefix>:{<eid>}:idem     Hash: idempotency key -> seq
+    <prefix>:{<eid>}:live     pub/sub channel; message "<seq>|<t>|<event>|<frame>"
+
+All three keys get ``EXPIRE RELAY_HISTORY_TTL`` on every publish. Assigning
+the seq, appending, recording the idempotency key, refusing events after a
+terminal one and ``PUBLISH`` happen in one Lua script, so two instances can
+never assign the same seq and Redis delivers one execution's messages in seq
+order. Because stream ids are the seqs themselves, a history read after
+``N`` is one ``XRANGE (N+1)-0 +``; exact trimming keeps the retained seqs
+contiguous.
+
+One pub/sub connection per instance carries the channels of executions that
+have local subscribers. A reader task hands each message to the listener in
+arrival order. When that connection breaks, the reader reconnects with
+backoff, subscribes to every current channel again and then calls
+``on_resync``, so subscribers re-read history for whatever they missed.
+
+Commands are never retried by the client: a publish whose reply was lost may
+have been applied, so the caller gets :class:`BrokerUnavailable` and retries
+with its idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
+from ..events import Event, EventDraft
+from .base import Broker, HistoryPage, PublishResult
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger("relay.broker.redis")
+
+# KEYS: stream, meta, idem.
+# ARGV: head, tail, event, terminal ("0"/"1"), idempotency key ("" for none),
+#       history size, ttl seconds, now (unix ms), channel.
+# Returns {1, seq} accepted, {0, seq} duplicate, {-1, 0} execution finished.
+PUBLISH_LUA = """
+local key = ARGV[5]
+if key ~= '' then
+  local seen = redis.call('HGET', KEYS[3], key)
+  if seen then return {0, tonumber(seen)} end
+end
+if redis.call('HGET', KEYS[2], 'terminal') == '1' then return {-1, 0} end
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+local frame = ARGV[1] .. seq .. ARGV[2]
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], seq .. '-0', 'f', frame, 'e', ARGV[3], 't', ARGV[4])
+redis.call('HSET', KEYS[2], 'terminal', ARGV[4], 'updated', ARGV[8])
+local ttl = ARGV[7]
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+if key ~= '' then
+  redis.call('HSET', KEYS[3], key, seq)
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+redis.call('PUBLISH', ARGV[9], seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
+return {1, seq}
+"""
+
+# KEYS: stream, meta. ARGV: after, limit (0: no limit).
+# Returns {} for an unknown execution, else
+# {latest_seq, terminal, updated_ms, first_seq, seq1, frame1, event1, t1, seq2, ...}.
+HISTORY_LUA = """
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'terminal', 'updated')
+if not meta[1] then return {} end
+local out = {tonumber(meta[1]), meta[2] or '0', meta[3] or '0', 0}
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #first > 0 then out[4] = tonumber(string.match(first[1][1], '^%d+')) end
+local start = (tonumber(ARGV[1]) + 1) .. '-0'
+local entries
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])
+else
+  entries = redis.call('XRANGE', KEYS[1], start, '+')
+end
+for _, entry in ipairs(entries) do
+  local f = entry[2]
+  out[#out + 1] = tonumber(string.match(entry[1], '^%d+'))
+  out[#out + 1] = f[2]
+  out[#out + 1] = f[4]
+  out[#out + 1] = f[6]
+end
+return out
+"""
+
+_UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
+
+
+class RedisBroker(Broker):
+    """History in Redis Streams, live events over one pub/sub connection."""
+
+    def __init__(
+        self,
+        url: str,
+        history_size: int,
+        history_ttl: int,
+        prefix: str = "relay",
+        *,
+        connect_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+        ping_timeout: float = 1.0,
+        keepalive_interval: float = 5.0,
+        reconnect_min: float = 0.1,
+        reconnect_max: float = 5.0,
+    ) -> None:
+        super().__init__(history_size, history_ttl)
+        self.url = url
+        self.prefix = prefix
+        self.connect_timeout = connect_timeout
+        self.ping_timeout = ping_timeout
+        self.keepalive_interval = keepalive_interval
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self._redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=command_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),  # a lost reply may hide an applied publish: never resend
+            client_name=f"progress-relay:{prefix}",
+        )
+        self._publish_script = self._redis.register_script(PUBLISH_LUA)
+        self._history_script = self._redis.register_script(HISTORY_LUA)
+        self._control = f"{prefix}:control"  # always subscribed: the connection is live even with no executions
+        self._channels: dict[str, str] = {}  # channel -> execution_id, for executions with local subscribers
+        self._confirm: dict[str, asyncio.Future[None]] = {}  # channels waiting for their SUBSCRIBE reply
+        self._pubsub: PubSub | None = None
+        self._connected = False
+        self._first_connect: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._last_seen = 0.0
+        self.published = 0
+        self.reconnect_attempts = 0
+        self.dropped_messages = 0
+
+    # -- naming ---------------------------------------------------------------
+
+    def keys(self, execution_id: str) -> tuple[str, str, str]:
+        """The stream, meta and idempotency keys of ``execution_id`` (one hash slot)."""
+        base = f"{self.prefix}:{{{execution_id}}}"
+        return f"{base}:stream", f"{base}:meta", f"{base}:idem"
+
+    def channel(self, execution_id: str) -> str:
+        """The pub/sub channel of ``execution_id``."""
+        return f"{self.prefix}:{{{execution_id}}}:live"
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the pub/sub reader; wait briefly for the first connection.
+
+        An unreachable Redis does not stop the instance from starting: it
+        reports not ready (``/readyz`` 503) and keeps reconnecting.
+        """
+        self._first_connect = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read_forever(), name="redis-pubsub-reader")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._first_connect), self.connect_timeout + 1.0)
+        except TimeoutError:
+            log.error("Redis at %s is unreachable; starting anyway and reconnecting in the background",
+                      _safe_url(self.url))
+
+    async def close(self) -> None:
+        """Stop the reader and close every connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._drop_pubsub()
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+    # -- publishing -------------------------------------------------------------
+
+    def _script_args(self, draft: EventDraft) -> tuple[tuple[str, str, str], tuple[Any, ...]]:
+        args = (
+            draft.head,
+            draft.tail,
+            draft.event,
+            "1" if draft.terminal else "0",
+            draft.idempotency_key or "",
+            self.history_size,
+            self.history_ttl,
+            int(time.time() * 1000),
+            self.channel(draft.execution_id),
+        )
+        return self.keys(draft.execution_id), args
+
+    def _result(self, draft: EventDraft, reply: Any) -> PublishResult:
+        status, seq = int(reply[0]), int(reply[1])
+        if status < 0:
+            raise ExecutionFinished()
+        if status == 0:
+            return PublishResult(draft.execution_id, seq, True)
+        self.published += 1
+        return PublishResult(draft.execution_id, seq, False, draft.with_seq(seq))
+
+    async def publish(self, draft: EventDraft) -> PublishResult:
+        """Run the publish script; the listener gets the event through pub/sub."""
+        keys, args = self._script_args(draft)
+        try:
+            reply = await self._publish_script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return self._result(draft, reply)
+
+    async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
+        """Pipeline one script call per draft; results in order.
+
+        If the pipeline fails as a whole, every item reports BrokerUnavailable
+        (some may have been applied: publishers retry with their idempotency keys).
+        """
+        if not drafts:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for draft in drafts:
+            keys, args = self._script_args(draft)
+            await self._publish_script(keys=keys, args=args, client=pipe)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            error = _unavailable(exc)
+            return [error for _ in drafts]
+        results: list[PublishResult | RelayError] = []
+        for draft, reply in zip(drafts, replies, strict=True):
+            if isinstance(reply, Exception):
+                results.append(_unavailable(reply))
+                continue
+            try:
+                results.append(self._result(draft, reply))
+            except ExecutionFinished as exc:
+                results.append(exc)
+        return results
+
+    # -- reading ------------------------------------------------------------------
+
+    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
+        """Retained events after ``after``, read in one script (a consistent snapshot)."""
+        stream, meta, _ = self.keys(execution_id)
+        try:
+            reply = await self._history_script(keys=(stream, meta), args=(max(0, after), limit or 0))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        if not reply:
+            return HistoryPage()
+        latest, terminal, updated, first = int(reply[0]), reply[1] == "1", int(reply[2]), int(reply[3])
+        events = [
+            Event(int(reply[i]), reply[i + 2], reply[i + 3] == "1", reply[i + 1]) for i in range(4, len(reply), 4)
+        ]
+        return HistoryPage(events, latest, first, terminal, updated / 1000.0)
+
+    async def ping(self) -> None:
+        """PING within ``ping_timeout``; also unready while live delivery is reconnecting."""
+        try:
+            await asyncio.wait_for(self._redis.ping(), self.ping_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc) from None
+        if not self._connected:
+            raise BrokerUnavailable("Redis answers, but the pub/sub connection for live events is reconnecting")
+
+    # -- live delivery --------------------------------------------------------------
+
+    async def subscribe(self, execution_id: str) -> None:
+        """SUBSCRIBE to the execution's channel; return once Redis confirmed it."""
+        channel = self.channel(execution_id)
+        pubsub = self._pubsub
+        if not self._connected or pubsub is None:
+            raise BrokerUnavailable("the event broker (Redis) is unreachable; live events are unavailable")
+        if channel in self._channels:
+            return
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirm[channel] = confirmed
+        self._channels[channel] = execution_id
+        try:
+            await pubsub.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(confirmed), self.connect_timeout)
+        except BaseException as exc:
+            self._channels.pop(channel, None)
+            if self._confirm.get(channel) is confirmed:
+                del self._confirm[channel]
+            if not confirmed.done():
+                confirmed.cancel()
+            if isinstance(exc, RedisError | OSError | TimeoutError):
+                raise _unavailable(exc) from None
+            raise
+
+    async def unsubscribe(self, execution_id: str) -> None:
+        """UNSUBSCRIBE; a broken connection is rebuilt without the channel anyway."""
+        channel = self.channel(execution_id)
+        if self._channels.pop(channel, None) is None:
+            return
+        pubsub = self._pubsub
+        if self._connected and pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.unsubscribe(channel)
+
+    async def _read_forever(self) -> None:
+        """Keep one pub/sub connection up; reconnect with backoff after a failure."""
+        delay = self.reconnect_min
+        first = True
+        while True:
+            pubsub = self._redis.pubsub()
+            self._pubsub = pubsub
+            keepalive: asyncio.Task[None] | None = None
+            try:
+                pending = {self._control, *self._channels}
+                await pubsub.subscribe(*pending)
+                self._last_seen = time.monotonic()
+                keepalive = asyncio.create_task(self._keepalive(pubsub))
+                await self._read(pubsub, pending, first)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # RedisError, OSError or a bug: log, reconnect
+                if self._connected:
+                    log.warning("Redis pub/sub connection lost (%s); reconnecting", _describe(exc))
+                    delay = self.reconnect_min  # it was up: the first retry comes quickly
+                else:
+                    log.debug("Redis pub/sub connection attempt failed: %s", _describe(exc))
+            finally:
+                self._connected = False
+                if keepalive is not None:
+                    keepalive.cancel()
+                for future in self._confirm.values():
+                    if not future.done():
+                        future.set_exception(BrokerUnavailable("the pub/sub connection to Redis was lost"))
+                        future.exception()
+                self._confirm.clear()
+                await self._drop_pubsub()
+            first = False
+            self.reconnect_attempts += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: pods do not reconnect in lockstep
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
+        """Dispatch messages in arrival order; mark connected once resubscribed."""
+        listener = self._listener
+        channels = self._channels
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            self._last_seen = time.monotonic()
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "message":
+                execution_id = channels.get(message["channel"])
+                if execution_id is None or listener is None:
+                    continue  # unsubscribed meanwhile
+                try:
+                    seq, terminal, event, frame = message["data"].split("|", 3)
+                    listener(execution_id, Event(int(seq), event, terminal == "1", frame))
+                except Exception:
+                    self.dropped_messages += 1
+                    log.exception("a live event could not be dispatched")
+                continue
+            if kind == "subscribe":
+                channel = message["channel"]
+                future = self._confirm.pop(channel, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                if pending:
+                    pending.discard(channel)
+                    if not pending:
+                        self._on_connected(first)
+                continue
+            # pong, unsubscribe: nothing to do beyond _last_seen
+
+    def _on_connected(self, first: bool) -> None:
+        self._connected = True
+        if self._first_connect is not None and not self._first_connect.done():
+            self._first_connect.set_result(None)
+        if not first:
+            log.info("Redis pub/sub reconnected; %d executions resubscribed", len(self._channels))
+        # Anything published while the connection was down is only in history.
+        if self._on_resync is not None and not first:
+            self._on_resync()
+
+    async def _keepalive(self, pubsub: PubSub) -> None:
+        """PING the pub/sub connection when idle; drop it if Redis stops answering."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            idle = time.monotonic() - self._last_seen
+            if idle > 3 * self.keepalive_interval:
+                log.warning("Redis pub/sub connection silent for %.0f s; reconnecting", idle)
+                if pubsub.connection is not None:
+                    await pubsub.connection.disconnect(nowait=True)
+                return
+            if idle >= self.keepalive_interval:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.ping()
+
+    async def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    def stats(self) -> dict[str, int]:
+        """Events accepted here, channels subscribed, pub/sub reconnects."""
+        return {
+            "events_accepted": self.published,
+            "redis_channels_subscribed": len(self._channels),
+            "redis_pubsub_connected": int(self._connected),
+            "redis_pubsub_reconnect_attempts": self.reconnect_attempts,
+            "redis_messages_dropped": self.dropped_messages,
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+
+
+def _unavailable(exc: BaseException) -> BrokerUnavailable:
+    log.warning("Redis command failed: %s", _describe(exc))
+    return BrokerUnavailable(_UNREACHABLE)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

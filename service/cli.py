@@ -160,8 +160,7 @@ def serve() -> int:
     settings = load_settings()
     if settings.dev_secrets:
         # Workers re-read the environment: hand them the same throwaway secrets.
-        os.environ["RELAY_JWT_SECRET"] = ",".join(f"{k}:{v}" for k, v in settings.jwt_keys) \
-            if len(settings.jwt_keys) > 1 else settings.jwt_keys[0][1]
+        os.environ["RELAY_JWT_SECRET"] = settings.jwt_keys[0][1]
         os.environ["RELAY_PUBLISH_KEYS"] = ",".join(settings.publish_keys)
         print(_banner(settings), file=sys.stderr, flush=True)
     from sanic import Sanic

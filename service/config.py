@@ -62,6 +62,11 @@ class Settings:
     max_body_size: int = 1048576
     max_batch_size: int = 1000
 
+    # Addresses/CIDRs allowed to read /metrics; empty: any peer.
+    metrics_allowlist: tuple[str, ...] = ()
+    shutdown_timeout: float = 20.0
+    shutdown_close_window: float = 10.0
+
     # True when secrets were generated because none were configured (dev only).
     dev_secrets: bool = field(default=False, compare=False)
 
@@ -152,14 +157,17 @@ class _Reader:
 
 
 def _keyed(name: str, items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    """Parse ``kid:value`` items; a single item may omit the kid (kid ``default``)."""
+    """Parse ``kid:value,kid:value``; a single item is the whole value (kid ``default``).
+
+    A lone secret may itself contain ``:``, so only a list is split into kid and value.
+    """
+    if len(items) == 1:
+        return (("default", items[0]),)
     pairs: list[tuple[str, str]] = []
     for i, item in enumerate(items):
         kid, sep, value = item.partition(":")
         if not sep:
-            if len(items) > 1:
-                raise ConfigError(f"{name} lists several keys, so each must be written kid:value.")
-            kid, value = "default", item
+            raise ConfigError(f"{name} lists several keys, so each must be written kid:value.")
         kid, value = kid.strip(), value.strip()
         if not kid or not value:
             raise ConfigError(f"{name} item {i + 1} must be kid:value with both parts non-empty.")
@@ -188,6 +196,17 @@ def _check_broker_url(url: str) -> str:
             raise ConfigError(f"RELAY_BROKER_URL must name a host, got {url.split('@')[-1]!r}.")
         return url
     raise ConfigError("RELAY_BROKER_URL must start with memory://, redis:// or rediss://.")
+
+
+def _check_allowlist(items: tuple[str, ...]) -> tuple[str, ...]:
+    import ipaddress
+
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"RELAY_METRICS_ALLOWLIST item {item!r} is not an IP address or CIDR.") from None
+    return items
 
 
 def load_settings(
@@ -239,7 +258,14 @@ def load_settings(
         send_queue_size=r.int("RELAY_SEND_QUEUE_SIZE", 256, 1, 1_000_000),
         max_body_size=r.int("RELAY_MAX_BODY_SIZE", 1048576, 1024, 64 << 20),
         max_batch_size=r.int("RELAY_MAX_BATCH_SIZE", 1000, 1, 1000),
+        metrics_allowlist=_check_allowlist(r.list("RELAY_METRICS_ALLOWLIST")),
+        shutdown_timeout=r.float("RELAY_SHUTDOWN_TIMEOUT", 20.0, 1.0, 3600),
     )
+    # Default: half the shutdown budget, leaving the rest for publishes and stragglers.
+    window = r.float("RELAY_SHUTDOWN_CLOSE_WINDOW", settings.shutdown_timeout / 2, 0.0, 3600)
+    settings = replace(settings, shutdown_close_window=window)
+    if settings.shutdown_close_window >= settings.shutdown_timeout:
+        raise ConfigError("RELAY_SHUTDOWN_CLOSE_WINDOW must be below RELAY_SHUTDOWN_TIMEOUT.")
     if settings.token_ttl > settings.token_max_ttl:
         raise ConfigError("RELAY_TOKEN_TTL must not exceed RELAY_TOKEN_MAX_TTL.")
     settings = _with_keys(settings, r)
@@ -290,7 +316,7 @@ def _check_secrets(settings: Settings) -> Settings:
         return settings
     generated = False
     if hmac and not settings.jwt_keys:
-        settings = replace(settings, jwt_keys=(("dev", secrets.token_urlsafe(32)),))
+        settings = replace(settings, jwt_keys=(("default", secrets.token_urlsafe(32)),))
         generated = True
     if not settings.publish_keys:
         settings = replace(settings, publish_keys=(secrets.token_urlsafe(32),))

@@ -20,7 +20,7 @@ async def test_health_and_readiness() -> None:
     app = app_under_test()
     _, r = await app.asgi_client.get("/healthz")
     assert r.status == 200 and r.json == {"status": "ok"}
-    _, r = await app.asgi_client.get("/readyz")
+    _, r = await app_under_test().asgi_client.get("/readyz")  # fresh app: the lifespan ran once per request
     assert r.status == 200 and r.json["status"] == "ready"
 
 

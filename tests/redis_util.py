@@ -241,11 +241,15 @@ class ServiceProcess:
         url = f"ws://127.0.0.1:{self.port}/ws/executions/{execution_id}?token={token}"
         return url if last_seq is None else f"{url}&last_seq={last_seq}"
 
-    def start(self, timeout: float = 15.0) -> ServiceProcess:
-        """Start and wait until ``/readyz`` answers 200."""
+    def spawn(self) -> ServiceProcess:
+        """Start the process without waiting for it."""
         # A temporary cwd: a developer's .env must not leak into the test.
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=self.env, cwd=tempfile.gettempdir(),
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> ServiceProcess:
+        """Wait until ``/readyz`` answers 200 (raise if the process exits first)."""
 
         def ready() -> bool:
             assert self.proc is not None
@@ -258,6 +262,10 @@ class ServiceProcess:
 
         _wait_until(ready, timeout, f"service on port {self.port}")
         return self
+
+    def start(self, timeout: float = 15.0) -> ServiceProcess:
+        """Start and wait until ``/readyz`` answers 200."""
+        return self.spawn().wait_ready(timeout)
 
     def output(self) -> str:
         """What the process wrote so far (for assertion messages)."""

@@ -847,7 +847,7 @@ class ProgressRelayClient {
     this._clearTimer('reconnect');
     if (!probe) this._setState('connecting', { attempt: this._failures });
     const self = this;
-    const s = { gen: ++this._sockGen, probe: !!probe, connected: false, handle: null, requestedLastSeq: this._lastSeq };
+    const s = { gen: ++this._sockGen, probe: !!probe, connected: false, handle: null, requestedLastSeq: this._lastSeq, latestSeq: null, heartbeat: 0, delivered: 0 };
     this._socket = s;
     this._setTimer('connect-timeout', function () {
       if (self._socket === s) self._socketEnded(s, { code: 4000, reason: 'connection timeout', local: true });
@@ -897,7 +897,9 @@ class ProgressRelayClient {
       return;
     }
     if (msg.type === 'pong') return;
-    if (msg.type === 'diagnosis_update' || typeof msg.event === 'string') this._deliver(msg);
+    if (msg.type === 'diagnosis_update' || typeof msg.event === 'string') {
+      if (this._deliver(msg)) s.delivered++;
+    }
   }
 
   _onConnectedFrame(s, msg) {
@@ -915,6 +917,7 @@ class ProgressRelayClient {
       }
     }
     s.connected = true;
+    s.latestSeq = latest;
     if (s.probe) {
       // the background attempt got through: leave polling
       s.probe = false;
@@ -970,6 +973,13 @@ class ProgressRelayClient {
     const sid = this._sid;
     if (s.probe) {
       this._probeEnded(s, info);
+      return;
+    }
+    if (code === 1000 && !info.local && s.connected && !s.delivered && s.latestSeq !== null && this._lastSeq >= s.latestSeq) {
+      // "stream finished" and nothing newer than what we have: the terminal
+      // event was delivered earlier (e.g. connect() with a resume point) or
+      // is no longer in the history
+      this._finish(null);
       return;
     }
     if (code >= 4500 && code <= 4999) {

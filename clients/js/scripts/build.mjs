@@ -2,6 +2,7 @@
 // Builds the two single-file distributions from src/ with no bundler:
 //   dist/progress-relay.mjs  ES module (browsers, bundlers, /demo)
 //   dist/progress-relay.js   CommonJS (WeChat mini-programs: copy and require)
+//   ../../service/static/progress-relay.mjs  the same ES module, for the /demo page
 // The sources follow a strict convention this script checks: single-line
 // relative imports, `export function|const|class` declarations, and
 // `export { a, b }` lists; no default exports; top-level names unique across
@@ -81,7 +82,12 @@ export function build() {
   const esm = `${banner}\nconst VERSION = ${JSON.stringify(pkg.version)};\n\n${body}\nexport { ${exports.join(', ')}, VERSION };\n`;
   const cjs = `${banner}// CommonJS build: const { createClient } = require('./progress-relay.js');\n'use strict';\n\nvar VERSION = ${JSON.stringify(pkg.version)};\n\n${body}\n` +
     `module.exports = { ${exports.map((n) => `${n}: ${n}`).join(', ')}, VERSION: VERSION };\n`;
-  return { 'dist/progress-relay.mjs': esm, 'dist/progress-relay.js': cjs };
+  return {
+    'dist/progress-relay.mjs': esm,
+    'dist/progress-relay.js': cjs,
+    // the demo page served at /demo imports the same ES module
+    '../../service/static/progress-relay.mjs': esm
+  };
 }
 
 const isMain = process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1];

@@ -125,6 +125,27 @@ test('1000 after the terminal event: done, nothing left running', async () => {
   assert.equal(log.filter((l) => l[0] === 'complete').length, 1);
 });
 
+test('1000 right after connected with nothing newer (already finished, resumed at the end): done', async () => {
+  const ctx = setup();
+  ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 9 });
+  await flush();
+  ctx.transport.last().connected({ latest_seq: 9, resumed: true });
+  ctx.transport.last().serverClose(1000, 'finished');
+  await tick(60000);
+  assert.equal(ctx.client.getState(), 'done');
+  assert.equal(ctx.transport.sockets.length, 1);
+  assert.deepEqual(ctx.client.pendingTimers(), []);
+});
+
+test('1000 with events still missing: reconnect and resume', async () => {
+  const { client, transport } = await connected();
+  transport.last().event(1);
+  transport.last().serverClose(1000);
+  await flush();
+  assert.equal(client.getState(), 'reconnecting');
+  client.disconnect();
+});
+
 test('a non-recoverable error event is terminal; a recoverable one is not', async () => {
   const { client, transport, log } = await connected();
   const s = transport.last();

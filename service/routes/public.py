@@ -1,0 +1,389 @@
+"""HTTP edges on the same history as the socket: polling, state, SSE, and /demo.
+
+- ``GET /v1/executions/{id}/events?after=N&wait=S&limit=L``: events after a
+  seq, as a long poll when ``wait`` > 0 (one waiter per request, woken by the
+  hub; no sleep loop).
+- ``GET /v1/executions/{id}``: the state folded from the events.
+- ``GET /v1/executions/{id}/stream``: Server-Sent Events through a
+  :class:`~service.subscription.Subscription`, so an SSE reader gets the same
+  replay-then-live guarantee and the same bounded queue as a socket.
+
+All three check the subscriber token exactly like the socket does (401 with
+``reason`` ``expired`` / ``invalid``, 403 for another execution or an Origin
+not allowed) and answer CORS for ``RELAY_ALLOWED_ORIGINS``. Event objects are
+never re-encoded: bodies are built from the frames the broker already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse, ResponseStream, file, redirect
+from sanic.response.types import HTTPResponse as BaseHTTPResponse
+
+from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
+
+from ..closecodes import CloseCode
+from ..errors import Forbidden, NotFound, RelayError, Unauthorized, ValidationFailed
+from ..events import decode_frame, dumps
+from ..http import bearer_or_query_token, error_response, json_response, query_int, raw_json_response
+from ..relay import Relay
+from ..state import StateCache
+from ..subscription import Subscription
+from .ws import origin_allowed
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "KEEPALIVE_INTERVAL",
+    "MAX_LIMIT",
+    "MAX_WAIT",
+    "SSE_RETRY_MS",
+    "STATIC_DIR",
+    "bp",
+    "cors_headers",
+    "sse_message",
+]
+
+log = logging.getLogger("relay.public")
+bp = Blueprint("public")
+
+#: Seconds between ``: keepalive`` comments on an idle SSE stream (proxies cut idle ones).
+KEEPALIVE_INTERVAL = 15.0
+#: Reconnection delay suggested to EventSource clients, in milliseconds.
+SSE_RETRY_MS = 3000
+#: Longest ``wait`` of a long poll, in seconds.
+MAX_WAIT = 30
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+#: Largest seq a client may name (JavaScript's safe integers).
+MAX_SEQ = 2**53 - 1
+#: Files of the demo page, served under /demo outside production.
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+_EXECUTION = "/v1/executions/<execution_id>"
+_NO_STORE = {"cache-control": "no-store"}
+_KEEPALIVE = ": keepalive\n\n"
+# The frame head is fixed by events.parse_draft, and execution ids and
+# timestamps cannot contain quotes, so seq and event are read without decoding.
+_FRAME_HEAD = re.compile(r'\{"type":"diagnosis_update","execution_id":"[^"]*","seq":(\d+),"timestamp":"[^"]*","event":"(\w+)"')
+
+Handler = Callable[[Request, str, Claims, dict[str, str]], Awaitable[BaseHTTPResponse | None]]
+
+
+# -- CORS and authorization -----------------------------------------------------
+
+
+def cors_headers(relay: Relay, origin: str | None) -> dict[str, str]:
+    """CORS response headers: ``*`` with no allow-list, else the Origin when listed."""
+    allowed = relay.settings.allowed_origins
+    if not allowed:
+        return {"access-control-allow-origin": "*"}
+    if origin and origin.rstrip("/") in allowed:
+        return {"access-control-allow-origin": origin, "vary": "Origin"}
+    return {"vary": "Origin"}
+
+
+def _authorize(request: Request, relay: Relay, execution_id: str) -> Claims:
+    """The socket's checks, as HTTP errors: Origin, then the token for this execution."""
+    if not origin_allowed(relay, request.headers.get("origin")):
+        relay.counters["http_refused_origin"] += 1
+        raise Forbidden("origin not allowed")
+    try:
+        return relay.verifier.verify(bearer_or_query_token(request), execution_id)
+    except TokenExpired:
+        relay.counters["http_refused_expired"] += 1
+        raise Unauthorized("token expired; get a fresh token", reason="expired") from None
+    except TokenForbidden:
+        relay.counters["http_refused_other_execution"] += 1
+        raise Forbidden("this token was issued for another execution") from None
+    except TokenInvalid as exc:
+        relay.counters[f"http_refused_{exc.reason}"] += 1
+        raise Unauthorized(f"token invalid: {exc.message}", reason="invalid") from None
+
+
+def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResponse | None]]:
+    """Authorize, then run ``handler``; every answer, errors included, carries CORS headers."""
+
+    @wraps(handler)
+    async def route(request: Request, execution_id: str) -> BaseHTTPResponse | None:
+        relay: Relay = request.app.ctx.relay
+        headers = cors_headers(relay, request.headers.get("origin"))
+        try:
+            claims = _authorize(request, relay, execution_id)
+            return await handler(request, execution_id, claims, headers)
+        except RelayError as exc:
+            extra = {"www-authenticate": 'Bearer error="invalid_token"'} if isinstance(exc, Unauthorized) else {}
+            return error_response(exc, headers={**headers, **_NO_STORE, **extra})
+
+    return route
+
+
+async def preflight(request: Request, execution_id: str) -> HTTPResponse:
+    """Answer a CORS preflight for the public endpoints (no token needed)."""
+    relay: Relay = request.app.ctx.relay
+    origin = request.headers.get("origin")
+    headers = cors_headers(relay, origin)
+    if not origin_allowed(relay, origin):
+        return error_response(Forbidden("origin not allowed"), headers=headers)
+    headers.update({
+        "access-control-allow-methods": "GET, OPTIONS",
+        "access-control-allow-headers": "Authorization, Last-Event-ID",
+        "access-control-max-age": "600",
+    })
+    return HTTPResponse(status=204, headers=headers)
+
+
+for _name, _path in (("state", _EXECUTION), ("events", f"{_EXECUTION}/events"), ("stream", f"{_EXECUTION}/stream")):
+    bp.add_route(preflight, _path, methods=["OPTIONS"], name=f"preflight_{_name}")
+
+
+# -- query values ---------------------------------------------------------------
+
+
+def _query_seconds(request: Request, name: str, high: float) -> float:
+    """A number of seconds within ``0..high`` (fractions allowed), default 0."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= high:  # also refuses nan
+        raise ValidationFailed([{"field": name, "message": f"must be a number of seconds from 0 to {high}"}])
+    return value
+
+
+def _seq_value(raw: str | None, name: str) -> int | None:
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEQ:
+        raise ValidationFailed([{"field": name, "message": "must be a non-negative integer (a seq)"}])
+    return value
+
+
+# -- polling ----------------------------------------------------------------------
+
+
+@bp.get(f"{_EXECUTION}/events")
+@_public
+async def poll_events(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse:
+    """Events with ``seq > after``, oldest first; with ``wait``, a long poll."""
+    relay: Relay = request.app.ctx.relay
+    after = query_int(request, "after", 0, 0, MAX_SEQ) or 0
+    wait = _query_seconds(request, "wait", MAX_WAIT)
+    limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
+    relay.counters["polls"] += 1
+    page = await relay.wait_for_events(execution_id, after, wait, limit)
+    next_after = page.events[-1].seq if page.events else after
+    tail: dict[str, Any] = {
+        "latest_seq": page.latest_seq,
+        "terminal": page.terminal,
+        "next_after": next_after,
+        "has_more": next_after < page.latest_seq,
+    }
+    if page.gap_after(after):
+        tail["gap"] = True
+    # The frames are JSON already: splice them in rather than decode and re-encode.
+    body = "".join((
+        '{"execution_id":', dumps(execution_id),
+        ',"events":[', ",".join(event.frame for event in page.events), "],",
+        dumps(tail)[1:],
+    ))
+    response = raw_json_response(body)
+    response.headers.update({**headers, **_NO_STORE})
+    return response
+
+
+# -- state --------------------------------------------------------------------------
+
+
+def _states(app: Sanic) -> StateCache:
+    states: StateCache | None = getattr(app.ctx, "public_states", None)
+    if states is None:
+        relay: Relay = app.ctx.relay
+        states = app.ctx.public_states = StateCache(lambda eid, after: relay.history(eid, after))
+    return states
+
+
+@bp.get(_EXECUTION)
+@_public
+async def execution_state(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse:
+    """The execution's state folded from its events; 404 when unknown or expired."""
+    state = await _states(request.app).get(execution_id)
+    if state is None:
+        raise NotFound("execution unknown, or its history has expired")
+    return json_response(state.as_dict(), headers={**headers, **_NO_STORE})
+
+
+# -- server-sent events -----------------------------------------------------------
+
+
+def sse_message(frame: str) -> str:
+    """The SSE message for one event frame: ``id`` its seq, ``event`` its type."""
+    match = _FRAME_HEAD.match(frame)
+    if match is not None:
+        seq, kind = match.group(1), match.group(2)
+    else:  # not the relay's own head (cannot happen today): read it the slow way
+        value = decode_frame(frame)
+        seq, kind = str(value["seq"]), str(value["event"])
+    return f"id: {seq}\nevent: {kind}\ndata: {frame}\n\n"
+
+
+class SseSink:
+    """Adapts a streaming HTTP response to the subscription's sink.
+
+    Event frames (JSON objects) become SSE messages; any other text is already
+    SSE (the opening message, keep-alive comments) and is written as it is.
+    """
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.response: ResponseStream | BaseHTTPResponse | None = None
+
+    async def send(self, frame: str) -> None:
+        """Write one message (waits for the transport to drain)."""
+        assert self.response is not None
+        await self.response.send(sse_message(frame) if frame.startswith("{") else frame)
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Drop a reader that fell behind (or broke) at once; other endings are written by the handler."""
+        if code in (CloseCode.SLOW_CONSUMER, CloseCode.INTERNAL_ERROR):
+            with contextlib.suppress(Exception):
+                self.request.transport.abort()
+
+
+def _sse_cursor(request: Request) -> tuple[int, bool]:
+    """Where to resume: ``Last-Event-ID`` (sent by EventSource on reconnect) wins over ``?last_seq=``."""
+    header = _seq_value(request.headers.get("last-event-id"), "Last-Event-ID")
+    if header is not None:
+        return header, True
+    query = _seq_value(request.args.get("last_seq"), "last_seq")
+    return (query, True) if query is not None else (0, False)
+
+
+def _streams(app: Sanic) -> set[Subscription]:
+    streams: set[Subscription] | None = getattr(app.ctx, "sse_streams", None)
+    if streams is None:
+        streams = app.ctx.sse_streams = set()
+    return streams
+
+
+@bp.get(f"{_EXECUTION}/stream")
+@_public
+async def event_stream(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse | None:
+    """Stream the events after the cursor, then live ones, until the terminal event."""
+    relay: Relay = request.app.ctx.relay
+    cursor, resumed = _sse_cursor(request)
+    sink = SseSink(request)
+    sub = relay.subscription(execution_id, cursor, sink)
+    page = await sub.open()
+    streams = _streams(request.app)
+    expiry: asyncio.TimerHandle | None = None
+    try:
+        if page.terminal and page.latest_seq <= cursor:
+            # Finished and nothing newer: 204 tells EventSource to stop reconnecting.
+            return HTTPResponse(status=204, headers={**headers, **_NO_STORE})
+        connected: dict[str, Any] = {
+            "type": "connected",
+            "execution_id": execution_id,
+            "latest_seq": page.latest_seq,
+            "resumed": resumed,
+            "keepalive_interval": KEEPALIVE_INTERVAL,
+        }
+        if page.gap_after(cursor):
+            connected["gap"] = True
+        sink.response = await request.respond(
+            headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
+            content_type="text/event-stream; charset=utf-8",
+        )
+        relay.counters["sse_streams"] += 1
+        streams.add(sub)
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired")
+        sub.start(page, f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
+        while not sub.closed.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(sub.closed), KEEPALIVE_INTERVAL)
+            except TimeoutError:
+                sub.send_control(_KEEPALIVE)  # queued behind events, so it never overtakes one
+        await _finish(sink, sub.closed.result(), sub)
+        return None
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        streams.discard(sub)
+        sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
+
+
+async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
+    """End the stream: after the terminal event plainly, otherwise with a ``close`` message."""
+    response = sink.response
+    assert response is not None
+    if code in (CloseCode.SLOW_CONSUMER, CloseCode.INTERNAL_ERROR):
+        return  # the transport is aborted already
+    with contextlib.suppress(Exception):
+        if code != CloseCode.NORMAL:
+            # Same codes as the socket: 4001 get a fresh token, 1012 reconnect (EventSource does).
+            reason = {CloseCode.TOKEN_EXPIRED: "token expired", CloseCode.SERVICE_RESTART: "server restarting"}
+            body = dumps({"type": "close", "code": int(code), "reason": reason.get(CloseCode(code), "closed")})
+            await asyncio.wait_for(response.send(f"event: close\ndata: {body}\n\n"), 1.0)
+        await asyncio.wait_for(response.eof(), 1.0)
+    log.debug("sse stream ended", extra={"fields": {"execution_id": sub.execution_id, "code": code,
+                                                    "frames_sent": sub.sent}})
+
+
+@bp.before_server_stop
+async def close_streams(app: Sanic) -> None:
+    """Ask SSE readers to reconnect elsewhere (1012) before the server stops."""
+    for sub in tuple(_streams(app)):
+        sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+
+
+# -- the demo page ------------------------------------------------------------------
+
+
+def _static_file(request: Request, path: str) -> Path:
+    settings = request.app.ctx.settings
+    root = STATIC_DIR.resolve()
+    if settings.env == "production" or not root.is_dir():
+        raise NotFound("the demo page is not served by this instance")
+    target = (root / (path or "index.html")).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise NotFound("no such file in the demo page")
+    return target
+
+
+@bp.get("/demo", strict_slashes=True)
+async def demo_root(request: Request) -> HTTPResponse:
+    """Redirect to ``/demo/`` (keeping the query) so the page's relative links resolve."""
+    _static_file(request, "")
+    query = f"?{request.query_string}" if request.query_string else ""
+    return redirect(f"/demo/{query}")
+
+
+@bp.get("/demo/", strict_slashes=True)
+async def demo_index(request: Request) -> HTTPResponse:
+    """The demo page (outside production only)."""
+    return await file(_static_file(request, ""), headers={"cache-control": "no-cache"})
+
+
+@bp.get("/demo/<path:path>")
+async def demo_file(request: Request, path: str) -> HTTPResponse:
+    """A file of the demo page (outside production only)."""
+    return await file(_static_file(request, path), headers={"cache-control": "no-cache"})

@@ -144,10 +144,10 @@ def _describe(step: Step) -> str:
     if step.event == "progress":
         return f"{data['progress']:3d}% {data['stage']}  {data.get('status_text', '')}"
     if step.event == "result":
-        return f"     result  {data['platform_name']}: score {data['score']}"
+        return f"{data['platform_name']}: score {data['score']}"
     if step.event == "error":
-        return f"     error   {data['error']} (recoverable)"
-    return f"100% complete  overall score {data['report']['overall_score']}"
+        return f"{data['error']} (recoverable)"
+    return f"overall score {data['report']['overall_score']}"
 
 
 def run(url: str, key: str, executions: int = 1, pace: float = 1.0, first_id: str | None = None,
@@ -187,7 +187,7 @@ def run(url: str, key: str, executions: int = 1, pace: float = 1.0, first_id: st
                 hint = " (it already finished: pick another --execution-id)" if exc.status == 409 else ""
                 say(f"[{eid}] publishing failed: {exc}{hint}")
                 return False
-            say(f"[{eid}] #{answer['seq']:<3d}{step.event:<9}{_describe(step)}")
+            say(f"[{eid}] #{answer['seq']:<3d} {step.event:<9}{_describe(step)}")
         return True
 
     with ThreadPoolExecutor(max_workers=min(executions, 64), thread_name_prefix="demo") as pool:

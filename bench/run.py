@@ -129,6 +129,9 @@ def free_port(pair: bool = False) -> int:
             return port
         try:
             with socket.socket() as s2:
+                # servers bind with SO_REUSEADDR (asyncio's default), so a
+                # client socket left in TIME_WAIT there does not matter
+                s2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s2.bind(("127.0.0.1", port + 1))
             return port
         except OSError:
@@ -348,15 +351,25 @@ def sc_idle_memory(t: Target, cfg: dict, tmp: Path) -> dict:
         }
 
 
+def machine_busy() -> float:
+    c = psutil.cpu_times()
+    return c.user + c.system + c.nice + getattr(c, "irq", 0) + getattr(c, "softirq", 0) \
+        + getattr(c, "steal", 0)
+
+
 def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path,
                 **pubcfg) -> dict:
     subs.cmd("reset")
-    cpu0, w0 = srv.cpu(), time.monotonic()
+    cpu0, busy0, w0 = srv.cpu(), machine_busy(), time.monotonic()
     pub = publish(t, ids, tmp, **pubcfg)
-    cpu1, w1 = srv.cpu(), time.monotonic()
+    cpu1, busy1, w1 = srv.cpu(), machine_busy(), time.monotonic()
     time.sleep(0.3)
     rep = subs.cmd("report")
     expected = pub["events_accepted"] * pubcfg.get("fanout", 1)
+    server_cpu = 100 * (cpu1 - cpu0) / (w1 - w0)
+    machine = 100 * (busy1 - busy0) / (w1 - w0)
+    # the subscribers' figure covers reset..report, close enough to the window
+    ours = server_cpu + (pub["cpu_percent"] or 0) + (rep["cpu_percent"] or 0)
     return {
         "posts_per_s": pub["requests_per_second"],
         "events_per_s": pub["events_per_second"],
@@ -365,8 +378,9 @@ def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path,
         "lost": max(0, expected - rep["events"]),
         "p50_ms": rep["latency_ms"]["p50"], "p99_ms": rep["latency_ms"]["p99"],
         "max_ms": rep["latency_ms"]["max"],
-        "server_cpu_pct": round(100 * (cpu1 - cpu0) / (w1 - w0), 1),
+        "server_cpu_pct": round(server_cpu, 1),
         "pub_cpu_pct": pub["cpu_percent"], "subs_cpu_pct": rep["cpu_percent"],
+        "other_cpu_pct": round(max(0.0, machine - ours), 1),
         "failed_requests": pub["requests_failed"], "status_counts": pub["status_counts"],
         "error_samples": pub["error_samples"], "disconnects": rep["disconnects"],
         "gaps": rep["gaps"], "dups": rep["dups"],
@@ -374,103 +388,174 @@ def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path,
     }
 
 
-def sc_closed_loop(t: Target, cfg: dict, tmp: Path) -> dict:
-    n = cfg["subscribers"]
-    ids = [f"exec-{i}" for i in range(n)]
-    with Server(t, tmp) as srv, Subs(t, ids, tmp) as subs:
-        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
-                connections=cfg["connections"])
-        trials = [_steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
-                              connections=cfg["connections"]) for _ in range(cfg["trials"])]
+def interleaved(targets: list[Target], cfg: dict, tmp: Path, ids: list[str], rounds: int,
+                trial, *, per_event: bool = False, warmup=None, finish=None) -> dict:
+    """Start every target (server + subscribers) at once, then run the trials
+    round-robin (round 1 of each target, round 2 of each ...), so that the
+    noise of a shared machine falls on all targets alike. One target failing
+    does not stop the others. Returns {name: {"trials": [...], "connect": ...}
+    or {"error": ...}}."""
+    from contextlib import ExitStack
+    out: dict = {}
+    live = []
+    with ExitStack() as stack:
+        for t in targets:
+            try:
+                srv = stack.enter_context(Server(t, tmp))
+                subs = stack.enter_context(Subs(t, ids, tmp, per_event=per_event))
+                if subs.info["connect_errors"]:
+                    raise RuntimeError(f"{subs.info['connect_errors']} subscribers failed to "
+                                       f"connect: {subs.info['error_samples']}")
+                if warmup:
+                    warmup(t, srv, subs)
+                live.append((t, srv, subs))
+                out[t.name] = {"trials": [], "connect": subs.info}
+            except Exception as exc:  # noqa: BLE001
+                out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
+        for r in range(rounds):
+            for t, srv, subs in live:
+                if "error" in out[t.name]:
+                    continue
+                try:
+                    out[t.name]["trials"].append(trial(t, srv, subs, r))
+                except Exception as exc:  # noqa: BLE001
+                    out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
+        if finish:
+            for t, srv, subs in live:
+                if "error" not in out[t.name]:
+                    try:
+                        finish(t, srv, subs, out[t.name])
+                    except Exception as exc:  # noqa: BLE001
+                        out[t.name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def _steady_summary(trials: list[dict]) -> dict:
     return {
-        "summary": {
-            "posts_per_s": median([x["posts_per_s"] for x in trials]),
-            "delivered_per_s": median([x["delivered_per_s"] for x in trials]),
-            "p50_ms": median([x["p50_ms"] for x in trials]),
-            "p99_ms": median([x["p99_ms"] for x in trials]),
-            "lost": sum(x["lost"] for x in trials),
-            "failed": sum(x["failed_requests"] for x in trials),
-            "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
-            "client_cpu_pct": client_flag(median([x["pub_cpu_pct"] for x in trials]),
-                                          median([x["subs_cpu_pct"] for x in trials])),
-        },
-        "connect": subs.info, "trials": trials,
+        "posts_per_s": median([x["posts_per_s"] for x in trials]),
+        "delivered_per_s": median([x["delivered_per_s"] for x in trials]),
+        "p50_ms": median([x["p50_ms"] for x in trials]),
+        "p99_ms": median([x["p99_ms"] for x in trials]),
+        "lost": sum(x["lost"] for x in trials),
+        "failed": sum(x["failed_requests"] for x in trials),
+        "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
+        "client_cpu_pct": client_flag(median([x["pub_cpu_pct"] for x in trials]),
+                                      median([x["subs_cpu_pct"] for x in trials])),
+        "other_cpu_pct": median([x["other_cpu_pct"] for x in trials]),
     }
 
 
-def sc_rates(t: Target, cfg: dict, tmp: Path) -> dict:
-    n = cfg["subscribers"]
-    ids = [f"exec-{i}" for i in range(n)]
-    points = {}
-    with Server(t, tmp) as srv, Subs(t, ids, tmp) as subs:
-        publish(t, ids, tmp, mode="rate", rate=cfg["rates"][0], duration=cfg["warmup"],
+def sc_closed_loop(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    ids = [f"exec-{i}" for i in range(cfg["subscribers"])]
+
+    def warm(t, srv, subs):
+        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
                 connections=cfg["connections"])
-        for rate in cfg["rates"]:
-            points[str(rate)] = _steady_run(t, subs, srv, ids, tmp, mode="rate", rate=rate,
-                                            duration=cfg["duration"],
-                                            connections=cfg["connections"])
-    summary = {}
-    for rate, p in points.items():
-        summary[f"p50_ms@{rate}"] = p["p50_ms"]
-        summary[f"p99_ms@{rate}"] = p["p99_ms"]
-    top = points[str(cfg["rates"][-1])]
-    summary["achieved_per_s@top"] = top["delivered_per_s"]
-    summary["lost"] = sum(p["lost"] for p in points.values())
-    summary["client_cpu_pct"] = client_flag(*(p["pub_cpu_pct"] for p in points.values()),
-                                            *(p["subs_cpu_pct"] for p in points.values()))
-    return {"summary": summary, "points": points, "connect": subs.info}
+
+    def trial(t, srv, subs, r):
+        return _steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
+                           connections=cfg["connections"])
+
+    res = interleaved(targets, cfg, tmp, ids, cfg["trials"], trial, warmup=warm)
+    for entry in res.values():
+        if "trials" in entry:
+            entry["summary"] = _steady_summary(entry["trials"])
+    return res
 
 
-def sc_fanout(t: Target, cfg: dict, tmp: Path) -> dict:
+def sc_batch(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    ids = [f"exec-{i}" for i in range(cfg["subscribers"])]
+    pubcfg = dict(mode="closed", connections=cfg["connections"], batch_size=cfg["batch_size"])
+
+    def warm(t, srv, subs):
+        publish(t, ids, tmp, duration=cfg["warmup"], **pubcfg)
+
+    def trial(t, srv, subs, r):
+        return _steady_run(t, subs, srv, ids, tmp, duration=cfg["duration"], **pubcfg)
+
+    res = interleaved(targets, cfg, tmp, ids, cfg["trials"], trial, warmup=warm)
+    for entry in res.values():
+        if "trials" in entry:
+            summary = _steady_summary(entry["trials"])
+            summary.pop("posts_per_s")
+            entry["summary"] = summary
+    return res
+
+
+def sc_rates(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    ids = [f"exec-{i}" for i in range(cfg["subscribers"])]
+    rates = cfg["rates"]
+
+    def warm(t, srv, subs):
+        publish(t, ids, tmp, mode="rate", rate=rates[0], duration=cfg["warmup"],
+                connections=cfg["connections"])
+
+    def trial(t, srv, subs, r):
+        rate = rates[r % len(rates)]
+        point = _steady_run(t, subs, srv, ids, tmp, mode="rate", rate=rate,
+                            duration=cfg["duration"], connections=cfg["connections"])
+        point["rate"] = rate
+        return point
+
+    # rounds: each rate once per target, lowest first, interleaved across targets
+    res = interleaved(targets, cfg, tmp, ids, len(rates), trial, warmup=warm)
+    for entry in res.values():
+        if "trials" not in entry:
+            continue
+        points = {str(p["rate"]): p for p in entry.pop("trials")}
+        entry["points"] = points
+        summary = {}
+        for rate, p in points.items():
+            summary[f"p50_ms@{rate}"] = p["p50_ms"]
+            summary[f"p99_ms@{rate}"] = p["p99_ms"]
+        top = points.get(str(rates[-1]))
+        summary["achieved_per_s@top"] = top["delivered_per_s"] if top else None
+        summary["lost"] = sum(p["lost"] for p in points.values())
+        summary["client_cpu_pct"] = client_flag(
+            *(p["pub_cpu_pct"] for p in points.values()),
+            *(p["subs_cpu_pct"] for p in points.values()))
+        summary["other_cpu_pct"] = median([p["other_cpu_pct"] for p in points.values()])
+        entry["summary"] = summary
+    return res
+
+
+def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     n = cfg["subscribers"]
     ids = ["fanout-0"] * n
-    with Server(t, tmp) as srv, Subs(t, ids, tmp, per_event=True) as subs:
+    per_round = max(1, cfg["events"] // cfg["rounds"])
+
+    def warm(t, srv, subs):
         publish(t, ids[:1], tmp, mode="spaced", count=3, interval=cfg["interval"])
         time.sleep(0.2)
         subs.cmd("reset")
+
+    def trial(t, srv, subs, r):
         cpu0 = srv.cpu()
-        pub = publish(t, ids[:1], tmp, mode="spaced", count=cfg["events"],
-                      interval=cfg["interval"])
-        cpu = srv.cpu() - cpu0
+        pub = publish(t, ids[:1], tmp, mode="spaced", count=per_round, interval=cfg["interval"])
+        return {"cpu": srv.cpu() - cpu0, "ok": pub["requests_ok"],
+                "accepted": pub["events_accepted"]}
+
+    def finish(t, srv, subs, entry):
+        # one report per target after all rounds: the subscribers kept counting
         time.sleep(0.3)
         rep = subs.cmd("report")
-    pe = rep.get("per_event", {})
-    return {
-        "summary": {
+        trials = entry["trials"]
+        accepted = sum(x["accepted"] for x in trials)
+        pe = rep.get("per_event", {})
+        entry["subscribers"] = rep
+        entry["summary"] = {
             "all_delivered_p50_ms": pe.get("all_delivered_ms", {}).get("p50"),
             "all_delivered_p90_ms": pe.get("all_delivered_ms", {}).get("p90"),
             "per_sub_p50_ms": rep["latency_ms"]["p50"],
             "per_sub_p99_ms": rep["latency_ms"]["p99"],
-            "server_cpu_ms_per_event": round(1000 * cpu / max(1, pub["requests_ok"]), 2),
-            "lost": max(0, pub["events_accepted"] * n - rep["events"]),
+            "server_cpu_ms_per_event": round(1000 * sum(x["cpu"] for x in trials)
+                                             / max(1, sum(x["ok"] for x in trials)), 2),
+            "lost": max(0, accepted * n - rep["events"]),
             "client_cpu_pct": client_flag(rep["cpu_percent"]),
-        },
-        "publisher": pub, "subscribers": rep, "connect": subs.info,
-    }
+        }
 
-
-def sc_batch(t: Target, cfg: dict, tmp: Path) -> dict:
-    n = cfg["subscribers"]
-    ids = [f"exec-{i}" for i in range(n)]
-    with Server(t, tmp) as srv, Subs(t, ids, tmp) as subs:
-        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
-                connections=cfg["connections"], batch_size=cfg["batch_size"])
-        trials = [_steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
-                              connections=cfg["connections"], batch_size=cfg["batch_size"])
-                  for _ in range(cfg["trials"])]
-    return {
-        "summary": {
-            "delivered_per_s": median([x["delivered_per_s"] for x in trials]),
-            "p50_ms": median([x["p50_ms"] for x in trials]),
-            "p99_ms": median([x["p99_ms"] for x in trials]),
-            "lost": sum(x["lost"] for x in trials),
-            "failed": sum(x["failed_requests"] for x in trials),
-            "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
-            "client_cpu_pct": client_flag(median([x["pub_cpu_pct"] for x in trials]),
-                                          median([x["subs_cpu_pct"] for x in trials])),
-        },
-        "trials": trials, "connect": subs.info,
-    }
+    return interleaved(targets, cfg, tmp, ids, cfg["rounds"], trial, per_event=True,
+                       warmup=warm, finish=finish)
 
 
 def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
@@ -503,22 +588,37 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
     }
 
 
+def one_by_one(fn):
+    """Adapt a per-target scenario (fresh server each) to the list form."""
+    def run_all(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+        out = {}
+        for t in targets:
+            t0 = time.monotonic()
+            try:
+                out[t.name] = fn(t, cfg, tmp)
+            except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
+                out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
+            out[t.name]["seconds"] = round(time.monotonic() - t0, 1)
+        return out
+    return run_all
+
+
 SCENARIOS = {
-    "idle_memory": (sc_idle_memory, "Idle memory per connection"),
+    "idle_memory": (one_by_one(sc_idle_memory), "Idle memory per connection"),
     "closed_loop": (sc_closed_loop, "Closed-loop single-event POSTs"),
     "rates": (sc_rates, "End-to-end latency at fixed rates"),
     "fanout": (sc_fanout, "Fan-out of one execution"),
     "batch": (sc_batch, "Batch ingest"),
-    "storm": (sc_storm, "Reconnect storm"),
+    "storm": (one_by_one(sc_storm), "Reconnect storm"),
 }
 
 FULL = {
     "idle_memory": {"n": 10000, "concurrency": 100, "settle": 2.0, "hold": 3.0},
-    "closed_loop": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 4.0,
+    "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 4.0,
                     "trials": 3},
     "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 5.0,
               "rates": [1000, 2000, 4000]},
-    "fanout": {"subscribers": 1000, "events": 30, "interval": 0.1},
+    "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1},
     "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0,
               "duration": 4.0, "trials": 3},
     "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0,
@@ -530,7 +630,7 @@ SMOKE = {
                     "trials": 1},
     "rates": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
               "rates": [100, 200]},
-    "fanout": {"subscribers": 50, "events": 5, "interval": 0.05},
+    "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.05},
     "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.3,
               "duration": 1.0, "trials": 1},
     "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.5,
@@ -754,18 +854,18 @@ def main(argv=None) -> int:
     results: dict = {}
     for scen in scen_names:
         fn, title = SCENARIOS[scen]
-        results[scen] = {}
+        targets = [Target(name=name, **TARGETS[name]) for name in names]
+        t0 = time.monotonic()
+        try:
+            res = fn(targets, config[scen], tmp)
+        except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
+            res = {t.name: {"error": f"{type(exc).__name__}: {exc}"} for t in targets}
+        results[scen] = {name: res.get(name, {"error": "no result"}) for name in names}
+        print(f"  {scen} ({time.monotonic() - t0:.1f} s)", flush=True)
         for name in names:
-            target = Target(name=name, **TARGETS[name])
-            t0 = time.monotonic()
-            try:
-                res = fn(target, config[scen], tmp)
-            except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
-                res = {"error": f"{type(exc).__name__}: {exc}\n{tail(target.log)}"}
-            res["seconds"] = round(time.monotonic() - t0, 1)
-            results[scen][name] = res
-            summary = res.get("summary") or res.get("error", "").splitlines()[0]
-            print(f"  {scen:12s} {name:16s} {res['seconds']:6.1f}s {summary}", flush=True)
+            entry = results[scen][name]
+            summary = entry.get("summary") or entry.get("error", "").splitlines()[0]
+            print(f"    {name:16s} {summary}", flush=True)
 
     doc = {
         "meta": {

@@ -503,3 +503,25 @@ async def test_demo_page_is_not_served_in_production(start_server: Callable[...,
     monkeypatch.setattr(public, "STATIC_DIR", tmp_path)
     server = await start_server(RELAY_ENV="production", RELAY_JWT_SECRET="s" * 40, RELAY_PUBLISH_KEYS="k" * 40)
     assert (await server.http.get("/demo/")).status_code == 404
+
+
+async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_server: Callable[..., Any]) -> None:
+    """An SSE reader that stops reading overflows its bounded queue and is cut off; publishing never waits."""
+    server = await start_server(RELAY_SEND_QUEUE_SIZE="4")
+    token = make_token("exec-slow")
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(f"GET /v1/executions/exec-slow/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while server.relay.hub.subscribers("exec-slow") < 1:
+            await asyncio.sleep(0.01)
+    big = {"platform": "x", "blob": "字" * 100_000}  # about 300 kB a frame; the reader never reads
+    started = time.monotonic()
+    for _ in range(60):
+        assert (await server.publish("exec-slow", "result", big)).status_code == 202
+    assert time.monotonic() - started < 20
+    async with asyncio.timeout(5):
+        while server.relay.hub.subscribers("exec-slow") > 0:
+            await asyncio.sleep(0.01)
+    assert server.relay.counters["slow_consumer_closes"] == 1
+    writer.close()

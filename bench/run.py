@@ -62,7 +62,7 @@ class Target:
     extra_env: dict = field(default_factory=dict)
 
     def command(self) -> list[str]:
-        if self.name == "relay":
+        if self.is_relay:
             return [PY, "-m", "service"]
         script = {"sanic_minimal": "sanic_minimal.py", "socketio": "socketio_aiohttp.py",
                   "bare_websockets": "bare_websockets.py"}[self.name]
@@ -71,7 +71,7 @@ class Target:
     def env(self) -> dict:
         env = dict(os.environ)
         env.pop("RELAY_BROKER_URL", None)
-        if self.name == "relay":
+        if self.is_relay:
             env.update({
                 "RELAY_ENV": "dev", "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(self.port),
                 "RELAY_JWT_SECRET": JWT_SECRET, "RELAY_PUBLISH_KEYS": PUBLISH_KEY,
@@ -82,18 +82,22 @@ class Target:
         return env
 
     @property
+    def is_relay(self) -> bool:
+        return self.name.startswith("relay")
+
+    @property
     def http_port(self) -> int:
         return self.port + self.http_port_offset
 
     @property
     def publish_key(self) -> str:
-        return PUBLISH_KEY if self.name == "relay" else ""
+        return PUBLISH_KEY if self.is_relay else ""
 
     def ws_url(self, execution_id: str, sub: str) -> str:
         base = f"ws://127.0.0.1:{self.port}"
         if self.kind == "socketio":
             return f"{base}/socket.io/?EIO=4&transport=websocket&execution_id={execution_id}"
-        if self.name == "relay":
+        if self.is_relay:
             return f"{base}/ws/executions/{execution_id}?token={mint_token(execution_id, sub)}"
         return f"{base}/ws/executions/{execution_id}"
 
@@ -104,9 +108,14 @@ TARGETS = {
     "bare_websockets": dict(label="(c) bare websockets", kind="json", baseline=True,
                             http_port_offset=1),
     "relay": dict(label="progress-relay", kind="relay", baseline=False),
+    # the Redis scenario only
+    "relay_redis1": dict(label="relay, Redis, 1 worker", kind="relay", baseline=False),
+    "relay_redis2": dict(label="relay, Redis, 2 workers", kind="relay", baseline=False),
 }
 BASELINES = ["sanic_minimal", "socketio", "bare_websockets"]
 SHORT = {"sanic_minimal": "a", "socketio": "b", "bare_websockets": "c", "relay": "relay"}
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_PREFIX = f"relaybench{os.getpid()}"
 
 _jwt = None
 
@@ -176,6 +185,9 @@ class Server:
             time.sleep(0.1)
         else:
             raise RuntimeError(f"{t.name} did not listen within 30 s:\n{tail(t.log)}")
+        if t.is_relay:
+            while time.monotonic() < deadline and http_status(t.http_port, "/readyz") != 200:
+                time.sleep(0.2)
         time.sleep(0.5)
         return self
 
@@ -227,6 +239,17 @@ def port_open(port: int) -> bool:
             return False
 
 
+def http_status(port: int, path: str) -> int | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                      .encode())
+            head = s.recv(64)
+        return int(head.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def tail(path: Path | None, n: int = 30) -> str:
     if not path or not path.exists():
         return ""
@@ -240,7 +263,7 @@ class Subs:
                  per_event: bool = False, concurrency: int = 200, timeout: float = 120):
         urls = [target.ws_url(e, f"user-{i}") for i, e in enumerate(exec_ids)]
         cfg = {"kind": target.kind, "n": len(urls), "urls": urls, "per_event": per_event,
-               "connect_concurrency": concurrency, "resume_param": target.name == "relay"}
+               "connect_concurrency": concurrency, "resume_param": target.is_relay}
         cfgfile = tmp / f"subs-{target.name}-{time.monotonic_ns()}.json"
         cfgfile.write_text(json.dumps(cfg))
         self.errlog = open(tmp / f"subs-{target.name}.err", "ab")
@@ -588,6 +611,82 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
     }
 
 
+def redis_reachable() -> bool:
+    try:
+        import redis
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def redis_cleanup() -> None:
+    try:
+        import redis
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        keys = list(client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.unlink(*keys[i:i + 500])
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    """The relay with the Redis broker, 1 and 2 worker processes, next to the
+    memory broker and baseline (a): closed-loop throughput, then latency at a
+    fixed rate, interleaved."""
+    names = [t.name for t in targets]
+    if "relay" not in names:
+        return {}
+    if not redis_reachable():
+        return {"relay_redis1": {"error": f"Redis not reachable at {REDIS_URL}"}}
+    run = [t for t in targets if t.name in ("sanic_minimal", "relay")]
+    for workers in (1, 2):
+        t = Target(name=f"relay_redis{workers}", **TARGETS[f"relay_redis{workers}"])
+        t.extra_env = {"RELAY_BROKER_URL": REDIS_URL, "RELAY_WORKERS": str(workers),
+                       "RELAY_REDIS_PREFIX": REDIS_PREFIX, "RELAY_HISTORY_TTL": "600"}
+        run.append(t)
+    ids = [f"exec-{i}" for i in range(cfg["subscribers"])]
+    rate = cfg["rate"]
+
+    def warm(t, srv, subs):
+        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
+                connections=cfg["connections"])
+
+    def trial(t, srv, subs, r):
+        closed = _steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
+                             connections=cfg["connections"])
+        fixed = _steady_run(t, subs, srv, ids, tmp, mode="rate", rate=rate,
+                            duration=cfg["duration"], connections=cfg["connections"])
+        return {"closed": closed, "rate": fixed}
+
+    try:
+        res = interleaved(run, cfg, tmp, ids, cfg["trials"], trial, warmup=warm)
+    finally:
+        redis_cleanup()
+    for entry in res.values():
+        if "trials" not in entry:
+            continue
+        tr = entry["trials"]
+        entry["summary"] = {
+            "posts_per_s": median([x["closed"]["posts_per_s"] for x in tr]),
+            "closed_p99_ms": median([x["closed"]["p99_ms"] for x in tr]),
+            f"p50_ms@{rate}": median([x["rate"]["p50_ms"] for x in tr]),
+            f"p99_ms@{rate}": median([x["rate"]["p99_ms"] for x in tr]),
+            "lost": sum(x["closed"]["lost"] + x["rate"]["lost"] for x in tr),
+            "failed": sum(x["closed"]["failed_requests"] + x["rate"]["failed_requests"]
+                          for x in tr),
+            "server_cpu_pct": median([x["closed"]["server_cpu_pct"] for x in tr]),
+            "client_cpu_pct": client_flag(median([x["closed"]["pub_cpu_pct"] for x in tr]),
+                                          median([x["closed"]["subs_cpu_pct"] for x in tr])),
+            "other_cpu_pct": median([x["closed"]["other_cpu_pct"] for x in tr]),
+        }
+    one = res.get("relay_redis1", {}).get("summary", {}).get("posts_per_s")
+    two = res.get("relay_redis2", {}).get("summary", {})
+    if one and two.get("posts_per_s"):
+        two["x_vs_1_worker"] = round(two["posts_per_s"] / one, 3)
+    return res
+
+
 def one_by_one(fn):
     """Adapt a per-target scenario (fresh server each) to the list form."""
     def run_all(targets: list[Target], cfg: dict, tmp: Path) -> dict:
@@ -610,6 +709,7 @@ SCENARIOS = {
     "fanout": (sc_fanout, "Fan-out of one execution"),
     "batch": (sc_batch, "Batch ingest"),
     "storm": (one_by_one(sc_storm), "Reconnect storm"),
+    "redis": (sc_redis, "Redis broker, 1 and 2 workers"),
 }
 
 FULL = {
@@ -623,6 +723,8 @@ FULL = {
               "duration": 4.0, "trials": 3},
     "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0,
               "storm_after": 1.5},
+    "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 4.0,
+              "rate": 2000, "trials": 2},
 }
 SMOKE = {
     "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.5, "hold": 0.5},
@@ -635,6 +737,8 @@ SMOKE = {
               "duration": 1.0, "trials": 1},
     "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.5,
               "storm_after": 0.5},
+    "redis": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
+              "rate": 200, "trials": 1},
 }
 
 # how each summary metric compares: "higher" or "lower" is better; None: no ratio
@@ -644,7 +748,7 @@ DIRECTION = {
     "all_delivered_p50_ms": "lower", "all_delivered_p90_ms": "lower",
     "per_sub_p50_ms": "lower", "per_sub_p99_ms": "lower",
     "server_cpu_ms_per_event": "lower", "resume_seconds": "lower",
-    "achieved_per_s@top": "higher",
+    "achieved_per_s@top": "higher", "closed_p99_ms": "lower",
 }
 
 
@@ -695,8 +799,7 @@ def fmt(v) -> str:
 def markdown(doc: dict) -> str:
     meta = doc["meta"]
     results = doc["scenarios"]
-    names = [n for n in TARGETS if n in meta["targets"]]
-    subject = "relay" if "relay" in names else "sanic_minimal"
+    subject = doc["ratios_subject"]
     lines = [
         f"Run `{meta['command']}` at {meta['started']} ({meta['mode']}), "
         f"git {meta['git']}, {meta['cpu_count']} cores ({meta['cpu_model']}), "
@@ -709,12 +812,15 @@ def markdown(doc: dict) -> str:
         "",
     ]
     for scen, per_target in results.items():
+        if not per_target:
+            continue
         title = SCENARIOS[scen][1]
         cfg = doc["config"].get(scen, {})
         lines.append(f"### {title} (`{scen}`)")
         lines.append("")
         lines.append("Config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
         lines.append("")
+        names = [n for n in TARGETS if n in per_target]
         metrics = []
         for name in names:
             for m in per_target.get(name, {}).get("summary", {}):
@@ -826,6 +932,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny configuration (harness check)")
     ap.add_argument("--only", action="append", choices=list(SCENARIOS),
                     help="run only this scenario (repeatable)")
+    ap.add_argument("--skip", action="append", choices=list(SCENARIOS), default=[],
+                    help="leave this scenario out (repeatable)")
     ap.add_argument("--targets", help="comma-separated: " + ",".join(TARGETS) +
                     " (default: all; relay only when service/app.py exists)")
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
@@ -840,7 +948,7 @@ def main(argv=None) -> int:
             ap.error(f"unknown targets: {', '.join(sorted(unknown))}")
     else:
         names = BASELINES + (["relay"] if relay_available() else [])
-    scen_names = args.only or list(SCENARIOS)
+    scen_names = [s for s in (args.only or list(SCENARIOS)) if s not in args.skip]
     config = SMOKE if args.smoke else FULL
     outdir = Path(args.results_dir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -860,9 +968,11 @@ def main(argv=None) -> int:
             res = fn(targets, config[scen], tmp)
         except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
             res = {t.name: {"error": f"{type(exc).__name__}: {exc}"} for t in targets}
-        results[scen] = {name: res.get(name, {"error": "no result"}) for name in names}
+        if scen != "redis":
+            res = {name: res.get(name, {"error": "no result"}) for name in names}
+        results[scen] = res
         print(f"  {scen} ({time.monotonic() - t0:.1f} s)", flush=True)
-        for name in names:
+        for name in res:
             entry = results[scen][name]
             summary = entry.get("summary") or entry.get("error", "").splitlines()[0]
             print(f"    {name:16s} {summary}", flush=True)

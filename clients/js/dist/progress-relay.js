@@ -183,7 +183,10 @@ function createBrowserSocketOpener(WebSocketImpl) {
       close: function (code, reason) {
         if (ended) return;
         ended = true;
-        ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+        ws.onopen = ws.onmessage = ws.onclose = null;
+        // keep an error listener: closing a socket that is still connecting
+        // makes the `ws` package (Node) emit 'error', fatal without one
+        ws.onerror = function () {};
         try {
           ws.close(code || 1000, reason || '');
         } catch (e) {

@@ -1130,7 +1130,9 @@ class ProgressRelayClient {
     const self = this;
     const gen = ++this._pollGen;
     const after = this._lastSeq;
-    const wait = Math.max(0, Math.min(30, this.options.POLL_WAIT));
+    // the first poll of a polling period answers at once (catch up, and tell
+    // the page that polling works); the next ones are long polls
+    const wait = this._pollAnnounced ? Math.max(0, Math.min(30, this.options.POLL_WAIT)) : 0;
     const started = Date.now();
     const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId) + '/events',
       { after: after, wait: wait }, wait * 1000 + this.options.CONNECTION_TIMEOUT);
@@ -1178,9 +1180,11 @@ class ProgressRelayClient {
         this._finish(null);
         return;
       }
+      // more right away when this answer brought events; otherwise never two
+      // empty polls closer than POLL_MIN_INTERVAL (a server without long-poll
+      // support, or a history that no longer has what latest_seq announces)
       const elapsed = Date.now() - started;
-      const more = latest !== null && latest > this._lastSeq;
-      this._schedulePoll(events.length || more || elapsed >= o.POLL_MIN_INTERVAL ? 0 : o.POLL_MIN_INTERVAL - elapsed);
+      this._schedulePoll(events.length || elapsed >= o.POLL_MIN_INTERVAL ? 0 : o.POLL_MIN_INTERVAL - elapsed);
       return;
     }
     if (res.status === 401) {

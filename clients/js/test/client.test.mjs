@@ -75,7 +75,7 @@ test('backoff schedule: 3, 6, 12, 24, 48 s, then onFallback and polling', async 
   assert.equal(ctx.client.getMode(), 'polling');
   assert.equal(ctx.client.getState(), 'polling');
   const poll = ctx.transport.lastRequest();
-  assert.equal(poll.url, 'http://relay.test/v1/executions/exec-1/events?after=0&wait=25');
+  assert.equal(poll.url, 'http://relay.test/v1/executions/exec-1/events?after=0&wait=0', 'the first poll answers at once');
   assert.equal(ctx.transport.sockets.length, 6, 'initial attempt + 5 reconnects');
   ctx.client.disconnect();
   assert.deepEqual(ctx.client.pendingTimers(), []);
@@ -358,12 +358,12 @@ test('fallback: polling resumes after the last seq, de-duplicates, and the socke
   const { transport, seen, client, log } = ctx;
   assert.equal(log.filter((l) => l[0] === 'fallback').length, 1);
   let poll = transport.lastRequest();
-  assert.match(poll.url, /events\?after=2&wait=25$/);
+  assert.match(poll.url, /events\?after=2&wait=0$/);
   poll.respond(200, { execution_id: 'exec-1', events: [ev(2), ev(3), ev(4)], latest_seq: 4, terminal: false });
   await tick(0);
   assert.deepEqual(seen, [1, 2, 3, 4]);
   poll = transport.lastRequest();
-  assert.match(poll.url, /after=4/);
+  assert.match(poll.url, /after=4&wait=25$/, 'then long polls');
   const socketsBefore = transport.sockets.length;
   // background retry after BACKGROUND_RETRY_INTERVAL (jitter 0 with random 0.5)
   await tick(59999);
@@ -432,6 +432,17 @@ test('polling: an empty answer that came back at once waits POLL_MIN_INTERVAL', 
   const { transport, client } = await fallenBack();
   const n = transport.requests.length;
   transport.lastRequest().respond(200, { events: [], latest_seq: 2, terminal: false });
+  await tick(999);
+  assert.equal(transport.requests.length, n);
+  await tick(1);
+  assert.equal(transport.requests.length, n + 1);
+  client.disconnect();
+});
+
+test('polling: latest_seq ahead but no events (history gone) does not spin', async () => {
+  const { transport, client } = await fallenBack();
+  const n = transport.requests.length;
+  transport.lastRequest().respond(200, { events: [], latest_seq: 50, terminal: false });
   await tick(999);
   assert.equal(transport.requests.length, n);
   await tick(1);

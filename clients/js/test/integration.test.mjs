@@ -344,6 +344,6 @@ test('mini-program polling through wx.request (statusCode checked, long poll)', 
   await waitFor(() => c.client.getState() === 'done', { what: 'done' });
   assertExactlyOnce(c.seqs(), [1, 2]);
   assert.equal(wx.tasks.length, 0);
-  assert.match(wx.requests[0].url, /\/events\?after=0&wait=2$/);
+  assert.match(wx.requests[0].url, /\/events\?after=0&wait=0$/);
   assert.match(wx.requests[0].header.Authorization, /^Bearer /);
 });

@@ -11,6 +11,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
+from . import metrics, shutdown
 from .config import Settings, load_settings
 from .errors import RelayError
 from .http import error_response, json_response
@@ -55,9 +56,11 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         relay = Relay(settings)
         await relay.start()
         app.ctx.relay = relay
+        await metrics.start(relay)
 
     @app.after_server_stop
     async def stop_relay(app: Sanic) -> None:
+        await metrics.stop(app.ctx.relay)
         await app.ctx.relay.close()
 
     @app.on_request(priority=100)
@@ -79,6 +82,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.error_handler.add(RelayError, _relay_error)
     app.error_handler.add(SanicException, _sanic_error)
     app.error_handler.add(Exception, _unexpected_error)
+    shutdown.install(app)  # last: shutdown listeners run in reverse, so the drain runs first
     return app
 
 

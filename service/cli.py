@@ -166,12 +166,18 @@ def serve() -> int:
     from sanic import Sanic
     from sanic.worker.loader import AppLoader
 
+    from . import metrics
     from .logs import setup_logging
 
+    # Several workers share their metrics through files; set up before any worker starts.
+    metrics_dir = metrics.prepare_multiprocess(settings.workers)
     setup_logging(settings.log_level)
     loader = AppLoader(factory=partial(_worker_app, "progress_relay"))
     app = loader.load()
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False,
                 motd=False, single_process=settings.workers == 1)
-    Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)
+    try:
+        Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)
+    finally:
+        metrics.remove_multiprocess_dir(metrics_dir)
     return 0

@@ -11,7 +11,8 @@ every poll then hands out that same text; nothing is encoded twice.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +62,9 @@ class Event:
     event: str
     terminal: bool
     frame: str
+    # Unix time the event was accepted here (0: unknown, e.g. received from another
+    # instance); only for the accept-to-socket latency metric.
+    accepted_at: float = field(default=0.0, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """Decode the frame (for folding state; not on the delivery path)."""
@@ -80,7 +84,7 @@ class EventDraft:
 
     def with_seq(self, seq: int) -> Event:
         """The accepted event once the broker assigned ``seq``."""
-        return Event(seq, self.event, self.terminal, f"{self.head}{seq}{self.tail}")
+        return Event(seq, self.event, self.terminal, f"{self.head}{seq}{self.tail}", time.time())
 
 
 def decode_frame(frame: str) -> dict[str, Any]:

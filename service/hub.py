@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, Protocol
 
 from .brokers.base import Broker
@@ -56,6 +58,8 @@ class Hub:
         channel = self._channels.get(execution_id)
         if channel is None:
             return
+        if not event.accepted_at:  # from another instance: latency counts from its arrival here
+            event = replace(event, accepted_at=time.time())
         for subscriber in tuple(channel.subscribers):
             subscriber.offer(event)
         self.dispatched += len(channel.subscribers)
@@ -92,6 +96,10 @@ class Hub:
         if not channel.subscribers:
             del self._channels[execution_id]
             self._run(self._unsubscribe(execution_id, channel))
+
+    def all_subscribers(self) -> list[Subscriber]:
+        """Every local subscriber of every execution (a snapshot)."""
+        return [s for channel in tuple(self._channels.values()) for s in tuple(channel.subscribers)]
 
     def subscribers(self, execution_id: str) -> int:
         """How many local subscribers ``execution_id`` has."""

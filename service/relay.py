@@ -14,6 +14,7 @@ from typing import Any
 
 from auth import PublisherKeys, TokenMinter, TokenVerifier
 
+from . import metrics
 from .brokers import Broker, HistoryPage, PublishResult, create_broker
 from .config import HMAC_ALGORITHMS, Settings
 from .errors import RelayError
@@ -48,6 +49,7 @@ class Relay:
         self.broker = broker or create_broker(
             settings.broker_url, settings.history_size, settings.history_ttl, prefix=settings.redis_prefix
         )
+        metrics.instrument_broker(self.broker)
         self.hub = Hub(self.broker)
         self.broker.set_listener(self.hub.dispatch, self.hub.resync)
         self.verifier = TokenVerifier(
@@ -61,6 +63,7 @@ class Relay:
         self.publisher_keys = PublisherKeys(settings.publish_keys)
         self.counters: Counter[str] = Counter()
         self.started_at = time.time()
+        self.publishing = 0  # publishes in flight, awaited by a graceful shutdown
 
     async def start(self) -> None:
         """Connect the broker."""
@@ -73,16 +76,38 @@ class Relay:
 
     async def publish(self, draft: EventDraft) -> PublishResult:
         """Accept one event (idempotent by key); the broker delivers it."""
-        result = await self.broker.publish(draft)
+        started = time.perf_counter()
+        self.publishing += 1
+        try:
+            result = await self.broker.publish(draft)
+        except RelayError as exc:
+            metrics.publish_rejected(exc.code)
+            raise
+        finally:
+            self.publishing -= 1
+            metrics.observe_publish(time.perf_counter() - started, "single")
         self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
+        metrics.published(draft.event, result.duplicate)
         return result
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
         """Accept several events in order, one result or error each."""
-        results = await self.broker.publish_many(drafts)
+        started = time.perf_counter()
+        self.publishing += 1
+        try:
+            results = await self.broker.publish_many(drafts)
+        except RelayError as exc:
+            metrics.publish_rejected(exc.code)
+            raise
+        finally:
+            self.publishing -= 1
+            metrics.observe_publish(time.perf_counter() - started, "batch")
         for draft, result in zip(drafts, results, strict=True):
             if isinstance(result, PublishResult):
                 self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
+                metrics.published(draft.event, result.duplicate)
+            else:
+                metrics.publish_rejected(result.code)
         return results
 
     def subscription(self, execution_id: str, cursor: int, sink: Sink) -> Subscription:

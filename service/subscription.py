@@ -26,6 +26,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from . import metrics
 from .brokers.base import HistoryPage
 from .closecodes import CloseCode
 from .errors import RelayError
@@ -68,6 +69,7 @@ class Subscription:
         "execution_id",
         "queue_size",
         "relay",
+        "replayed_to",
         "sent",
         "sink",
     )
@@ -79,6 +81,7 @@ class Subscription:
         self.sink = sink
         self.queue_size = queue_size
         self.sent = 0
+        self.replayed_to = cursor  # events up to this seq came from history (no delivery latency)
         self.close_code: int | None = None
         self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._state = _BUFFERING
@@ -104,6 +107,10 @@ class Subscription:
             return
         if first_frame is not None:
             self._queue.append(first_frame)
+        replay = [e for e in page.events if e.seq > self.cursor]
+        if replay:
+            self.replayed_to = replay[-1].seq
+        metrics.replayed(len(replay), page.gap_after(self.cursor))
         self._merge(page.events)
         # Already finished and nothing newer for this client: close after what is queued.
         self._finished = page.terminal
@@ -203,6 +210,7 @@ class Subscription:
                     continue
                 await self.sink.send(item.frame)
                 self.sent += 1
+                metrics.delivered(item.accepted_at if item.seq > self.replayed_to else 0.0)
                 if item.terminal:
                     self.close(CloseCode.NORMAL, "execution finished")
                     return
@@ -210,6 +218,7 @@ class Subscription:
             raise
         except Exception:
             log.debug("writing to a subscriber failed", exc_info=True)
+            metrics.delivery_failed()
             self.close(CloseCode.INTERNAL_ERROR, "send failed")
 
     def close(self, code: int, reason: str) -> None:
@@ -227,6 +236,7 @@ class Subscription:
                 task.cancel()
         if code == CloseCode.SLOW_CONSUMER:
             self.relay.counters["slow_consumer_closes"] += 1
+            metrics.slow_consumer()
         with contextlib.suppress(Exception):
             self.sink.close_now(code, reason)
         if not self.closed.done():

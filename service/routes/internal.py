@@ -13,6 +13,7 @@ from typing import Any
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from .. import metrics
 from ..brokers import PublishResult
 from ..errors import RelayError, Unauthorized, ValidationFailed
 from ..events import EventDraft, parse_draft, valid_execution_id
@@ -31,6 +32,8 @@ async def require_publisher_key(request: Request) -> None:
     relay: Relay = request.app.ctx.relay
     if not relay.publisher_keys.check(bearer_token(request)):
         relay.counters["auth_failures_publisher"] += 1
+        metrics.auth_failure("publisher_key")
+        log.info("publisher refused", extra={"fields": {"reason": "publisher_key", "path": request.path}})
         raise Unauthorized("a valid publisher key is required in Authorization: Bearer", reason="publisher_key")
 
 

@@ -18,6 +18,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
+from .. import metrics
 from ..closecodes import CloseCode
 from ..errors import RelayError
 from ..events import dumps, now_iso
@@ -57,21 +58,27 @@ def origin_allowed(relay: Relay, origin: str | None) -> bool:
 def _refuse(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
     relay.counters[f"ws_refused_{why}"] += 1
     log.info("websocket refused", extra={"fields": {"close_code": int(code), "reason": why}})
+    metrics.ws_closed(int(code), "server")
     ws.end_connection(int(code), reason)
+
+
+def _auth_refused(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
+    metrics.auth_failure(why)
+    _refuse(ws, relay, code, reason, why)
 
 
 def _authorize(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str) -> Claims | None:
     if not origin_allowed(relay, request.headers.get("origin")):
-        _refuse(ws, relay, CloseCode.FORBIDDEN, "origin not allowed", "origin")
+        _auth_refused(ws, relay, CloseCode.FORBIDDEN, "origin not allowed", "origin")
         return None
     try:
         return relay.verifier.verify(bearer_or_query_token(request), execution_id)
     except TokenExpired:
-        _refuse(ws, relay, CloseCode.TOKEN_EXPIRED, "token expired", "expired")
+        _auth_refused(ws, relay, CloseCode.TOKEN_EXPIRED, "token expired", "expired")
     except TokenForbidden:
-        _refuse(ws, relay, CloseCode.FORBIDDEN, "token is for another execution", "other_execution")
+        _auth_refused(ws, relay, CloseCode.FORBIDDEN, "token is for another execution", "other_execution")
     except TokenInvalid as exc:
-        _refuse(ws, relay, CloseCode.TOKEN_INVALID, "token invalid", exc.reason)
+        _auth_refused(ws, relay, CloseCode.TOKEN_INVALID, "token invalid", exc.reason)
     return None
 
 
@@ -89,6 +96,9 @@ def _last_seq(request: Request) -> int | None:
 async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:
     """Stream one execution's events to an authorized subscriber."""
     relay: Relay = request.app.ctx.relay
+    if request.app.ctx.draining:
+        _refuse(ws, relay, CloseCode.SERVICE_RESTART, "server restarting", "draining")
+        return
     claims = _authorize(request, ws, relay, execution_id)
     if claims is None:
         return
@@ -119,6 +129,7 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     )
     log.info("websocket opened", extra={"fields": {"execution_id": execution_id, "sub": claims.sub,
                                                    "last_seq": last_seq, "latest_seq": page.latest_seq}})
+    metrics.connection_opened("ws")
     try:
         sub.start(page, dumps(connected))
         await _read_frames(ws, sub)
@@ -127,6 +138,12 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
         sub.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
         expiry.cancel()
+        metrics.connection_closed("ws")
+        if sub.closed.done():
+            metrics.ws_closed(sub.close_code, "server")
+        else:  # the client left (or the server stops): record what it sent, if anything
+            received = getattr(ws.ws_proto, "close_rcvd", None)
+            metrics.ws_closed(received.code if received is not None else None, "client")
         sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
         log.info("websocket closed", extra={"fields": {
             "execution_id": execution_id, "close_code": sub.close_code, "frames_sent": sub.sent,

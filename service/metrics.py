@@ -1,0 +1,450 @@
+"""Prometheus metrics: every number ``/metrics`` exports, defined in one place.
+
+The hot paths never call prometheus-client directly. A frame delivered to a
+thousand sockets costs a thousand increments of a plain ``int`` (and a
+thousand bucket look-ups for the latency histogram), not a thousand locked
+updates: the counts are kept in this module's plain structures and *flushed*
+into the prometheus metrics in bulk, by :func:`flush`, which runs before every
+scrape and, with several workers, once a second in every worker.
+
+Several workers (``RELAY_WORKERS`` > 1) are aggregated by prometheus-client's
+multiprocess mode: :func:`prepare_multiprocess` (called by ``serve`` before
+any worker starts) points ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory,
+every worker writes its values there, and whichever worker answers the scrape
+reads them all. Counters and histograms are summed; the gauges use
+``livesum`` (the sum over live workers; a stopping worker removes its files
+with :func:`stop`).
+
+Nothing here imports Sanic: the ``/metrics`` route lives in
+``routes/ops.py``, and callers hand plain values in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+if TYPE_CHECKING:
+    from .brokers.base import Broker
+    from .relay import Relay
+
+__all__ = [
+    "CONTENT_TYPE",
+    "METRIC_NAMES",
+    "MULTIPROC_ENV",
+    "address_allowed",
+    "auth_failure",
+    "connection_closed",
+    "connection_opened",
+    "delivered",
+    "delivery_failed",
+    "fallback_request",
+    "flush",
+    "instrument_broker",
+    "observe_publish",
+    "parse_allowlist",
+    "prepare_multiprocess",
+    "publish_rejected",
+    "published",
+    "render",
+    "replayed",
+    "set_draining",
+    "slow_consumer",
+    "start",
+    "stop",
+    "ws_closed",
+]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+
+# `_created` series double the output and no dashboard here uses them.
+prometheus_client.disable_created_metrics()
+
+# Seconds. Publishing and broker calls take ~0.1 ms in memory, ~1 ms on Redis;
+# delivery to a socket adds queueing behind earlier frames.
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# -- the prometheus metrics ----------------------------------------------------------
+
+_CONNECTIONS = Gauge("relay_connections_open", "Open subscriber connections on this instance, by transport.",
+                     ["transport"], multiprocess_mode="livesum")
+_EXECUTIONS = Gauge("relay_executions_subscribed", "Executions with at least one local subscriber.",
+                    multiprocess_mode="livesum")
+_DRAINING = Gauge("relay_draining", "1 while the instance drains for shutdown (readyz answers 503).",
+                  multiprocess_mode="livemax")
+_EVENTS = Counter("relay_events_accepted", "Events accepted from publishers, by event type.", ["event"])
+_DUPLICATES = Counter("relay_events_duplicate", "Publishes answered as duplicates of an idempotency key.")
+_REJECTED = Counter("relay_publish_rejected", "Publishes refused by the relay, by error code.", ["error"])
+_FRAMES = Counter("relay_frames_delivered", "Event frames handed to subscriber sockets and streams.")
+_FAILURES = Counter("relay_delivery_failures", "Writes to a subscriber that failed (the subscriber is closed).")
+_SLOW = Counter("relay_slow_consumer_closes", "Subscribers closed with 4008 because they fell behind.")
+_CLOSES = Counter("relay_ws_closes", "WebSocket closes, by close code and by who closed.", ["code", "initiator"])
+_AUTH = Counter("relay_auth_failures", "Refused credentials (subscriber tokens, Origins, publisher keys), by reason.",
+                ["reason"])
+_REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying retained events.")
+_REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
+_GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
+_FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
+_PUBLISH_SECONDS = Histogram("relay_publish_duration_seconds",
+                             "Time to accept a publish (one event, or one batch), broker included.",
+                             ["mode"], buckets=_FAST_BUCKETS)
+_BROKER_SECONDS = Histogram("relay_broker_operation_duration_seconds", "Time of each broker operation.",
+                            ["operation"], buckets=_FAST_BUCKETS)
+_DELIVERY_SECONDS = Histogram("relay_delivery_latency_seconds",
+                              "Time from accepting an event to handing its frame to a subscriber's socket.",
+                              buckets=_DELIVERY_BUCKETS)
+
+#: Every metric family this module exports (the dashboard may use only these).
+METRIC_NAMES = frozenset({
+    "relay_connections_open", "relay_executions_subscribed", "relay_draining", "relay_events_accepted_total",
+    "relay_events_duplicate_total", "relay_publish_rejected_total", "relay_frames_delivered_total",
+    "relay_delivery_failures_total", "relay_slow_consumer_closes_total", "relay_ws_closes_total",
+    "relay_auth_failures_total", "relay_replays_total", "relay_replayed_events_total", "relay_replay_gaps_total",
+    "relay_fallback_requests_total",
+    *(f"{h}_{s}" for h in ("relay_publish_duration_seconds", "relay_broker_operation_duration_seconds",
+                           "relay_delivery_latency_seconds") for s in ("bucket", "sum", "count")),
+})
+
+
+# -- cheap local accumulators, flushed into the metrics above --------------------------
+
+
+class _Tally:
+    """Pending increments of one counter, per label values, as plain ints."""
+
+    __slots__ = ("metric", "pending")
+
+    def __init__(self, metric: Counter) -> None:
+        self.metric = metric
+        self.pending: dict[tuple[str, ...], int] = {}
+
+    def add(self, labels: tuple[str, ...] = (), amount: int = 1) -> None:
+        self.pending[labels] = self.pending.get(labels, 0) + amount
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for labels, amount in pending.items():
+            (self.metric.labels(*labels) if labels else self.metric).inc(amount)
+
+
+class _Buckets:
+    """Pending observations of one histogram, per label values: bucket counts and a sum."""
+
+    __slots__ = ("bounds", "metric", "pending")
+
+    def __init__(self, metric: Histogram, bounds: tuple[float, ...]) -> None:
+        self.metric = metric
+        self.bounds = (*bounds, float("inf"))
+        self.pending: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
+        state = self.pending.get(labels)
+        if state is None:
+            state = self.pending[labels] = [0.0] * (len(self.bounds) + 1)
+        state[bisect_left(self.bounds, value)] += 1  # first bound >= value, as prometheus does
+        state[-1] += value
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for labels, state in pending.items():
+            child = self.metric.labels(*labels) if labels else self.metric
+            # prometheus-client has no public "add n observations"; its histogram keeps one value
+            # per bucket (non-cumulative) and a sum, which is what we add to. tests/test_metrics.py
+            # checks the exported result, so an incompatible upgrade fails there.
+            for i, count in enumerate(state[:-1]):
+                if count:
+                    child._buckets[i].inc(count)
+            child._sum.inc(state[-1])
+
+
+_events = _Tally(_EVENTS)
+_duplicates = _Tally(_DUPLICATES)
+_rejected = _Tally(_REJECTED)
+_failures = _Tally(_FAILURES)
+_slow = _Tally(_SLOW)
+_closes = _Tally(_CLOSES)
+_auth = _Tally(_AUTH)
+_replays = _Tally(_REPLAYS)
+_replayed = _Tally(_REPLAYED)
+_gaps = _Tally(_GAPS)
+_fallback = _Tally(_FALLBACK)
+_publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
+_broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
+_delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
+_TALLIES = (_events, _duplicates, _rejected, _failures, _slow, _closes, _auth, _replays, _replayed, _gaps,
+            _fallback)
+_HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds)
+
+
+class _State:
+    """The per-frame counters, kept as bare ints (the hottest path of all)."""
+
+    __slots__ = ("connections", "frames", "frames_flushed")
+
+    def __init__(self) -> None:
+        self.connections: dict[str, int] = {}
+        self.frames = 0
+        self.frames_flushed = 0
+
+
+_state = _State()
+_relays: weakref.WeakSet[Relay] = weakref.WeakSet()
+_draining: weakref.WeakSet[Relay] = weakref.WeakSet()
+
+
+# -- what the rest of the relay calls ---------------------------------------------------
+
+
+def published(event: str, duplicate: bool) -> None:
+    """One publish was accepted (or answered as a duplicate)."""
+    if duplicate:
+        _duplicates.add()
+    else:
+        _events.add((event,))
+
+
+def publish_rejected(error: str) -> None:
+    """A publish was refused with the relay error code ``error`` (``execution_finished``, ...)."""
+    _rejected.add((error,))
+
+
+def observe_publish(seconds: float, mode: str) -> None:
+    """Record how long one publish (``mode`` ``single``) or batch (``batch``) took."""
+    _publish_seconds.observe(seconds, (mode,))
+
+
+def delivered(accepted_at: float) -> None:
+    """One event frame was handed to a subscriber's sink; ``accepted_at`` is its accept time (unix)."""
+    _state.frames += 1
+    if accepted_at:
+        _delivery_seconds.observe(time.time() - accepted_at)
+
+
+def delivery_failed() -> None:
+    """A write to a subscriber failed."""
+    _failures.add()
+
+
+def slow_consumer() -> None:
+    """A subscriber was closed with 4008."""
+    _slow.add()
+
+
+def replayed(events: int, gap: bool = False) -> None:
+    """A subscription started with ``events`` events from history (``gap``: history did not reach back)."""
+    if events:
+        _replays.add()
+        _replayed.add(amount=events)
+    if gap:
+        _gaps.add()
+
+
+def auth_failure(reason: str) -> None:
+    """Credentials were refused for ``reason`` (a short word, never the credential)."""
+    _auth.add((reason,))
+
+
+def ws_closed(code: int | None, initiator: str) -> None:
+    """A WebSocket ended with ``code``, closed by ``server`` or ``client``."""
+    _closes.add((str(code if code is not None else 1006), initiator))
+
+
+def connection_opened(transport: str) -> None:
+    """A subscriber connection (``ws`` or ``sse``) opened."""
+    _state.connections[transport] = _state.connections.get(transport, 0) + 1
+
+
+def connection_closed(transport: str) -> None:
+    """A subscriber connection (``ws`` or ``sse``) closed."""
+    _state.connections[transport] = _state.connections.get(transport, 0) - 1
+
+
+@contextlib.contextmanager
+def connection(transport: str) -> Iterator[None]:
+    """Count an open connection for the duration of the block."""
+    connection_opened(transport)
+    try:
+        yield
+    finally:
+        connection_closed(transport)
+
+
+def fallback_request(kind: str) -> None:
+    """A polling (``poll``, ``long_poll``), ``state`` or ``sse`` request arrived."""
+    _fallback.add((kind,))
+
+
+def set_draining(relay: Relay, draining: bool) -> None:
+    """Export whether ``relay``'s instance is draining."""
+    if draining:
+        _draining.add(relay)
+    else:
+        _draining.discard(relay)
+    _DRAINING.set(1 if _draining else 0)
+
+
+_BROKER_OPERATIONS = ("publish", "publish_many", "history", "subscribe", "unsubscribe", "ping")
+
+
+def instrument_broker(broker: Broker) -> Broker:
+    """Time every operation of ``broker`` into the broker-operation histogram (in place)."""
+    for name in _BROKER_OPERATIONS:
+        method = getattr(broker, name)
+        if getattr(method, "_relay_timed", False):
+            continue
+        setattr(broker, name, _timed(method, (name,)))
+    return broker
+
+
+def _timed(method: Any, labels: tuple[str, ...]) -> Any:
+    @wraps(method)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await method(*args, **kwargs)
+        finally:
+            _broker_seconds.observe(time.perf_counter() - started, labels)
+
+    timed._relay_timed = True  # type: ignore[attr-defined]
+    return timed
+
+
+# -- exporting ---------------------------------------------------------------------------
+
+
+def flush() -> None:
+    """Move the pending local counts into the prometheus metrics and refresh the gauges."""
+    frames = _state.frames
+    if frames != _state.frames_flushed:
+        _FRAMES.inc(frames - _state.frames_flushed)
+        _state.frames_flushed = frames
+    for tally in _TALLIES:
+        tally.flush()
+    for histogram in _HISTOGRAMS:
+        histogram.flush()
+    for transport in ("ws", "sse", *_state.connections):
+        _CONNECTIONS.labels(transport).set(max(0, _state.connections.get(transport, 0)))
+    _EXECUTIONS.set(sum(relay.hub.executions for relay in tuple(_relays)))
+    _DRAINING.set(1 if _draining else 0)
+
+
+def multiprocess_dir() -> str | None:
+    """The directory shared by the workers, when running several."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def render() -> bytes:
+    """The Prometheus text exposition of every metric (all workers' when several)."""
+    flush()
+    directory = multiprocess_dir()
+    if directory is None:
+        return generate_latest(prometheus_client.REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return generate_latest(registry)
+
+
+_flusher: asyncio.Task[None] | None = None
+
+
+async def start(relay: Relay, interval: float = 1.0) -> None:
+    """Count ``relay``'s executions; with several workers, flush every ``interval`` seconds."""
+    global _flusher
+    _relays.add(relay)
+    flush()
+    if multiprocess_dir() is not None and (_flusher is None or _flusher.done()):
+        _flusher = asyncio.get_running_loop().create_task(_flush_forever(interval))
+
+
+async def stop(relay: Relay) -> None:
+    """Stop counting ``relay``; a worker process also withdraws its live gauges."""
+    global _flusher
+    _relays.discard(relay)
+    _draining.discard(relay)
+    flush()
+    if _flusher is not None and not _relays:
+        _flusher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await _flusher
+        _flusher = None
+        if multiprocess_dir() is not None:
+            multiprocess.mark_process_dead(os.getpid())
+
+
+async def _flush_forever(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        flush()
+
+
+def prepare_multiprocess(workers: int) -> str | None:
+    """Before any worker starts: give several workers an empty shared directory.
+
+    Uses ``PROMETHEUS_MULTIPROC_DIR`` when the operator set it (its old ``.db``
+    files are removed: they belong to processes of an earlier run), otherwise
+    a new temporary directory. Returns the directory this call created (to be
+    removed at exit), or None. Must run before prometheus-client is imported
+    in a worker, which the spawned workers guarantee.
+    """
+    if workers <= 1:
+        return None
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return None
+    created = tempfile.mkdtemp(prefix="progress-relay-metrics-")
+    os.environ[MULTIPROC_ENV] = created
+    return created
+
+
+def remove_multiprocess_dir(directory: str | None) -> None:
+    """Remove the directory :func:`prepare_multiprocess` created."""
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- who may scrape ---------------------------------------------------------------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_allowlist(items: Iterable[str]) -> tuple[Network, ...]:
+    """Networks from addresses or CIDRs; raises ValueError naming the bad item."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(item) from None
+    return tuple(networks)
+
+
+def address_allowed(address: str, allowlist: tuple[Network, ...]) -> bool:
+    """Whether a peer at ``address`` may read /metrics (an empty list allows everyone)."""
+    if not allowlist:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in allowlist)

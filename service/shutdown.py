@@ -1,0 +1,122 @@
+"""Graceful shutdown: drain this instance so that its clients resume elsewhere.
+
+On SIGTERM (or SIGINT) Sanic stops its loop and runs the ``before_server_stop``
+listeners while the listening socket is still open. :func:`drain` is one of
+them, registered last so that it runs first (Sanic runs shutdown listeners in
+reverse order), before Sanic's own listener cancels the WebSocket handlers:
+
+1. ``app.ctx.draining`` is set: ``/readyz`` answers 503 from now on and
+   ``routes/ws.py`` refuses new sockets with 1012. Long polls waiting for an
+   event answer at once (with what they have).
+2. Open subscriptions (sockets and SSE streams) are closed with 1012 in small
+   batches spread over ``RELAY_SHUTDOWN_CLOSE_WINDOW`` seconds, so that the
+   clients do not all reconnect to the other instances in the same instant.
+   Few subscribers are not held back: at least :data:`MIN_CLOSE_RATE` are
+   closed per second.
+3. Publishes in flight finish (their events are in the broker before the
+   broker is closed) and the closed sockets' handlers end.
+4. What remains of ``RELAY_SHUTDOWN_TIMEOUT`` becomes Sanic's own graceful
+   period for the requests still open, after which the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sanic import Sanic
+
+from . import metrics
+from .closecodes import CloseCode
+from .relay import Relay
+from .subscription import Subscription
+
+__all__ = ["MIN_CLOSE_RATE", "TICK", "close_in_batches", "drain", "install", "schedule"]
+
+log = logging.getLogger("relay.shutdown")
+
+#: Shortest time between two batches, in seconds.
+TICK = 0.05
+#: Subscribers closed per second at the least: a handful of sockets is not spread over the whole window.
+MIN_CLOSE_RATE = 50.0
+#: Part of the timeout kept for Sanic's own cleanup and the after-stop listeners, in seconds (at most).
+RESERVE = 1.0
+
+
+def schedule(count: int, window: float) -> list[tuple[float, int, int]]:
+    """When to close which subscribers: ``(delay, start, stop)`` slices of ``count``, in order.
+
+    The closes are spread over ``min(window, count / MIN_CLOSE_RATE)`` seconds,
+    in batches at least :data:`TICK` apart; the first batch waits one interval,
+    so readiness is reported as draining before any socket closes.
+    """
+    if count <= 0:
+        return []
+    span = min(window, count / MIN_CLOSE_RATE)
+    batches = max(1, min(count, int(span / TICK)))
+    step = span / batches
+    return [((i + 1) * step, i * count // batches, (i + 1) * count // batches) for i in range(batches)]
+
+
+async def close_in_batches(subscriptions: Sequence[Subscription], window: float) -> None:
+    """Close ``subscriptions`` with 1012, spread over (at most) ``window`` seconds."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for delay, start, stop in schedule(len(subscriptions), window):
+        await asyncio.sleep(max(0.0, started + delay - loop.time()))
+        for sub in subscriptions[start:stop]:
+            sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+
+
+async def drain(app: Sanic, *_: Any) -> None:
+    """Drain ``app`` within ``RELAY_SHUTDOWN_TIMEOUT`` (a ``before_server_stop`` listener)."""
+    relay: Relay | None = getattr(app.ctx, "relay", None)
+    if relay is None or getattr(app.ctx, "draining", False):
+        return
+    settings = relay.settings
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    reserve = min(RESERVE, settings.shutdown_timeout / 10)
+    deadline = started + settings.shutdown_timeout - reserve
+
+    app.ctx.draining = True
+    metrics.set_draining(relay, True)
+    subscribers = relay.hub.all_subscribers()
+    subscriptions = [s for s in subscribers if isinstance(s, Subscription)]
+    for waiter in subscribers:
+        if not isinstance(waiter, Subscription):
+            waiter.resync()  # a long poll answers now, with what there is
+    log.info("draining", extra={"fields": {
+        "subscriptions": len(subscriptions), "publishing": relay.publishing,
+        "close_window_s": settings.shutdown_close_window, "timeout_s": settings.shutdown_timeout}})
+
+    window = max(0.0, min(settings.shutdown_close_window, deadline - loop.time()))
+    try:
+        await asyncio.wait_for(close_in_batches(subscriptions, window), max(0.0, deadline - loop.time()))
+    except TimeoutError:
+        pass
+    # A socket that was being opened when draining began may have registered since.
+    late = [s for s in relay.hub.all_subscribers() if isinstance(s, Subscription)]
+    for sub in late:
+        sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+
+    while (relay.publishing or _handlers(app)) and loop.time() < deadline:
+        await asyncio.sleep(TICK)
+    remaining = deadline - loop.time()
+    # Requests still open (a publish that has not reached the relay yet) get the rest.
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = max(0.1, remaining)
+    log.info("drained", extra={"fields": {
+        "closed": len(subscriptions) + len(late), "publishing": relay.publishing,
+        "open_handlers": _handlers(app), "elapsed_s": round(loop.time() - started, 3)}})
+
+
+def _handlers(app: Sanic) -> int:
+    """WebSocket handlers still running."""
+    return len(getattr(app, "websocket_tasks", ()))
+
+
+def install(app: Sanic) -> None:
+    """Register :func:`drain`; call after every blueprint so that it runs before their stop listeners."""
+    app.register_listener(drain, "before_server_stop")

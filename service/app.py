@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 import uuid
 
@@ -14,8 +15,9 @@ from sanic.response import HTTPResponse
 from . import metrics, shutdown
 from .config import Settings, load_settings
 from .errors import RelayError
+from .heartbeat import Heartbeat
 from .http import error_response, json_response
-from .logs import redact
+from .logs import redact, request_id
 from .relay import Relay
 from .routes import internal, ops, ws
 
@@ -24,6 +26,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("relay.app")
 access = logging.getLogger("relay.access")
 _names = itertools.count()
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def create_app(settings: Settings | None = None, name: str | None = None) -> Sanic:
@@ -33,8 +36,9 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.config.update(
         {
             "WEBSOCKET_MAX_SIZE": settings.ws_max_message_size,
-            "WEBSOCKET_PING_INTERVAL": settings.ws_ping_interval,
-            "WEBSOCKET_PING_TIMEOUT": settings.ws_ping_timeout,
+            # Keepalive pings come from one Heartbeat task, not one Sanic task per socket.
+            "WEBSOCKET_PING_INTERVAL": None,
+            "WEBSOCKET_PING_TIMEOUT": None,
             "REQUEST_MAX_SIZE": settings.max_body_size,
             # Room for an over-long token to reach the verifier and get its 4500.
             "REQUEST_MAX_HEADER_SIZE": 16384,
@@ -56,17 +60,21 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         relay = Relay(settings)
         await relay.start()
         app.ctx.relay = relay
+        app.ctx.heartbeat = Heartbeat(settings.ws_ping_interval, settings.ws_ping_timeout)
+        app.ctx.heartbeat.start()
         await metrics.start(relay)
 
     @app.after_server_stop
     async def stop_relay(app: Sanic) -> None:
+        await app.ctx.heartbeat.stop()
         await metrics.stop(app.ctx.relay)
         await app.ctx.relay.close()
 
     @app.on_request(priority=100)
     async def request_start(request: Request) -> None:
         request.ctx.started = time.monotonic()
-        request.ctx.request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
+        request.ctx.request_id = _request_id(request.headers.get("x-request-id", "")) or uuid.uuid4().hex[:16]
+        request_id.set(request.ctx.request_id)
 
     @app.on_response
     async def access_log(request: Request, response: HTTPResponse) -> None:
@@ -84,6 +92,11 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.error_handler.add(Exception, _unexpected_error)
     shutdown.install(app)  # last: shutdown listeners run in reverse, so the drain runs first
     return app
+
+
+def _request_id(value: str) -> str:
+    """A caller's X-Request-ID if it is a plain id (it ends up in every log line of the request)."""
+    return value if _REQUEST_ID.fullmatch(value) else ""
 
 
 def _add_public_routes(app: Sanic) -> None:

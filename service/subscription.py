@@ -12,10 +12,13 @@ sink sees every event after the starting cursor exactly once, in seq order:
    (a network broker missed something) switches back to buffering and
    re-reads history from the cursor.
 
-The queue is bounded (``RELAY_SEND_QUEUE_SIZE``): a client that falls that
-far behind is closed with 4008 at once, without waiting on its socket, so it
-never delays anyone else. One writer task per subscription drains the queue
-into the sink, and closes with 1000 after the terminal event.
+Frames are written straight into the socket when nothing is waiting and its
+buffer has room (``Sink.try_write``): no task and no queue for the common
+case, which keeps idle connections small and delivery cheap. Otherwise they
+wait in a bounded queue (``RELAY_SEND_QUEUE_SIZE``) drained by a task that
+exists only while frames wait; a client that falls that far behind is closed
+with 4008 at once, without waiting on its socket, so it never delays anyone
+else. After the terminal event the sink is closed with 1000.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import metrics
@@ -36,6 +40,11 @@ if TYPE_CHECKING:
     from .relay import Relay
 
 __all__ = ["Sink", "Subscription"]
+
+
+def _cannot_write_now(frame: str) -> bool:
+    """For sinks without a synchronous path: always queue."""
+    return False
 
 log = logging.getLogger("relay.subscription")
 
@@ -51,6 +60,9 @@ class Sink(Protocol):
     def close_now(self, code: int, reason: str) -> None:
         """Close without waiting on the peer (it may not be reading)."""
 
+    # Optional: ``try_write(frame) -> bool`` writes at once if the peer's buffer has
+    # room, and returns False (nothing written) otherwise.
+
 
 class Subscription:
     """Delivers one execution's events after a cursor to one sink, exactly once."""
@@ -61,7 +73,7 @@ class Subscription:
         "_finished",
         "_queue",
         "_state",
-        "_wakeup",
+        "_try_write",
         "_writer",
         "close_code",
         "closed",
@@ -87,8 +99,8 @@ class Subscription:
         self._state = _BUFFERING
         self._buffer: list[Event] = []
         self._queue: deque[Event | str] = deque()
-        self._wakeup: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None  # exists only while frames wait
+        self._try_write: Callable[[str], bool] = getattr(sink, "try_write", _cannot_write_now)
         self._catch_up: asyncio.Task[None] | None = None
         self._finished = False  # history says terminal: close once the queue is written
 
@@ -111,10 +123,9 @@ class Subscription:
         if replay:
             self.replayed_to = replay[-1].seq
         metrics.replayed(len(replay), page.gap_after(self.cursor))
-        self._merge(page.events)
-        # Already finished and nothing newer for this client: close after what is queued.
+        # Already finished: close once what is queued is written, even if nothing newer.
         self._finished = page.terminal
-        self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._merge(page.events)
 
     def send_control(self, frame: str) -> None:
         """Queue a non-event frame (``pong``, ``error``) behind pending events."""
@@ -149,12 +160,17 @@ class Subscription:
     def _push(self, item: Event | str) -> None:
         if self._state == _CLOSED:
             return
+        if self._writer is None and not self._queue:
+            # Nothing waiting and the socket has room: write now, no task, no queue.
+            if self._try_write(item if isinstance(item, str) else item.frame):
+                self._written(item)
+                return
         if len(self._queue) >= self.queue_size:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return
         self._queue.append(item)
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def _merge(self, history: list[Event]) -> None:
         """Queue history (authoritative, may start after a trimmed hole), then the buffer."""
@@ -174,10 +190,35 @@ class Subscription:
             self.cursor = event.seq
             self._queue.append(event)
         self._state = _LIVE
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
         if len(self._queue) > self.queue_size + self.relay.broker.history_size:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write queued frames while the socket has room; leave the rest to a drain task."""
+        queue = self._queue
+        while queue and self._writer is None:
+            item = queue[0]
+            if not self._try_write(item if isinstance(item, str) else item.frame):
+                self._writer = asyncio.get_running_loop().create_task(self._drain())
+                return
+            queue.popleft()
+            if self._written(item):
+                return
+        if not queue and self._writer is None and self._finished:
+            self.close(CloseCode.NORMAL, "execution finished")
+
+    def _written(self, item: Event | str) -> bool:
+        """Account for a written frame; return True when that ended the stream."""
+        if isinstance(item, str):
+            return False
+        self.sent += 1
+        metrics.delivered(item.accepted_at if item.seq > self.replayed_to else 0.0)
+        if item.terminal:
+            self.close(CloseCode.NORMAL, "execution finished")
+            return True
+        return False
 
     def _start_catch_up(self) -> None:
         if self._catch_up is None or self._catch_up.done():
@@ -195,24 +236,16 @@ class Subscription:
             self._merge(page.events)
             return
 
-    async def _write(self) -> None:
+    async def _drain(self) -> None:
+        """Write queued frames, waiting for the socket to drain; exit when the queue is empty."""
+        queue = self._queue
         try:
-            while True:
-                while not self._queue:
-                    if self._finished:
-                        self.close(CloseCode.NORMAL, "execution finished")
-                        return
-                    self._wakeup = asyncio.get_running_loop().create_future()
-                    await self._wakeup
-                item = self._queue.popleft()
-                if isinstance(item, str):
-                    await self.sink.send(item)
-                    continue
-                await self.sink.send(item.frame)
-                self.sent += 1
-                metrics.delivered(item.accepted_at if item.seq > self.replayed_to else 0.0)
-                if item.terminal:
-                    self.close(CloseCode.NORMAL, "execution finished")
+            while queue:
+                item = queue.popleft()
+                frame = item if isinstance(item, str) else item.frame
+                if not self._try_write(frame):
+                    await self.sink.send(frame)
+                if self._written(item):
                     return
         except asyncio.CancelledError:
             raise
@@ -220,6 +253,10 @@ class Subscription:
             log.debug("writing to a subscriber failed", exc_info=True)
             metrics.delivery_failed()
             self.close(CloseCode.INTERNAL_ERROR, "send failed")
+            return
+        self._writer = None
+        if self._finished and self._state != _CLOSED:
+            self.close(CloseCode.NORMAL, "execution finished")
 
     def close(self, code: int, reason: str) -> None:
         """Stop delivering, unregister, and close the sink without waiting (idempotent)."""

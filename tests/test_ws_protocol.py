@@ -224,3 +224,23 @@ async def test_token_reused_by_query_and_header_is_redacted_from_logs(server: Se
     for record in caplog.records:
         assert token not in record.getMessage()
         assert token not in str(getattr(record, "fields", ""))
+
+
+async def test_server_pings_and_drops_a_peer_that_stops_answering(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Protocol pings keep a live peer connected; a peer that stops answering is dropped (1011)."""
+    server = await start_server(RELAY_WS_PING_INTERVAL="0.2", RELAY_WS_PING_TIMEOUT="0.3")
+    alive = await server.connect("e1")
+    dead = await server.connect("e1")
+    await recv_json(alive)
+    await recv_json(dead)
+    await asyncio.sleep(1.0)  # several ping rounds: both answer, both stay
+    assert not alive.close_code and not dead.close_code
+    dead.transport.pause_reading()  # stops answering pings, as a vanished peer would
+    await asyncio.sleep(1.5)
+    dead.transport.resume_reading()
+    with pytest.raises(ConnectionClosed):
+        while True:
+            await asyncio.wait_for(dead.recv(), 5)
+    assert dead.close_code in (1011, 1006)
+    await server.publish("e1")
+    assert (await recv_json(alive))["seq"] == 1  # the live one was kept

@@ -15,12 +15,14 @@ from typing import Any
 import ujson
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.protocol import State
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
 from .. import metrics
 from ..closecodes import CloseCode
 from ..errors import RelayError
+from ..heartbeat import ping_payload
 from ..events import dumps, now_iso
 from ..http import bearer_or_query_token
 from ..relay import Relay
@@ -29,20 +31,67 @@ from ..subscription import Subscription
 __all__ = ["bp"]
 
 bp = Blueprint("ws")
+# Above this many bytes waiting in the transport, frames queue instead (asyncio's default high-water mark).
+WRITE_BUFFER_HIGH = 64 * 1024
 log = logging.getLogger("relay.ws")
 
 
 class WsSink:
-    """Adapts a Sanic websocket to the subscription's sink."""
+    """Adapts a Sanic websocket to the subscription's sink (and to the heartbeat)."""
 
-    __slots__ = ("ws",)
+    __slots__ = ("ping_sent", "ping_waiter", "ws")
 
     def __init__(self, ws: WebsocketImplProtocol) -> None:
         self.ws = ws
+        self.ping_waiter: asyncio.Future[None] | None = None
+        self.ping_sent = time.monotonic()
+
+    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+        """Send a ping when one is due; fail the peer if the last one is unanswered after ``timeout``."""
+        waiter = self.ping_waiter
+        if waiter is not None and not waiter.done():
+            if now - self.ping_sent > timeout:
+                self.ws.fail_connection(1011, "keepalive ping timeout")
+            return
+        if now - self.ping_sent < interval:
+            return
+        ws = self.ws
+        proto = ws.ws_proto
+        transport = ws.io_proto.transport if ws.io_proto is not None else None
+        if transport is None or ws.conn_mutex.locked() or proto.state is not State.OPEN:
+            return  # busy or closing: try on the next beat
+        data = ping_payload()
+        waiter = asyncio.get_running_loop().create_future()
+        ws.pings[data] = waiter  # Sanic's pong handler resolves it
+        proto.send_ping(data)
+        for chunk in proto.data_to_send():
+            transport.write(chunk)
+        self.ping_waiter = waiter
+        self.ping_sent = now
 
     async def send(self, frame: str) -> None:
         """Write one text frame (waits for the transport to drain)."""
         await self.ws.send(frame)
+
+    def try_write(self, frame: str) -> bool:
+        """Write one text frame now if the socket's buffer has room; never waits.
+
+        Sanic's ``send`` takes a lock and awaits the drain even when nothing is
+        pending; this does the same two steps (frame, write) synchronously, and
+        declines whenever ``send`` holds the lock or the buffer is full, so the
+        order of frames is kept.
+        """
+        ws = self.ws
+        proto = ws.ws_proto
+        io = ws.io_proto
+        transport = io.transport if io is not None else None
+        if (transport is None or ws.conn_mutex.locked() or proto.state is not State.OPEN
+                or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH):
+            return False
+        proto.send_text(frame.encode())
+        for data in proto.data_to_send():
+            transport.write(data)
+        return True
 
     def close_now(self, code: int, reason: str) -> None:
         """Send a close frame without waiting; Sanic aborts a peer that never answers."""
@@ -107,7 +156,8 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     except ValueError:
         _refuse(ws, relay, CloseCode.BAD_MESSAGE, "last_seq must be a non-negative integer", "bad_last_seq")
         return
-    sub = relay.subscription(execution_id, last_seq or 0, WsSink(ws))
+    sink = WsSink(ws)
+    sub = relay.subscription(execution_id, last_seq or 0, sink)
     try:
         page = await sub.open()
     except RelayError:
@@ -130,6 +180,8 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     log.info("websocket opened", extra={"fields": {"execution_id": execution_id, "sub": claims.sub,
                                                    "last_seq": last_seq, "latest_seq": page.latest_seq}})
     metrics.connection_opened("ws")
+    heartbeat = request.app.ctx.heartbeat
+    heartbeat.sockets.add(sink)
     try:
         sub.start(page, dumps(connected))
         await _read_frames(ws, sub)
@@ -137,6 +189,7 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
         log.exception("websocket handler failed")
         sub.close(CloseCode.INTERNAL_ERROR, "internal error")
     finally:
+        heartbeat.sockets.discard(sink)
         expiry.cancel()
         metrics.connection_closed("ws")
         if sub.closed.done():

@@ -1,0 +1,64 @@
+"""Protocol-level keepalive for every socket of this process, from one task.
+
+Sanic starts a sleeping keepalive task per WebSocket; at tens of thousands
+of idle connections those tasks are a large share of memory. Here one loop
+visits every open socket: it sends a ping frame when the last one is older
+than ``RELAY_WS_PING_INTERVAL`` and fails a peer whose pong has not arrived
+within ``RELAY_WS_PING_TIMEOUT`` (close 1011), the same policy as Sanic's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from typing import Protocol
+
+__all__ = ["Heartbeat", "Pingable"]
+
+
+class Pingable(Protocol):
+    """A socket the heartbeat can ping."""
+
+    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+        """Ping if due; fail the connection if the last ping went unanswered too long."""
+
+
+class Heartbeat:
+    """Pings every registered socket on a schedule, from a single task."""
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self.sockets: set[Pingable] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the loop on the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def beat(self) -> None:
+        """Visit every socket once."""
+        now = time.monotonic()
+        for sock in tuple(self.sockets):
+            sock.heartbeat(now, self.interval, self.timeout)
+
+    async def _run(self) -> None:
+        # Tick often enough to notice a missing pong about `timeout` after the ping.
+        tick = max(0.05, min(self.interval, self.timeout) / 2)
+        while True:
+            await asyncio.sleep(tick)
+            self.beat()
+
+
+def ping_payload() -> bytes:
+    """Four random bytes that identify one ping."""
+    return os.urandom(4)

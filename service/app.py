@@ -17,6 +17,7 @@ from .config import Settings, load_settings
 from .errors import RelayError
 from .heartbeat import Heartbeat
 from .http import error_response, json_response
+from .limits import ConnectionLimits
 from .logs import redact, request_id
 from .relay import Relay
 from .routes import internal, ops, ws
@@ -44,8 +45,12 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
             "REQUEST_MAX_HEADER_SIZE": 16384,
             "ACCESS_LOG": False,  # ours below redacts tokens
             "FALLBACK_ERROR_FORMAT": "json",
-            "KEEP_ALIVE_TIMEOUT": 75,
             "GRACEFUL_SHUTDOWN_TIMEOUT": 5.0,
+            # A client that opens TCP and sends nothing, or never completes its request (the
+            # WebSocket handshake included), is dropped. Sanic times a silent new connection,
+            # like an idle keep-alive one, by KEEP_ALIVE_TIMEOUT.
+            "REQUEST_TIMEOUT": settings.handshake_timeout,
+            "KEEP_ALIVE_TIMEOUT": settings.handshake_timeout,
         }
     )
     app.ctx.settings = settings
@@ -62,6 +67,8 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         app.ctx.relay = relay
         app.ctx.heartbeat = Heartbeat(settings.ws_ping_interval, settings.ws_ping_timeout)
         app.ctx.heartbeat.start()
+        app.ctx.limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_execution,
+                                          settings.max_connections_per_sub)
         await metrics.start(relay)
 
     @app.after_server_stop

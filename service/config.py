@@ -61,6 +61,11 @@ class Settings:
     send_queue_size: int = 256
     max_body_size: int = 1048576
     max_batch_size: int = 1000
+    max_connections: int = 50000
+    max_connections_per_execution: int = 1000
+    max_connections_per_sub: int = 20
+    ws_max_frames_per_second: float = 10.0
+    handshake_timeout: float = 10.0
 
     # Addresses/CIDRs allowed to read /metrics; empty: any peer.
     metrics_allowlist: tuple[str, ...] = ()
@@ -258,6 +263,11 @@ def load_settings(
         send_queue_size=r.int("RELAY_SEND_QUEUE_SIZE", 256, 1, 1_000_000),
         max_body_size=r.int("RELAY_MAX_BODY_SIZE", 1048576, 1024, 64 << 20),
         max_batch_size=r.int("RELAY_MAX_BATCH_SIZE", 1000, 1, 1000),
+        max_connections=r.int("RELAY_MAX_CONNECTIONS", 50000, 1, 10_000_000),
+        max_connections_per_execution=r.int("RELAY_MAX_CONNECTIONS_PER_EXECUTION", 1000, 1, 10_000_000),
+        max_connections_per_sub=r.int("RELAY_MAX_CONNECTIONS_PER_SUB", 20, 1, 10_000_000),
+        ws_max_frames_per_second=r.float("RELAY_WS_MAX_FRAMES_PER_SECOND", 10.0, 0.1, 100_000),
+        handshake_timeout=r.float("RELAY_HANDSHAKE_TIMEOUT", 10.0, 0.1, 600),
         metrics_allowlist=_check_allowlist(r.list("RELAY_METRICS_ALLOWLIST")),
         shutdown_timeout=r.float("RELAY_SHUTDOWN_TIMEOUT", 20.0, 1.0, 3600),
     )

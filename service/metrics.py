@@ -58,6 +58,7 @@ __all__ = [
     "observe_publish",
     "parse_allowlist",
     "prepare_multiprocess",
+    "limit_exceeded",
     "publish_rejected",
     "published",
     "render",
@@ -100,6 +101,7 @@ _AUTH = Counter("relay_auth_failures", "Refused credentials (subscriber tokens, 
 _REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying retained events.")
 _REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
 _GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
+_LIMITS = Counter("relay_limit_exceeded", "Connections or frames refused by a configured limit, by limit.", ["limit"])
 _FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
 _PUBLISH_SECONDS = Histogram("relay_publish_duration_seconds",
                              "Time to accept a publish (one event, or one batch), broker included.",
@@ -116,7 +118,7 @@ METRIC_NAMES = frozenset({
     "relay_events_duplicate_total", "relay_publish_rejected_total", "relay_frames_delivered_total",
     "relay_delivery_failures_total", "relay_slow_consumer_closes_total", "relay_ws_closes_total",
     "relay_auth_failures_total", "relay_replays_total", "relay_replayed_events_total", "relay_replay_gaps_total",
-    "relay_fallback_requests_total",
+    "relay_fallback_requests_total", "relay_limit_exceeded_total",
     *(f"{h}_{s}" for h in ("relay_publish_duration_seconds", "relay_broker_operation_duration_seconds",
                            "relay_delivery_latency_seconds") for s in ("bucket", "sum", "count")),
 })
@@ -184,11 +186,12 @@ _replays = _Tally(_REPLAYS)
 _replayed = _Tally(_REPLAYED)
 _gaps = _Tally(_GAPS)
 _fallback = _Tally(_FALLBACK)
+_limits = _Tally(_LIMITS)
 _publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
 _broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
 _delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
 _TALLIES = (_events, _duplicates, _rejected, _failures, _slow, _closes, _auth, _replays, _replayed, _gaps,
-            _fallback)
+            _fallback, _limits)
 _HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds)
 
 
@@ -258,6 +261,11 @@ def replayed(events: int, gap: bool = False) -> None:
 def auth_failure(reason: str) -> None:
     """Credentials were refused for ``reason`` (a short word, never the credential)."""
     _auth.add((reason,))
+
+
+def limit_exceeded(limit: str) -> None:
+    """A configured limit (``connections``, ``per_execution``, ``per_sub``, ``frame_rate``) refused something."""
+    _limits.add((limit,))
 
 
 def ws_closed(code: int | None, initiator: str) -> None:

@@ -23,6 +23,7 @@ from .. import metrics
 from ..closecodes import CloseCode
 from ..errors import RelayError
 from ..heartbeat import ping_payload
+from ..limits import ConnectionLimits, FrameRate
 from ..events import dumps, now_iso
 from ..http import bearer_or_query_token
 from ..relay import Relay
@@ -156,6 +157,21 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     except ValueError:
         _refuse(ws, relay, CloseCode.BAD_MESSAGE, "last_seq must be a non-negative integer", "bad_last_seq")
         return
+    limits: ConnectionLimits = request.app.ctx.limits
+    exceeded = limits.acquire(execution_id, claims.sub)
+    if exceeded is not None:
+        metrics.limit_exceeded(exceeded)
+        _refuse(ws, relay, CloseCode.RATE_LIMITED, f"connection limit ({exceeded})", f"limit_{exceeded}")
+        return
+    try:
+        await _serve(request, ws, relay, execution_id, claims, last_seq)
+    finally:
+        limits.release(execution_id, claims.sub)
+
+
+async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str, claims: Claims,
+                 last_seq: int | None) -> None:
+    """Replay and stream to an authorized socket until either side ends it."""
     sink = WsSink(ws)
     sub = relay.subscription(execution_id, last_seq or 0, sink)
     try:
@@ -184,7 +200,7 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     heartbeat.sockets.add(sink)
     try:
         sub.start(page, dumps(connected))
-        await _read_frames(ws, sub)
+        await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
     except Exception:
         log.exception("websocket handler failed")
         sub.close(CloseCode.INTERNAL_ERROR, "internal error")
@@ -203,11 +219,15 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
             "duration_s": round(time.monotonic() - opened, 3)}})
 
 
-async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription) -> None:
+async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: FrameRate) -> None:
     """Answer client frames until the socket or the subscription ends."""
     while not sub.closed.done():
         message = await ws.recv()
         if message is None:
+            return
+        if not rate.allow():
+            metrics.limit_exceeded("frame_rate")
+            sub.close(CloseCode.RATE_LIMITED, "too many frames")
             return
         if isinstance(message, bytes | bytearray | memoryview):
             sub.close(CloseCode.BAD_MESSAGE, "binary frames are not accepted")

@@ -1,0 +1,88 @@
+"""Configurable limits: connections, frame rate, handshake time; each answers 4029 or drops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import Server, make_token, recv_json
+
+
+async def refused_code(server: Server, execution_id: str, token: str) -> int:
+    """Connect and return the close code of an immediate refusal."""
+    ws = await server.connect(execution_id, token=token)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code is not None
+    return ws.close_code
+
+
+async def test_connections_per_execution_limit_closes_4029(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Past RELAY_MAX_CONNECTIONS_PER_EXECUTION, a new socket of that execution gets 4029; others are fine."""
+    server = await start_server(RELAY_MAX_CONNECTIONS_PER_EXECUTION="2")
+    for i in range(2):
+        assert (await recv_json(await server.connect("e1", token=make_token("e1", sub=f"u{i}"))))["type"] == "connected"
+    assert await refused_code(server, "e1", make_token("e1", sub="u9")) == 4029
+    assert (await recv_json(await server.connect("e2", token=make_token("e2"))))["type"] == "connected"
+    assert server.relay.counters["ws_refused_limit_per_execution"] == 1
+
+
+async def test_connections_per_sub_limit_and_release(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Past RELAY_MAX_CONNECTIONS_PER_SUB, the same user gets 4029 until one of its sockets closes."""
+    server = await start_server(RELAY_MAX_CONNECTIONS_PER_SUB="2")
+    first = await server.connect("e1", token=make_token("e1", sub="alice"))
+    await recv_json(first)
+    await recv_json(await server.connect("e2", token=make_token("e2", sub="alice")))
+    assert await refused_code(server, "e3", make_token("e3", sub="alice")) == 4029
+    await recv_json(await server.connect("e3", token=make_token("e3", sub="bob")))
+    await first.close()
+    await asyncio.sleep(0.2)
+    assert (await recv_json(await server.connect("e3", token=make_token("e3", sub="alice"))))["type"] == "connected"
+
+
+async def test_total_connection_limit(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Past RELAY_MAX_CONNECTIONS on the instance, new sockets get 4029."""
+    server = await start_server(RELAY_MAX_CONNECTIONS="3")
+    for i in range(3):
+        await recv_json(await server.connect(f"e{i}", token=make_token(f"e{i}", sub=f"u{i}")))
+    assert await refused_code(server, "e9", make_token("e9", sub="u9")) == 4029
+
+
+async def test_client_sending_too_fast_is_closed_4029(start_server) -> None:  # type: ignore[no-untyped-def]
+    """A client flooding frames beyond RELAY_WS_MAX_FRAMES_PER_SECOND (burst 2x) is closed with 4029."""
+    server = await start_server(RELAY_WS_MAX_FRAMES_PER_SECOND="5")
+    ws = await server.connect("e1")
+    await recv_json(ws)
+    pongs = 0
+    with pytest.raises(ConnectionClosed):
+        for _ in range(100):
+            await ws.send(json.dumps({"type": "ping"}))
+        while True:
+            frame = await recv_json(ws)
+            pongs += frame["type"] == "pong"
+    assert ws.close_code == 4029
+    assert 5 <= pongs <= 12  # the burst was answered, the flood was not
+
+
+async def test_a_polite_client_is_never_rate_limited(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Pings at the advertised heartbeat pace are always answered."""
+    server = await start_server(RELAY_WS_MAX_FRAMES_PER_SECOND="5")
+    ws = await server.connect("e1")
+    await recv_json(ws)
+    for _ in range(12):
+        await ws.send(json.dumps({"type": "ping"}))
+        assert (await recv_json(ws))["type"] == "pong"
+        await asyncio.sleep(0.25)
+
+
+async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(start_server) -> None:  # type: ignore[no-untyped-def]
+    """A client that opens TCP and sends nothing is disconnected after RELAY_HANDSHAKE_TIMEOUT."""
+    server = await start_server(RELAY_HANDSHAKE_TIMEOUT="0.5")
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    data = await asyncio.wait_for(reader.read(), 5)  # returns at EOF: the server hung up
+    assert reader.at_eof()
+    assert data == b"" or data.startswith(b"HTTP/1.1 408")
+    writer.close()

@@ -68,6 +68,7 @@ class Claims:
     execution_id: str
     exp: int
     jti: str | None = None
+    iat: int | None = None  # when the token was issued; revoking a sub covers tokens issued before
 
 
 class TokenVerifier:
@@ -104,6 +105,10 @@ class TokenVerifier:
             raise TokenInvalid("missing", "no token was presented")
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("too_large", f"token longer than {MAX_TOKEN_BYTES} bytes")
+        # A JWS is ASCII. Refusing anything else here also keeps the byte limit true
+        # for a ?token= whose characters take several bytes each.
+        if not token.isascii():
+            raise TokenInvalid("malformed", "token is not ASCII")
         if token.count(".") != 2:
             raise TokenInvalid("malformed", "token is not a JWS compact serialisation")
         try:
@@ -159,7 +164,9 @@ def _claims(payload: dict[str, Any]) -> Claims:
         raise TokenInvalid("claim_type", "token 'execution_id' must be a non-empty string")
     if jti is not None and not isinstance(jti, str):
         raise TokenInvalid("claim_type", "token 'jti' must be a string")
-    return Claims(sub=sub, execution_id=execution_id, exp=int(exp), jti=jti)
+    iat = payload.get("iat")
+    return Claims(sub=sub, execution_id=execution_id, exp=int(exp), jti=jti,
+                  iat=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None)
 
 
 class TokenMinter:

@@ -101,6 +101,10 @@ class Hub:
         """Every local subscriber of every execution (a snapshot)."""
         return [s for channel in tuple(self._channels.values()) for s in tuple(channel.subscribers)]
 
+    def all_subscribers(self) -> list[Subscriber]:
+        """Every local subscriber (for rare sweeps such as revocation)."""
+        return [s for channel in self._channels.values() for s in channel.subscribers]
+
     def subscribers(self, execution_id: str) -> int:
         """How many local subscribers ``execution_id`` has."""
         channel = self._channels.get(execution_id)

@@ -12,10 +12,11 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from auth import PublisherKeys, TokenMinter, TokenVerifier
+from auth import Claims, PublisherKeys, TokenMinter, TokenVerifier
 
 from . import metrics
 from .brokers import Broker, HistoryPage, PublishResult, create_broker
+from .closecodes import CloseCode
 from .config import HMAC_ALGORITHMS, Settings
 from .errors import RelayError
 from .events import Event, EventDraft
@@ -52,6 +53,7 @@ class Relay:
         metrics.instrument_broker(self.broker)
         self.hub = Hub(self.broker)
         self.broker.set_listener(self.hub.dispatch, self.hub.resync)
+        self.broker.set_revocation_listener(self._close_revoked)
         self.verifier = TokenVerifier(
             settings.jwt_algorithm,
             settings.jwt_keys,
@@ -110,9 +112,35 @@ class Relay:
                 metrics.publish_rejected(result.code)
         return results
 
-    def subscription(self, execution_id: str, cursor: int, sink: Sink) -> Subscription:
+    def subscription(self, execution_id: str, cursor: int, sink: Sink, claims: Claims | None = None) -> Subscription:
         """A new subscription after ``cursor``; call ``open`` then ``start`` on it."""
-        return Subscription(self, execution_id, cursor, sink, self.settings.send_queue_size)
+        return Subscription(self, execution_id, cursor, sink, self.settings.send_queue_size, claims)
+
+    async def revoke(self, jti: str | None, sub: str | None, ttl: int) -> None:
+        """Revoke a token (``jti``) and/or every token of a user issued until now (``sub``), for ``ttl`` s.
+
+        Every instance closes its live sockets opened with such a token (4500).
+        """
+        now = time.time()
+        for kind, value in (("jti", jti), ("sub", sub)):
+            if value is not None:
+                await self.broker.revoke(kind, value, now, now + ttl)
+
+    async def is_revoked(self, claims: Claims) -> bool:
+        """Whether ``claims`` belong to a revoked token."""
+        return await self.broker.is_revoked(claims.jti, claims.sub, claims.iat)
+
+    def _close_revoked(self, kind: str, value: str, at: float) -> None:
+        """Close local subscriptions whose token a revocation (from any instance) covers."""
+        for subscriber in self.hub.all_subscribers():
+            claims = getattr(subscriber, "claims", None)
+            if claims is None:
+                continue
+            if (kind == "jti" and claims.jti == value) or (
+                kind == "sub" and claims.sub == value and (claims.iat is None or claims.iat <= at)
+            ):
+                self.counters["revoked_closes"] += 1
+                subscriber.close(CloseCode.TOKEN_INVALID, "token revoked")  # type: ignore[attr-defined]
 
     async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
         """Retained events after ``after``."""

@@ -37,6 +37,8 @@ from .errors import RelayError
 from .events import Event
 
 if TYPE_CHECKING:
+    from auth import Claims
+
     from .relay import Relay
 
 __all__ = ["Sink", "Subscription"]
@@ -75,6 +77,7 @@ class Subscription:
         "_state",
         "_try_write",
         "_writer",
+        "claims",
         "close_code",
         "closed",
         "cursor",
@@ -86,8 +89,10 @@ class Subscription:
         "sink",
     )
 
-    def __init__(self, relay: Relay, execution_id: str, cursor: int, sink: Sink, queue_size: int) -> None:
+    def __init__(self, relay: Relay, execution_id: str, cursor: int, sink: Sink, queue_size: int,
+                 claims: Claims | None = None) -> None:
         self.relay = relay
+        self.claims = claims  # whose token opened it: revoking that token closes it
         self.execution_id = execution_id
         self.cursor = cursor
         self.sink = sink

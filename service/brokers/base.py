@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from ..errors import RelayError
 from ..events import Event, EventDraft
 
-__all__ = ["Broker", "HistoryPage", "Listener", "PublishResult"]
+__all__ = ["Broker", "HistoryPage", "Listener", "PublishResult", "RevocationListener"]
 
 Listener = Callable[[str, Event], None]
+RevocationListener = Callable[[str, str, float], None]  # (kind, value, revoked at)
 
 
 @dataclass(slots=True, frozen=True)
@@ -68,11 +69,27 @@ class Broker(abc.ABC):
         self.history_ttl = history_ttl
         self._listener: Listener | None = None
         self._on_resync: Callable[[], None] | None = None
+        self._on_revoke: RevocationListener | None = None
 
     def set_listener(self, listener: Listener, on_resync: Callable[[], None] | None = None) -> None:
         """Register the callback that receives live events (and resync notices)."""
         self._listener = listener
         self._on_resync = on_resync
+
+    def set_revocation_listener(self, on_revoke: RevocationListener) -> None:
+        """Register the callback told of every revocation, made on any instance."""
+        self._on_revoke = on_revoke
+
+    async def revoke(self, kind: str, value: str, at: float, until: float) -> None:
+        """Revoke tokens: ``kind`` ``jti`` (that token) or ``sub`` (that user's tokens issued up to ``at``).
+
+        Kept until ``until`` (unix time) and announced to every instance's revocation listener.
+        """
+        raise NotImplementedError
+
+    async def is_revoked(self, jti: str | None, sub: str, iat: int | None) -> bool:
+        """Whether a token with these claims has been revoked (a token without ``iat`` counts as old)."""
+        raise NotImplementedError
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect and start background work."""

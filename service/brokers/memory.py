@@ -40,6 +40,7 @@ class MemoryBroker(Broker):
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
         self.published = 0
+        self._revoked: dict[tuple[str, str], tuple[float, float]] = {}  # (kind, value) -> (at, until)
 
     async def start(self) -> None:
         """Start the task that forgets expired executions."""
@@ -103,8 +104,27 @@ class MemoryBroker(Broker):
     async def ping(self) -> None:
         """Always reachable."""
 
+    async def revoke(self, kind: str, value: str, at: float, until: float) -> None:
+        """Remember the revocation until ``until`` and tell the listener at once."""
+        self._revoked[(kind, value)] = (at, until)
+        if self._on_revoke is not None:
+            self._on_revoke(kind, value, at)
+
+    async def is_revoked(self, jti: str | None, sub: str, iat: int | None) -> bool:
+        """Check the token's jti, and its sub against revocations made after it was issued."""
+        now = time.time()
+        if jti is not None:
+            entry = self._revoked.get(("jti", jti))
+            if entry is not None and entry[1] > now:
+                return True
+        entry = self._revoked.get(("sub", sub))
+        return entry is not None and entry[1] > now and (iat is None or iat <= entry[0])
+
     def sweep(self) -> int:
         """Forget executions idle for longer than the TTL; return how many."""
+        now = time.time()
+        for key in [k for k, (_, until) in self._revoked.items() if until <= now]:
+            del self._revoked[key]
         limit = time.monotonic() - self.history_ttl
         expired = [eid for eid, log in self._logs.items() if log.touched < limit]
         for eid in expired:

@@ -156,6 +156,7 @@ class RedisBroker(Broker):
         self.published = 0
         self.reconnect_attempts = 0
         self.dropped_messages = 0
+        self.resyncs = 0
 
     # -- naming ---------------------------------------------------------------
 
@@ -368,6 +369,9 @@ class RedisBroker(Broker):
             kind = message["type"]
             if kind == "message":
                 execution_id = channels.get(message["channel"])
+                if execution_id is None and message["channel"] == self._control:
+                    self._on_control(message["data"])
+                    continue
                 if execution_id is None or listener is None:
                     continue  # unsubscribed meanwhile
                 try:
@@ -389,6 +393,43 @@ class RedisBroker(Broker):
                 continue
             # pong, unsubscribe: nothing to do beyond _last_seen
 
+    def _on_control(self, data: str) -> None:
+        """A control message from some instance: ``revoke|kind|at|value``."""
+        try:
+            verb, kind, at, value = data.split("|", 3)
+            if verb == "revoke" and self._on_revoke is not None:
+                self._on_revoke(kind, value, float(at))
+        except Exception:
+            log.exception("a control message could not be handled")
+
+    # -- revocation ---------------------------------------------------------------
+
+    def _revocation_key(self, kind: str, value: str) -> str:
+        return f"{self.prefix}:revoked:{kind}:{value}"
+
+    async def revoke(self, kind: str, value: str, at: float, until: float) -> None:
+        """Store the revocation with an expiry, then announce it to every instance."""
+        ttl_ms = max(1, int((until - time.time()) * 1000))
+        try:
+            await self._redis.set(self._revocation_key(kind, value), repr(at), px=ttl_ms)
+            await self._redis.publish(self._control, f"revoke|{kind}|{at!r}|{value}")
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    async def is_revoked(self, jti: str | None, sub: str, iat: int | None) -> bool:
+        """Look up the token's jti and sub revocations (two keys, any slot)."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._revocation_key("sub", sub))
+                if jti is not None:
+                    pipe.get(self._revocation_key("jti", jti))
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        if len(replies) > 1 and replies[1] is not None:
+            return True
+        return replies[0] is not None and (iat is None or iat <= float(replies[0]))
+
     def _on_connected(self, first: bool) -> None:
         self._connected = True
         if self._first_connect is not None and not self._first_connect.done():
@@ -397,6 +438,7 @@ class RedisBroker(Broker):
             log.info("Redis pub/sub reconnected; %d executions resubscribed", len(self._channels))
         # Anything published while the connection was down is only in history.
         if self._on_resync is not None and not first:
+            self.resyncs += 1
             self._on_resync()
 
     async def _keepalive(self, pubsub: PubSub) -> None:
@@ -420,13 +462,14 @@ class RedisBroker(Broker):
                 await pubsub.aclose()
 
     def stats(self) -> dict[str, int]:
-        """Events accepted here, channels subscribed, pub/sub reconnects."""
+        """Events accepted here, channels subscribed, pub/sub state, reconnect attempts and resyncs."""
         return {
             "events_accepted": self.published,
             "redis_channels_subscribed": len(self._channels),
             "redis_pubsub_connected": int(self._connected),
             "redis_pubsub_reconnect_attempts": self.reconnect_attempts,
             "redis_messages_dropped": self.dropped_messages,
+            "redis_resyncs": self.resyncs,
         }
 
 

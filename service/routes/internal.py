@@ -121,6 +121,32 @@ async def mint_token(request: Request) -> HTTPResponse:
                          status=201)
 
 
+@bp.post("/revocations")
+async def revoke(request: Request) -> HTTPResponse:
+    """Revoke a token by ``jti`` and/or a user's tokens by ``sub``; live sockets close with 4500 everywhere."""
+    relay: Relay = request.app.ctx.relay
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
+    errors = []
+    jti, sub = body.get("jti"), body.get("sub")
+    ttl = body.get("ttl_seconds", relay.settings.token_max_ttl)
+    for name, value in (("jti", jti), ("sub", sub)):
+        if value is not None and (not isinstance(value, str) or not 1 <= len(value) <= 256):
+            errors.append({"field": name, "message": "must be a string of 1 to 256 characters"})
+    if jti is None and sub is None:
+        errors.append({"field": "jti", "message": "give jti, sub or both"})
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= 366 * 86400:
+        errors.append({"field": "ttl_seconds", "message": "must be an integer from 1 to 31622400"})
+    for key in body.keys() - {"jti", "sub", "ttl_seconds"}:
+        errors.append({"field": key, "message": "unknown field"})
+    if errors:
+        raise ValidationFailed(errors)
+    await relay.revoke(jti, sub, ttl)
+    log.info("revoked", extra={"fields": {"jti": jti, "sub": sub, "ttl_seconds": ttl}})
+    return json_response({"jti": jti, "sub": sub, "ttl_seconds": ttl}, status=202)
+
+
 @bp.get("/stats")
 async def stats(request: Request) -> HTTPResponse:
     """Connections, executions and counters of this instance."""

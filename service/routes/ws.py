@@ -173,10 +173,17 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, exec
                  last_seq: int | None) -> None:
     """Replay and stream to an authorized socket until either side ends it."""
     sink = WsSink(ws)
-    sub = relay.subscription(execution_id, last_seq or 0, sink)
+    sub = relay.subscription(execution_id, last_seq or 0, sink, claims)
     try:
+        # Registered first, then checked: a revocation made meanwhile still reaches this socket.
         page = await sub.open()
+        if await relay.is_revoked(claims):
+            sub.close(CloseCode.TOKEN_INVALID, "token revoked")
+            metrics.auth_failure("revoked")
+            relay.counters["ws_refused_revoked"] += 1
+            return
     except RelayError:
+        sub.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
         _refuse(ws, relay, CloseCode.INTERNAL_ERROR, "broker unavailable", "broker")
         return
     connected: dict[str, Any] = {

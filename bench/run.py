@@ -730,18 +730,19 @@ SCENARIOS = {
 
 FULL = {
     "idle_memory": {"n": 10000, "concurrency": 100, "settle": 2.0, "hold": 3.0},
-    "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 4.0,
+    "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0,
                     "trials": 3},
-    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 5.0,
+    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 4.0,
               "rates": [1000, 2000, 4000]},
     "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1},
     "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0,
-              "duration": 4.0, "trials": 3},
+              "duration": 3.0, "trials": 3},
     "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0,
               "storm_after": 1.5},
-    "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 4.0,
+    "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0,
               "rate": 2000, "trials": 2},
-    "capacity": {"n": 20000, "concurrency": 200, "settle": 1.0, "hold": 25.0},
+    # connecting takes > 25 s, so the first sockets live through 2+ server pings
+    "capacity": {"n": 20000, "concurrency": 100, "settle": 1.0, "hold": 15.0},
 }
 SMOKE = {
     "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.5, "hold": 0.5},

@@ -20,9 +20,13 @@ from .http import error_response, json_response
 from .limits import ConnectionLimits
 from .logs import redact, request_id
 from .relay import Relay
+from .wsproto import RelayWebSocketProtocol, compression_extensions
 from .routes import internal, ops, ws
 
-__all__ = ["create_app"]
+__all__ = ["SERVER_PROTOCOL", "create_app"]
+
+#: Pass as ``protocol=`` when serving the app: Sanic's WebSocket protocol plus compression.
+SERVER_PROTOCOL = RelayWebSocketProtocol
 
 log = logging.getLogger("relay.app")
 access = logging.getLogger("relay.access")
@@ -54,6 +58,8 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         }
     )
     app.ctx.settings = settings
+    app.ctx.ws_extensions = compression_extensions(
+        settings.ws_compression, settings.ws_compression_min_size, settings.ws_compression_context_takeover)
     app.ctx.draining = False
     app.blueprint(ops.bp)
     app.blueprint(ws.bp)

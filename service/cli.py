@@ -174,8 +174,10 @@ def serve() -> int:
     setup_logging(settings.log_level)
     loader = AppLoader(factory=partial(_worker_app, "progress_relay"))
     app = loader.load()
+    from .app import SERVER_PROTOCOL
+
     app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False,
-                motd=False, single_process=settings.workers == 1)
+                motd=False, single_process=settings.workers == 1, protocol=SERVER_PROTOCOL)
     try:
         Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)
     finally:

@@ -62,10 +62,13 @@ class Settings:
     max_body_size: int = 1048576
     max_batch_size: int = 1000
     max_connections: int = 50000
-    max_connections_per_execution: int = 1000
+    max_connections_per_execution: int = 5000
     max_connections_per_sub: int = 20
     ws_max_frames_per_second: float = 10.0
     handshake_timeout: float = 10.0
+    ws_compression: bool = True
+    ws_compression_min_size: int = 64
+    ws_compression_context_takeover: bool = False
 
     # Addresses/CIDRs allowed to read /metrics; empty: any peer.
     metrics_allowlist: tuple[str, ...] = ()
@@ -264,10 +267,13 @@ def load_settings(
         max_body_size=r.int("RELAY_MAX_BODY_SIZE", 1048576, 1024, 64 << 20),
         max_batch_size=r.int("RELAY_MAX_BATCH_SIZE", 1000, 1, 1000),
         max_connections=r.int("RELAY_MAX_CONNECTIONS", 50000, 1, 10_000_000),
-        max_connections_per_execution=r.int("RELAY_MAX_CONNECTIONS_PER_EXECUTION", 1000, 1, 10_000_000),
+        max_connections_per_execution=r.int("RELAY_MAX_CONNECTIONS_PER_EXECUTION", 5000, 1, 10_000_000),
         max_connections_per_sub=r.int("RELAY_MAX_CONNECTIONS_PER_SUB", 20, 1, 10_000_000),
         ws_max_frames_per_second=r.float("RELAY_WS_MAX_FRAMES_PER_SECOND", 10.0, 0.1, 100_000),
         handshake_timeout=r.float("RELAY_HANDSHAKE_TIMEOUT", 10.0, 0.1, 600),
+        ws_compression=r.bool("RELAY_WS_COMPRESSION", True),
+        ws_compression_min_size=r.int("RELAY_WS_COMPRESSION_MIN_SIZE", 64, 0, 1 << 20),
+        ws_compression_context_takeover=r.bool("RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER", False),
         metrics_allowlist=_check_allowlist(r.list("RELAY_METRICS_ALLOWLIST")),
         shutdown_timeout=r.float("RELAY_SHUTDOWN_TIMEOUT", 20.0, 1.0, 3600),
     )

@@ -20,7 +20,7 @@ import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from service.app import create_app
+from service.app import SERVER_PROTOCOL, create_app
 from service.config import Settings, load_settings
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
@@ -122,7 +122,8 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
+        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False,
+                                         protocol=SERVER_PROTOCOL)
         assert server is not None
         await server.startup()
         await server.before_start()

@@ -1,0 +1,116 @@
+"""Sanic's WebSocket protocol, extended to negotiate permessage-deflate.
+
+Sanic 25.12 builds its ``ServerProtocol`` without extensions, so no client
+ever gets compression. :class:`RelayWebSocketProtocol` performs the same
+handshake with the extensions configured for the app
+(``RELAY_WS_COMPRESSION*``); everything after the handshake is Sanic's.
+
+Compression defaults to *no context takeover* on both sides: each message
+is compressed on its own, so an idle connection holds no zlib state (a
+compressor with context costs tens of KB per socket). Messages shorter than
+``RELAY_WS_COMPRESSION_MIN_SIZE`` go uncompressed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sanic.exceptions import SanicException
+from sanic.log import websockets_logger
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import ExtensionParameter, Subprotocol
+
+__all__ = ["RelayWebSocketProtocol", "compression_extensions"]
+
+
+class _MinSizeDeflate(PerMessageDeflate):
+    """permessage-deflate that leaves short messages uncompressed (allowed by RFC 7692)."""
+
+    def __init__(self, *args: Any, min_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_size = min_size
+
+    def encode(self, frame: Frame) -> Frame:
+        """Compress data frames of at least ``min_size`` bytes."""
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY) and frame.fin and len(frame.data) < self.min_size:
+            return frame
+        return super().encode(frame)
+
+
+class _Factory(ServerPerMessageDeflateFactory):
+    """Negotiates :class:`_MinSizeDeflate`."""
+
+    def __init__(self, min_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.min_size = min_size
+
+    def process_request_params(
+        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Any]
+    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
+        """Agree on parameters as websockets does, with our extension class."""
+        response, ext = super().process_request_params(params, accepted_extensions)
+        return response, _MinSizeDeflate(
+            ext.remote_no_context_takeover,
+            ext.local_no_context_takeover,
+            ext.remote_max_window_bits,
+            ext.local_max_window_bits,
+            self.compress_settings,
+            min_size=self.min_size,
+        )
+
+
+def compression_extensions(enabled: bool, min_size: int, context_takeover: bool) -> list[ServerExtensionFactory]:
+    """The extension factories for the configured compression (empty when off)."""
+    if not enabled:
+        return []
+    if context_takeover:
+        # websockets' own defaults for servers: a modest window and memory level.
+        return [_Factory(min_size, server_max_window_bits=12, compress_settings={"memLevel": 5})]
+    return [_Factory(min_size, server_no_context_takeover=True, client_no_context_takeover=True)]
+
+
+class RelayWebSocketProtocol(WebSocketProtocol):
+    """Sanic's protocol with extension negotiation in the opening handshake."""
+
+    async def websocket_handshake(
+        self, request: Any, subprotocols: Sequence[str] | None = None
+    ) -> WebsocketImplProtocol:
+        """Accept the upgrade like Sanic does, offering the app's extensions."""
+        extensions = getattr(self.app.ctx, "ws_extensions", None) or None
+        try:
+            ws_proto = ServerProtocol(
+                extensions=extensions,
+                max_size=self.websocket_max_size,
+                subprotocols=[Subprotocol(s) for s in subprotocols] if subprotocols is not None else None,
+                state=State.OPEN,
+                logger=websockets_logger,
+            )
+            resp = ws_proto.accept(self.sanic_request_to_ws_request(request))
+        except Exception:
+            raise SanicException("Failed to open a WebSocket connection.", status_code=500) from None
+        if not 100 <= resp.status_code <= 299:
+            raise SanicException(resp.body, resp.status_code)
+        head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
+        await self.send(head.encode())
+        self.websocket = WebsocketImplProtocol(
+            ws_proto,
+            ping_interval=self.websocket_ping_interval,
+            ping_timeout=self.websocket_ping_timeout,
+            close_timeout=self.websocket_timeout,
+        )
+        loop = getattr(getattr(request, "transport", None), "loop", None)
+        await self.websocket.connection_made(self, loop=loop)
+        self.websocket_url = self._http.request.url
+        self.websocket_peer = f"{id(self):X}"[-5:-1] + "unx"
+        if ip := self._http.request.client_ip:
+            self.websocket_peer = f"{ip}:{self._http.request.port}"
+        self.log_websocket("OPEN")
+        return self.websocket

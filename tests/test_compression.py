@@ -1,0 +1,104 @@
+"""permessage-deflate: negotiated with clients that offer it, configurable, fewer bytes on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from websockets.asyncio.client import connect
+
+from tests.conftest import Server, make_token, recv_json, recv_until_closed
+
+
+class CountingProxy:
+    """A TCP proxy in front of the server that counts the bytes sent to the client."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.to_client = 0
+        self._srv: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._srv = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._srv.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(self.server.host, self.server.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, count: bool) -> None:
+            while data := await src.read(65536):
+                if count:
+                    self.to_client += len(data)
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True), return_exceptions=True)
+
+    def close(self) -> None:
+        if self._srv is not None:
+            self._srv.close()
+
+
+async def watch_execution(server: Server, execution_id: str, **client: Any) -> tuple[int, list[dict[str, Any]], list[Any]]:
+    """Receive a whole execution through a counting proxy: (bytes to client, frames, negotiated extensions)."""
+    proxy = CountingProxy(server)
+    port = await proxy.start()
+    url = f"ws://127.0.0.1:{port}/ws/executions/{execution_id}?token={make_token(execution_id)}"
+    async with connect(url, **client) as ws:
+        extensions = list(ws.protocol.extensions)
+        frames = await recv_until_closed(ws)
+    proxy.close()
+    return proxy.to_client, frames, extensions
+
+
+async def publish_demo_like(server: Server, execution_id: str) -> None:
+    """A realistic execution: progress per platform with Chinese status texts, results, a report."""
+    platforms = ["文心一言", "通义千问", "Kimi", "豆包", "DeepSeek"]
+    for i, name in enumerate(platforms):
+        await server.publish(execution_id, "progress", {"progress": 10 + i * 15, "stage": "ai_fetching",
+                                                        "status": "processing", "status_text": f"正在查询 {name}"})
+        await server.publish(execution_id, "result", {"platform": name, "mentioned": True, "rank": i + 1,
+                                                      "summary": f"{name} 的回答提到了品牌，排名第 {i + 1}。" * 3})
+    await server.publish(execution_id, "complete", {"report": {"score": 87, "platforms": platforms,
+                                                               "advice": "继续优化品牌在 AI 平台上的可见度。" * 5}})
+
+
+async def test_compression_is_negotiated_and_saves_bytes(server: Server) -> None:
+    """A client offering permessage-deflate gets it; the same events cost fewer bytes than without."""
+    await publish_demo_like(server, "c1")
+    plain_bytes, plain_frames, plain_ext = await watch_execution(server, "c1", compression=None)
+    deflate_bytes, deflate_frames, deflate_ext = await watch_execution(server, "c1")
+    assert plain_ext == [] and [e.name for e in deflate_ext] == ["permessage-deflate"]
+    assert deflate_frames == plain_frames and len(plain_frames) == 12
+    assert deflate_bytes < plain_bytes * 0.8, (deflate_bytes, plain_bytes)
+
+
+async def test_compression_can_be_turned_off(start_server) -> None:  # type: ignore[no-untyped-def]
+    """RELAY_WS_COMPRESSION=false never negotiates, even when the client offers it."""
+    server = await start_server(RELAY_WS_COMPRESSION="false")
+    await server.publish("c1", "complete", {})
+    _, frames, extensions = await watch_execution(server, "c1")
+    assert extensions == [] and frames[-1]["event"] == "complete"
+
+
+async def test_context_takeover_mode_compresses_harder(start_server) -> None:  # type: ignore[no-untyped-def]
+    """With context takeover on, repeated keys compress across frames: fewer bytes than per-frame mode."""
+    per_frame = await start_server()
+    shared = await start_server(RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER="true")
+    for srv in (per_frame, shared):
+        await publish_demo_like(srv, "c1")
+    per_frame_bytes, frames_a, _ = await watch_execution(per_frame, "c1")
+    shared_bytes, frames_b, _ = await watch_execution(shared, "c1")
+    assert [f.get("data") for f in frames_a] == [f.get("data") for f in frames_b]
+    assert shared_bytes < per_frame_bytes
+
+
+async def test_small_frames_stay_uncompressed_and_decode(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Frames under the minimum size are sent as they are; the client decodes both kinds."""
+    server = await start_server(RELAY_WS_COMPRESSION_MIN_SIZE="100000")
+    ws = await server.connect("c1")
+    assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+    assert (await recv_json(ws))["type"] == "connected"
+    await server.publish("c1", "result", {"x": "y" * 500})
+    assert (await recv_json(ws))["data"] == {"x": "y" * 500}

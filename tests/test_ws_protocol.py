@@ -174,8 +174,9 @@ async def test_other_executions_events_are_not_delivered(server: Server) -> None
 async def test_slow_client_is_closed_4008_while_fast_client_keeps_receiving(start_server) -> None:  # type: ignore[no-untyped-def]
     """A client that stops reading is closed with 4008; a fast one on the same execution gets every event."""
     server = await start_server(RELAY_SEND_QUEUE_SIZE="8")
-    slow = await server.connect("e1", max_queue=1, max_size=None)
-    fast = await server.connect("e1", max_size=None)
+    # Uncompressed, so the blobs really fill the socket buffers.
+    slow = await server.connect("e1", max_queue=1, max_size=None, compression=None)
+    fast = await server.connect("e1", max_size=None, compression=None)
     await recv_json(fast)
     blob = "x" * 60_000
     total = 250  # ~15 MB: more than the kernel's socket buffers can hide

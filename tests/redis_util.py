@@ -248,7 +248,7 @@ class ServiceProcess:
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
-    def wait_ready(self, timeout: float = 15.0) -> ServiceProcess:
+    def wait_ready(self, timeout: float = 30.0) -> ServiceProcess:
         """Wait until ``/readyz`` answers 200 (raise if the process exits first)."""
 
         def ready() -> bool:
@@ -263,7 +263,7 @@ class ServiceProcess:
         _wait_until(ready, timeout, f"service on port {self.port}")
         return self
 
-    def start(self, timeout: float = 15.0) -> ServiceProcess:
+    def start(self, timeout: float = 30.0) -> ServiceProcess:
         """Start and wait until ``/readyz`` answers 200."""
         return self.spawn().wait_ready(timeout)
 

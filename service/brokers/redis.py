@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -125,6 +125,7 @@ class RedisBroker(Broker):
         keepalive_interval: float = 5.0,
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
+        max_connections: int = 64,
     ) -> None:
         super().__init__(history_size, history_ttl)
         self.url = url
@@ -134,8 +135,12 @@ class RedisBroker(Broker):
         self.keepalive_interval = keepalive_interval
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
-        self._redis: Redis = Redis.from_url(
+        # Blocking pool: a burst of publishes waits for a free connection
+        # instead of failing with "too many connections".
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=command_timeout,
             decode_responses=True,
             socket_connect_timeout=connect_timeout,
             socket_timeout=command_timeout,
@@ -143,6 +148,7 @@ class RedisBroker(Broker):
             retry=Retry(NoBackoff(), 0),  # a lost reply may hide an applied publish: never resend
             client_name=f"progress-relay:{prefix}",
         )
+        self._redis: Redis = Redis.from_pool(pool)
         self._publish_script = self._redis.register_script(PUBLISH_LUA)
         self._history_script = self._redis.register_script(HISTORY_LUA)
         self._control = f"{prefix}:control"  # always subscribed: the connection is live even with no executions

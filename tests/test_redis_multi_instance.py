@@ -141,6 +141,35 @@ async def test_concurrent_publishers_on_a_and_b_get_seqs_without_gap_or_duplicat
     assert await reader == list(range(1, 122))
 
 
+async def test_long_poll_and_sse_on_b_wake_up_for_events_published_on_a(
+        pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient) -> None:
+    """A long poll and an SSE stream on B return / stream as soon as A accepts events."""
+    a, b = pair
+    token = make_token("x4")
+    poll = asyncio.create_task(http.get(f"{b.base}/v1/executions/x4/events",
+                                        params={"after": 0, "wait": 20, "token": token}))
+    sse_lines: list[str] = []
+
+    async def read_sse() -> None:
+        async with http.stream("GET", f"{b.base}/v1/executions/x4/stream", params={"token": token},
+                               timeout=20.0) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                sse_lines.append(line)
+
+    sse = asyncio.create_task(read_sse())
+    await asyncio.sleep(0.5)  # both are waiting on B
+    assert not poll.done()
+    await publish(http, a, "x4")
+    response = await asyncio.wait_for(poll, 10)  # far less than wait=20: woken, not timed out
+    assert [e["seq"] for e in response.json()["events"]] == [1]
+    await publish(http, a, "x4")
+    await publish(http, a, "x4", "complete")
+    await asyncio.wait_for(sse, 10)
+    ids = [int(line[4:]) for line in sse_lines if line.startswith("id: ")]
+    assert ids == [1, 2, 3]
+
+
 async def test_kill_9_of_an_instance_loses_nothing(pair: tuple[ServiceProcess, ServiceProcess],
                                                    http: httpx.AsyncClient) -> None:
     """A is killed with SIGKILL while events flow: its clients resume on B and see every event exactly once."""

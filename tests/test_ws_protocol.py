@@ -204,7 +204,7 @@ async def test_slow_client_is_closed_4008_while_fast_client_keeps_receiving(star
 
 async def test_many_subscribers_of_one_execution_all_receive(server: Server) -> None:
     """Fan-out: 50 subscribers of one execution each receive every event once, in order."""
-    sockets = [await server.connect("e1") for _ in range(50)]
+    sockets = [await server.connect("e1", token=make_token("e1", sub=f"u{i}")) for i in range(50)]
     for ws in sockets:
         await recv_json(ws)
     await publish_n(server, "e1", 5)

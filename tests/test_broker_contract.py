@@ -163,6 +163,8 @@ async def test_history_after_and_limit(backend: Backend) -> None:
     assert [e.seq for e in (await broker.history("p", after=4)).events] == [5, 6]
     assert (await broker.history("p", after=6)).events == []
     assert (await broker.history("p", after=60)).events == []
+    huge = await broker.history("p", after=2**53 - 1)  # the largest seq a client may name
+    assert (huge.events, huge.latest_seq) == ([], 6)
     assert page.events[0].as_dict()["data"]["progress"] == 2
 
 

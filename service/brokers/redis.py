@@ -80,7 +80,7 @@ redis.call('PUBLISH', ARGV[9], seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' ..
 return {1, seq}
 """
 
-# KEYS: stream, meta. ARGV: after, limit (0: no limit).
+# KEYS: stream, meta. ARGV: first stream id wanted ("<after+1>-0"), limit (0: no limit).
 # Returns {} for an unknown execution, else
 # {latest_seq, terminal, updated_ms, first_seq, seq1, frame1, event1, t1, seq2, ...}.
 HISTORY_LUA = """
@@ -89,7 +89,7 @@ if not meta[1] then return {} end
 local out = {tonumber(meta[1]), meta[2] or '0', meta[3] or '0', 0}
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #first > 0 then out[4] = tonumber(string.match(first[1][1], '^%d+')) end
-local start = (tonumber(ARGV[1]) + 1) .. '-0'
+local start = ARGV[1]
 local entries
 if tonumber(ARGV[2]) > 0 then
   entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', ARGV[2])
@@ -270,7 +270,8 @@ class RedisBroker(Broker):
         """Retained events after ``after``, read in one script (a consistent snapshot)."""
         stream, meta, _ = self.keys(execution_id)
         try:
-            reply = await self._history_script(keys=(stream, meta), args=(max(0, after), limit or 0))
+            # The start id is built here: Lua numbers are doubles and would print a large seq as 9.0e+15.
+            reply = await self._history_script(keys=(stream, meta), args=(f"{max(0, after) + 1}-0", limit or 0))
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
         if not reply:

@@ -135,20 +135,22 @@ class RedisServer:
     like a Redis with persistence restarting.
     """
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, password: str | None = None) -> None:
         self.binary = binary
+        self.password = password
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="relay-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://[:password@]127.0.0.1:<port>/0``."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         """A synchronous client for this server."""
-        return redis.Redis(port=self.port, socket_connect_timeout=1.0, socket_timeout=5.0)
+        return redis.Redis.from_url(self.url, socket_connect_timeout=1.0, socket_timeout=5.0)
 
     def _ping(self) -> bool:
         try:
@@ -163,7 +165,8 @@ class RedisServer:
     def start(self) -> None:
         """Start (or restart, on the same port and data directory)."""
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--dbfilename", "dump.rdb", "--daemonize", "no", "--loglevel", "warning"]
+                "--dir", self.dir, "--dbfilename", "dump.rdb", "--daemonize", "no", "--loglevel", "warning",
+                *(("--requirepass", self.password) if self.password else ())]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_until(self._ping, 10.0, f"redis-server on port {self.port}")
 

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -146,7 +147,7 @@ class RedisBroker(Broker):
             socket_timeout=command_timeout,
             socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),  # a lost reply may hide an applied publish: never resend
-            client_name=f"progress-relay:{prefix}",
+            client_name="progress-relay:" + re.sub(r"[^A-Za-z0-9._:-]", "_", prefix)[:64],  # CLIENT LIST shows us
         )
         self._redis: Redis = Redis.from_pool(pool)
         self._publish_script = self._redis.register_script(PUBLISH_LUA)
@@ -366,7 +367,6 @@ class RedisBroker(Broker):
 
     async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
         """Dispatch messages in arrival order; mark connected once resubscribed."""
-        listener = self._listener
         channels = self._channels
         while True:
             message = await pubsub.get_message(timeout=None)
@@ -379,6 +379,7 @@ class RedisBroker(Broker):
                 if execution_id is None and message["channel"] == self._control:
                     self._on_control(message["data"])
                     continue
+                listener = self._listener
                 if execution_id is None or listener is None:
                     continue  # unsubscribed meanwhile
                 try:

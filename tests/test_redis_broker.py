@@ -1,0 +1,174 @@
+"""What only the Redis broker does: key layout, scripts, connections, URLs.
+
+The behaviour every broker shares is in ``test_broker_contract.py``; these
+tests check the Redis side of it directly in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis
+
+from service.brokers.redis import RedisBroker
+from service.errors import BrokerUnavailable
+from service.events import Event, parse_draft
+from tests.redis_util import RedisServer, redis_prefix, redis_server_binary, redis_url  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+
+def progress(execution_id: str) -> Any:
+    """A progress draft."""
+    return parse_draft(execution_id, {"event": "progress", "data": {"progress": 1, "stage": "s"}})
+
+
+@pytest.fixture
+async def make_broker(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
+    """Factory of started brokers on the test Redis and prefix."""
+    brokers: list[RedisBroker] = []
+
+    async def make(url: str | None = None, **options: Any) -> RedisBroker:
+        broker = RedisBroker(url or redis_url, options.pop("history_size", 10), options.pop("history_ttl", 300),
+                             prefix=redis_prefix, **options)
+        broker.set_listener(lambda eid, event: None)
+        await broker.start()
+        brokers.append(broker)
+        return broker
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+async def test_one_executions_keys_share_a_hash_tag_and_carry_the_ttl(make_broker: Callable[..., Any],
+                                                                       redis_url: str) -> None:  # noqa: F811
+    """stream, meta and idem keys are named <prefix>:{<id>}:..., hold the event, and expire after history_ttl."""
+    broker: RedisBroker = await make_broker(history_ttl=300)
+    await broker.publish(parse_draft("ex-1", {"event": "progress", "data": {"progress": 1, "stage": "s"},
+                                              "idempotency_key": "k"}))
+    stream, meta, idem = broker.keys("ex-1")
+    assert [stream, meta, idem] == [f"{broker.prefix}:{{ex-1}}:stream", f"{broker.prefix}:{{ex-1}}:meta",
+                                    f"{broker.prefix}:{{ex-1}}:idem"]
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries = client.xrange(stream)
+        assert [entry_id for entry_id, _ in entries] == ["1-0"]
+        assert entries[0][1]["e"] == "progress" and entries[0][1]["t"] == "0"
+        assert '"seq":1,' in entries[0][1]["f"]
+        assert client.hgetall(meta)["seq"] == "1" and client.hget(idem, "k") == "1"
+        for key in (stream, meta, idem):
+            assert 290 <= client.ttl(key) <= 300
+    finally:
+        client.close()
+
+
+async def test_publish_survives_a_script_flush(make_broker: Callable[..., Any], redis_url: str) -> None:  # noqa: F811
+    """After SCRIPT FLUSH (a restart or failover), EVALSHA falls back to loading the script again."""
+    broker: RedisBroker = await make_broker()
+    await broker.publish(progress("ex-2"))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+    assert (await broker.publish(progress("ex-2"))).seq == 2
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+    results = await broker.publish_many([progress("ex-2"), progress("ex-2")])
+    assert [r.seq for r in results] == [3, 4]  # type: ignore[union-attr]
+
+
+async def test_one_pubsub_connection_subscribed_only_to_executions_with_local_subscribers() -> None:
+    """Two brokers, three executions: each broker holds one pub/sub connection with just its channels."""
+    server = RedisServer(redis_server_binary())
+    server.start()
+    brokers = []
+    try:
+        for _ in range(2):
+            broker = RedisBroker(server.url, 10, 300, prefix="pc")
+            broker.set_listener(lambda eid, event: None)
+            await broker.start()
+            brokers.append(broker)
+        a, b = brokers
+        for eid in ("e1", "e2", "e3"):
+            await a.subscribe(eid)
+        await b.subscribe("e3")
+        client = server.client()
+        try:
+            pubsub_clients = [c for c in client.client_list() if int(c["sub"]) > 0]
+            assert sorted(int(c["sub"]) for c in pubsub_clients) == [2, 4]  # control channel + executions
+            await a.unsubscribe("e1")
+            await a.unsubscribe("e3")
+            await asyncio.sleep(0.2)
+            channels = sorted(ch.decode() for ch in client.pubsub_channels("pc:{*}:live"))
+            assert channels == ["pc:{e2}:live", "pc:{e3}:live"]
+            counts = dict(client.pubsub_numsub("pc:{e2}:live", "pc:{e3}:live"))
+            assert counts == {b"pc:{e2}:live": 1, b"pc:{e3}:live": 1}
+        finally:
+            client.close()
+    finally:
+        for broker in brokers:
+            await broker.close()
+        server.close()
+
+
+async def test_live_message_carries_seq_event_and_frame_without_json(make_broker: Callable[..., Any]) -> None:
+    """The listener gets Event(seq, event, terminal, frame) with the very frame the publish built."""
+    broker: RedisBroker = await make_broker()
+    got: list[Event] = []
+    broker.set_listener(lambda eid, event: got.append(event))
+    await broker.subscribe("ex-3")
+    first = await broker.publish(parse_draft("ex-3", {"event": "result", "data": {"text": "a|b|c 中文"}}))
+    last = await broker.publish(parse_draft("ex-3", {"event": "complete"}))
+    async with asyncio.timeout(5):
+        while len(got) < 2:
+            await asyncio.sleep(0.01)
+    assert got == [first.event, last.event]
+
+
+async def test_password_in_the_url_is_used() -> None:
+    """A Redis with requirepass: the right password works, a wrong one is BrokerUnavailable and never ready."""
+    server = RedisServer(redis_server_binary(), password="pa55-word")
+    server.start()
+    good = RedisBroker(server.url, 10, 300, prefix="pw")
+    bad = RedisBroker(server.url.replace("pa55-word", "wrong"), 10, 300, prefix="pw", connect_timeout=0.5)
+    try:
+        await good.start()
+        await good.ping()
+        assert (await good.publish(progress("ex-4"))).seq == 1
+        await bad.start()
+        with pytest.raises(BrokerUnavailable):
+            await bad.ping()
+        with pytest.raises(BrokerUnavailable):
+            await bad.publish(progress("ex-4"))
+    finally:
+        await good.close()
+        await bad.close()
+        server.close()
+
+
+def test_rediss_url_builds_a_tls_connection_pool() -> None:
+    """rediss:// selects TLS connections (with the password and db from the URL); nothing connects yet."""
+    from redis.asyncio.connection import SSLConnection
+
+    broker = RedisBroker("rediss://:secret@redis.example.invalid:6380/3", 10, 300)
+    pool = broker._redis.connection_pool
+    assert pool.connection_class is SSLConnection
+    assert pool.connection_kwargs["password"] == "secret" and pool.connection_kwargs["db"] == 3
+
+
+async def test_stats_report_channels_and_connection(make_broker: Callable[..., Any]) -> None:
+    """stats() counts accepted events, subscribed channels and the pub/sub state."""
+    broker: RedisBroker = await make_broker()
+    await broker.subscribe("ex-5")
+    await broker.publish(progress("ex-5"))
+    stats = broker.stats()
+    assert stats["events_accepted"] == 1 and stats["redis_channels_subscribed"] == 1
+    assert stats["redis_pubsub_connected"] == 1 and stats["redis_resyncs"] == 0

@@ -26,6 +26,18 @@ if (HAVE_SERVICE) {
 }
 const POLLING_TODO = !HAVE_SERVICE ? NO_SERVICE : havePolling ? false : 'GET /v1/executions/{id}/events is not in the service yet';
 
+// Every top-level await comes before the first test() call: the runner may
+// start (and finish) the tests registered so far while the module waits.
+const HAVE_REDIS_BROKER = existsSync(join(REPO, 'service', 'brokers', 'redis.py'));
+async function redisUp() {
+  return new Promise((r) => {
+    const s = net.connect(6379, '127.0.0.1');
+    s.once('connect', () => { s.destroy(); r(true); });
+    s.once('error', () => r(false));
+  });
+}
+const REDIS_SKIP = !HAVE_SERVICE ? NO_SERVICE : !HAVE_REDIS_BROKER ? 'the Redis broker is not in the service yet' : !(await redisUp()) ? 'no Redis on 127.0.0.1:6379' : false;
+
 let counter = 0;
 const newExecution = (name) => `it-${name}-${process.pid}-${++counter}`;
 
@@ -171,16 +183,6 @@ test('server killed and restarted mid-execution (memory broker): resumes, nothin
   }
 });
 
-const HAVE_REDIS_BROKER = existsSync(join(REPO, 'service', 'brokers', 'redis.py'));
-async function redisUp() {
-  return new Promise((r) => {
-    const s = net.connect(6379, '127.0.0.1');
-    s.once('connect', () => { s.destroy(); r(true); });
-    s.once('error', () => r(false));
-  });
-}
-const REDIS_SKIP = !HAVE_SERVICE ? NO_SERVICE : !HAVE_REDIS_BROKER ? 'the Redis broker is not in the service yet' : !(await redisUp()) ? 'no Redis on 127.0.0.1:6379' : false;
-
 test('server killed and restarted mid-execution (Redis broker): exact resume, events published during the outage', { skip: REDIS_SKIP }, async () => {
   const env = { RELAY_BROKER_URL: 'redis://127.0.0.1:6379/15' };
   const relay = await startRelay({ env });
@@ -203,6 +205,39 @@ test('server killed and restarted mid-execution (Redis broker): exact resume, ev
     assert.equal(c.rec.resets.length, 0);
   } finally {
     await current.stop();
+  }
+});
+
+test('heartbeat: app-level pings are answered, the connection stays up', { skip: NO_SERVICE }, async () => {
+  const id = newExecution('heartbeat');
+  const c = makeClient(shared, id, { HEARTBEAT_INTERVAL: 200, HEARTBEAT_GRACE: 300 });
+  c.client.connect(id, c.handlers);
+  await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
+  await sleep(2000);
+  assert.equal(c.WS.urls.length, 1, 'no reconnect while pongs arrive');
+  assert.equal(c.client.getState(), 'connected');
+  c.client.disconnect();
+  assert.deepEqual(c.client.pendingTimers(), []);
+});
+
+test('a connection that goes silent (nothing passes any more) is replaced after heartbeat + grace', { skip: NO_SERVICE }, async () => {
+  const id = newExecution('silent');
+  const proxy = await startProxy(shared.port);
+  try {
+    const c = makeClient(shared, id, { wsUrl: `ws://127.0.0.1:${proxy.port}`, HEARTBEAT_INTERVAL: 300, HEARTBEAT_GRACE: 400 });
+    c.client.connect(id, c.handlers);
+    await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
+    await publish(shared.base, id, 'progress', progress(10));
+    await waitFor(() => c.rec.events.length === 1, { what: 'first event' });
+    proxy.stall();
+    await publish(shared.base, id, 'progress', progress(20));
+    await waitFor(() => c.rec.connected.length === 2, { timeout: 5000, what: 'a new connection' });
+    assert.match(c.WS.urls[1], /last_seq=1/);
+    await publish(shared.base, id, 'complete', { report: {} });
+    await waitFor(() => c.client.getState() === 'done', { what: 'done' });
+    assertExactlyOnce(c.seqs(), [1, 2, 3]);
+  } finally {
+    await proxy.close();
   }
 });
 

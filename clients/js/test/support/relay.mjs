@@ -144,6 +144,7 @@ export function signToken({ executionId, sub = 'user-1', exp, secret = JWT_SECRE
  */
 export async function startProxy(targetPort) {
   const sockets = new Set();
+  const pairs = [];
   let blocked = false;
   let accepted = 0;
   const server = net.createServer((client) => {
@@ -162,6 +163,7 @@ export async function startProxy(targetPort) {
     upstream.on('close', drop);
     client.pipe(upstream);
     upstream.pipe(client);
+    pairs.push([client, upstream]);
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   return {
@@ -173,6 +175,13 @@ export async function startProxy(targetPort) {
       sockets.clear();
     },
     unblock() { blocked = false; },
+    /** existing connections stay open but nothing passes any more (a dead NAT entry) */
+    stall() {
+      for (const [a, b] of pairs.splice(0)) {
+        a.unpipe(b); b.unpipe(a);
+        a.pause(); b.pause();
+      }
+    },
     close() {
       for (const s of sockets) s.destroy();
       return new Promise((r) => server.close(r));

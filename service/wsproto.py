@@ -20,6 +20,7 @@ from sanic.exceptions import SanicException
 from sanic.log import websockets_logger
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.exceptions import InvalidHeader
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -93,6 +94,10 @@ class RelayWebSocketProtocol(WebSocketProtocol):
                 logger=websockets_logger,
             )
             resp = ws_proto.accept(self.sanic_request_to_ws_request(request))
+        except InvalidHeader as exc:
+            # A header websockets cannot hold (a non-ASCII byte, say): the client's fault, not
+            # ours. Name the header only: its value may be a token.
+            raise SanicException(f"invalid {exc.name} header", status_code=400) from None
         except Exception:
             raise SanicException("Failed to open a WebSocket connection.", status_code=500) from None
         if not 100 <= resp.status_code <= 299:

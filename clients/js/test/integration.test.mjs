@@ -159,7 +159,7 @@ test('server killed and restarted mid-execution (memory broker): resumes, nothin
   const relay = await startRelay();
   try {
     const id = newExecution('restart');
-    const c = makeClient(relay, id, { RECONNECT_INTERVAL: 250 });
+    const c = makeClient(relay, id, { RECONNECT_INTERVAL: 500 });
     c.client.connect(id, c.handlers);
     await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
     for (const p of [10, 20, 30]) await publish(relay.base, id, 'progress', progress(p));
@@ -170,7 +170,7 @@ test('server killed and restarted mid-execution (memory broker): resumes, nothin
     relay.stop = again.stop;
     // the memory broker lost the history: the client notices (latest_seq 0 <
     // 3), follows the new sequence and reconnects without the stale last_seq
-    await waitFor(() => c.rec.connected.length >= 2 && c.client.getState() === 'connected', { timeout: 15000, what: 'reconnected' });
+    await waitFor(() => c.rec.connected.length >= 2 && c.client.getState() === 'connected', { timeout: 25000, what: 'reconnected' });
     await waitFor(() => c.rec.resets.length === 1, { what: 'reset noticed' });
     for (const p of [40, 50]) await publish(again.base, id, 'progress', progress(p));
     await publish(again.base, id, 'complete', { report: {} });
@@ -189,7 +189,7 @@ test('server killed and restarted mid-execution (Redis broker): exact resume, ev
   let current = relay;
   try {
     const id = newExecution('restart-redis');
-    const c = makeClient(relay, id, { RECONNECT_INTERVAL: 250 });
+    const c = makeClient(relay, id, { RECONNECT_INTERVAL: 500 });
     c.client.connect(id, c.handlers);
     await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
     for (const p of [10, 20, 30]) await publish(relay.base, id, 'progress', progress(p));
@@ -198,7 +198,7 @@ test('server killed and restarted mid-execution (Redis broker): exact resume, ev
     current = await startRelay({ port: relay.port, env });
     // published before the client is back: it must get them by resuming
     for (const p of [40, 50]) await publish(current.base, id, 'progress', progress(p));
-    await waitFor(() => c.rec.events.length === 5, { timeout: 15000, what: 'resumed events' });
+    await waitFor(() => c.rec.events.length === 5, { timeout: 25000, what: 'resumed events' });
     await publish(current.base, id, 'complete', { report: {} });
     await waitFor(() => c.client.getState() === 'done', { what: 'done' });
     assertExactlyOnce(c.seqs(), [1, 2, 3, 4, 5, 6]);
@@ -210,7 +210,7 @@ test('server killed and restarted mid-execution (Redis broker): exact resume, ev
 
 test('heartbeat: app-level pings are answered, the connection stays up', { skip: NO_SERVICE }, async () => {
   const id = newExecution('heartbeat');
-  const c = makeClient(shared, id, { HEARTBEAT_INTERVAL: 200, HEARTBEAT_GRACE: 300 });
+  const c = makeClient(shared, id, { HEARTBEAT_INTERVAL: 300, HEARTBEAT_GRACE: 1200 });
   c.client.connect(id, c.handlers);
   await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
   await sleep(2000);
@@ -224,14 +224,14 @@ test('a connection that goes silent (nothing passes any more) is replaced after 
   const id = newExecution('silent');
   const proxy = await startProxy(shared.port);
   try {
-    const c = makeClient(shared, id, { wsUrl: `ws://127.0.0.1:${proxy.port}`, HEARTBEAT_INTERVAL: 300, HEARTBEAT_GRACE: 400 });
+    const c = makeClient(shared, id, { wsUrl: `ws://127.0.0.1:${proxy.port}`, HEARTBEAT_INTERVAL: 500, HEARTBEAT_GRACE: 1000 });
     c.client.connect(id, c.handlers);
     await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
     await publish(shared.base, id, 'progress', progress(10));
     await waitFor(() => c.rec.events.length === 1, { what: 'first event' });
     proxy.stall();
     await publish(shared.base, id, 'progress', progress(20));
-    await waitFor(() => c.rec.connected.length === 2, { timeout: 5000, what: 'a new connection' });
+    await waitFor(() => c.rec.connected.length === 2, { timeout: 10000, what: 'a new connection' });
     assert.match(c.WS.urls[1], /last_seq=1/);
     await publish(shared.base, id, 'complete', { report: {} });
     await waitFor(() => c.client.getState() === 'done', { what: 'done' });

@@ -705,11 +705,11 @@ class ProgressRelayClient {
     return this;
   }
 
-  getState() { return this._state; };
-  getMode() { return this._mode; };
-  getLastSeq() { return this._lastSeq; };
+  getState() { return this._state; }
+  getMode() { return this._mode; }
+  getLastSeq() { return this._lastSeq; }
   /** names of the timers still pending (empty after disconnect) */
-  pendingTimers() { return Object.keys(this._timers); };
+  pendingTimers() { return Object.keys(this._timers); }
 
   // ------------------------------------------------------------------ internals
 
@@ -992,13 +992,13 @@ class ProgressRelayClient {
     if (code === 4001) {
       // token expired: a fresh one first, then resume
       this._refreshToken().then(function (changed) {
-        if (sid !== self._sid || !self._active || self._socket) return;
+        if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
         if (changed || s.connected) {
           if (s.connected) self._failures = 0;
           self._openSocket(false);
         } else self._failure(s, info);
       }, function (err) {
-        if (sid !== self._sid || !self._active || self._socket) return;
+        if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
         self._log('warn', 'getToken failed', err);
         self._failure(s, info);
       });

@@ -170,6 +170,23 @@ test('4001: getToken is called again and the socket reopens at once with the new
   client.disconnect();
 });
 
+test('4001, then a switch to polling while the token is refreshed: no socket reopens', async () => {
+  let release;
+  const ctx = setup({ client: { getToken: (c) => (c.reason === 'refresh' ? new Promise((r) => { release = r; }) : Promise.resolve('t1')) } });
+  ctx.client.connect('exec-1', ctx.handlers);
+  await flush();
+  ctx.transport.last().connected();
+  ctx.transport.last().serverClose(4001);
+  await flush();
+  ctx.client.setMode('polling');
+  release('t2');
+  await flush();
+  assert.equal(ctx.transport.sockets.length, 1);
+  assert.equal(ctx.client.getMode(), 'polling');
+  assert.equal(ctx.transport.pendingRequests().length, 1);
+  ctx.client.disconnect();
+});
+
 test('4001 with a token that does not change counts as a failed attempt', async () => {
   const ctx = setup({ tokens: ['same'] });
   ctx.client.connect('exec-1', ctx.handlers);

@@ -44,7 +44,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
@@ -107,6 +107,7 @@ end
 return out
 """
 
+_MAX_PIPELINE = 1000  # script calls per round trip
 _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
 
 
@@ -127,6 +128,7 @@ class RedisBroker(Broker):
         reconnect_min: float = 0.1,
         reconnect_max: float = 5.0,
         max_connections: int = 64,
+        coalesce: bool = True,
     ) -> None:
         super().__init__(history_size, history_ttl)
         self.url = url
@@ -136,6 +138,9 @@ class RedisBroker(Broker):
         self.keepalive_interval = keepalive_interval
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
+        self.coalesce = coalesce
+        self._queued: list[tuple[EventDraft, asyncio.Future[PublishResult | RelayError]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         # Blocking pool: a burst of publishes waits for a free connection
         # instead of failing with "too many connections".
         pool = BlockingConnectionPool.from_url(
@@ -193,7 +198,11 @@ class RedisBroker(Broker):
                       _safe_url(self.url))
 
     async def close(self) -> None:
-        """Stop the reader and close every connection."""
+        """Stop the reader and close every connection (queued publishes answer 503)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -229,13 +238,51 @@ class RedisBroker(Broker):
         return PublishResult(draft.execution_id, seq, False, draft.with_seq(seq))
 
     async def publish(self, draft: EventDraft) -> PublishResult:
-        """Run the publish script; the listener gets the event through pub/sub."""
-        keys, args = self._script_args(draft)
-        try:
-            reply = await self._publish_script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
-        return self._result(draft, reply)
+        """Run the publish script; the listener gets the event through pub/sub.
+
+        Publishes that arrive while a round trip is in flight are sent together
+        in the next pipeline (one round trip for all of them, each its own
+        script call and result), so throughput grows with concurrency instead
+        of stopping at one event per round trip.
+        """
+        if not self.coalesce:
+            keys, args = self._script_args(draft)
+            try:
+                reply = await self._publish_script(keys=keys, args=args)
+            except (RedisError, OSError) as exc:
+                raise _unavailable(exc) from None
+            return self._result(draft, reply)
+        future: asyncio.Future[PublishResult | RelayError] = asyncio.get_running_loop().create_future()
+        self._queued.append((draft, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_queued())
+        outcome = await future
+        if isinstance(outcome, RelayError):
+            raise outcome
+        return outcome
+
+    async def _flush_queued(self) -> None:
+        """Send queued publishes, one pipeline at a time, until none are left."""
+        while self._queued:
+            batch, self._queued = self._queued[:_MAX_PIPELINE], self._queued[_MAX_PIPELINE:]
+            try:
+                results = await self._pipeline([draft for draft, _ in batch])
+            except BaseException as exc:  # cancelled (closing) or a bug: no caller may hang
+                error = BrokerUnavailable(_UNREACHABLE)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(error)
+                for _, future in self._queued:
+                    if not future.done():
+                        future.set_result(error)
+                self._queued = []
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.exception("publishing a pipeline failed")
+                return
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # the caller may have gone away
+                    future.set_result(result)
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
         """Pipeline one script call per draft; results in order.
@@ -243,16 +290,33 @@ class RedisBroker(Broker):
         If the pipeline fails as a whole, every item reports BrokerUnavailable
         (some may have been applied: publishers retry with their idempotency keys).
         """
+        results: list[PublishResult | RelayError] = []
+        for i in range(0, len(drafts), _MAX_PIPELINE):
+            results.extend(await self._pipeline(drafts[i : i + _MAX_PIPELINE]))
+        return results
+
+    async def _pipeline(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
+        """One EVALSHA per draft in one round trip; load the script and resend if Redis lost it."""
         if not drafts:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for draft in drafts:
-            keys, args = self._script_args(draft)
-            await self._publish_script(keys=keys, args=args, client=pipe)
-        try:
-            replies = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as exc:
-            error = _unavailable(exc)
+        calls = [self._script_args(draft) for draft in drafts]
+        replies = await self._send_pipeline(calls)
+        if replies is not None and any(isinstance(r, NoScriptError) for r in replies):
+            # After a restart, failover or SCRIPT FLUSH. A NOSCRIPT item did not run, so
+            # it is safe to send again (only those: the others ran).
+            try:
+                self._publish_script.sha = await self._redis.script_load(PUBLISH_LUA)
+            except (RedisError, OSError) as exc:
+                return [_unavailable(exc) for _ in drafts]
+            retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            again = await self._send_pipeline([calls[i] for i in retry])
+            for i, reply in zip(retry, again or [], strict=False):
+                replies[i] = reply
+            if again is None:
+                for i in retry:
+                    replies[i] = ConnectionError()
+        if replies is None:
+            error = BrokerUnavailable(_UNREACHABLE)
             return [error for _ in drafts]
         results: list[PublishResult | RelayError] = []
         for draft, reply in zip(drafts, replies, strict=True):
@@ -264,6 +328,19 @@ class RedisBroker(Broker):
             except ExecutionFinished as exc:
                 results.append(exc)
         return results
+
+    async def _send_pipeline(self, calls: list[tuple[tuple[str, str, str], tuple[Any, ...]]]) -> list[Any] | None:
+        """Run the EVALSHA calls in one pipeline; None if the connection failed."""
+        pipe = self._redis.pipeline(transaction=False)
+        sha = self._publish_script.sha
+        for keys, args in calls:
+            pipe.evalsha(sha, 3, *keys, *args)
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            _unavailable(exc)
+            return None
+        return replies
 
     # -- reading ------------------------------------------------------------------
 

@@ -284,6 +284,9 @@ function createBrowserLifecycle(win) {
 // and the app lifecycle (wx.onAppHide / wx.onAppShow / wx.onNetworkStatusChange).
 // Type-checked against miniprogram-api-typings (npm run typecheck).
 
+/** how long a SocketTask error may go without its close event (ms) */
+const ERROR_WITHOUT_CLOSE_MS = 1000;
+
 /**
  * Socket adapter over wx.connectSocket. The token goes in the handshake's
  * Authorization header; every SocketTask handler is registered synchronously
@@ -309,8 +312,16 @@ function createWxSocketOpener(wxApi) {
     /** @type {{code: number, reason: string}} */
     let closeArgs = { code: 1000, reason: '' };
 
+    /** @type {any} */
+    let errorTimer = null;
+    function clearErrorTimer() {
+      if (errorTimer !== null) clearTimeout(errorTimer);
+      errorTimer = null;
+    }
+
     /** @param {{code: number, reason: string}} info */
     function finish(info) {
+      clearErrorTimer();
       if (ended) return;
       ended = true;
       if (current === handle) current = null;
@@ -354,6 +365,15 @@ function createWxSocketOpener(wxApi) {
     task.onError(function (err) {
       if (ended || closeRequested) return;
       req.onError(err);
+      // onClose normally follows; some clients only report the error
+      if (errorTimer === null) {
+        errorTimer = setTimeout(function () {
+          errorTimer = null;
+          if (ended || closeRequested) return;
+          finish({ code: 1006, reason: (err && err.errMsg) || 'socket error' });
+          closeTask(1000, 'socket error');
+        }, ERROR_WITHOUT_CLOSE_MS);
+      }
     });
     task.onClose(function (res) {
       if (closeRequested) { ended = true; return; }
@@ -369,6 +389,7 @@ function createWxSocketOpener(wxApi) {
       },
       /** @param {number} [code] @param {string} [reason] */
       close: function (code, reason) {
+        clearErrorTimer();
         if (closeRequested || ended) return;
         closeRequested = true;
         ended = true;

@@ -167,6 +167,29 @@ test('wx adapter: frames, ArrayBuffer frames, send after open, close code', () =
   assert.deepEqual(closed, { code: 4001, reason: 'token expired' });
 });
 
+test('wx adapter: an error without a close event ends the task as 1006 after 1 s', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const wx = scriptedWx();
+  let closed = null;
+  createWxSocketOpener(wx)(req({ onClose: (i) => { closed = i; } }));
+  const task = wx.tasks[0];
+  task.state = 'open';
+  task.handlers.error({ errMsg: 'network lost' });
+  t.mock.timers.tick(999);
+  assert.equal(closed, null);
+  t.mock.timers.tick(1);
+  assert.deepEqual(closed, { code: 1006, reason: 'network lost' });
+  assert.equal(task.closeCalls.length, 1, 'the task is closed too');
+  // an error followed by its close reports the close code once
+  const wx2 = scriptedWx();
+  const seen = [];
+  createWxSocketOpener(wx2)(req({ onClose: (i) => seen.push(i) }));
+  wx2.tasks[0].handlers.error({ errMsg: 'x' });
+  wx2.tasks[0].handlers.close({ code: 4500, reason: 'token invalid' });
+  t.mock.timers.tick(5000);
+  assert.deepEqual(seen, [{ code: 4500, reason: 'token invalid' }]);
+});
+
 test('wx adapter: connectSocket failing reports 1006', () => {
   const wx = scriptedWx();
   let closed = null;

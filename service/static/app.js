@@ -18,6 +18,13 @@ const STATE_TEXT = {
 };
 const MODE_TEXT = { websocket: 'WebSocket 实时推送', polling: '轮询模式' };
 const STAGE_TEXT = { queued: '排队中', ai_fetching: '获取 AI 数据', analyzing: '分析回答', report: '生成报告' };
+const REFUSED_TEXT = {
+  4500: 'Token 无效或已被吊销',
+  4503: '无权查看这个执行（Token 属于其他执行，或来源不被允许）',
+  1006: 'Token 被拒绝',
+  401: 'Token 无效或已过期',
+  403: '无权查看这个执行'
+};
 const SENTIMENT_TEXT = { positive: '正面', neutral: '中性', negative: '负面', none: '—' };
 
 let client = null;
@@ -212,8 +219,9 @@ export function watch(executionId, token, mode) {
     onResult: (d) => showResult(d),
     onError: (d, evt) => {
       if (!evt) {
-        showError(`连接被拒绝：${d.error}（${d.code}）`);
-        logLine(`${time()} — 连接被拒绝：${d.error}`, 'sys');
+        const why = REFUSED_TEXT[d.code] || d.error;
+        showError(`连接被拒绝：${why}（${d.code}）`);
+        logLine(`${time()} — 连接被拒绝：${why}（${d.error}）`, 'sys');
       } else if (d.recoverable) {
         showRetry(d);
       } else {

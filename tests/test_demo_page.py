@@ -326,3 +326,14 @@ def test_demo_page_starts_a_demo_execution(relay: Relay, browser: Any) -> None:
     seqs = _log_seqs(page)
     assert seqs == list(range(1, len(seqs) + 1))
     page.close()
+
+
+def test_demo_page_explains_a_refused_token(relay: Relay, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(f"{relay.base}/demo/?execution_id=demo-page-refused&token=not-a-jwt")
+    page.wait_for_function("document.querySelector('#conn-state').dataset.state === 'failed'", timeout=15_000)
+    assert "Token 无效" in page.inner_text("[data-testid=error]")
+    assert page.inner_text("[data-testid=conn-state]") == "连接被拒绝"
+    time.sleep(1)
+    assert page.eval_on_selector_all("#event-log li[data-seq]", "els => els.length") == 0
+    page.close()

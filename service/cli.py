@@ -151,8 +151,11 @@ def _banner(settings: Settings) -> str:
 
 def _worker_app(name: str) -> Any:
     from .app import create_app
+    from .logs import setup_logging
 
-    return create_app(load_settings(), name=name)
+    settings = load_settings()
+    setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
+    return create_app(settings, name=name)
 
 
 def serve() -> int:

@@ -10,11 +10,16 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from .events import dumps
 
-__all__ = ["JsonFormatter", "redact", "setup_logging"]
+__all__ = ["JsonFormatter", "redact", "request_id", "setup_logging"]
+
+#: The id of the request being handled (set by the app for each request; tasks a
+#: request starts, such as a socket's writer, inherit it). Added to every line.
+request_id: ContextVar[str] = ContextVar("request_id", default="")
 
 _TOKEN_RE = re.compile(r"((?:^|[?&;])(?:token|access_token)=)[^&;#\s]*", re.IGNORECASE)
 _BEARER_RE = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
@@ -39,6 +44,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
+        rid = request_id.get()
+        if rid:
+            entry["request_id"] = rid
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)
@@ -54,6 +62,7 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings become JSON lines too, not bare text on stderr
     for name in ("sanic.root", "sanic.error", "sanic.access", "sanic.server", "sanic.websockets"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,6 +86,7 @@ async def drain(app: Sanic, *_: Any) -> None:
 
     app.ctx.draining = True
     metrics.set_draining(relay, True)
+    _ignore_further_signals()
     subscribers = relay.hub.all_subscribers()
     subscriptions = [s for s in subscribers if isinstance(s, Subscription)]
     for waiter in subscribers:
@@ -110,6 +114,20 @@ async def drain(app: Sanic, *_: Any) -> None:
     log.info("drained", extra={"fields": {
         "closed": len(subscriptions) + len(late), "publishing": relay.publishing,
         "open_handlers": _handlers(app), "elapsed_s": round(loop.time() - started, 3)}})
+
+
+def _ignore_further_signals() -> None:
+    """In a serving process, let nothing interrupt the drain.
+
+    With several workers the manager forwards its SIGTERM to each worker as a
+    SIGINT, which may arrive after the worker's own SIGTERM (``kill`` of the
+    whole process group); Sanic has removed its handlers by now, so it would
+    raise KeyboardInterrupt in the middle of the drain. SIGKILL still works.
+    """
+    if os.environ.get("SANIC_WORKER_PROCESS") != "true" or threading.current_thread() is not threading.main_thread():
+        return  # not a server process of its own (an in-process test server, for one)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _handlers(app: Sanic) -> int:

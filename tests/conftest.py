@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from service.app import SERVER_PROTOCOL, create_app
 from service.config import Settings, load_settings
+from tests.log_guard import no_credentials_in_logs  # noqa: F401  (session-wide: no credential in a log line)
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"
 PUBLISH_KEY = "test-publisher-key-0123456789-abcdefghij"

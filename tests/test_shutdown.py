@@ -114,7 +114,7 @@ async def test_sigterm_drains_then_exits_zero() -> None:
     service.start()
     try:
         eid = "drain-1"
-        clients = [Client(service.ws_url(eid, make_token(eid))) for _ in range(40)]
+        clients = [Client(service.ws_url(eid, make_token(eid, sub=f"user-{i}"))) for i in range(40)]
         await asyncio.gather(*(c.open() for c in clients))
         readers = [asyncio.create_task(c.read()) for c in clients]
         for _ in range(3):
@@ -196,7 +196,7 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
 
         async def subscriber(eid: str, n: int) -> None:
             seqs = received.setdefault((eid, n), [])
-            token = make_token(eid)
+            token = make_token(eid, sub=f"user-{n}")
             current = a
             while True:
                 last = seqs[-1] if seqs else None
@@ -240,4 +240,42 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
     finally:
         a.stop()
         b.stop()
+        delete_prefix(url, prefix)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["main", "group"])
+async def test_sigterm_drains_every_worker(target: str) -> None:
+    """RELAY_WORKERS=2: SIGTERM to the main process (or to the whole group) drains each worker in time."""
+    if not (ROOT / "service" / "brokers" / "redis.py").is_file():
+        pytest.skip("the Redis broker is not there yet")
+    url = require_redis()
+    prefix = f"relaytest-workers-{os.getpid()}-{target}"
+    service = ServiceProcess(RELAY_WORKERS="2", RELAY_BROKER_URL=url, RELAY_REDIS_PREFIX=prefix,
+                             RELAY_SHUTDOWN_TIMEOUT="6", RELAY_LOG_LEVEL="INFO")
+    service.start(timeout=30)
+    try:
+        clients = [Client(service.ws_url("workers", make_token("workers", sub=f"u{i}"))) for i in range(12)]
+        for c in clients:
+            await c.open()  # one connection at a time: the kernel spreads them over the workers
+        readers = [asyncio.create_task(c.read()) for c in clients]
+        assert service.proc is not None
+        started = time.monotonic()
+        if target == "group":
+            os.killpg(service.proc.pid, signal.SIGTERM)  # what `kill -TERM -<pgid>` or a shell wrapper does
+        else:
+            os.kill(service.proc.pid, signal.SIGTERM)
+        code = await asyncio.to_thread(service.proc.wait, 15)
+        elapsed = time.monotonic() - started
+        await asyncio.wait_for(asyncio.gather(*readers), 10)
+        if target == "main":  # what Kubernetes does: PID 1 alone gets SIGTERM
+            assert code == 0, service.output()
+        # else: Sanic's shared-state manager process is in the group too and dies of the signal, which the
+        # main process may report as a BrokenPipeError (exit 1) once the workers are done; they drained.
+        assert elapsed < 6
+        assert [c.close_code for c in clients] == [1012] * len(clients), service.output()
+        assert "KeyboardInterrupt" not in service.output()
+    finally:
+        service.stop()
         delete_prefix(url, prefix)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sanic import Request
@@ -42,6 +43,15 @@ def bearer_or_query_token(request: Request) -> str | None:
     return bearer_token(request) or request.args.get("token") or None
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+
+# ujson reads NaN, Infinity, numbers beyond a double (as inf) and unpaired UTF-16
+# surrogate escapes, none of which can be written back as JSON text (or UTF-8): an
+# event holding one would reach every reader as a broken frame, or fail to encode
+# (500). Only a body that could hold one is checked, so most are decoded once.
+_SUSPECT = re.compile(rb"NaN|Infinity|\\u[dD][89a-fA-F]|[0-9]{17}|[eE][+]?[0-9]{3}")
+
+
 def json_body(request: Request) -> Any:
     """The request body decoded as JSON, or :class:`BadRequest`."""
     import ujson
@@ -50,9 +60,16 @@ def json_body(request: Request) -> Any:
     if not body:
         raise BadRequest("request body is empty; a JSON object is expected")
     try:
-        return ujson.loads(body)
+        value = ujson.loads(body)
     except (ValueError, OverflowError):
         raise BadRequest() from None
+    if _SUSPECT.search(body):
+        try:
+            ujson.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        except (OverflowError, ValueError):  # UnicodeEncodeError is a ValueError
+            raise BadRequest("request body holds NaN, Infinity, a number too large for a double "
+                             "or an unpaired surrogate, which JSON readers cannot take") from None
+    return value
 
 
 def query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -60,10 +77,8 @@ def query_int(request: Request, name: str, default: int | None, low: int, high: 
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
+    # int() would also take " 7", "1_0" and non-ASCII digits such as "\u0663".
+    value = int(raw) if _INTEGER.fullmatch(raw) else low - 1
     if not low <= value <= high:
         raise ValidationFailed([{"field": name, "message": f"must be an integer from {low} to {high}"}])
     return value

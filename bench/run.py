@@ -250,6 +250,18 @@ def http_status(port: int, path: str) -> int | None:
         return None
 
 
+def listen_overflows() -> int | None:
+    """Machine-wide count of connections dropped because a listen queue was full."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+        for head, vals in zip(lines[::2], lines[1::2]):
+            if head.startswith("TcpExt:"):
+                return int(dict(zip(head.split()[1:], vals.split()[1:]))["ListenOverflows"])
+    except (OSError, KeyError, ValueError):
+        pass
+    return None
+
+
 def tail(path: Path | None, n: int = 30) -> str:
     if not path or not path.exists():
         return ""
@@ -590,7 +602,9 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
                       connections=8)
         proc = publish(t, ids, tmp, background=True, **pubcfg)
         time.sleep(cfg["storm_after"])
+        lo0 = listen_overflows()
         storm = subs.cmd("storm")
+        lo1 = listen_overflows()
         pub = finish_publish(proc, pubcfg)
         time.sleep(1.0)
         rep = subs.cmd("report")
@@ -604,6 +618,7 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
             "lost": lost,
             "seq_gaps": rep["gaps"],
             "dups": rep["dups"],
+            "listen_overflows": (lo1 - lo0) if lo0 is not None and lo1 is not None else None,
             "client_cpu_pct": round(100 * storm["connect_cpu_seconds"]
                                     / max(storm["connect_seconds"], 1e-3), 1),
         },
@@ -745,19 +760,19 @@ FULL = {
     "capacity": {"n": 20000, "concurrency": 100, "settle": 1.0, "hold": 15.0},
 }
 SMOKE = {
-    "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.5, "hold": 0.5},
-    "closed_loop": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
+    "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.3, "hold": 0.3},
+    "closed_loop": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5,
                     "trials": 1},
-    "rates": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
+    "rates": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5,
               "rates": [100, 200]},
-    "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.05},
-    "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.3,
-              "duration": 1.0, "trials": 1},
-    "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.5,
-              "storm_after": 0.5},
-    "redis": {"subscribers": 100, "connections": 4, "warmup": 0.3, "duration": 1.0,
+    "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.03},
+    "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.2,
+              "duration": 0.5, "trials": 1},
+    "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.0,
+              "storm_after": 0.3},
+    "redis": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5,
               "rate": 200, "trials": 1},
-    "capacity": {"n": 300, "concurrency": 100, "settle": 0.3, "hold": 1.0},
+    "capacity": {"n": 300, "concurrency": 100, "settle": 0.3, "hold": 0.5},
 }
 
 # how each summary metric compares: "higher" or "lower" is better; None: no ratio

@@ -10,10 +10,14 @@ It publishes through :class:`~service.publisher.RelayPublisher`, exactly as
 the scheduler would, and prints for each execution a subscriber token and
 ready-to-paste commands to watch it by WebSocket, SSE and polling. History
 is replayed, so they can be pasted at any time, even after the end.
+
+:func:`simulate` plays the same script inside a running service; the demo
+page's "start" button uses it (development mode only).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import sys
@@ -22,12 +26,16 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
+from .events import parse_draft
 from .publisher import PublishError, RelayPublisher
 
-__all__ = ["PLATFORMS", "Step", "diagnosis_script", "execution_ids", "run"]
+if TYPE_CHECKING:
+    from .relay import Relay
+
+__all__ = ["PLATFORMS", "Step", "diagnosis_script", "execution_ids", "run", "simulate"]
 
 #: (id, display name) of the AI platforms a diagnosis asks.
 PLATFORMS: tuple[tuple[str, str], ...] = (
@@ -195,3 +203,10 @@ def run(url: str, key: str, executions: int = 1, pace: float = 1.0, first_id: st
     done = sum(finished)
     say(f"{done}/{len(ids)} demo execution(s) completed.")
     return 0 if all(finished) else 1
+
+
+async def simulate(relay: Relay, execution_id: str, pace: float, seed: int | str | None = None) -> None:
+    """Publish one simulated diagnosis straight into ``relay`` (no HTTP), ``pace`` seconds a step."""
+    for step in diagnosis_script(execution_id, seed):
+        await asyncio.sleep(pace * step.pause)
+        await relay.publish(parse_draft(execution_id, {"event": step.event, "data": step.data}))

@@ -525,3 +525,40 @@ async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_
             await asyncio.sleep(0.01)
     assert server.relay.counters["slow_consumer_closes"] == 1
     writer.close()
+
+
+async def test_while_draining_polls_do_not_wait_and_streams_send_1012(server: Server) -> None:
+    """A draining instance answers long polls at once and tells new SSE readers to reconnect (1012)."""
+    await server.publish("exec-drain", "progress")
+    server.app.ctx.draining = True
+    started = time.monotonic()
+    body = (await poll(server, "exec-drain", after=1, wait=20, timeout=30)).json()
+    assert body["events"] == [] and time.monotonic() - started < 10
+    _, messages = await sse(server, "exec-drain")
+    assert [m.get("event") for m in messages] == ["close"]
+    assert json.loads(messages[0]["data"])["code"] == 1012 and messages[0]["retry"] == str(public.SSE_RETRY_MS)
+    server.app.ctx.draining = False
+
+
+async def test_demo_api_starts_an_execution_and_mints_tokens_only_for_its_own(server: Server) -> None:
+    """POST /demo/api/executions runs a simulated diagnosis here; /demo/api/tokens refuses other executions."""
+    r = await server.http.post("/demo/api/executions", json={"pace": 0})
+    assert r.status_code == 201, r.text
+    eid, token = r.json()["execution_id"], r.json()["token"]
+    _, messages = await sse(server, eid, token=token)
+    events = sse_events(messages)
+    assert events[-1]["event"] == "complete" and [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    fresh = await server.http.post("/demo/api/tokens", json={"execution_id": eid})
+    assert fresh.status_code == 201
+    state = await server.http.get(f"/v1/executions/{eid}", params={"token": fresh.json()["token"]})
+    assert state.json()["status"] == "completed"
+    assert (await server.http.post("/demo/api/tokens", json={"execution_id": "exec-real"})).status_code == 403
+    bad = await server.http.post("/demo/api/executions", json={"pace": "fast"})
+    assert bad.status_code == 422 and bad.json()["fields"][0]["field"] == "pace"
+
+
+async def test_demo_api_is_not_served_in_production(start_server: Callable[..., Any]) -> None:
+    """In production the demo API answers 404 and starts nothing."""
+    server = await start_server(RELAY_ENV="production", RELAY_JWT_SECRET="s" * 40, RELAY_PUBLISH_KEYS="k" * 40)
+    assert (await server.http.post("/demo/api/executions", json={})).status_code == 404
+    assert (await server.http.post("/demo/api/tokens", json={"execution_id": "x"})).status_code == 404

@@ -12,6 +12,11 @@ All three check the subscriber token exactly like the socket does (401 with
 ``reason`` ``expired`` / ``invalid``, 403 for another execution or an Origin
 not allowed) and answer CORS for ``RELAY_ALLOWED_ORIGINS``. Event objects are
 never re-encoded: bodies are built from the frames the broker already holds.
+
+Outside production it also serves the demo page from ``service/static/`` at
+``/demo/``, and the page's small API: ``POST /demo/api/executions`` starts a
+simulated diagnosis in this process, ``POST /demo/api/tokens`` mints a fresh
+token for one of those (and for no other execution).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import contextlib
 import logging
 import re
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from pathlib import Path
@@ -32,10 +39,12 @@ from sanic.response.types import HTTPResponse as BaseHTTPResponse
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
+from .. import metrics
 from ..closecodes import CloseCode
-from ..errors import Forbidden, NotFound, RelayError, Unauthorized, ValidationFailed
+from ..demo import simulate
+from ..errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
 from ..events import decode_frame, dumps
-from ..http import bearer_or_query_token, error_response, json_response, query_int, raw_json_response
+from ..http import bearer_or_query_token, error_response, json_body, json_response, query_int, raw_json_response
 from ..relay import Relay
 from ..state import StateCache
 from ..subscription import Subscription
@@ -68,6 +77,11 @@ MAX_LIMIT = 1000
 MAX_SEQ = 2**53 - 1
 #: Files of the demo page, served under /demo outside production.
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+#: The demo page's API: default and largest pace, simulations at once, ids remembered for tokens.
+DEMO_DEFAULT_PACE = 0.6
+DEMO_MAX_PACE = 5.0
+DEMO_MAX_RUNNING = 20
+DEMO_MAX_REMEMBERED = 1000
 
 _EXECUTION = "/v1/executions/<execution_id>"
 _NO_STORE = {"cache-control": "no-store"}
@@ -96,17 +110,21 @@ def _authorize(request: Request, relay: Relay, execution_id: str) -> Claims:
     """The socket's checks, as HTTP errors: Origin, then the token for this execution."""
     if not origin_allowed(relay, request.headers.get("origin")):
         relay.counters["http_refused_origin"] += 1
+        metrics.auth_failure("origin")
         raise Forbidden("origin not allowed")
     try:
         return relay.verifier.verify(bearer_or_query_token(request), execution_id)
     except TokenExpired:
         relay.counters["http_refused_expired"] += 1
+        metrics.auth_failure("expired")
         raise Unauthorized("token expired; get a fresh token", reason="expired") from None
     except TokenForbidden:
         relay.counters["http_refused_other_execution"] += 1
+        metrics.auth_failure("other_execution")
         raise Forbidden("this token was issued for another execution") from None
     except TokenInvalid as exc:
         relay.counters[f"http_refused_{exc.reason}"] += 1
+        metrics.auth_failure(exc.reason)
         raise Unauthorized(f"token invalid: {exc.message}", reason="invalid") from None
 
 
@@ -187,6 +205,9 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     wait = _query_seconds(request, "wait", MAX_WAIT)
     limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
     relay.counters["polls"] += 1
+    metrics.fallback_request("long_poll" if wait > 0 else "poll")
+    if getattr(request.app.ctx, "draining", False):
+        wait = 0.0  # shutting down: answer with what there is; the next poll goes elsewhere
     page = await relay.wait_for_events(execution_id, after, wait, limit)
     next_after = page.events[-1].seq if page.events else after
     tail: dict[str, Any] = {
@@ -223,6 +244,7 @@ def _states(app: Sanic) -> StateCache:
 @_public
 async def execution_state(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse:
     """The execution's state folded from its events; 404 when unknown or expired."""
+    metrics.fallback_request("state")
     state = await _states(request.app).get(execution_id)
     if state is None:
         raise NotFound("execution unknown, or its history has expired")
@@ -290,6 +312,13 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
     """Stream the events after the cursor, then live ones, until the terminal event."""
     relay: Relay = request.app.ctx.relay
     cursor, resumed = _sse_cursor(request)
+    if getattr(request.app.ctx, "draining", False):
+        # Shutting down: like the socket's 1012, tell EventSource to come back (to another instance).
+        response = await request.respond(headers={**headers, "cache-control": "no-cache"},
+                                         content_type="text/event-stream; charset=utf-8")
+        await response.send(f"retry: {SSE_RETRY_MS}\n" + _close_message(CloseCode.SERVICE_RESTART))
+        await response.eof()
+        return None
     sink = SseSink(request)
     sub = relay.subscription(execution_id, cursor, sink)
     page = await sub.open()
@@ -313,6 +342,8 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
             content_type="text/event-stream; charset=utf-8",
         )
         relay.counters["sse_streams"] += 1
+        metrics.fallback_request("sse")
+        metrics.connection_opened("sse")
         streams.add(sub)
         expiry = asyncio.get_running_loop().call_later(
             max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired")
@@ -327,8 +358,22 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
     finally:
         if expiry is not None:
             expiry.cancel()
+        if sub in streams:
+            metrics.connection_closed("sse")
         streams.discard(sub)
         sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
+
+
+_CLOSE_REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired", CloseCode.SERVICE_RESTART: "server restarting"}
+
+
+def _close_message(code: int) -> str:
+    """The last message of a stream that did not end with the terminal event, with the socket's close code.
+
+    4001: get a fresh token and resume; 1012: reconnect and resume (EventSource does so by itself).
+    """
+    reason = _CLOSE_REASONS.get(code, "closed")
+    return f"event: close\ndata: {dumps({'type': 'close', 'code': int(code), 'reason': reason})}\n\n"
 
 
 async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
@@ -339,10 +384,7 @@ async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
         return  # the transport is aborted already
     with contextlib.suppress(Exception):
         if code != CloseCode.NORMAL:
-            # Same codes as the socket: 4001 get a fresh token, 1012 reconnect (EventSource does).
-            reason = {CloseCode.TOKEN_EXPIRED: "token expired", CloseCode.SERVICE_RESTART: "server restarting"}
-            body = dumps({"type": "close", "code": int(code), "reason": reason.get(CloseCode(code), "closed")})
-            await asyncio.wait_for(response.send(f"event: close\ndata: {body}\n\n"), 1.0)
+            await asyncio.wait_for(response.send(_close_message(code)), 1.0)
         await asyncio.wait_for(response.eof(), 1.0)
     log.debug("sse stream ended", extra={"fields": {"execution_id": sub.execution_id, "code": code,
                                                     "frames_sent": sub.sent}})
@@ -350,18 +392,25 @@ async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
 
 @bp.before_server_stop
 async def close_streams(app: Sanic) -> None:
-    """Ask SSE readers to reconnect elsewhere (1012) before the server stops."""
+    """Ask SSE readers to reconnect elsewhere (1012) and stop demo runs before the server stops."""
     for sub in tuple(_streams(app)):
         sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+    for task in tuple(_demo_runs(app)):
+        task.cancel()
 
 
 # -- the demo page ------------------------------------------------------------------
 
 
+def _require_dev(request: Request) -> None:
+    if request.app.ctx.settings.env == "production":
+        raise NotFound("the demo page is not served by this instance")
+
+
 def _static_file(request: Request, path: str) -> Path:
-    settings = request.app.ctx.settings
+    _require_dev(request)
     root = STATIC_DIR.resolve()
-    if settings.env == "production" or not root.is_dir():
+    if not root.is_dir():
         raise NotFound("the demo page is not served by this instance")
     target = (root / (path or "index.html")).resolve()
     if not target.is_relative_to(root) or not target.is_file():
@@ -387,3 +436,79 @@ async def demo_index(request: Request) -> HTTPResponse:
 async def demo_file(request: Request, path: str) -> HTTPResponse:
     """A file of the demo page (outside production only)."""
     return await file(_static_file(request, path), headers={"cache-control": "no-cache"})
+
+
+# -- the demo page's API (development only) -------------------------------------------
+# The page's "start" button runs a simulated diagnosis inside this process and
+# gets a token for it. Tokens are minted only for executions started here, so
+# this API never opens a real execution, even on a dev instance with real keys.
+
+
+def _demo_runs(app: Sanic) -> set[asyncio.Task[None]]:
+    runs: set[asyncio.Task[None]] | None = getattr(app.ctx, "demo_runs", None)
+    if runs is None:
+        runs = app.ctx.demo_runs = set()
+    return runs
+
+
+def _demo_ids(app: Sanic) -> OrderedDict[str, None]:
+    ids: OrderedDict[str, None] | None = getattr(app.ctx, "demo_ids", None)
+    if ids is None:
+        ids = app.ctx.demo_ids = OrderedDict()
+    return ids
+
+
+def _demo_body(request: Request) -> dict[str, Any]:
+    body = json_body(request) if request.body else {}
+    if not isinstance(body, dict):
+        raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
+    return body
+
+
+def _demo_token(relay: Relay, execution_id: str) -> HTTPResponse:
+    if relay.minter is None:
+        return json_response({"error": "not_configured", "message":
+                              "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"}, status=501)
+    token, expires_at = relay.minter.mint(execution_id, "demo-page", relay.settings.token_ttl)
+    return json_response({"execution_id": execution_id, "token": token, "expires_at": expires_at}, status=201)
+
+
+@bp.post("/demo/api/executions")
+async def demo_start(request: Request) -> HTTPResponse:
+    """Start a simulated diagnosis in this process; 201 with its id and a subscriber token."""
+    _require_dev(request)
+    relay: Relay = request.app.ctx.relay
+    pace = _demo_body(request).get("pace", DEMO_DEFAULT_PACE)
+    if isinstance(pace, bool) or not isinstance(pace, int | float) or not 0 <= pace <= DEMO_MAX_PACE:
+        raise ValidationFailed([{"field": "pace", "message": f"must be a number of seconds from 0 to {DEMO_MAX_PACE}"}])
+    runs = _demo_runs(request.app)
+    if len(runs) >= DEMO_MAX_RUNNING:
+        raise RateLimited(f"{DEMO_MAX_RUNNING} demo executions are running already; wait for one to finish")
+    execution_id = f"demo-{uuid.uuid4().hex[:8]}"
+    response = _demo_token(relay, execution_id)
+    if response.status != 201:
+        return response
+    ids = _demo_ids(request.app)
+    ids[execution_id] = None
+    while len(ids) > DEMO_MAX_REMEMBERED:
+        ids.popitem(last=False)
+    task = asyncio.get_running_loop().create_task(simulate(relay, execution_id, float(pace)))
+    runs.add(task)
+    task.add_done_callback(runs.discard)
+    task.add_done_callback(_demo_ended)
+    return response
+
+
+def _demo_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("demo execution failed", exc_info=task.exception())
+
+
+@bp.post("/demo/api/tokens")
+async def demo_fresh_token(request: Request) -> HTTPResponse:
+    """A fresh subscriber token for an execution the demo API started (403 for any other)."""
+    _require_dev(request)
+    execution_id = _demo_body(request).get("execution_id")
+    if not isinstance(execution_id, str) or execution_id not in _demo_ids(request.app):
+        raise Forbidden("the demo API mints tokens only for the executions it started")
+    return _demo_token(request.app.ctx.relay, execution_id)

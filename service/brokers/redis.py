@@ -44,7 +44,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
@@ -330,17 +330,37 @@ class RedisBroker(Broker):
         return results
 
     async def _send_pipeline(self, calls: list[tuple[tuple[str, str, str], tuple[Any, ...]]]) -> list[Any] | None:
-        """Run the EVALSHA calls in one pipeline; None if the connection failed."""
-        pipe = self._redis.pipeline(transaction=False)
-        sha = self._publish_script.sha
-        for keys, args in calls:
-            pipe.evalsha(sha, 3, *keys, *args)
+        """Run the EVALSHA calls in one round trip; None if the connection failed.
+
+        The calls are packed here, in one pass, rather than through redis-py's
+        pipeline, whose per-argument encoding was most of a publish's CPU time.
+        Per-call error replies (NOSCRIPT) come back as exceptions in the list.
+        """
+        payload = _pack_evalsha(self._publish_script.sha, calls)
+        pool = self._redis.connection_pool
         try:
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            connection = await pool.get_connection()
         except (RedisError, OSError) as exc:
             _unavailable(exc)
             return None
-        return replies
+        try:
+            await connection.send_packed_command(payload, check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:  # an error reply; the connection is fine
+                    replies.append(exc)
+            return replies
+        except (RedisError, OSError) as exc:
+            await connection.disconnect(nowait=True)
+            _unavailable(exc)
+            return None
+        except BaseException:
+            await connection.disconnect(nowait=True)  # replies may be pending: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
 
     # -- reading ------------------------------------------------------------------
 
@@ -556,6 +576,18 @@ class RedisBroker(Broker):
             "redis_messages_dropped": self.dropped_messages,
             "redis_resyncs": self.resyncs,
         }
+
+
+def _pack_evalsha(sha: str, calls: list[tuple[tuple[str, str, str], tuple[Any, ...]]]) -> bytes:
+    """RESP for ``EVALSHA sha 3 k1 k2 k3 a1 ...`` per call, concatenated."""
+    head = f"EVALSHA\r\n${len(sha)}\r\n{sha}\r\n$1\r\n3\r\n"
+    parts: list[bytes] = []
+    for keys, args in calls:
+        parts.append(f"*{3 + len(keys) + len(args)}\r\n$7\r\n{head}".encode())
+        for item in (*keys, *args):
+            data = item.encode() if isinstance(item, str) else str(item).encode()
+            parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _describe(exc: BaseException) -> str:

@@ -36,7 +36,7 @@ from .closecodes import CloseCode
 from .relay import Relay
 from .subscription import Subscription
 
-__all__ = ["MIN_CLOSE_RATE", "TICK", "close_in_batches", "drain", "install", "schedule"]
+__all__ = ["LEAD", "MIN_CLOSE_RATE", "TICK", "close_in_batches", "drain", "install", "schedule"]
 
 log = logging.getLogger("relay.shutdown")
 
@@ -44,6 +44,8 @@ log = logging.getLogger("relay.shutdown")
 TICK = 0.05
 #: Subscribers closed per second at the least: a handful of sockets is not spread over the whole window.
 MIN_CLOSE_RATE = 50.0
+#: Seconds between readiness turning 503 and the first close (when the window is not 0).
+LEAD = 0.2
 #: Part of the timeout kept for Sanic's own cleanup and the after-stop listeners, in seconds (at most).
 RESERVE = 1.0
 
@@ -52,15 +54,16 @@ def schedule(count: int, window: float) -> list[tuple[float, int, int]]:
     """When to close which subscribers: ``(delay, start, stop)`` slices of ``count``, in order.
 
     The closes are spread over ``min(window, count / MIN_CLOSE_RATE)`` seconds,
-    in batches at least :data:`TICK` apart; the first batch waits one interval,
-    so readiness is reported as draining before any socket closes.
+    in batches at least :data:`TICK` apart, after :data:`LEAD` seconds in which
+    readiness is already reported as draining and nothing is closed yet.
     """
     if count <= 0:
         return []
     span = min(window, count / MIN_CLOSE_RATE)
     batches = max(1, min(count, int(span / TICK)))
     step = span / batches
-    return [((i + 1) * step, i * count // batches, (i + 1) * count // batches) for i in range(batches)]
+    lead = LEAD if window > 0 else 0.0
+    return [(lead + (i + 1) * step, i * count // batches, (i + 1) * count // batches) for i in range(batches)]
 
 
 async def close_in_batches(subscriptions: Sequence[Subscription], window: float) -> None:

@@ -75,7 +75,8 @@ async def healthz(request):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args()
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.run(host="127.0.0.1", port=args.port, single_process=True,
-            access_log=False, debug=False, motd=False, backlog=1024)
+            access_log=False, debug=False, motd=False, backlog=args.backlog)

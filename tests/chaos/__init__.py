@@ -1,0 +1,1 @@
+"""Chaos soak: two relay instances on one persistent Redis under faults (see harness.py)."""

@@ -26,5 +26,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+## The long chaos soak (5 minutes, 300 clients; options: $(PY) -m tests.chaos.soak --help).
+soak: $(STAMP)
+	$(PY) -m tests.chaos.soak
+
 clean:
 	rm -rf $(VENV) clients/js/node_modules .pytest_cache

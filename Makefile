@@ -3,20 +3,30 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 EXTRAS ?= test,bench
-STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+HASH    = $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Installed with the test and bench extras (what `make test` needs).
+STAMP   = $(VENV)/.installed-$(HASH)
+# Installed with the service's own dependencies only (what `make run` needs).
+RUN_STAMP = $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test install test-python test-js bench soak clean
+.PHONY: run test install bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	@rm -f $(VENV)/.installed-*; touch $@
+	@rm -f $(VENV)/.installed-*; touch $@ $(RUN_STAMP)
+
+$(RUN_STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	@touch $@
 
 install: $(STAMP)
 
 ## Start the service in dev mode (throwaway secrets, a ready token, the demo page).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m service
 
 ## Install everything the tests need (venv, Redis, Node packages, Chromium) and run the whole suite.

@@ -323,7 +323,9 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
     sub = relay.subscription(execution_id, cursor, sink)
     page = await sub.open()
     streams = _streams(request.app)
+    streams.add(sub)  # from here on a shutdown closes it too, even before the first byte
     expiry: asyncio.TimerHandle | None = None
+    opened = False
     try:
         if page.terminal and page.latest_seq <= cursor:
             # Finished and nothing newer: 204 tells EventSource to stop reconnecting.
@@ -344,7 +346,7 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
         relay.counters["sse_streams"] += 1
         metrics.fallback_request("sse")
         metrics.connection_opened("sse")
-        streams.add(sub)
+        opened = True
         expiry = asyncio.get_running_loop().call_later(
             max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired")
         sub.start(page, f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
@@ -358,7 +360,7 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
     finally:
         if expiry is not None:
             expiry.cancel()
-        if sub in streams:
+        if opened:
             metrics.connection_closed("sse")
         streams.discard(sub)
         sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters

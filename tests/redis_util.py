@@ -48,8 +48,9 @@ __all__ = [
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 ROOT = Path(__file__).resolve().parent.parent
 HOW_TO_RUN = (
-    "start one with `redis-server --port 6379 --save '' --appendonly no` (or `docker run -p 6379:6379 redis:7`), "
-    "or point RELAY_TEST_REDIS_URL at a server (tests use db 15 and their own key prefixes)"
+    "run `bash scripts/ensure-redis.sh` (or `redis-server --port 6379 --save '' --appendonly no`, or "
+    "`docker run -p 6379:6379 redis:7`), or point RELAY_TEST_REDIS_URL at a server "
+    "(tests use db 15 and keys under their own prefixes)"
 )
 _reachable: dict[str, str | None] = {}
 

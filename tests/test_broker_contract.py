@@ -189,13 +189,13 @@ async def test_history_frames_are_the_published_frames(backend: Backend) -> None
 
 async def test_history_expires_after_ttl_and_publishing_refreshes_it(backend: Backend) -> None:
     """History lives history_ttl seconds after the last publish; then the execution starts over at seq 1."""
-    broker, _ = await backend.make(history_ttl=2)
+    broker, _ = await backend.make(history_ttl=3)
     await broker.publish(draft("t", key="k1"))
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.8)
     await broker.publish(draft("t"))  # refreshes the TTL
-    await asyncio.sleep(1.2)
-    assert (await broker.history("t")).latest_seq == 2  # 2.4 s after the first publish: still there
-    await asyncio.sleep(2.3)
+    await asyncio.sleep(1.8)
+    assert (await broker.history("t")).latest_seq == 2  # 3.6 s after the first publish: still there
+    await asyncio.sleep(3.5)
     assert not (await broker.history("t")).exists
     again = await broker.publish(draft("t", key="k1"))
     assert (again.seq, again.duplicate) == (1, False)  # idempotency keys expired with the history

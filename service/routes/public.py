@@ -34,8 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sanic import Blueprint, Request, Sanic
-from sanic.response import HTTPResponse, ResponseStream, file, redirect
-from sanic.response.types import HTTPResponse as BaseHTTPResponse
+from sanic.response import BaseHTTPResponse, HTTPResponse, file, redirect
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
@@ -276,7 +275,7 @@ class SseSink:
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.response: ResponseStream | BaseHTTPResponse | None = None
+        self.response: HTTPResponse | None = None  # set once the stream's headers are sent
 
     async def send(self, frame: str) -> None:
         """Write one message (waits for the transport to drain)."""

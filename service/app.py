@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     @app.on_request(priority=100)
     async def request_start(request: Request) -> None:
         request.ctx.started = time.monotonic()
-        request.ctx.request_id = _request_id(request.headers.get("x-request-id", "")) or uuid.uuid4().hex[:16]
+        request.ctx.request_id = _request_id(request.headers.get("x-request-id", "")) or _next_request_id()
         request_id.set(request.ctx.request_id)
 
     @app.on_response
@@ -105,6 +105,16 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.error_handler.add(Exception, _unexpected_error)
     shutdown.install(app)  # last: shutdown listeners run in reverse, so the drain runs first
     return app
+
+
+# Request ids: a per-process random prefix and a counter. Unique enough to correlate
+# log lines, and far cheaper than uuid4 (no system call) on the publish hot path.
+_ID_PREFIX = uuid.uuid4().hex[:8]
+_id_counter = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
 
 
 def _request_id(value: str) -> str:

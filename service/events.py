@@ -44,9 +44,16 @@ def dumps(obj: Any) -> str:
     return ujson.dumps(obj, ensure_ascii=False, escape_forward_slashes=False)
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, reused within that second
+
+
 def now_iso() -> str:
-    """The current UTC time as ``2026-02-27T21:30:00.123Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current UTC time as ``2026-02-27T21:30:00.123Z`` (cheap: formats once a second)."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int((now - second) * 1000):03d}Z"
 
 
 def valid_execution_id(execution_id: str) -> bool:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,18 @@ def test_formatter_adds_request_id_and_redacts() -> None:
     assert entry["request_id"] == "rid-42" and entry["execution_id"] == "x"
     assert token not in entry["msg"] and "[redacted]" in entry["msg"]
     assert redact(f"Authorization: Bearer {PUBLISH_KEY}") == "Authorization: Bearer [redacted]"
+
+
+def test_error_lines_carry_a_redacted_traceback() -> None:
+    """An error logged with its exception is one JSON line whose traceback has no token in it."""
+    token = make_token("x")
+    try:
+        raise RuntimeError(f"failed on /ws/executions/x?token={token} with Bearer {token}")
+    except RuntimeError:
+        record = logging.LogRecord("relay.app", logging.ERROR, __file__, 1, "unhandled error on %s", ("GET",), None)
+        record.exc_info = sys.exc_info()
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["level"] == "error" and "RuntimeError" in entry["exc"]
+    assert token not in line and token.split(".")[-1] not in line

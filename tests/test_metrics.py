@@ -246,7 +246,7 @@ async def test_fan_out_costs_no_prometheus_call_per_frame(start_server: Callable
     """Delivering one event to many sockets touches no prometheus metric until the next flush."""
     server = await start_server()
     eid = "metrics-fanout"
-    sockets = [await server.connect(eid) for _ in range(20)]
+    sockets = [await server.connect(eid, token=make_token(eid, sub=f"user-{i}")) for i in range(20)]
     for ws in sockets:
         await recv_json(ws)
     calls: list[str] = []
@@ -348,8 +348,10 @@ def test_two_workers_report_the_same_totals() -> None:
             assert r.status_code == 202, r.text
         time.sleep(2.5)  # every worker flushes once a second
         for _ in range(6):
-            text = httpx.get(f"{service.base}/metrics", timeout=5).text
-            assert value(parse(text), "relay_events_accepted_total", event="progress") == 20
+            samples = parse(httpx.get(f"{service.base}/metrics", timeout=5).text)
+            assert value(samples, "relay_events_accepted_total", event="progress") == 20
+            assert value(samples, "relay_publish_duration_seconds_count", mode="single") == 20
+            assert value(samples, "relay_publish_duration_seconds_bucket", mode="single", le="+Inf") == 20
     finally:
         service.stop()
         delete_prefix(url, prefix)
@@ -388,3 +390,40 @@ async def test_dashboard_uses_only_exported_metric_names(start_server: Callable[
     assert used, "the dashboard uses no relay metric"
     assert used <= exported, sorted(used - exported)
     assert used & {n for n in metrics.METRIC_NAMES}, "the dashboard shows none of the relay's own metrics"
+
+
+async def test_polling_state_and_sse_requests_are_counted(start_server: Callable[..., Any]) -> None:
+    """Polls, long polls, state reads and SSE streams count by kind; their refused tokens by reason."""
+    if not (ROOT / "service" / "routes" / "public.py").is_file():
+        pytest.skip("the polling and SSE routes are not there yet")
+    server = await start_server()
+    eid = "metrics-fallback"
+    assert (await server.publish(eid, "complete", data={})).status_code == 202
+    before = await scrape(server)
+    token = make_token(eid)
+    assert (await server.http.get(f"/v1/executions/{eid}/events", params={"token": token})).status_code == 200
+    r = await server.http.get(f"/v1/executions/{eid}/events", params={"token": token, "wait": 1, "after": 1})
+    assert r.status_code == 200
+    assert (await server.http.get(f"/v1/executions/{eid}", params={"token": token})).status_code == 200
+    async with server.http.stream("GET", f"/v1/executions/{eid}/stream", params={"token": token}) as stream:
+        assert stream.status_code == 200
+        async for _ in stream.aiter_text():
+            pass
+    expired = make_token(eid, ttl=-60)
+    assert (await server.http.get(f"/v1/executions/{eid}", params={"token": expired})).status_code == 401
+
+    async def counted() -> None:
+        after = await scrape(server)
+
+        def delta(name: str, **labels: str) -> float:
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert delta("relay_fallback_requests_total", kind="poll") == 1
+        assert delta("relay_fallback_requests_total", kind="long_poll") == 1
+        assert delta("relay_fallback_requests_total", kind="state") == 1
+        assert delta("relay_fallback_requests_total", kind="sse") == 1
+        assert delta("relay_auth_failures_total", reason="expired") == 1
+        assert delta("relay_replayed_events_total") == 1  # the SSE stream replayed the one event
+        assert value(after, "relay_connections_open", transport="sse") == 0
+
+    await eventually(counted)

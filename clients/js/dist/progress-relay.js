@@ -104,15 +104,32 @@ function headerFromObject(headers, name) {
 function frameToText(data) {
   if (typeof data === 'string') return data;
   if (data === null || data === undefined) return '';
-  /** @type {Uint8Array | null} */
-  let bytes = null;
-  if (typeof ArrayBuffer !== 'undefined' && data instanceof ArrayBuffer) bytes = new Uint8Array(data);
-  else if (data && data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
-    bytes = new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
-  }
+  const bytes = frameBytes(data);
   if (!bytes) return String(data);
   if (typeof TextDecoder !== 'undefined') return new TextDecoder('utf-8').decode(bytes);
-  // Old mini-program base libraries have no TextDecoder.
+  return decodeUtf8Fallback(bytes);
+}
+
+/**
+ * The bytes of an ArrayBuffer or a typed array / Buffer; null for anything else.
+ * @param {any} data
+ * @returns {Uint8Array | null}
+ */
+function frameBytes(data) {
+  if (typeof ArrayBuffer === 'undefined') return null;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
+    return new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
+  }
+  return null;
+}
+
+/**
+ * UTF-8 decoding for old mini-program base libraries, which have no TextDecoder.
+ * @param {Uint8Array} bytes
+ * @returns {string}
+ */
+function decodeUtf8Fallback(bytes) {
   let binary = '';
   for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
   try {
@@ -227,7 +244,7 @@ function createFetchRequester(fetchImpl) {
         signal: controller ? controller.signal : undefined
       }).then(function (res) {
         return res.text().then(function (text) {
-          let body = null;
+          let body;
           try { body = text ? JSON.parse(text) : null; } catch (e) { body = text; }
           /** @type {Record<string, string>} */
           const h = {};
@@ -527,8 +544,6 @@ const DEFAULT_OPTIONS = Object.freeze({
   RATE_LIMIT_INTERVAL: 30000
 });
 
-const TERMINAL_STATES = { done: true, failed: true, closed: true, idle: true };
-
 function getGlobal() {
   if (typeof globalThis !== 'undefined') return globalThis;
   if (typeof window !== 'undefined') return window;
@@ -543,28 +558,59 @@ function getGlobal() {
  */
 function resolveTransport(options) {
   const g = /** @type {any} */ (getGlobal());
-  const custom = options.transport;
-  const wxApi = options.wx || (options.platform !== 'browser' && g.wx && typeof g.wx.connectSocket === 'function' ? g.wx : null);
-  /** @type {import('./types').Transport} */
-  let base;
-  if (wxApi && options.platform !== 'browser') {
-    base = {
-      name: 'wx',
-      openSocket: createWxSocketOpener(wxApi),
-      request: createWxRequester(wxApi),
-      lifecycle: createWxLifecycle(wxApi)
-    };
-  } else {
-    const WS = options.WebSocket || g.WebSocket;
-    const fetchImpl = options.fetch || (typeof g.fetch === 'function' ? function (/** @type {any} */ u, /** @type {any} */ i) { return g.fetch(u, i); } : null);
-    base = {
-      name: 'browser',
-      openSocket: WS ? createBrowserSocketOpener(WS) : function () { throw new Error('no WebSocket implementation: pass options.WebSocket'); },
-      request: fetchImpl ? createFetchRequester(fetchImpl) : function () { throw new Error('no fetch implementation: pass options.fetch'); },
-      lifecycle: createBrowserLifecycle(options.window || (typeof g.addEventListener === 'function' ? g : null))
-    };
-  }
-  if (!custom) return base;
+  const wxApi = findWx(options, g);
+  const base = wxApi && options.platform !== 'browser' ? wxTransport(wxApi) : browserTransport(options, g);
+  return options.transport ? withCustomTransport(options.transport, base) : base;
+}
+
+/**
+ * The `wx` object to use: the one given, else the global one when it can open
+ * sockets (and the page did not ask for the browser transports).
+ * @param {any} options
+ * @param {any} g
+ */
+function findWx(options, g) {
+  if (options.wx) return options.wx;
+  if (options.platform === 'browser' || !g.wx) return null;
+  return typeof g.wx.connectSocket === 'function' ? g.wx : null;
+}
+
+/**
+ * @param {any} wxApi
+ * @returns {import('./types').Transport}
+ */
+function wxTransport(wxApi) {
+  return {
+    name: 'wx',
+    openSocket: createWxSocketOpener(wxApi),
+    request: createWxRequester(wxApi),
+    lifecycle: createWxLifecycle(wxApi)
+  };
+}
+
+/**
+ * @param {any} options
+ * @param {any} g
+ * @returns {import('./types').Transport}
+ */
+function browserTransport(options, g) {
+  const WS = options.WebSocket || g.WebSocket;
+  const fetchImpl = options.fetch || (typeof g.fetch === 'function' ? function (/** @type {any} */ u, /** @type {any} */ i) { return g.fetch(u, i); } : null);
+  return {
+    name: 'browser',
+    openSocket: WS ? createBrowserSocketOpener(WS) : function () { throw new Error('no WebSocket implementation: pass options.WebSocket'); },
+    request: fetchImpl ? createFetchRequester(fetchImpl) : function () { throw new Error('no fetch implementation: pass options.fetch'); },
+    lifecycle: createBrowserLifecycle(options.window || (typeof g.addEventListener === 'function' ? g : null))
+  };
+}
+
+/**
+ * A partial custom transport, completed from the detected one.
+ * @param {any} custom
+ * @param {import('./types').Transport} base
+ * @returns {import('./types').Transport}
+ */
+function withCustomTransport(custom, base) {
   return {
     name: custom.name || 'custom',
     openSocket: custom.openSocket || base.openSocket,
@@ -573,22 +619,94 @@ function resolveTransport(options) {
   };
 }
 
+/**
+ * Throws on options without which no client can work.
+ * @param {any} options
+ */
+function checkClientOptions(options) {
+  if (!options || typeof options.baseUrl !== 'string' || !options.baseUrl) {
+    throw new TypeError('createClient: options.baseUrl (http(s)://host[:port]) is required');
+  }
+  if (typeof options.getToken !== 'function') {
+    throw new TypeError('createClient: options.getToken (async () => token) is required');
+  }
+}
+
+/**
+ * DEFAULT_OPTIONS overridden by every option that is not undefined.
+ * @param {any} options
+ */
+function mergeOptions(options) {
+  /** @type {any} */
+  const opts = {};
+  const keys = Object.keys(DEFAULT_OPTIONS);
+  for (let i = 0; i < keys.length; i++) opts[keys[i]] = /** @type {any} */ (DEFAULT_OPTIONS)[keys[i]];
+  for (const k of Object.keys(options)) if (options[k] !== undefined) opts[k] = options[k];
+  return opts;
+}
+
+/**
+ * Whether a close tells the client to reconnect (with backoff) rather than to
+ * ask the state endpoint why the handshake failed.
+ * @param {any} s the socket record
+ * @param {any} info
+ */
+function closeMeansRetry(s, info) {
+  const code = info.code;
+  if (info.local || s.connected) return true;
+  if (code >= 4000 && code <= 4499) return true;
+  return code === 1000 || code === 1001 || code === 1012 || code === 1008 || code === 1009 || code === 1011;
+}
+
+/**
+ * The seq to resume after: connect()'s `resume.lastSeq` when it is a positive number, else 0.
+ * @param {any} resume
+ */
+function resumePoint(resume) {
+  if (!resume || typeof resume.lastSeq !== 'number') return 0;
+  return resume.lastSeq > 0 ? resume.lastSeq : 0;
+}
+
+/**
+ * 4500-4999: the server refuses this token or user for good.
+ * @param {number} code
+ */
+function isRefusalClose(code) {
+  return code >= 4500 && code <= 4999;
+}
+
+/**
+ * complete, and an error that is not marked recoverable, end the execution.
+ * @param {any} evt
+ * @param {any} data
+ */
+function isTerminalEvent(evt, data) {
+  return evt.event === 'complete' || (evt.event === 'error' && data.recoverable !== true);
+}
+
+/**
+ * An event's data object; {} when it has none.
+ * @param {any} evt
+ */
+function eventData(evt) {
+  return evt.data && typeof evt.data === 'object' ? evt.data : {};
+}
+
+/** @param {any} e */
+function seqOf(e) {
+  return e && typeof e.seq === 'number' ? e.seq : 0;
+}
+
+/** The handler called for each kind of event, after onEvent. */
+const EVENT_HANDLERS = { progress: 'onProgress', result: 'onResult', complete: 'onComplete', error: 'onError' };
+
 class ProgressRelayClient {
   /**
    * @param {any} options
    */
   constructor(options) {
-    if (!options || typeof options.baseUrl !== 'string' || !options.baseUrl) {
-      throw new TypeError('createClient: options.baseUrl (http(s)://host[:port]) is required');
-    }
-    if (typeof options.getToken !== 'function') {
-      throw new TypeError('createClient: options.getToken (async () => token) is required');
-    }
-    /** @type {any} */
-    const opts = {};
-    const keys = Object.keys(DEFAULT_OPTIONS);
-    for (let i = 0; i < keys.length; i++) opts[keys[i]] = /** @type {any} */ (DEFAULT_OPTIONS)[keys[i]];
-    for (const k of Object.keys(options)) if (options[k] !== undefined) opts[k] = options[k];
+    checkClientOptions(options);
+    const opts = mergeOptions(options);
     this.options = opts;
     this._transport = resolveTransport(options);
     this._baseUrl = stripTrailingSlash(options.baseUrl);
@@ -651,15 +769,8 @@ class ProgressRelayClient {
     this._active = true;
     this._executionId = String(executionId);
     this._handlers = handlers || {};
-    if (resume && typeof resume.lastSeq === 'number' && resume.lastSeq > 0) this._lastSeq = resume.lastSeq;
-    const self = this;
-    const sid = this._sid;
-    this._unsubscribe = this._transport.lifecycle({
-      hide: function () { if (sid === self._sid) self._onHide(); },
-      show: function () { if (sid === self._sid) self._onShow(); },
-      online: function () { if (sid === self._sid) self._onOnline(); },
-      offline: function () { if (sid === self._sid) self._onOffline(); }
-    });
+    this._lastSeq = resumePoint(resume);
+    this._watchLifecycle();
     if (this._preferPolling) {
       this._mode = 'polling';
       this._manualPolling = true;
@@ -669,6 +780,18 @@ class ProgressRelayClient {
       this._openSocket(false);
     }
     return this;
+  }
+
+  /** Follows page/app visibility and network changes for this session. */
+  _watchLifecycle() {
+    const self = this;
+    const sid = this._sid;
+    this._unsubscribe = this._transport.lifecycle({
+      hide: function () { if (sid === self._sid) self._onHide(); },
+      show: function () { if (sid === self._sid) self._onShow(); },
+      online: function () { if (sid === self._sid) self._onOnline(); },
+      offline: function () { if (sid === self._sid) self._onOffline(); }
+    });
   }
 
   /**
@@ -684,38 +807,43 @@ class ProgressRelayClient {
       this._mode = mode;
       return this;
     }
-    if (mode === 'polling') {
-      this._manualPolling = true;
-      this._fallback = false;
-      this._clearTimer('probe');
-      if (this._mode === 'polling') {
-        if (this._socket && this._socket.probe) this._closeSocket(1000, 'probe cancelled');
-        return this;
-      }
-      this._mode = 'polling';
-      this._closeSocket(1000, 'switching to polling');
-      this._clearTimer('reconnect');
-      this._checkGen++;
-      if (this._paused()) return this;
-      this._startPolling();
-    } else {
-      this._manualPolling = false;
-      if (this._mode === 'websocket') return this;
-      this._stopPolling();
-      this._clearTimer('probe');
-      this._fallback = false;
-      this._failures = 0;
-      this._mode = 'websocket';
-      if (this._socket && this._socket.probe) {
-        // a background attempt is already under way: let it finish as the real one
-        this._socket.probe = false;
-        this._setState('connecting', { attempt: 0 });
-        return this;
-      }
-      if (this._paused()) return this;
-      this._openSocket(false);
-    }
+    if (mode === 'polling') this._switchToPolling();
+    else this._switchToWebSocket();
     return this;
+  }
+
+  _switchToPolling() {
+    this._manualPolling = true;
+    this._fallback = false;
+    this._clearTimer('probe');
+    if (this._mode === 'polling') {
+      if (this._socket && this._socket.probe) this._closeSocket(1000, 'probe cancelled');
+      return;
+    }
+    this._mode = 'polling';
+    this._closeSocket(1000, 'switching to polling');
+    this._clearTimer('reconnect');
+    this._checkGen++;
+    if (this._paused()) return;
+    this._startPolling();
+  }
+
+  _switchToWebSocket() {
+    this._manualPolling = false;
+    if (this._mode === 'websocket') return;
+    this._stopPolling();
+    this._clearTimer('probe');
+    this._fallback = false;
+    this._failures = 0;
+    this._mode = 'websocket';
+    if (this._socket && this._socket.probe) {
+      // a background attempt is already under way: let it finish as the real one
+      this._socket.probe = false;
+      this._setState('connecting', { attempt: 0 });
+      return;
+    }
+    if (this._paused()) return;
+    this._openSocket(false);
   }
 
   /** Stops everything: closes the socket, aborts requests, clears every timer. */
@@ -991,42 +1119,31 @@ class ProgressRelayClient {
    */
   _socketEnded(s, info) {
     if (this._socket === s) this._closeSocket(info.local ? 4000 : 1000, info.reason || '');
-    if (!this._active || this._terminal) return;
+    if (this._active && !this._terminal) this._afterSocketEnd(s, info);
+  }
+
+  _afterSocketEnd(s, info) {
     const code = info.code;
-    const self = this;
-    const sid = this._sid;
     if (s.probe) {
       this._probeEnded(s, info);
       return;
     }
-    if (code === 1000 && !info.local && s.connected && !s.delivered && s.latestSeq !== null && this._lastSeq >= s.latestSeq) {
+    if (this._finishedEarlier(s, info)) {
       // "stream finished" and nothing newer than what we have: the terminal
       // event was delivered earlier (e.g. connect() with a resume point) or
       // is no longer in the history
       this._finish(null);
       return;
     }
-    if (code >= 4500 && code <= 4999) {
+    if (isRefusalClose(code)) {
       this._fatal(code, info.reason, code === 4503 ? 'forbidden' : 'token invalid or revoked');
       return;
     }
     if (code === 4001) {
-      // token expired: a fresh one first, then resume
-      this._refreshToken().then(function (changed) {
-        if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
-        if (changed || s.connected) {
-          if (s.connected) self._failures = 0;
-          self._openSocket(false);
-        } else self._failure(s, info);
-      }, function (err) {
-        if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
-        self._log('warn', 'getToken failed', err);
-        self._failure(s, info);
-      });
+      this._tokenExpired(s, info);
       return;
     }
-    if (info.local || s.connected || code === 1000 || code === 1001 || code === 1012 || code === 1008 ||
-        code === 1009 || code === 1011 || (code >= 4000 && code <= 4499)) {
+    if (closeMeansRetry(s, info)) {
       this._failure(s, info);
       return;
     }
@@ -1034,6 +1151,29 @@ class ProgressRelayClient {
     // network, or a handshake refused before any close code could be sent.
     // The state endpoint with the same token tells the two apart.
     this._checkRefused(s, info);
+  }
+
+  /** A normal close after "connected" that brought nothing newer than we have. */
+  _finishedEarlier(s, info) {
+    if (info.code !== 1000 || info.local || !s.connected || s.delivered) return false;
+    return s.latestSeq !== null && this._lastSeq >= s.latestSeq;
+  }
+
+  /** 4001, token expired: a fresh one first, then resume. */
+  _tokenExpired(s, info) {
+    const self = this;
+    const sid = this._sid;
+    this._refreshToken().then(function (changed) {
+      if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
+      if (changed || s.connected) {
+        if (s.connected) self._failures = 0;
+        self._openSocket(false);
+      } else self._failure(s, info);
+    }, function (err) {
+      if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
+      self._log('warn', 'getToken failed', err);
+      self._failure(s, info);
+    });
   }
 
   _checkRefused(s, info) {
@@ -1071,8 +1211,9 @@ class ProgressRelayClient {
       return;
     }
     let delay = this._backoff(this._failures);
-    if (info && info.code === 4029) delay = Math.max(delay, this.options.RATE_LIMIT_INTERVAL);
-    this._setState('reconnecting', { attempt: this._failures, delay: delay, code: info ? info.code : undefined, reason: info ? info.reason : undefined });
+    const why = info || {};
+    if (why.code === 4029) delay = Math.max(delay, this.options.RATE_LIMIT_INTERVAL);
+    this._setState('reconnecting', { attempt: this._failures, delay: delay, code: why.code, reason: why.reason });
     this._setTimer('reconnect', function () { this._openSocket(false); }, delay);
   }
 
@@ -1108,7 +1249,7 @@ class ProgressRelayClient {
 
   _probeEnded(s, info) {
     const code = info.code;
-    if (code >= 4500 && code <= 4999) {
+    if (isRefusalClose(code)) {
       // the socket is refused for good; polling decides about the token
       this._fallback = false;
       return;
@@ -1173,51 +1314,13 @@ class ProgressRelayClient {
   }
 
   _onPollResponse(res, after, started) {
-    const self = this;
-    const sid = this._sid;
     const o = this.options;
     if (res.status === 200 && res.body && typeof res.body === 'object') {
-      this._pollErrors = 0;
-      const body = res.body;
-      const latest = typeof body.latest_seq === 'number' ? body.latest_seq : null;
-      if (latest !== null && latest < after) {
-        const prev = this._lastSeq;
-        this._lastSeq = latest;
-        this._call('onReset', { previousSeq: prev, latestSeq: latest });
-        if (sid === this._sid && this._active) this._schedulePoll(0);
-        return;
-      }
-      if (!this._pollAnnounced) {
-        this._pollAnnounced = true;
-        this._call('onConnected', { mode: 'polling', executionId: this._executionId, latestSeq: latest, lastSeq: this._lastSeq, resumed: after > 0, gap: false });
-        if (sid !== this._sid || !this._active || this._mode !== 'polling') return;
-      }
-      const events = Array.isArray(body.events) ? body.events.slice() : [];
-      events.sort(function (a, b) { return (a && typeof a.seq === 'number' ? a.seq : 0) - (b && typeof b.seq === 'number' ? b.seq : 0); });
-      for (let i = 0; i < events.length; i++) {
-        this._deliver(events[i]);
-        if (sid !== this._sid || !this._active || this._terminal || this._mode !== 'polling') return;
-      }
-      if (body.terminal === true && (latest === null || this._lastSeq >= latest)) {
-        // finished, and the terminal event itself is no longer in the history
-        this._finish(null);
-        return;
-      }
-      // more right away when this answer brought events; otherwise never two
-      // empty polls closer than POLL_MIN_INTERVAL (a server without long-poll
-      // support, or a history that no longer has what latest_seq announces)
-      const elapsed = Date.now() - started;
-      this._schedulePoll(events.length || elapsed >= o.POLL_MIN_INTERVAL ? 0 : o.POLL_MIN_INTERVAL - elapsed);
+      this._onPollBody(res.body, after, started);
       return;
     }
     if (res.status === 401) {
-      this._refreshToken().then(function (changed) {
-        if (sid !== self._sid || !self._active) return;
-        if (changed) self._schedulePoll(0);
-        else self._fatal(401, 'polling refused', 'token refused (401)');
-      }, function () {
-        if (sid === self._sid && self._active) self._onPollError(new Error('getToken failed'));
-      });
+      this._pollUnauthorized();
       return;
     }
     if (res.status === 403) {
@@ -1229,6 +1332,86 @@ class ProgressRelayClient {
       return;
     }
     this._onPollError(new Error('HTTP ' + res.status));
+  }
+
+  /** A 200 answer to a poll: its events, then the next poll or the end. */
+  _onPollBody(body, after, started) {
+    this._pollErrors = 0;
+    const latest = typeof body.latest_seq === 'number' ? body.latest_seq : null;
+    if (latest !== null && latest < after) {
+      this._pollReset(latest);
+      return;
+    }
+    if (!this._announcePolling(latest, after)) return;
+    const events = Array.isArray(body.events) ? body.events.slice() : [];
+    if (!this._deliverPolled(events)) return;
+    if (body.terminal === true && (latest === null || this._lastSeq >= latest)) {
+      // finished, and the terminal event itself is no longer in the history
+      this._finish(null);
+      return;
+    }
+    this._schedulePoll(this._nextPollDelay(events.length, started));
+  }
+
+  /**
+   * More right away when this answer brought events; otherwise never two
+   * empty polls closer than POLL_MIN_INTERVAL (a server without long-poll
+   * support, or a history that no longer has what latest_seq announces).
+   */
+  _nextPollDelay(delivered, started) {
+    const min = this.options.POLL_MIN_INTERVAL;
+    const elapsed = Date.now() - started;
+    return delivered || elapsed >= min ? 0 : min - elapsed;
+  }
+
+  /** The history restarted below what we have (e.g. a broker wipe): start over from its latest seq. */
+  _pollReset(latest) {
+    const sid = this._sid;
+    const prev = this._lastSeq;
+    this._lastSeq = latest;
+    this._call('onReset', { previousSeq: prev, latestSeq: latest });
+    if (sid === this._sid && this._active) this._schedulePoll(0);
+  }
+
+  /**
+   * onConnected for the first answer of a polling period; false when a
+   * handler stopped or switched the session meanwhile.
+   */
+  _announcePolling(latest, after) {
+    if (this._pollAnnounced) return true;
+    const sid = this._sid;
+    this._pollAnnounced = true;
+    this._call('onConnected', { mode: 'polling', executionId: this._executionId, latestSeq: latest, lastSeq: this._lastSeq, resumed: after > 0, gap: false });
+    return this._stillPolling(sid);
+  }
+
+  /** Delivers polled events in seq order; false when delivery must stop there. */
+  _deliverPolled(events) {
+    const sid = this._sid;
+    events.sort(function (a, b) { return seqOf(a) - seqOf(b); });
+    for (let i = 0; i < events.length; i++) {
+      this._deliver(events[i]);
+      if (!this._stillPolling(sid) || this._terminal) return false;
+    }
+    return true;
+  }
+
+  /** Whether session `sid` is still the active one, in polling mode. */
+  _stillPolling(sid) {
+    return sid === this._sid && this._active && this._mode === 'polling';
+  }
+
+  /** A 401 to a poll: a fresh token and poll again, or give up. */
+  _pollUnauthorized() {
+    const self = this;
+    const sid = this._sid;
+    this._refreshToken().then(function (changed) {
+      if (sid !== self._sid || !self._active) return;
+      if (changed) self._schedulePoll(0);
+      else self._fatal(401, 'polling refused', 'token refused (401)');
+    }, function () {
+      if (sid === self._sid && self._active) self._onPollError(new Error('getToken failed'));
+    });
   }
 
   _onPollError(err) {
@@ -1243,25 +1426,29 @@ class ProgressRelayClient {
 
   /** Delivers one event unless already seen; returns whether it was new. */
   _deliver(evt) {
-    if (!evt || typeof evt !== 'object' || !this._active || this._terminal) return false;
-    const seq = evt.seq;
-    if (typeof seq === 'number') {
-      if (seq <= this._lastSeq) return false;
-      this._lastSeq = seq;
-    }
+    if (!evt || typeof evt !== 'object') return false;
+    if (!this._active || this._terminal || !this._takeSeq(evt.seq)) return false;
     const sid = this._sid;
-    const data = evt.data && typeof evt.data === 'object' ? evt.data : {};
+    const data = eventData(evt);
     this._call('onEvent', evt);
     if (sid !== this._sid) return true;
-    switch (evt.event) {
-      case 'progress': this._call('onProgress', data, evt); break;
-      case 'result': this._call('onResult', data, evt); break;
-      case 'complete': this._call('onComplete', data, evt); break;
-      case 'error': this._call('onError', data, evt); break;
-      default: break;
-    }
+    this._dispatch(evt, data);
     if (sid !== this._sid || !this._active) return true;
-    if (evt.event === 'complete' || (evt.event === 'error' && data.recoverable !== true)) this._finish(evt);
+    if (isTerminalEvent(evt, data)) this._finish(evt);
+    return true;
+  }
+
+  /** The handler for the event's kind (onProgress, onResult, ...), if any. */
+  _dispatch(evt, data) {
+    if (!Object.prototype.hasOwnProperty.call(EVENT_HANDLERS, evt.event)) return;
+    this._call(EVENT_HANDLERS[evt.event], data, evt);
+  }
+
+  /** Records an event's seq; false when it was seen already. */
+  _takeSeq(seq) {
+    if (typeof seq !== 'number') return true;
+    if (seq <= this._lastSeq) return false;
+    this._lastSeq = seq;
     return true;
   }
 

@@ -94,7 +94,7 @@ const isMain = process.argv[1] && fileURLToPath(import.meta.url) === process.arg
 if (isMain) {
   const outputs = build();
   const check = process.argv.includes('--check');
-  let stale = [];
+  const stale = [];
   for (const [rel, content] of Object.entries(outputs)) {
     const path = join(root, rel);
     if (check) {

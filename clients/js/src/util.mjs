@@ -96,15 +96,32 @@ export function headerFromObject(headers, name) {
 export function frameToText(data) {
   if (typeof data === 'string') return data;
   if (data === null || data === undefined) return '';
-  /** @type {Uint8Array | null} */
-  let bytes = null;
-  if (typeof ArrayBuffer !== 'undefined' && data instanceof ArrayBuffer) bytes = new Uint8Array(data);
-  else if (data && data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
-    bytes = new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
-  }
+  const bytes = frameBytes(data);
   if (!bytes) return String(data);
   if (typeof TextDecoder !== 'undefined') return new TextDecoder('utf-8').decode(bytes);
-  // Old mini-program base libraries have no TextDecoder.
+  return decodeUtf8Fallback(bytes);
+}
+
+/**
+ * The bytes of an ArrayBuffer or a typed array / Buffer; null for anything else.
+ * @param {any} data
+ * @returns {Uint8Array | null}
+ */
+function frameBytes(data) {
+  if (typeof ArrayBuffer === 'undefined') return null;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
+    return new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
+  }
+  return null;
+}
+
+/**
+ * UTF-8 decoding for old mini-program base libraries, which have no TextDecoder.
+ * @param {Uint8Array} bytes
+ * @returns {string}
+ */
+function decodeUtf8Fallback(bytes) {
   let binary = '';
   for (let i = 0; i < bytes.length; i++) binary += String.fromCharCode(bytes[i]);
   try {

@@ -91,7 +91,7 @@ export function createFetchRequester(fetchImpl) {
         signal: controller ? controller.signal : undefined
       }).then(function (res) {
         return res.text().then(function (text) {
-          let body = null;
+          let body;
           try { body = text ? JSON.parse(text) : null; } catch (e) { body = text; }
           /** @type {Record<string, string>} */
           const h = {};

@@ -261,7 +261,7 @@ export function fakeWx() {
       const ctrl = new AbortController();
       const rec = { url: option.url, header: option.header };
       wx.requests.push(rec);
-      let timer = option.timeout ? setTimeout(() => ctrl.abort(), option.timeout) : null;
+      const timer = option.timeout ? setTimeout(() => ctrl.abort(), option.timeout) : null;
       fetch(option.url, { method: option.method || 'GET', headers: option.header || {}, signal: ctrl.signal })
         .then(async (res) => {
           const text = await res.text();

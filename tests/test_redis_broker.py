@@ -172,3 +172,25 @@ async def test_stats_report_channels_and_connection(make_broker: Callable[..., A
     stats = broker.stats()
     assert stats["events_accepted"] == 1 and stats["redis_channels_subscribed"] == 1
     assert stats["redis_pubsub_connected"] == 1 and stats["redis_resyncs"] == 0
+
+
+async def test_concurrent_publishes_share_round_trips_and_keep_their_own_results(
+        make_broker: Callable[..., Any]) -> None:
+    """200 concurrent publishes are coalesced into pipelines; each caller gets its own seq, none lost."""
+    broker: RedisBroker = await make_broker(history_size=500)
+    results = await asyncio.gather(*(broker.publish(progress(f"c{i % 4}")) for i in range(200)))
+    by_execution: dict[str, list[int]] = {}
+    for result in results:
+        by_execution.setdefault(result.execution_id, []).append(result.seq)
+    assert {eid: sorted(seqs) for eid, seqs in by_execution.items()} == {f"c{i}": list(range(1, 51)) for i in range(4)}
+
+
+async def test_publishes_pending_at_close_answer_broker_unavailable(make_broker: Callable[..., Any]) -> None:
+    """Closing the broker with publishes queued: each caller gets a result or BrokerUnavailable, none hangs."""
+    broker: RedisBroker = await make_broker()
+    tasks = [asyncio.create_task(broker.publish(progress("closing"))) for _ in range(100)]
+    await asyncio.sleep(0)
+    await broker.close()
+    async with asyncio.timeout(5):
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(not isinstance(o, BaseException) or isinstance(o, BrokerUnavailable) for o in outcomes), outcomes

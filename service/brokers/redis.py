@@ -203,6 +203,10 @@ class RedisBroker(Broker):
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        for _, future in self._queued:  # a flusher cancelled before it ran resolved nothing
+            if not future.done():
+                future.set_result(BrokerUnavailable(_UNREACHABLE))
+        self._queued = []
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -268,13 +272,9 @@ class RedisBroker(Broker):
             try:
                 results = await self._pipeline([draft for draft, _ in batch])
             except BaseException as exc:  # cancelled (closing) or a bug: no caller may hang
-                error = BrokerUnavailable(_UNREACHABLE)
-                for _, future in batch:
+                for _, future in (*batch, *self._queued):
                     if not future.done():
-                        future.set_result(error)
-                for _, future in self._queued:
-                    if not future.done():
-                        future.set_result(error)
+                        future.set_result(BrokerUnavailable(_UNREACHABLE))
                 self._queued = []
                 if isinstance(exc, asyncio.CancelledError):
                     raise
@@ -303,24 +303,26 @@ class RedisBroker(Broker):
         replies = await self._send_pipeline(calls)
         if replies is not None and any(isinstance(r, NoScriptError) for r in replies):
             # After a restart, failover or SCRIPT FLUSH. A NOSCRIPT item did not run, so
-            # it is safe to send again (only those: the others ran).
+            # it is safe to send again (only those: the others ran). Normally every item
+            # is NOSCRIPT and the order is kept; a flush in the middle of a pipeline
+            # could let a resent item take its seq after a later one.
+            retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            again: list[Any] | None = None
             try:
                 self._publish_script.sha = await self._redis.script_load(PUBLISH_LUA)
+                again = await self._send_pipeline([calls[i] for i in retry])
             except (RedisError, OSError) as exc:
-                return [_unavailable(exc) for _ in drafts]
-            retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            again = await self._send_pipeline([calls[i] for i in retry])
-            for i, reply in zip(retry, again or [], strict=False):
-                replies[i] = reply
-            if again is None:
-                for i in retry:
-                    replies[i] = ConnectionError()
+                _unavailable(exc)
+            for n, i in enumerate(retry):
+                replies[i] = again[n] if again is not None else BrokerUnavailable(_UNREACHABLE)
         if replies is None:
-            error = BrokerUnavailable(_UNREACHABLE)
-            return [error for _ in drafts]
+            return [BrokerUnavailable(_UNREACHABLE) for _ in drafts]
         results: list[PublishResult | RelayError] = []
         for draft, reply in zip(drafts, replies, strict=True):
-            if isinstance(reply, Exception):
+            if isinstance(reply, RelayError):
+                results.append(reply)
+                continue
+            if isinstance(reply, Exception):  # an error reply (OOM, READONLY, ...)
                 results.append(_unavailable(reply))
                 continue
             try:

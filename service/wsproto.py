@@ -13,6 +13,7 @@ compressor with context costs tens of KB per socket). Messages shorter than
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,8 +78,71 @@ def compression_extensions(enabled: bool, min_size: int, context_takeover: bool)
     return [_Factory(min_size, server_no_context_takeover=True, client_no_context_takeover=True)]
 
 
+class LeanEvent:
+    """``asyncio.Event`` with the same behaviour and no deque until someone waits.
+
+    Each ``asyncio.Event`` allocates a deque (about 600 bytes) up front; Sanic keeps
+    four per WebSocket that are almost never awaited concurrently. At tens of
+    thousands of idle sockets that is a large share of memory.
+    """
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[bool]] | None = None
+
+    def is_set(self) -> bool:
+        """Whether the flag is set."""
+        return self._value
+
+    def set(self) -> None:
+        """Set the flag and wake every waiter."""
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters or ():
+                if not waiter.done():
+                    waiter.set_result(True)
+
+    def clear(self) -> None:
+        """Reset the flag."""
+        self._value = False
+
+    async def wait(self) -> bool:
+        """Return True once the flag is set."""
+        if self._value:
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+
+
+class _LeanImpl(WebsocketImplProtocol):
+    """Sanic's WebSocket implementation with lighter per-connection objects."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assembler = self.assembler
+        assembler.message_complete = LeanEvent()
+        assembler.message_fetched = LeanEvent()
+        assembler.completed_queue = None  # created by Sanic, never used
+
+
 class RelayWebSocketProtocol(WebSocketProtocol):
     """Sanic's protocol with extension negotiation in the opening handshake."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        can_write = LeanEvent()
+        can_write.set()
+        self._can_write = can_write
+        self._data_received = LeanEvent()
 
     async def websocket_handshake(
         self, request: Any, subprotocols: Sequence[str] | None = None
@@ -105,7 +169,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
         await self.send(head.encode())
-        self.websocket = WebsocketImplProtocol(
+        self.websocket = _LeanImpl(
             ws_proto,
             ping_interval=self.websocket_ping_interval,
             ping_timeout=self.websocket_ping_timeout,

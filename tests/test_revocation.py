@@ -82,3 +82,21 @@ async def test_revocation_reaches_sockets_on_another_instance(start_server, redi
     assert r.status_code == 202
     assert await closed_code(ws) == 4500
     assert await closed_code(await a.connect("e1", token=token)) == 4500
+
+
+async def test_revoked_token_is_refused_on_http_endpoints_and_ends_sse(server: Server) -> None:
+    """After revocation, polling and state answer 401 (reason revoked) and a live SSE stream ends."""
+    token = make_token("e1", jti="h-1")
+    await server.publish("e1")
+    async with server.http.stream("GET", f"/v1/executions/e1/stream?token={token}") as stream:
+        assert stream.status_code == 200
+        r = await server.http.post("/internal/v1/revocations", json={"jti": "h-1"}, headers=AUTH)
+        assert r.status_code == 202
+        body = b""
+        async with asyncio.timeout(5):
+            async for chunk in stream.aiter_bytes():
+                body += chunk
+        assert b'"seq":1' in body  # what it had before, then the stream ended
+    for path in ("/v1/executions/e1/events", "/v1/executions/e1"):
+        r = await server.http.get(path, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401 and r.json()["reason"] == "revoked", path

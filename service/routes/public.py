@@ -136,6 +136,10 @@ def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResp
         headers = cors_headers(relay, request.headers.get("origin"))
         try:
             claims = _authorize(request, relay, execution_id)
+            if await relay.is_revoked(claims):
+                relay.counters["http_refused_revoked"] += 1
+                metrics.auth_failure("revoked")
+                raise Unauthorized("token revoked", reason="revoked")
             return await handler(request, execution_id, claims, headers)
         except RelayError as exc:
             extra = {"www-authenticate": 'Bearer error="invalid_token"'} if isinstance(exc, Unauthorized) else {}
@@ -319,7 +323,7 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
         await response.eof()
         return None
     sink = SseSink(request)
-    sub = relay.subscription(execution_id, cursor, sink)
+    sub = relay.subscription(execution_id, cursor, sink, claims)
     page = await sub.open()
     streams = _streams(request.app)
     streams.add(sub)  # from here on a shutdown closes it too, even before the first byte

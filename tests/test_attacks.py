@@ -111,7 +111,9 @@ class Attack:
 
     @property
     def ws_code(self) -> int:
-        return {TokenExpired: 4001, TokenForbidden: 4503}.get(self.error, 4500)  # type: ignore[call-overload]
+        if self.error is TokenExpired:
+            return 4001
+        return 4503 if self.error is TokenForbidden else 4500
 
     @property
     def http(self) -> tuple[int, str | None]:
@@ -212,7 +214,7 @@ ATTACKS = [
     invalid("jwe-shaped", lambda: ".".join([segment({"alg": "dir", "enc": "A256GCM"}), "", "iv", "ct", "tag"]),
             "malformed"),
     invalid("non-ascii", lambda: good() + "\u00e9", "malformed"),
-    invalid("whitespace-inside", lambda: (t := good()).replace(".", ". ", 1), "malformed", "signature"),
+    invalid("whitespace-inside", lambda: good().replace(".", ". ", 1), "malformed", "signature"),
 ]
 
 
@@ -225,7 +227,7 @@ async def attack_server(start_server: Callable[..., Any]) -> Server:
 
 
 async def ws_close_code(server: Server, token: str, execution_id: str = EXEC) -> int:
-    """Connect with ``token`` (Authorization header, or ?token= if not ASCII); expect no frame, return the close code."""
+    """Connect with ``token`` (in the header, or ?token= if not ASCII); expect no frame, return the close code."""
     if token.isascii():
         url, headers = server.ws_url(execution_id), {"Authorization": f"Bearer {token}"}
     else:  # HTTP headers are bytes: a non-ASCII header is refused at the handshake (see the test below)
@@ -423,7 +425,7 @@ async def test_non_ascii_tokens_are_refused_before_crypto(attack_server: Server,
     token = good() + "\u20ac" * 2800
     assert len(token) < MAX_TOKEN_BYTES < len(token.encode())
     r = await attack_server.http.get(f"/v1/executions/{EXEC}/events",
-                                     headers={"Authorization": b"Bearer " + token.encode()})
+                                     headers={b"Authorization": b"Bearer " + token.encode()})
     assert r.status_code == 401 and r.json()["reason"] == "invalid", r.text
     small = good() + "\u00e9" * 500
     r = await attack_server.http.get(f"/v1/executions/{EXEC}/events", params={"token": small})

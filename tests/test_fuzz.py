@@ -245,7 +245,7 @@ def test_poll_query_values_never_fail_badly(http: httpx.Client, after: str | Non
     else:
         assert answer["latest_seq"] == 3 and answer["terminal"] is True
         for value in (after, limit):  # integers in plain ASCII digits only: not " 7", "1_0" or "\u0663"
-            assert not value or value.isascii() and value.lstrip("-").isdigit(), value
+            assert not value or (value.isascii() and value.lstrip("-").isdigit()), value
         assert all(e["seq"] > int(after or 0) for e in answer["events"])
         assert time.monotonic() - started < 5  # a finished execution never makes a poll wait
 

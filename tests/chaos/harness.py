@@ -43,6 +43,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -891,6 +892,19 @@ class Soak:
         tracebacks = sum(log.count("Traceback") for log in logs)
         if tracebacks:
             failures.append(f"{tracebacks} tracebacks in the instances' logs")
+            kinds: Counter[str] = Counter()
+            for log in logs:
+                for line in log.splitlines():
+                    if "Traceback" not in line:
+                        continue
+                    try:
+                        entry = json.loads(line)
+                        exc_lines = entry.get("exc", "").strip().splitlines()
+                        where = [x.strip() for x in exc_lines if x.strip().startswith("File ")][-1:]
+                        kinds[f"{entry.get('logger')}: {entry.get('msg')} | {where} | {exc_lines[-1:]}"] += 1
+                    except (ValueError, AttributeError, IndexError):
+                        kinds[line[:300]] += 1
+            failures.extend(f"traceback x{n}: {kind}" for kind, n in kinds.most_common(10))
         error_lines = [line for log in logs for line in log.splitlines() if '"level":"error"' in line.replace(" ", "")]
         cuts = Counter[str]()
         refused = 0
@@ -935,6 +949,13 @@ async def run_soak(config: SoakConfig, on_start: Callable[[Soak], None] | None =
             on_start(soak)
         report = await soak.run()
         if not report.ok:
+            kept = Path(tempfile.mkdtemp(prefix=f"relay-{soak.prefix}-"))
+            for name, text in zip("AB", soak.instance_logs(), strict=True):
+                (kept / f"instance-{name}.log").write_text(text)
+            with contextlib.suppress(OSError):
+                shutil.copy(Path(soak.redis.dir, "redis.log"), kept / "redis.log")
+            (kept / "faults.log").write_text("\n".join(soak.fault_log) + "\n")
+            report.failures.insert(0, f"logs kept in {kept}")
             tails = soak.instance_logs()
             report.failures.append("instance A log tail:\n" + tails[0][-3000:])
             report.failures.append("instance B log tail:\n" + tails[1][-3000:])

@@ -5,6 +5,7 @@ Free of Sanic: the service's edges call into it.
 
 from .publishers import PublisherKeys
 from .tokens import (
+    MAX_TOKEN_BYTES,
     Claims,
     TokenError,
     TokenExpired,
@@ -12,12 +13,11 @@ from .tokens import (
     TokenInvalid,
     TokenMinter,
     TokenVerifier,
-    MAX_TOKEN_BYTES,
 )
 
 __all__ = [
-    "Claims",
     "MAX_TOKEN_BYTES",
+    "Claims",
     "PublisherKeys",
     "TokenError",
     "TokenExpired",

@@ -18,9 +18,12 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 __all__ = [
     "MAX_TOKEN_BYTES",
@@ -128,7 +131,7 @@ class TokenVerifier:
         return claims
 
     def _decode(self, token: str, key: str) -> dict[str, Any]:
-        options: dict[str, Any] = {"require": ["exp", "aud", "sub", "execution_id"]}
+        options: Options = {"require": ["exp", "aud", "sub", "execution_id"]}
         try:
             payload: dict[str, Any] = jwt.decode(
                 token,
@@ -157,7 +160,8 @@ class TokenVerifier:
 
 
 def _claims(payload: dict[str, Any]) -> Claims:
-    sub, execution_id, exp, jti = (payload.get(k) for k in ("sub", "execution_id", "exp", "jti"))
+    sub, execution_id, jti = (payload.get(k) for k in ("sub", "execution_id", "jti"))
+    exp = payload["exp"]  # required by _decode's options, and checked there by PyJWT
     if not isinstance(sub, str) or not sub:
         raise TokenInvalid("claim_type", "token 'sub' must be a non-empty string")
     if not isinstance(execution_id, str) or not execution_id:
@@ -165,8 +169,13 @@ def _claims(payload: dict[str, Any]) -> Claims:
     if jti is not None and not isinstance(jti, str):
         raise TokenInvalid("claim_type", "token 'jti' must be a string")
     iat = payload.get("iat")
-    return Claims(sub=sub, execution_id=execution_id, exp=int(exp), jti=jti,
-                  iat=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None)
+    return Claims(
+        sub=sub,
+        execution_id=execution_id,
+        exp=int(exp),
+        jti=jti,
+        iat=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None,
+    )
 
 
 class TokenMinter:

@@ -7,10 +7,11 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
-from sanic.response import HTTPResponse
+from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from . import metrics, shutdown
 from .config import Settings, load_settings
@@ -20,8 +21,8 @@ from .http import error_response, json_response
 from .limits import ConnectionLimits
 from .logs import redact, request_id
 from .relay import Relay
-from .wsproto import RelayWebSocketProtocol, compression_extensions
 from .routes import internal, ops, ws
+from .wsproto import RelayWebSocketProtocol, compression_extensions
 
 __all__ = ["SERVER_PROTOCOL", "create_app"]
 
@@ -34,7 +35,7 @@ _names = itertools.count()
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
-def create_app(settings: Settings | None = None, name: str | None = None) -> Sanic:
+def create_app(settings: Settings | None = None, name: str | None = None) -> Sanic[Any, Any]:
     """Build the application for ``settings`` (read from the environment if omitted)."""
     settings = settings or load_settings()
     app = Sanic(name or f"progress_relay_{next(_names)}", configure_logging=False)
@@ -59,7 +60,8 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     )
     app.ctx.settings = settings
     app.ctx.ws_extensions = compression_extensions(
-        settings.ws_compression, settings.ws_compression_min_size, settings.ws_compression_context_takeover)
+        settings.ws_compression, settings.ws_compression_min_size, settings.ws_compression_context_takeover
+    )
     app.ctx.draining = False
     app.blueprint(ops.bp)
     app.blueprint(ws.bp)
@@ -67,38 +69,49 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     _add_public_routes(app)
 
     @app.before_server_start
-    async def start_relay(app: Sanic) -> None:
+    async def start_relay(app: Sanic[Any, Any]) -> None:
         relay = Relay(settings)
         await relay.start()
         app.ctx.relay = relay
         app.ctx.heartbeat = Heartbeat(settings.ws_ping_interval, settings.ws_ping_timeout)
         app.ctx.heartbeat.start()
-        app.ctx.limits = ConnectionLimits(settings.max_connections, settings.max_connections_per_execution,
-                                          settings.max_connections_per_sub)
+        app.ctx.limits = ConnectionLimits(
+            settings.max_connections, settings.max_connections_per_execution, settings.max_connections_per_sub
+        )
         await metrics.start(relay)
 
     @app.after_server_stop
-    async def stop_relay(app: Sanic) -> None:
+    async def stop_relay(app: Sanic[Any, Any]) -> None:
         await app.ctx.heartbeat.stop()
         await metrics.stop(app.ctx.relay)
         await app.ctx.relay.close()
 
-    @app.on_request(priority=100)
+    # app.middleware(...) rather than on_request/on_response: the same registration, but typed.
+    @app.middleware("request", priority=100)
     async def request_start(request: Request) -> None:
         request.ctx.started = time.monotonic()
         request.ctx.request_id = _request_id(request.headers.get("x-request-id", "")) or _next_request_id()
         request_id.set(request.ctx.request_id)
 
-    @app.on_response
-    async def access_log(request: Request, response: HTTPResponse) -> None:
+    @app.middleware("response")
+    async def access_log(request: Request, response: BaseHTTPResponse) -> None:
         rid = getattr(request.ctx, "request_id", "")
         if rid:
             response.headers["x-request-id"] = rid
         if settings.access_log:
             started = getattr(request.ctx, "started", time.monotonic())
-            access.info("request", extra={"fields": {
-                "request_id": rid, "method": request.method, "path": redact(request.path),
-                "status": response.status, "duration_ms": round((time.monotonic() - started) * 1000, 2)}})
+            access.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": rid,
+                        "method": request.method,
+                        "path": redact(request.path),
+                        "status": response.status,
+                        "duration_ms": round((time.monotonic() - started) * 1000, 2),
+                    }
+                },
+            )
 
     app.error_handler.add(RelayError, _relay_error)
     app.error_handler.add(SanicException, _sanic_error)
@@ -122,7 +135,7 @@ def _request_id(value: str) -> str:
     return value if _REQUEST_ID.fullmatch(value) else ""
 
 
-def _add_public_routes(app: Sanic) -> None:
+def _add_public_routes(app: Sanic[Any, Any]) -> None:
     """Polling, SSE and state routes, when their module is present."""
     try:
         from .routes import public

@@ -62,7 +62,8 @@ def _client_args(parser: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> tuple[str, str]:
     env = {**_env_file(), **os.environ}
-    url = args.url or f"http://{env.get('RELAY_HOST', '127.0.0.1') or '127.0.0.1'}:{env.get('RELAY_PORT', '8765') or '8765'}"
+    host = env.get("RELAY_HOST", "127.0.0.1") or "127.0.0.1"
+    url = args.url or f"http://{host}:{env.get('RELAY_PORT', '8765') or '8765'}"
     key = args.key or (env.get("RELAY_PUBLISH_KEYS", "").split(",")[0].strip())
     if not key:
         raise ConfigError("RELAY_PUBLISH_KEYS is not set; pass --key with the key the service printed.")
@@ -77,8 +78,12 @@ def _env_file() -> dict[str, str]:
 
 def mint(args: argparse.Namespace) -> int:
     """Print a subscriber token signed with the configured key."""
-    if not os.environ.get("RELAY_JWT_SECRET") and not _env_file().get("RELAY_JWT_SECRET") and \
-            not os.environ.get("RELAY_JWT_PRIVATE_KEY") and not _env_file().get("RELAY_JWT_PRIVATE_KEY"):
+    if (
+        not os.environ.get("RELAY_JWT_SECRET")
+        and not _env_file().get("RELAY_JWT_SECRET")
+        and not os.environ.get("RELAY_JWT_PRIVATE_KEY")
+        and not _env_file().get("RELAY_JWT_PRIVATE_KEY")
+    ):
         raise ConfigError("RELAY_JWT_SECRET is not set, so a token minted here would not match any server's key.")
     settings = load_settings()
     from .relay import _minter
@@ -86,7 +91,7 @@ def mint(args: argparse.Namespace) -> int:
     minter = _minter(settings)
     if minter is None:
         raise ConfigError("RELAY_JWT_PRIVATE_KEY is needed to mint tokens with a public-key algorithm.")
-    token, expires_at = minter.mint(args.execution_id, args.sub, args.ttl or settings.token_ttl)
+    token, _expires_at = minter.mint(args.execution_id, args.sub, args.ttl or settings.token_ttl)
     print(token)
     return 0
 
@@ -141,9 +146,10 @@ def _banner(settings: Settings) -> str:
         "  2. publish:",
         f"     curl -s -X POST {base}/internal/v1/executions/{DEMO_EXECUTION}/events \\",
         f"          -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\",
-        "          -d '{\"event\":\"progress\",\"data\":{\"progress\":50,\"stage\":\"ai_fetching\"}}'",
+        '          -d \'{"event":"progress","data":{"progress":50,"stage":"ai_fetching"}}\'',
         "  or run a whole simulated diagnosis:",
-        f"     RELAY_PUBLISH_KEYS={key} RELAY_PORT={settings.port} .venv/bin/progress-relay demo --execution-id {DEMO_EXECUTION}",
+        f"     RELAY_PUBLISH_KEYS={key} RELAY_PORT={settings.port} .venv/bin/progress-relay demo"
+        f" --execution-id {DEMO_EXECUTION}",
         "",
     ]
     return "\n".join(lines)
@@ -179,8 +185,15 @@ def serve() -> int:
     app = loader.load()
     from .app import SERVER_PROTOCOL
 
-    app.prepare(host=settings.host, port=settings.port, workers=settings.workers, access_log=False,
-                motd=False, single_process=settings.workers == 1, protocol=SERVER_PROTOCOL)
+    app.prepare(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        access_log=False,
+        motd=False,
+        single_process=settings.workers == 1,
+        protocol=SERVER_PROTOCOL,
+    )
     try:
         Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)
     finally:

@@ -7,6 +7,7 @@ naming the variable and what is wrong with it.
 
 from __future__ import annotations
 
+import builtins
 import os
 import secrets
 from collections.abc import Mapping
@@ -110,7 +111,11 @@ def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 class _Reader:
-    """Typed access to the RELAY_ variables, raising ConfigError with the name."""
+    """Typed access to the RELAY_ variables, raising ConfigError with the name.
+
+    The methods are named after the types they return, so inside the class body
+    the annotations spell the built-in types as ``builtins.str`` and so on.
+    """
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
@@ -118,7 +123,7 @@ class _Reader:
     def str(self, name: str, default: str) -> str:
         return self.env.get(name, default).strip() or default
 
-    def int(self, name: str, default: int, low: int, high: int) -> int:
+    def int(self, name: builtins.str, default: builtins.int, low: builtins.int, high: builtins.int) -> builtins.int:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -130,7 +135,9 @@ class _Reader:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
         return value
 
-    def float(self, name: str, default: float, low: float, high: float) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, low: builtins.float, high: builtins.float
+    ) -> builtins.float:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -142,7 +149,7 @@ class _Reader:
             raise ConfigError(f"{name} must be between {low} and {high}, got {value}.")
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.env.get(name, "").strip().lower()
         if not raw:
             return default
@@ -152,14 +159,16 @@ class _Reader:
             return False
         raise ConfigError(f"{name} must be true or false, got {raw!r}.")
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...], upper: bool = False) -> str:
+    def choice(
+        self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...], upper: builtins.bool = False
+    ) -> builtins.str:
         value = self.str(name, default)
         value = value.upper() if upper else value.lower()
         if value not in choices:
             raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
         return value
 
-    def list(self, name: str) -> tuple[str, ...]:
+    def list(self, name: builtins.str) -> tuple[builtins.str, ...]:
         raw = self.env.get(name, "")
         return tuple(item.strip() for item in raw.split(",") if item.strip())
 
@@ -311,24 +320,29 @@ def _with_keys(settings: Settings, r: _Reader) -> Settings:
     return replace(settings, jwt_keys=keys, jwt_private_key=private)
 
 
+def _check_production_secrets(settings: Settings, hmac: bool) -> None:
+    """Production runs only with secrets set by hand, long enough, and not shared."""
+    if hmac and not settings.jwt_keys:
+        raise ConfigError("RELAY_JWT_SECRET must be set when RELAY_ENV=production.")
+    for kid, secret in settings.jwt_keys if hmac else ():
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"RELAY_JWT_SECRET key {kid!r} is {len(secret.encode())} bytes; production needs at least "
+                f"{MIN_SECRET_BYTES}."
+            )
+    if not settings.publish_keys:
+        raise ConfigError("RELAY_PUBLISH_KEYS must be set when RELAY_ENV=production.")
+    for key in settings.publish_keys:
+        if len(key) < MIN_SECRET_BYTES:
+            raise ConfigError(f"RELAY_PUBLISH_KEYS has a key shorter than {MIN_SECRET_BYTES} characters.")
+    if hmac and any(key == secret for key in settings.publish_keys for _, secret in settings.jwt_keys):
+        raise ConfigError("RELAY_PUBLISH_KEYS must not reuse the RELAY_JWT_SECRET.")
+
+
 def _check_secrets(settings: Settings) -> Settings:
     hmac = settings.jwt_algorithm in HMAC_ALGORITHMS
     if settings.production:
-        if hmac and not settings.jwt_keys:
-            raise ConfigError("RELAY_JWT_SECRET must be set when RELAY_ENV=production.")
-        for kid, secret in settings.jwt_keys if hmac else ():
-            if len(secret.encode()) < MIN_SECRET_BYTES:
-                raise ConfigError(
-                    f"RELAY_JWT_SECRET key {kid!r} is {len(secret.encode())} bytes; production needs at least "
-                    f"{MIN_SECRET_BYTES}."
-                )
-        if not settings.publish_keys:
-            raise ConfigError("RELAY_PUBLISH_KEYS must be set when RELAY_ENV=production.")
-        for key in settings.publish_keys:
-            if len(key) < MIN_SECRET_BYTES:
-                raise ConfigError(f"RELAY_PUBLISH_KEYS has a key shorter than {MIN_SECRET_BYTES} characters.")
-        if hmac and any(key == secret for key in settings.publish_keys for _, secret in settings.jwt_keys):
-            raise ConfigError("RELAY_PUBLISH_KEYS must not reuse the RELAY_JWT_SECRET.")
+        _check_production_secrets(settings, hmac)
         return settings
     generated = False
     if hmac and not settings.jwt_keys:

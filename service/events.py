@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeGuard
 
 import ujson
 
@@ -100,7 +100,7 @@ def decode_frame(frame: str) -> dict[str, Any]:
     return value
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -110,32 +110,41 @@ def _check_data(event: str, data: Any, errors: list[FieldError]) -> bool:
         errors.append({"field": "data", "message": "must be a JSON object"})
         return event == "complete"
     if event == "progress":
-        progress = data.get("progress")
-        if not _is_int(progress) or not 0 <= progress <= 100:
-            errors.append({"field": "data.progress", "message": "required, an integer from 0 to 100"})
-        stage = data.get("stage")
-        if not isinstance(stage, str) or not stage or len(stage) > MAX_STAGE:
-            errors.append({"field": "data.stage", "message": f"required, a string of 1 to {MAX_STAGE} characters"})
-        for name in ("status", "status_text"):
-            if name in data and not isinstance(data[name], str):
-                errors.append({"field": f"data.{name}", "message": "must be a string"})
+        _check_progress(data, errors)
         return False
     if event == "complete":
         if "report" in data and not isinstance(data["report"], dict):
             errors.append({"field": "data.report", "message": "must be a JSON object"})
         return True
     if event == "error":
-        if not isinstance(data.get("error"), str) or not data["error"]:
-            errors.append({"field": "data.error", "message": "required, a non-empty string"})
-        if "error_type" in data and not isinstance(data["error_type"], str):
-            errors.append({"field": "data.error_type", "message": "must be a string"})
-        if "error_details" in data and not isinstance(data["error_details"], dict):
-            errors.append({"field": "data.error_details", "message": "must be a JSON object"})
-        recoverable = data.get("recoverable", False)
-        if not isinstance(recoverable, bool):
-            errors.append({"field": "data.recoverable", "message": "must be true or false"})
-        return recoverable is not True
+        return _check_error(data, errors)
     return False  # result: any JSON object
+
+
+def _check_progress(data: dict[str, Any], errors: list[FieldError]) -> None:
+    progress = data.get("progress")
+    if not _is_int(progress) or not 0 <= progress <= 100:
+        errors.append({"field": "data.progress", "message": "required, an integer from 0 to 100"})
+    stage = data.get("stage")
+    if not isinstance(stage, str) or not stage or len(stage) > MAX_STAGE:
+        errors.append({"field": "data.stage", "message": f"required, a string of 1 to {MAX_STAGE} characters"})
+    for name in ("status", "status_text"):
+        if name in data and not isinstance(data[name], str):
+            errors.append({"field": f"data.{name}", "message": "must be a string"})
+
+
+def _check_error(data: dict[str, Any], errors: list[FieldError]) -> bool:
+    """Check an error event's data; return whether it is terminal (not marked recoverable)."""
+    if not isinstance(data.get("error"), str) or not data["error"]:
+        errors.append({"field": "data.error", "message": "required, a non-empty string"})
+    if "error_type" in data and not isinstance(data["error_type"], str):
+        errors.append({"field": "data.error_type", "message": "must be a string"})
+    if "error_details" in data and not isinstance(data["error_details"], dict):
+        errors.append({"field": "data.error_details", "message": "must be a JSON object"})
+    recoverable = data.get("recoverable", False)
+    if not isinstance(recoverable, bool):
+        errors.append({"field": "data.recoverable", "message": "must be true or false"})
+    return recoverable is not True
 
 
 def _check_timestamp(value: Any, errors: list[FieldError]) -> str:
@@ -179,7 +188,12 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
     errors.extend({"field": prefix + e["field"], "message": e["message"]} for e in ts_errors)
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
-        errors.append({"field": f"{prefix}idempotency_key", "message": f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters"})
+        errors.append(
+            {
+                "field": f"{prefix}idempotency_key",
+                "message": f"must be a string of 1 to {MAX_IDEMPOTENCY_KEY} characters",
+            }
+        )
     if errors:
         raise ValidationFailed(errors)
     assert isinstance(event, str)

@@ -67,8 +67,10 @@ def json_body(request: Request) -> Any:
         try:
             ujson.dumps(value, ensure_ascii=False, allow_nan=False).encode()
         except (OverflowError, ValueError):  # UnicodeEncodeError is a ValueError
-            raise BadRequest("request body holds NaN, Infinity, a number too large for a double "
-                             "or an unpaired surrogate, which JSON readers cannot take") from None
+            raise BadRequest(
+                "request body holds NaN, Infinity, a number too large for a double "
+                "or an unpaired surrogate, which JSON readers cannot take"
+            ) from None
     return value
 
 

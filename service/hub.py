@@ -98,12 +98,8 @@ class Hub:
             self._run(self._unsubscribe(execution_id, channel))
 
     def all_subscribers(self) -> list[Subscriber]:
-        """Every local subscriber of every execution (a snapshot)."""
+        """Every local subscriber of every execution (a snapshot, for rare sweeps such as revocation)."""
         return [s for channel in tuple(self._channels.values()) for s in tuple(channel.subscribers)]
-
-    def all_subscribers(self) -> list[Subscriber]:
-        """Every local subscriber (for rare sweeps such as revocation)."""
-        return [s for channel in self._channels.values() for s in channel.subscribers]
 
     def subscribers(self, execution_id: str) -> int:
         """How many local subscribers ``execution_id`` has."""
@@ -164,4 +160,3 @@ def _wait(future: asyncio.Future[None]) -> None:
     """Silence 'exception never retrieved' on a channel nobody awaits any more."""
     if future.done() and not future.cancelled():
         future.exception()
-

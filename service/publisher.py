@@ -45,7 +45,9 @@ class RelayPublisher:
         self.retries = retries
         self.backoff = backoff
 
-    def publish(self, execution_id: str, event: str, data: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+    def publish(
+        self, execution_id: str, event: str, data: dict[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Publish one event; return ``{"execution_id", "seq", "duplicate"}``."""
         body = {"event": event, "data": data, "idempotency_key": idempotency_key or uuid.uuid4().hex}
         path = f"/internal/v1/executions/{quote(execution_id, safe='')}/events"
@@ -58,8 +60,9 @@ class RelayPublisher:
             body["ttl_seconds"] = ttl_seconds
         return self._post("/internal/v1/tokens", body)
 
-    def send_progress(self, execution_id: str, progress: int, stage: str, status: str = "processing",
-                      status_text: str | None = None) -> dict[str, Any]:
+    def send_progress(
+        self, execution_id: str, progress: int, stage: str, status: str = "processing", status_text: str | None = None
+    ) -> dict[str, Any]:
         """Publish a ``progress`` event."""
         data: dict[str, Any] = {"progress": progress, "stage": stage, "status": status}
         if status_text is not None:
@@ -74,8 +77,14 @@ class RelayPublisher:
         """Publish the terminal ``complete`` event with the report."""
         return self.publish(execution_id, "complete", {"report": final_report} if final_report is not None else {})
 
-    def send_error(self, execution_id: str, error: str, error_type: str | None = None,
-                   error_details: dict[str, Any] | None = None, recoverable: bool = False) -> dict[str, Any]:
+    def send_error(
+        self,
+        execution_id: str,
+        error: str,
+        error_type: str | None = None,
+        error_details: dict[str, Any] | None = None,
+        recoverable: bool = False,
+    ) -> dict[str, Any]:
         """Publish an ``error`` (terminal unless ``recoverable``)."""
         data: dict[str, Any] = {"error": error, "recoverable": recoverable}
         if error_type is not None:
@@ -91,7 +100,9 @@ class RelayPublisher:
             if attempt:
                 time.sleep(self.backoff * (2 ** (attempt - 1)))
             request = urllib.request.Request(
-                self.base_url + path, data=payload, method="POST",
+                self.base_url + path,
+                data=payload,
+                method="POST",
                 headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
             )
             try:
@@ -123,8 +134,9 @@ class AsyncRelayPublisher:
     def __init__(self, base_url: str, key: str, **options: Any) -> None:
         self._sync = RelayPublisher(base_url, key, **options)
 
-    async def send_progress(self, execution_id: str, progress: int, stage: str, status: str = "processing",
-                            status_text: str | None = None) -> dict[str, Any]:
+    async def send_progress(
+        self, execution_id: str, progress: int, stage: str, status: str = "processing", status_text: str | None = None
+    ) -> dict[str, Any]:
         """Publish a ``progress`` event."""
         return await asyncio.to_thread(self._sync.send_progress, execution_id, progress, stage, status, status_text)
 
@@ -136,8 +148,15 @@ class AsyncRelayPublisher:
         """Publish the terminal ``complete`` event."""
         return await asyncio.to_thread(self._sync.send_complete, execution_id, final_report)
 
-    async def send_error(self, execution_id: str, error: str, error_type: str | None = None,
-                         error_details: dict[str, Any] | None = None, recoverable: bool = False) -> dict[str, Any]:
+    async def send_error(
+        self,
+        execution_id: str,
+        error: str,
+        error_type: str | None = None,
+        error_details: dict[str, Any] | None = None,
+        recoverable: bool = False,
+    ) -> dict[str, Any]:
         """Publish an ``error`` event."""
-        return await asyncio.to_thread(self._sync.send_error, execution_id, error, error_type, error_details,
-                                       recoverable)
+        return await asyncio.to_thread(
+            self._sync.send_error, execution_id, error, error_type, error_details, recoverable
+        )

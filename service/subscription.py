@@ -48,6 +48,7 @@ def _cannot_write_now(frame: str) -> bool:
     """For sinks without a synchronous path: always queue."""
     return False
 
+
 log = logging.getLogger("relay.subscription")
 
 _BUFFERING, _LIVE, _CLOSED = 0, 1, 2
@@ -89,8 +90,9 @@ class Subscription:
         "sink",
     )
 
-    def __init__(self, relay: Relay, execution_id: str, cursor: int, sink: Sink, queue_size: int,
-                 claims: Claims | None = None) -> None:
+    def __init__(
+        self, relay: Relay, execution_id: str, cursor: int, sink: Sink, queue_size: int, claims: Claims | None = None
+    ) -> None:
         self.relay = relay
         self.claims = claims  # whose token opened it: revoking that token closes it
         self.execution_id = execution_id
@@ -165,11 +167,10 @@ class Subscription:
     def _push(self, item: Event | str) -> None:
         if self._state == _CLOSED:
             return
-        if self._writer is None and not self._queue:
-            # Nothing waiting and the socket has room: write now, no task, no queue.
-            if self._try_write(item if isinstance(item, str) else item.frame):
-                self._written(item)
-                return
+        # Nothing waiting and the socket has room: write now, no task, no queue.
+        if self._writer is None and not self._queue and self._try_write(item if isinstance(item, str) else item.frame):
+            self._written(item)
+            return
         if len(self._queue) >= self.queue_size:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return

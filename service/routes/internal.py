@@ -15,7 +15,7 @@ from sanic.response import HTTPResponse
 
 from .. import metrics
 from ..brokers import PublishResult
-from ..errors import RelayError, Unauthorized, ValidationFailed
+from ..errors import FieldError, RelayError, Unauthorized, ValidationFailed
 from ..events import EventDraft, parse_draft, valid_execution_id
 from ..http import bearer_token, json_body, json_response
 from ..relay import Relay
@@ -42,8 +42,17 @@ def _result_body(result: PublishResult) -> dict[str, Any]:
 
 
 def _log_published(result: PublishResult, event: str) -> None:
-    log.info("published", extra={"fields": {"execution_id": result.execution_id, "event": event,
-                                            "seq": result.seq, "duplicate": result.duplicate}})
+    log.info(
+        "published",
+        extra={
+            "fields": {
+                "execution_id": result.execution_id,
+                "event": event,
+                "seq": result.seq,
+                "duplicate": result.duplicate,
+            }
+        },
+    )
 
 
 @bp.post("/executions/<execution_id>/events")
@@ -87,38 +96,55 @@ async def publish_batch(request: Request) -> HTTPResponse:
             _log_published(item_result, entry.event)
         else:
             eid = items[i].get("execution_id") if isinstance(items[i], dict) else None
-            results.append({"execution_id": eid if isinstance(eid, str) else None,
-                            "status": item_result.status, **item_result.body()})
+            results.append(
+                {
+                    "execution_id": eid if isinstance(eid, str) else None,
+                    "status": item_result.status,
+                    **item_result.body(),
+                }
+            )
     return json_response({"results": results}, status=202)
 
 
-@bp.post("/tokens")
-async def mint_token(request: Request) -> HTTPResponse:
-    """Mint a subscriber token for one execution and user: 201."""
-    relay: Relay = request.app.ctx.relay
-    body = json_body(request)
+def _mint_request(body: Any, default_ttl: int, max_ttl: int) -> tuple[str, str, int]:
+    """The execution id, sub and TTL of a token request; ValidationFailed lists every problem."""
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": "body", "message": "must be a JSON object"}])
-    errors = []
-    eid, sub, ttl = body.get("execution_id"), body.get("sub"), body.get("ttl_seconds", relay.settings.token_ttl)
+    errors: list[FieldError] = []
+    eid, sub, ttl = body.get("execution_id"), body.get("sub"), body.get("ttl_seconds", default_ttl)
     if not isinstance(eid, str) or not valid_execution_id(eid):
         errors.append({"field": "execution_id", "message": "required, 1-128 characters of A-Za-z0-9._:-"})
     if not isinstance(sub, str) or not 1 <= len(sub) <= 256:
         errors.append({"field": "sub", "message": "required, a string of 1 to 256 characters"})
-    max_ttl = relay.settings.token_max_ttl
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= max_ttl:
         errors.append({"field": "ttl_seconds", "message": f"must be an integer from 1 to {max_ttl}"})
     for key in body.keys() - {"execution_id", "sub", "ttl_seconds"}:
         errors.append({"field": key, "message": "unknown field"})
     if errors:
         raise ValidationFailed(errors)
+    assert isinstance(eid, str) and isinstance(sub, str) and isinstance(ttl, int)  # checked above; for mypy
+    return eid, sub, ttl
+
+
+@bp.post("/tokens")
+async def mint_token(request: Request) -> HTTPResponse:
+    """Mint a subscriber token for one execution and user: 201."""
+    relay: Relay = request.app.ctx.relay
+    eid, sub, ttl = _mint_request(json_body(request), relay.settings.token_ttl, relay.settings.token_max_ttl)
     if relay.minter is None:
-        return json_response({"error": "not_configured", "message":
-                              "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"}, status=501)
+        return json_response(
+            {"error": "not_configured", "message": "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"},
+            status=501,
+        )
     token, expires_at = relay.minter.mint(eid, sub, ttl)
-    return json_response({"token": token, "expires_at": expires_at,
-                          "expires_at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at))},
-                         status=201)
+    return json_response(
+        {
+            "token": token,
+            "expires_at": expires_at,
+            "expires_at_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)),
+        },
+        status=201,
+    )
 
 
 @bp.post("/revocations")

@@ -40,7 +40,8 @@ async def prometheus_metrics(request: Request) -> HTTPResponse:
     allowlist = getattr(request.app.ctx, "metrics_allowlist", None)
     if allowlist is None:
         allowlist = request.app.ctx.metrics_allowlist = metrics.parse_allowlist(
-            request.app.ctx.settings.metrics_allowlist)
+            request.app.ctx.settings.metrics_allowlist
+        )
     if not metrics.address_allowed(request.ip, allowlist):
         return json_response({"error": "forbidden", "message": "this address may not read /metrics"}, status=403)
     return HTTPResponse(metrics.render(), content_type=metrics.CONTENT_TYPE)

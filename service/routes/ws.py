@@ -142,7 +142,6 @@ def _last_seq(request: Request) -> int | None:
     return value
 
 
-@bp.websocket("/ws/executions/<execution_id>")
 async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:
     """Stream one execution's events to an authorized subscriber."""
     relay: Relay = request.app.ctx.relay
@@ -167,6 +166,11 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
         await _serve(request, ws, relay, execution_id, claims, last_seq)
     finally:
         limits.release(execution_id, claims.sub)
+
+
+# Registered by a call rather than @bp.websocket: Sanic's decorators return Callable[..., Any],
+# which would leave the handler untyped for mypy.
+bp.add_websocket_route(execution_socket, "/ws/executions/<execution_id>")
 
 
 async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str, claims: Claims,

@@ -144,6 +144,7 @@ def _commands(base: str, execution_id: str, token: str) -> list[str]:
         f"  SSE       : curl -N '{base}/v1/executions/{eid}/stream?token={tok}'",
         f"  polling   : curl -s '{base}/v1/executions/{eid}/events?after=0&wait=25&token={tok}'",
         f"  state     : curl -s '{base}/v1/executions/{eid}?token={tok}'",
+        f"  page      : {base}/demo/?execution_id={eid}&token={tok}  (not in production)",
     ]
 
 

@@ -64,6 +64,7 @@ async def test_demo_runs_end_to_end_and_every_transport_shows_it(server: Server)
         assert token is not None, text
         assert f"curl -N '{server.base}/v1/executions/{eid}/stream?token=" in text
         assert f"/ws/executions/{eid}?token=" in text and f"/v1/executions/{eid}/events?after=0" in text
+        assert f"{server.base}/demo/?execution_id={eid}&token=" in text
         state = (await server.http.get(f"/v1/executions/{eid}", params={"token": token.group(1)})).json()
         assert state["terminal"] is True and state["status"] == "completed" and state["progress"] == 100
         assert state["report"]["brand"] and len(state["report"]["platforms"]) == len(PLATFORMS)

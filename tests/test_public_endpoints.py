@@ -14,7 +14,7 @@ import pytest
 
 from service.demo import Step, diagnosis_script
 from service.routes import public
-from tests.conftest import Server, make_token, recv_json, recv_until_closed
+from tests.conftest import PUBLISH_KEY, Server, make_token, recv_json, recv_until_closed
 
 Events = list[dict[str, Any]]
 
@@ -562,3 +562,17 @@ async def test_demo_api_is_not_served_in_production(start_server: Callable[..., 
     server = await start_server(RELAY_ENV="production", RELAY_JWT_SECRET="s" * 40, RELAY_PUBLISH_KEYS="k" * 40)
     assert (await server.http.post("/demo/api/executions", json={})).status_code == 404
     assert (await server.http.post("/demo/api/tokens", json={"execution_id": "x"})).status_code == 404
+
+
+async def test_sse_tells_the_reader_when_its_token_is_revoked(server: Server) -> None:
+    """Revoking the stream's token ends it with a close message carrying 4500 (do not reconnect)."""
+    token = make_token("exec-rev", jti="sse-rev-1")
+    task = asyncio.create_task(sse(server, "exec-rev", token=token))
+    async with asyncio.timeout(5):
+        while server.relay.hub.subscribers("exec-rev") < 1:
+            await asyncio.sleep(0.01)
+    r = await server.http.post("/internal/v1/revocations", json={"jti": "sse-rev-1"},
+                               headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
+    assert r.status_code == 202
+    _, messages = await task
+    assert json.loads(messages[-1]["data"]) == {"type": "close", "code": 4500, "reason": "token revoked"}

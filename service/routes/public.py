@@ -369,13 +369,17 @@ async def event_stream(request: Request, execution_id: str, claims: Claims, head
         sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
 
 
-_CLOSE_REASONS: dict[int, str] = {CloseCode.TOKEN_EXPIRED: "token expired", CloseCode.SERVICE_RESTART: "server restarting"}
+_CLOSE_REASONS: dict[int, str] = {
+    CloseCode.TOKEN_EXPIRED: "token expired",
+    CloseCode.TOKEN_INVALID: "token revoked",  # the only way a stream's checked token turns invalid
+    CloseCode.SERVICE_RESTART: "server restarting",
+}
 
 
 def _close_message(code: int) -> str:
     """The last message of a stream that did not end with the terminal event, with the socket's close code.
 
-    4001: get a fresh token and resume; 1012: reconnect and resume (EventSource does so by itself).
+    4001: get a fresh token and resume; 4500: stop; 1012: reconnect and resume (EventSource does so by itself).
     """
     reason = _CLOSE_REASONS.get(code, "closed")
     return f"event: close\ndata: {dumps({'type': 'close', 'code': int(code), 'reason': reason})}\n\n"

@@ -312,13 +312,17 @@ async def test_long_poll_waits_for_an_execution_not_started_yet(server: Server) 
 
 
 async def test_poll_reports_a_gap_when_history_was_trimmed(start_server: Callable[..., Any]) -> None:
-    """When history no longer reaches back to after + 1, the page says gap and starts at the oldest kept event."""
+    """When history no longer reaches back to after + 1, polling and SSE say gap and start at the oldest kept event."""
     server = await start_server(RELAY_HISTORY_SIZE="3")
     for _ in range(6):
         await server.publish("exec-gap", "progress")
     body = (await poll(server, "exec-gap", after=1)).json()
     assert [e["seq"] for e in body["events"]] == [4, 5, 6] and body["gap"] is True
     assert "gap" not in (await poll(server, "exec-gap", after=3)).json()
+    await server.publish("exec-gap", "complete")
+    _, messages = await sse(server, "exec-gap", params={"last_seq": 2})
+    assert json.loads(messages[0]["data"])["gap"] is True
+    assert [e["seq"] for e in sse_events(messages)] == [5, 6, 7]
 
 
 # -- SSE details ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -132,33 +133,38 @@ def live() -> Iterator[LiveServer]:
 
 
 schema = schemathesis.openapi.from_path(str(SPEC))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# ignored_auth: a 2xx with credentials is replayed without them and with wrong ones, which must be refused.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          ignored_auth]
 
 
-def authorize(case: Any, live: LiveServer) -> None:
-    """Valid credentials for the operation, so Schemathesis gets past 401 and 403."""
+def credentials(case: Any, live: LiveServer) -> dict[str, str]:
+    """Valid credentials for the operation, so Schemathesis gets past 401 and 403.
+
+    They are passed to the call as explicit headers (not written into the case), so
+    ``ignored_auth`` knows them for real ones and replays the request without them.
+    """
     path = case.operation.path
-    headers = dict(case.headers or {})
-    headers.pop("Origin", None)  # any Origin is allowed here; a generated one may not be a valid header
+    if case.headers:
+        case.headers.pop("Origin", None)  # any Origin is allowed here; a generated one may not be a valid header
     if path.startswith("/internal/"):
-        headers["Authorization"] = f"Bearer {PUBLISH_KEY}"
-    elif path.startswith("/v1/") and case.method != "OPTIONS":
-        execution_id = str(case.path_parameters["execution_id"])
-        if path.endswith("/stream") or (case.query or {}).get("wait"):
-            # Streams and long polls end at once only on a finished execution: finish this one,
-            # or (an id no event can have, from negative generation) read a finished one instead.
-            r = httpx.post(f"{live.base}/internal/v1/executions/{quote(execution_id, safe='')}/events",
-                           json={"event": "complete"}, headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
-            assert r.status_code in (202, 409, 404, 422), r.text
-            if r.status_code not in (202, 409):
-                execution_id = case.path_parameters["execution_id"] = FINISHED
-        headers["Authorization"] = f"Bearer {make_token(execution_id)}"
-    case.headers = headers
+        return {"Authorization": f"Bearer {PUBLISH_KEY}"}
+    if not path.startswith("/v1/") or case.method == "OPTIONS":
+        return {}
+    execution_id = str(case.path_parameters["execution_id"])
+    if path.endswith("/stream") or (case.query or {}).get("wait"):
+        # Streams and long polls end at once only on a finished execution: finish this one,
+        # or (an id no event can have, from negative generation) read a finished one instead.
+        r = httpx.post(f"{live.base}/internal/v1/executions/{quote(execution_id, safe='')}/events",
+                       json={"event": "complete"}, headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
+        assert r.status_code in (202, 409, 404, 422), r.text
+        if r.status_code not in (202, 409):
+            execution_id = case.path_parameters["execution_id"] = FINISHED
+    return {"Authorization": f"Bearer {make_token(execution_id)}"}
 
 
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_conforms_to_its_document(case: Any, live: LiveServer) -> None:
     """Every operation, with generated valid inputs: no 5xx, documented status, content type and body."""
-    authorize(case, live)
-    case.call_and_validate(base_url=live.base, checks=CHECKS, timeout=15)
+    case.call_and_validate(base_url=live.base, headers=credentials(case, live), checks=CHECKS, timeout=15)

@@ -203,6 +203,21 @@ def test_mint_token_never_fails_badly(http: httpx.Client, body: bytes) -> None:
 
 
 @HTTP
+@given(body=raw_bodies | st.builds(encode, st.fixed_dictionaries(
+    {}, optional={"jti": texts | json_values, "sub": texts.filter(lambda t: t != "user-1") | json_values,
+                  "ttl_seconds": st.integers(-10, 10**8) | json_values})))
+def test_revocation_never_fails_badly(http: httpx.Client, body: bytes) -> None:
+    """POST /internal/v1/revocations with any body: 202 echoing what was revoked, or a documented error."""
+    if b"user-1" in body:  # the other tests' tokens belong to user-1: keep them valid
+        return
+    r = http.post("/internal/v1/revocations", content=body, headers={**AUTH, "content-type": "application/json"})
+    answer = check_answer(r)
+    assert r.status_code in (202, 400, 413, 422), r.text
+    if r.status_code == 202:
+        assert set(answer) == {"jti", "sub", "ttl_seconds"} and (answer["jti"] or answer["sub"])
+
+
+@HTTP
 @given(authorization=st.one_of(st.none(), texts, st.builds("Bearer {}".format, texts),
                                st.just(f"Bearer {PUBLISH_KEY}x"), st.just(f"Basic {PUBLISH_KEY}"),
                                st.builds(lambda e: f"Bearer {make_token(e)}", st.sampled_from(["fz-a", DONE]))))
@@ -210,7 +225,8 @@ def test_internal_routes_refuse_anything_but_the_key(http: httpx.Client, authori
     """Any Authorization that is not a publisher key: 401 with reason, on every internal route."""
     headers = {"Authorization": authorization} if authorization is not None else {}
     for method, path in (("POST", "/internal/v1/executions/fz-a/events"), ("POST", "/internal/v1/events"),
-                         ("POST", "/internal/v1/tokens"), ("GET", "/internal/v1/stats")):
+                         ("POST", "/internal/v1/tokens"), ("POST", "/internal/v1/revocations"),
+                         ("GET", "/internal/v1/stats")):
         try:
             r = http.request(method, path, json={"event": "complete"}, headers=headers)
         except (httpx.LocalProtocolError, UnicodeEncodeError):  # a value HTTP cannot carry

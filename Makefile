@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed-$(HASH)
 # Installed with the service's own dependencies only (what `make run` needs).
 RUN_STAMP = $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean check
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ run: $(RUN_STAMP)
 ## Install everything the tests need (venv, Redis, Node packages, Chromium) and run the whole suite.
 test: $(STAMP)
 	bash scripts/test-all.sh
+
+## The quality gates: ruff (lint, format), mypy --strict, ESLint and tsc on clients/js.
+check: $(STAMP)
+	bash scripts/check.sh
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -15,6 +15,7 @@ class PublisherKeys:
         self._keys = tuple(k.encode() for k in keys if k)
 
     def __len__(self) -> int:
+        """How many keys are accepted."""
         return len(self._keys)
 
     def check(self, presented: str | None) -> bool:

@@ -413,7 +413,8 @@ class RedisBroker(Broker):
                 del self._confirm[channel]
             if not confirmed.done():
                 confirmed.cancel()
-            if isinstance(exc, RedisError | OSError | TimeoutError):
+            # AttributeError: redis-py writing to a connection torn down meanwhile (Redis restarting).
+            if isinstance(exc, RedisError | OSError | TimeoutError | AttributeError):
                 raise _unavailable(exc) from None
             raise
 
@@ -424,7 +425,8 @@ class RedisBroker(Broker):
             return
         pubsub = self._pubsub
         if self._connected and pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
+            # AttributeError: redis-py writing to a connection torn down meanwhile (Redis restarting).
+            with contextlib.suppress(RedisError, OSError, AttributeError):
                 await pubsub.unsubscribe(channel)
 
     async def _read_forever(self) -> None:

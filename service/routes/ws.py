@@ -14,6 +14,7 @@ from typing import Any
 
 import ujson
 from sanic import Blueprint, Request
+from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.protocol import State
 
@@ -233,7 +234,10 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, exec
 async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: FrameRate) -> None:
     """Answer client frames until the socket or the subscription ends."""
     while not sub.closed.done():
-        message = await ws.recv()
+        try:
+            message = await ws.recv()
+        except WebsocketClosed:
+            return  # the peer left while the handler was not in recv (e.g. during the history read)
         if message is None:
             return
         if not rate.allow():

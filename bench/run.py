@@ -281,7 +281,8 @@ class Subs:
         self.errlog = open(tmp / f"subs-{target.name}.err", "ab")
         self.proc = subprocess.Popen([PY, LOADGEN, "subs", f"@{cfgfile}"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.errlog, cwd=ROOT)
-        self.timeout = timeout
+        # connecting runs at a few hundred per second on a busy machine
+        self.timeout = max(timeout, 60 + len(urls) / 50)
         self.info = self._read()
 
     def _read(self) -> dict:
@@ -839,6 +840,12 @@ def markdown(doc: dict) -> str:
         f"git {meta['git']}, {meta['cpu_count']} cores ({meta['cpu_model']}), "
         f"Python {meta['python']}, {meta['duration_s']:.0f} s.",
         "",
+    ]
+    if meta.get("git_start") and meta["git_start"] != meta["git"]:
+        lines += [f"**The working tree changed during the run** (git {meta['git_start']} at "
+                  f"the start, {meta['git']} at the end): each server starts from the tree "
+                  "as it is at that moment, so later scenarios measured newer code.", ""]
+    lines += [
         f"Ratios are **{TARGETS[subject]['label']} ÷ baseline** from this same run "
         "(for throughput higher is better, for latency, memory and time lower is better). "
         f"`client_cpu_pct` is the busiest load-generator process; at ≥ {CLIENT_BOUND_PERCENT:.0f} % "
@@ -996,6 +1003,7 @@ def main(argv=None) -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     started = datetime.now(timezone.utc)
+    git_start = git_rev()
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     t_start = time.monotonic()
     print(f"bench: targets={','.join(names)} scenarios={','.join(scen_names)} "
@@ -1026,7 +1034,7 @@ def main(argv=None) -> int:
                                                                else sys.argv[1:])).rstrip(),
             "mode": "smoke" if args.smoke else "full",
             "targets": names, "scenarios": scen_names,
-            "git": git_rev(), "python": platform.python_version(),
+            "git": git_rev(), "git_start": git_start, "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
             "load_average": os.getloadavg(), "fd_limit": fd,
             "duration_s": round(time.monotonic() - t_start, 1),

@@ -92,9 +92,27 @@ class PersistentRedis(RedisServer):
 
     def start(self) -> None:
         """Start (or restart on the same port and directory; the AOF is loaded back)."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir,
-                "--logfile", os.path.join(self.dir, "redis.log"), "--daemonize", "no", "--loglevel", "notice"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            self.dir,
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "notice",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30.0
         while not self._ping():
@@ -259,8 +277,7 @@ class Proxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.upstream_port), 5)
+            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.upstream_port), 5)
         except (OSError, TimeoutError):
             self.refused += 1  # the instance is down: like a refused connection for the client
             writer.transport.abort()
@@ -268,14 +285,16 @@ class Proxy:
         link = Link(self, writer, up_writer)
         self.links.add(link)
         try:
-            await asyncio.gather(self._pump(reader, up_writer, link, None),
-                                 self._pump(up_reader, writer, link, link.tracker))
+            await asyncio.gather(
+                self._pump(reader, up_writer, link, None), self._pump(up_reader, writer, link, link.tracker)
+            )
         finally:
             self.links.discard(link)
             link.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link,
-                    tracker: FrameTracker | None) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: Link, tracker: FrameTracker | None
+    ) -> None:
         try:
             while not link.dead:
                 data = await reader.read(65536)
@@ -367,8 +386,15 @@ class Client:
             if self.ever_connected:
                 url += f"&last_seq={self.last_seq}"
             try:
-                ws = await connect(url, open_timeout=10, ping_interval=None, close_timeout=3, proxy=None,
-                                   compression=self.compression, max_queue=64)
+                ws = await connect(
+                    url,
+                    open_timeout=10,
+                    ping_interval=None,
+                    close_timeout=3,
+                    proxy=None,
+                    compression=self.compression,
+                    max_queue=64,
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -521,6 +547,8 @@ class Soak:
         self.tasks: list[asyncio.Task[Any]] = []
         self.started = time.monotonic()
         self.redis_down = False
+        self.big_faults_skipped = 0
+        self.load_over = asyncio.Event()  # set when the fault phase ends: publishers and small faults stop
 
     def log(self, message: str) -> None:
         """Note a fault (printed with -v)."""
@@ -551,8 +579,11 @@ class Soak:
             proxy = Proxy("AB"[i], inst.port)
             await proxy.start()
             self.proxies.append(proxy)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), trust_env=False,
-                                      limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0),
+            trust_env=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
 
     async def close(self) -> None:
         """Stop everything this run started (also after a failure)."""
@@ -627,21 +658,30 @@ class Soak:
         nonce = uuid.uuid4().hex
         key = f"{execution_id}/{poster}/{k}/{nonce[:8]}"
         if k % 3:
-            data: dict[str, Any] = {"progress": (k * 7) % 101, "stage": f"stage-{poster}-{k}", "status": "processing",
-                                    "status_text": f"{random.choice(STATUS_TEXTS)} #{k} {nonce}"}
+            data: dict[str, Any] = {
+                "progress": (k * 7) % 101,
+                "stage": f"stage-{poster}-{k}",
+                "status": "processing",
+                "status_text": f"{random.choice(STATUS_TEXTS)} #{k} {nonce}",
+            }
             return Posted(execution_id, key, "progress", data)
         size = random.choice((1, 1, 1, 20, 200))  # some results span several TCP segments
-        data = {"poster": poster, "k": k, "nonce": nonce, "rows": [{"id": i, "text": f"结果 {nonce[:6]} {i}"}
-                                                                      for i in range(size)]}
+        data = {
+            "poster": poster,
+            "k": k,
+            "nonce": nonce,
+            "rows": [{"id": i, "text": f"结果 {nonce[:6]} {i}"} for i in range(size)],
+        }
         return Posted(execution_id, key, "result", data)
 
-    async def feed_execution(self, execution_id: str, stop_at: float, early: bool, faults_over: asyncio.Event,
-                             deadline: float) -> None:
+    async def feed_execution(
+        self, execution_id: str, stop_at: float, early: bool, faults_over: asyncio.Event, deadline: float
+    ) -> None:
         """Two publishers (one per instance) post until ``stop_at``; then ``complete``."""
         counter = iter(range(1_000_000))
 
         async def poster(which: int) -> None:
-            while time.monotonic() < stop_at:
+            while time.monotonic() < stop_at and not self.load_over.is_set():
                 record = self.make_event(execution_id, next(counter), which)
                 self.posted.append(record)
                 await self.post(record, which, deadline)
@@ -652,8 +692,12 @@ class Soak:
         await asyncio.gather(poster(0), poster(1))
         if not early:
             await faults_over.wait()
-        final = Posted(execution_id, f"{execution_id}/complete/{uuid.uuid4().hex[:8]}", "complete",
-                       {"report": {"score": random.randint(0, 100), "summary": "诊断完成", "id": uuid.uuid4().hex}})
+        final = Posted(
+            execution_id,
+            f"{execution_id}/complete/{uuid.uuid4().hex[:8]}",
+            "complete",
+            {"report": {"score": random.randint(0, 100), "summary": "诊断完成", "id": uuid.uuid4().hex}},
+        )
         self.posted.append(final)
         await self.post(final, random.randint(0, 1), deadline)
 
@@ -662,7 +706,7 @@ class Soak:
     async def small_faults(self, until: float) -> None:
         """Client-side closes and aborts, and mid-frame cuts in the proxies, at random."""
         lo, hi = self.config.small_fault_batch
-        while time.monotonic() < until:
+        while time.monotonic() < until and not self.load_over.is_set():
             await asyncio.sleep(random.uniform(*self.config.small_fault_every))
             count = random.randint(lo, hi)
             if random.random() < 0.5:
@@ -675,19 +719,29 @@ class Soak:
                 proxy = random.choice(self.proxies)
                 self.faults["proxy_cut_requested"] += proxy.cut_some(count)
 
-    async def big_faults(self, until: float) -> None:
-        """``kill -9`` of one instance (then restart on its port) and Redis restarts, alternating."""
+    async def big_faults(self, until: float, limit: float) -> None:
+        """``kill -9`` of one instance (then restart on its port) and Redis restarts, alternating.
+
+        Spread over the fault phase; when restarts take longer than planned (a
+        loaded machine) the phase, and the load with it, goes on until every
+        planned fault was injected, but never past ``limit``. Ends the load.
+        """
         count = self.config.big_faults
-        if count <= 0:
-            return
         span = until - time.monotonic()
-        for i in range(count):
-            at = until - span + span * (i + 0.5) / count
-            await asyncio.sleep(max(0.0, at - time.monotonic()))
-            if i % 2 == 0:
-                await self.kill_instance((i // 2) % 2)
-            else:
-                await self.restart_redis(signal.SIGTERM if (i // 2) % 2 == 0 else signal.SIGKILL)
+        try:
+            for i in range(count):
+                at = until - span + span * (i + 0.5) / count
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                if time.monotonic() >= limit:
+                    self.big_faults_skipped = count - i
+                    return
+                if i % 2 == 0:
+                    await self.kill_instance((i // 2) % 2)
+                else:
+                    await self.restart_redis(signal.SIGTERM if (i // 2) % 2 == 0 else signal.SIGKILL)
+            await asyncio.sleep(max(0.0, until - time.monotonic()))
+        finally:
+            self.load_over.set()
 
     async def kill_instance(self, index: int) -> None:
         """SIGKILL instance ``index``, wait a little, start it again on the same port."""
@@ -704,7 +758,7 @@ class Soak:
         self.log(f"instance {'AB'[index]} ready again")
 
     async def restart_redis(self, sig: int) -> None:
-        """Stop Redis with ``sig``, wait, start it on the same port with its AOF; wait until both instances are ready."""
+        """Stop Redis with ``sig``, start it again on its port with its AOF, wait until both instances are ready."""
         self.check_alive()
         self.redis_down = True
         await asyncio.to_thread(self.redis.signal_stop, sig)
@@ -749,25 +803,30 @@ class Soak:
         executions = [f"soak-{uuid.uuid4().hex[:6]}-{i}" for i in range(cfg.executions)]
         self.clients = [Client(i, executions[i % len(executions)], self) for i in range(cfg.clients)]
         fault_end = time.monotonic() + cfg.fault_seconds
-        hard_deadline = fault_end + 120.0 + cfg.drain_timeout  # no loop outlives this
+        fault_limit = fault_end + cfg.fault_seconds + 60.0  # slow restarts may stretch the phase up to this
+        hard_deadline = fault_limit + 120.0 + cfg.drain_timeout  # no loop outlives this
         faults_over = asyncio.Event()
 
         loop = asyncio.get_running_loop()
-        client_tasks = [loop.create_task(c.run(random.uniform(0, cfg.start_spread), hard_deadline))
-                        for c in self.clients]
+        client_tasks = [
+            loop.create_task(c.run(random.uniform(0, cfg.start_spread), hard_deadline)) for c in self.clients
+        ]
         early_count = int(len(executions) * cfg.early_share)
         feeders = []
         for i, eid in enumerate(executions):
             early = i < early_count
-            stop_at = (time.monotonic() + cfg.fault_seconds * random.uniform(0.3, 0.8)) if early else fault_end
+            stop_at = (time.monotonic() + cfg.fault_seconds * random.uniform(0.3, 0.8)) if early else fault_limit
             feeders.append(loop.create_task(self.feed_execution(eid, stop_at, early, faults_over, hard_deadline)))
-        injectors = [loop.create_task(self.small_faults(fault_end)), loop.create_task(self.big_faults(fault_end))]
+        injectors = [
+            loop.create_task(self.big_faults(fault_end, fault_limit)),
+            loop.create_task(self.small_faults(fault_limit)),
+        ]
         self.tasks = [*client_tasks, *feeders, *injectors]
 
         injector_errors: list[str] = []
         for task in injectors:
             try:
-                await asyncio.wait_for(asyncio.shield(task), fault_end - time.monotonic() + 120.0)
+                await asyncio.wait_for(asyncio.shield(task), fault_limit - time.monotonic() + 120.0)
             except Exception as exc:  # a restart that never became ready, ...
                 injector_errors.append(f"fault injector failed: {type(exc).__name__}: {exc}")
         self.check_alive()
@@ -816,8 +875,10 @@ class Soak:
                 failures.append(f"{record.execution_id}: {record.event} {record.key} refused with {record.refused}")
                 continue
             if record.seq is None:
-                failures.append(f"{record.execution_id}: {record.event} {record.key} never got a 2xx "
-                                f"(attempts {record.attempts[-8:]})")
+                failures.append(
+                    f"{record.execution_id}: {record.event} {record.key} never got a 2xx "
+                    f"(attempts {record.attempts[-8:]})"
+                )
                 continue
             if record.duplicate:
                 duplicate_answers += 1
@@ -825,7 +886,9 @@ class Soak:
                     failures.append(f"{record.key}: duplicate: true on the first attempt")
             other = by_execution[record.execution_id].get(record.seq)
             if other is not None:
-                failures.append(f"{record.execution_id}: seq {record.seq} given to two events ({other.key}, {record.key})")
+                failures.append(
+                    f"{record.execution_id}: seq {record.seq} given to two events ({other.key}, {record.key})"
+                )
             by_execution[record.execution_id][record.seq] = record
             if record.event == "complete":
                 terminal_seq[record.execution_id] = record.seq
@@ -857,8 +920,10 @@ class Soak:
             lost += len(missing)
             duplicates += dups
             if missing:
-                failures.append(f"{client.name} ({client.execution_id}): lost {len(missing)} events, "
-                                f"first {missing[:10]} (received {len(seqs)}, last seq {client.last_seq})")
+                failures.append(
+                    f"{client.name} ({client.execution_id}): lost {len(missing)} events, "
+                    f"first {missing[:10]} (received {len(seqs)}, last seq {client.last_seq})"
+                )
             if dups:
                 repeated = sorted(s for s, c in Counter(seqs).items() if c > 1)
                 failures.append(f"{client.name} ({client.execution_id}): {dups} duplicates, seqs {repeated[:10]}")
@@ -867,8 +932,10 @@ class Soak:
                 failures.append(f"{client.name} ({client.execution_id}): events out of seq order")
             if not client.done:
                 unfinished += 1
-                failures.append(f"{client.name} ({client.execution_id}): never received its terminal event "
-                                f"(last seq {client.last_seq} of {n})")
+                failures.append(
+                    f"{client.name} ({client.execution_id}): never received its terminal event "
+                    f"(last seq {client.last_seq} of {n})"
+                )
             elif client.received[-1][0] != n or client.received[-1][1] != "complete":
                 failures.append(f"{client.name}: the terminal event is not last")
             for seq, event, data in client.received:
@@ -876,14 +943,19 @@ class Soak:
                 if record is None or record.event != event or record.data != data:
                     mismatched += 1
                     if mismatched <= 5:
-                        failures.append(f"{client.name} ({client.execution_id}): seq {seq} is not what the "
-                                        f"publisher's 2xx answer said ({event})")
+                        failures.append(
+                            f"{client.name} ({client.execution_id}): seq {seq} is not what the "
+                            f"publisher's 2xx answer said ({event})"
+                        )
         # Every 2xx answer names an event the clients of its execution received, with its payload.
         watched: dict[str, set[int]] = defaultdict(set)
         for client in self.clients:
+            posted_here = by_execution[client.execution_id]
             watched[client.execution_id].update(
-                seq for seq, event, data in client.received
-                if (r := by_execution[client.execution_id].get(seq)) is not None and r.event == event and r.data == data)
+                seq
+                for seq, event, data in client.received
+                if (r := posted_here.get(seq)) is not None and r.event == event and r.data == data
+            )
         undelivered = sum(1 for r in self.posted if r.seq is not None and r.seq not in watched[r.execution_id])
         if undelivered:
             failures.append(f"{undelivered} publisher 2xx answers name events no client received")
@@ -923,6 +995,7 @@ class Soak:
             "events retried (all to a 2xx)": retried_events,
             "retries answered duplicate: true": duplicate_answers,
             "faults injected": dict(sorted({**self.faults, **{f"proxy_cut_{k}": v for k, v in cuts.items()}}.items())),
+            "kills / restarts skipped (time up)": self.big_faults_skipped,
             "reconnects (resumed with last_seq)": self.reconnects,
             "connection attempts that failed": dict(sorted(connect_failures.items())) or 0,
             "proxy connections to a down instance": refused,

@@ -28,8 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the fault phase (default 5)")
     parser.add_argument("--clients", type=int, default=300, help="WebSocket clients (default 300)")
     parser.add_argument("--executions", type=int, default=None, help="executions (default clients / 5)")
-    parser.add_argument("--fault-every", type=float, default=8.0,
-                        help="seconds between instance kills / Redis restarts (default 8)")
+    parser.add_argument(
+        "--fault-every", type=float, default=8.0, help="seconds between instance kills / Redis restarts (default 8)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each instance kill / Redis restart")
@@ -69,12 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = config_from(args)
     if not os.access(config.redis_binary, os.X_OK):
-        print(f"redis-server not found ({config.redis_binary}); install redis-server or set RELAY_TEST_REDIS_SERVER",
-              file=sys.stderr)
+        print(
+            f"redis-server not found ({config.redis_binary}); install redis-server or set RELAY_TEST_REDIS_SERVER",
+            file=sys.stderr,
+        )
         return 2
-    print(f"chaos soak: {config.clients} clients, {config.executions} executions, "
-          f"{config.fault_seconds:.0f} s of faults ({config.big_faults} instance kills / Redis restarts), "
-          f"seed {config.seed}", flush=True)
+    print(
+        f"chaos soak: {config.clients} clients, {config.executions} executions, "
+        f"{config.fault_seconds:.0f} s of faults ({config.big_faults} instance kills / Redis restarts), "
+        f"seed {config.seed}",
+        flush=True,
+    )
 
     async def run() -> SoakReport:
         task = asyncio.current_task()
@@ -84,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report = asyncio.run(run())
-    print_report(report, f"chaos soak finished ({started}, command: python -m tests.chaos.soak "
-                         f"{' '.join(sys.argv[1:] if argv is None else argv)})")
+    print_report(
+        report,
+        f"chaos soak finished ({started}, command: python -m tests.chaos.soak "
+        f"{' '.join(sys.argv[1:] if argv is None else argv)})",
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"started": started, "ok": report.ok, "figures": report.figures,
-                       "failures": report.failures[:40]}, f, indent=2, ensure_ascii=False, default=str)
+            json.dump(
+                {"started": started, "ok": report.ok, "figures": report.figures, "failures": report.failures[:40]},
+                f,
+                indent=2,
+                ensure_ascii=False,
+                default=str,
+            )
     return 0 if report.ok else 1
 
 

@@ -3,8 +3,8 @@
 Two instances on a redis-server of the test's own (AOF, ``appendfsync
 always``), 150 clients behind proxies the test controls, 20 executions, two
 publishers per execution with retries and idempotency keys, and faults of
-every kind: client closes and aborts, mid-frame cuts, ``kill -9`` of an
-instance (three times) and Redis restarts (SIGTERM and SIGKILL). Every client
+every kind: client closes and aborts, mid-frame cuts, ``kill -9`` of each
+instance in turn and two Redis restarts (SIGTERM, then SIGKILL). Every client
 must get every event of its execution exactly once, in order, the terminal
 one last; every 2xx must be delivered. See tests/chaos/harness.py.
 """
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 async def test_short_chaos_soak_loses_and_doubles_nothing() -> None:
     """Faults of every kind during a load of 150 clients: events lost 0, duplicates 0, every 2xx delivered."""
     binary = redis_server_binary()  # missing: fails in CI (CI=true), skips locally
-    config = SoakConfig(clients=150, executions=20, fault_seconds=25.0, big_faults=6, redis_binary=binary)
+    config = SoakConfig(clients=150, executions=20, fault_seconds=25.0, big_faults=4, redis_binary=binary)
     report = await run_soak(config)
     print("\nshort chaos soak:")
     print("\n".join(report.lines()))
@@ -30,8 +30,14 @@ async def test_short_chaos_soak_loses_and_doubles_nothing() -> None:
     assert report.ok, "\n".join(report.failures[:40])
     assert figures["events lost"] == 0 and figures["duplicates"] == 0
     faults = figures["faults injected"]
-    for kind in ("client_close", "client_abort", "proxy_cut_mid_frame", "instance_kill9", "redis_sigterm",
-                 "redis_sigkill"):
+    for kind in (
+        "client_close",
+        "client_abort",
+        "proxy_cut_mid_frame",
+        "instance_kill9",
+        "redis_sigterm",
+        "redis_sigkill",
+    ):
         assert faults.get(kind, 0) >= 1, f"no {kind} fault was injected: {faults}"
     assert figures["reconnects (resumed with last_seq)"] >= 100, figures
 
@@ -55,5 +61,7 @@ def test_frame_tracker_finds_cut_points_inside_frames_only() -> None:
     tracker = FrameTracker()
     assert tracker.cut_point(handshake[:20]) is None  # still in the handshake
     tracker = FrameTracker()
-    assert tracker.feed(stream) == (len(handshake), [len(handshake), len(handshake) + 5, len(handshake) + 309,
-                                                     len(handshake) + 311])
+    assert tracker.feed(stream) == (
+        len(handshake),
+        [len(handshake), len(handshake) + 5, len(handshake) + 309, len(handshake) + 311],
+    )

@@ -718,7 +718,9 @@ class ProgressRelayClient {
     /** @type {any[]} */
     this._http = [];
     this._sid = 0;
+    /** @type {import('../index').State} */
     this._state = 'idle';
+    /** @type {import('../index').Mode} */
     this._mode = opts.ENABLE_WEBSOCKET ? 'websocket' : 'polling';
     this._preferPolling = !opts.ENABLE_WEBSOCKET;
     this._resetSession();

@@ -427,3 +427,22 @@ async def test_polling_state_and_sse_requests_are_counted(start_server: Callable
         assert value(after, "relay_connections_open", transport="sse") == 0
 
     await eventually(counted)
+
+
+def test_dashboard_is_importable_json_with_a_clean_layout() -> None:
+    """The dashboard parses, picks its Prometheus data source on import, and no two panels overlap."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 30
+    assert any(v["type"] == "datasource" for v in dashboard["templating"]["list"])
+    panels = dashboard["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids))
+    boxes = [p["gridPos"] for p in panels]
+    for i, a in enumerate(boxes):
+        assert 0 <= a["x"] and a["x"] + a["w"] <= 24
+        for b in boxes[i + 1:]:
+            overlap = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and \
+                a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+            assert not overlap, (panels[i]["title"], b)
+    for p in panels:
+        assert p["type"] == "row" or p["targets"], p["title"]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -259,6 +260,10 @@ async def test_sigterm_drains_every_worker(target: str) -> None:
                              RELAY_SHUTDOWN_TIMEOUT="6", RELAY_LOG_LEVEL="INFO")
     service.start(timeout=30)
     try:
+        for _ in range(300):  # /readyz answers once one worker is up; wait for both
+            if service.output().count("Worker ready") >= 2:
+                break
+            await asyncio.sleep(0.1)
         clients = [Client(service.ws_url("workers", make_token("workers", sub=f"u{i}"))) for i in range(12)]
         for c in clients:
             await c.open()  # one connection at a time: the kernel spreads them over the workers
@@ -269,7 +274,10 @@ async def test_sigterm_drains_every_worker(target: str) -> None:
             os.killpg(service.proc.pid, signal.SIGTERM)  # what `kill -TERM -<pgid>` or a shell wrapper does
         else:
             os.kill(service.proc.pid, signal.SIGTERM)
-        code = await asyncio.to_thread(service.proc.wait, 15)
+        try:
+            code = await asyncio.to_thread(service.proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 15 s after SIGTERM:\n{service.output()}")
         elapsed = time.monotonic() - started
         await asyncio.wait_for(asyncio.gather(*readers), 10)
         if target == "main":  # what Kubernetes does: PID 1 alone gets SIGTERM
@@ -282,3 +290,40 @@ async def test_sigterm_drains_every_worker(target: str) -> None:
     finally:
         service.stop()
         delete_prefix(url, prefix)
+
+
+async def test_drain_waits_for_publishes_in_flight_and_ends_long_polls(start_server: Any) -> None:
+    """The drain answers waiting long polls at once and returns only after a publish in flight finished."""
+    from service import shutdown
+
+    server = await start_server(RELAY_SHUTDOWN_TIMEOUT="5")
+    relay = server.relay
+    token = make_token("inflight")
+    poll = asyncio.create_task(server.http.get("/v1/executions/inflight/events",
+                                               params={"token": token, "wait": 20}))
+    original = relay.broker.publish
+    gate = asyncio.Event()
+
+    async def slow_publish(draft: Any) -> Any:
+        await gate.wait()
+        return await original(draft)
+
+    relay.broker.publish = slow_publish
+    pending = asyncio.create_task(server.publish("inflight"))
+    for _ in range(200):
+        if relay.publishing and relay.hub.subscribers("inflight"):
+            break
+        await asyncio.sleep(0.01)
+    assert relay.publishing == 1 and relay.hub.subscribers("inflight") == 1
+    started = time.monotonic()
+    drain = asyncio.create_task(shutdown.drain(server.app))
+    r = await asyncio.wait_for(poll, 2)
+    assert r.status_code == 200 and r.json()["events"] == []  # answered now, not after 20 s
+    assert (await server.http.get("/readyz")).status_code == 503
+    await asyncio.sleep(0.3)
+    assert not drain.done(), "the drain must wait for the publish in flight"
+    gate.set()
+    assert (await pending).status_code == 202
+    await asyncio.wait_for(drain, 3)
+    assert relay.publishing == 0 and time.monotonic() - started < 3
+    assert (await server.http.get("/metrics")).text.count("relay_draining 1.0") == 1

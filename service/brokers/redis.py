@@ -561,7 +561,8 @@ class RedisBroker(Broker):
                     await pubsub.connection.disconnect(nowait=True)
                 return
             if idle >= self.keepalive_interval:
-                with contextlib.suppress(RedisError, OSError):
+                # AttributeError: the connection is being torn down; the reader notices and reconnects.
+                with contextlib.suppress(RedisError, OSError, AttributeError):
                     await pubsub.ping()
 
     async def _drop_pubsub(self) -> None:

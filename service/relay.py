@@ -35,11 +35,14 @@ class _Waiter:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def offer(self, event: Event) -> None:
-        if not self.future.done():
-            self.future.set_result(None)
+        self._wake()
 
     def resync(self) -> None:
-        self.offer(None)  # type: ignore[arg-type]  # wake up and re-read history
+        self._wake()  # the request re-reads history when it wakes
+
+    def _wake(self) -> None:
+        if not self.future.done():
+            self.future.set_result(None)
 
 
 class Relay:
@@ -133,14 +136,15 @@ class Relay:
     def _close_revoked(self, kind: str, value: str, at: float) -> None:
         """Close local subscriptions whose token a revocation (from any instance) covers."""
         for subscriber in self.hub.all_subscribers():
-            claims = getattr(subscriber, "claims", None)
-            if claims is None:
+            # Subscriptions (sockets and SSE streams) carry their token's claims; long polls end on their own.
+            if not isinstance(subscriber, Subscription) or subscriber.claims is None:
                 continue
+            claims = subscriber.claims
             if (kind == "jti" and claims.jti == value) or (
                 kind == "sub" and claims.sub == value and (claims.iat is None or claims.iat <= at)
             ):
                 self.counters["revoked_closes"] += 1
-                subscriber.close(CloseCode.TOKEN_INVALID, "token revoked")  # type: ignore[attr-defined]
+                subscriber.close(CloseCode.TOKEN_INVALID, "token revoked")
 
     async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
         """Retained events after ``after``."""

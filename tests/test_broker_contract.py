@@ -311,6 +311,6 @@ async def test_publish_many_keeps_order_with_one_result_per_item(backend: Backen
 
 
 async def test_ping_answers_when_reachable(backend: Backend) -> None:
-    """ping returns without error while the broker is reachable."""
+    """A reachable broker answers ping without error."""
     broker, _ = await backend.make()
     await broker.ping()

@@ -27,7 +27,7 @@ def progress(execution_id: str) -> Any:
 
 
 @pytest.fixture
-async def make_broker(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
+async def make_broker(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:
     """Factory of started brokers on the test Redis and prefix."""
     brokers: list[RedisBroker] = []
 
@@ -45,7 +45,7 @@ async def make_broker(redis_url: str, redis_prefix: str) -> AsyncIterator[Callab
 
 
 async def test_one_executions_keys_share_a_hash_tag_and_carry_the_ttl(make_broker: Callable[..., Any],
-                                                                       redis_url: str) -> None:  # noqa: F811
+                                                                       redis_url: str) -> None:
     """stream, meta and idem keys are named <prefix>:{<id>}:..., hold the event, and expire after history_ttl."""
     broker: RedisBroker = await make_broker(history_ttl=300)
     await broker.publish(parse_draft("ex-1", {"event": "progress", "data": {"progress": 1, "stage": "s"},
@@ -66,7 +66,7 @@ async def test_one_executions_keys_share_a_hash_tag_and_carry_the_ttl(make_broke
         client.close()
 
 
-async def test_publish_survives_a_script_flush(make_broker: Callable[..., Any], redis_url: str) -> None:  # noqa: F811
+async def test_publish_survives_a_script_flush(make_broker: Callable[..., Any], redis_url: str) -> None:
     """After SCRIPT FLUSH (a restart or failover), EVALSHA falls back to loading the script again."""
     broker: RedisBroker = await make_broker()
     await broker.publish(progress("ex-2"))

@@ -41,7 +41,7 @@ def start_instances(count: int, url: str, prefix: str, **env: str) -> list[Servi
 
 
 @pytest.fixture
-def pair(redis_url: str, redis_prefix: str) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:  # noqa: F811
+def pair(redis_url: str, redis_prefix: str) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     """Instances A and B on one Redis."""
     a, b = start_instances(2, redis_url, redis_prefix)
     try:
@@ -220,7 +220,7 @@ async def test_kill_9_of_an_instance_loses_nothing(pair: tuple[ServiceProcess, S
     assert [connections for _, connections in results] == [2, 2, 2, 1]  # A's clients resumed once, on B
 
 
-async def test_two_workers_on_redis_start_and_serve(redis_url: str, redis_prefix: str,  # noqa: F811
+async def test_two_workers_on_redis_start_and_serve(redis_url: str, redis_prefix: str,
                                                     http: httpx.AsyncClient) -> None:
     """RELAY_WORKERS=2 with Redis runs two worker processes, and events cross between them."""
     (proc,) = start_instances(1, redis_url, redis_prefix, RELAY_WORKERS="2")

@@ -51,7 +51,7 @@ async def start_on(start_server: Callable[..., Any], redis: RedisServer) -> Serv
 
 
 async def test_publish_answers_503_and_readyz_503_while_redis_is_down(start_server: Callable[..., Any],
-                                                                       redis_server: RedisServer) -> None:  # noqa: F811
+                                                                       redis_server: RedisServer) -> None:
     """While Redis is down: publish and batch items answer 503 with a clear body, /readyz 503; then all recovers."""
     server = await start_on(start_server, redis_server)
     assert (await server.publish("o1")).status_code == 202
@@ -78,7 +78,7 @@ async def test_publish_answers_503_and_readyz_503_while_redis_is_down(start_serv
 
 
 async def test_live_socket_survives_an_outage_and_gets_what_was_published_meanwhile(
-        start_server: Callable[..., Any], redis_server: RedisServer) -> None:  # noqa: F811
+        start_server: Callable[..., Any], redis_server: RedisServer) -> None:
     """A socket stays open through the outage; after it, it receives every event once, in order, then closes 1000."""
     server = await start_on(start_server, redis_server)
     ws = await server.connect("o2")
@@ -111,7 +111,7 @@ async def test_live_socket_survives_an_outage_and_gets_what_was_published_meanwh
 
 
 async def test_pubsub_connection_killed_reconnects_resubscribes_and_resyncs(
-        start_server: Callable[..., Any], redis_server: RedisServer) -> None:  # noqa: F811
+        start_server: Callable[..., Any], redis_server: RedisServer) -> None:
     """CLIENT KILL of the pub/sub connection alone: the broker reconnects by itself and the socket misses nothing."""
     server = await start_on(start_server, redis_server)
     ws = await server.connect("o3")
@@ -150,8 +150,8 @@ async def test_instance_starts_without_redis_and_becomes_ready_when_it_appears(
 
 
 async def test_broker_raises_broker_unavailable_for_every_operation_while_down(
-        redis_server: RedisServer) -> None:  # noqa: F811
-    """publish, publish_many, history, subscribe and ping all raise (or return) BrokerUnavailable while Redis is down."""
+        redis_server: RedisServer) -> None:
+    """publish, publish_many, history, subscribe and ping all answer BrokerUnavailable while Redis is down."""
     broker = RedisBroker(redis_server.url, 100, 3600, prefix=f"down-{time.time_ns()}")
     broker.set_listener(lambda eid, event: None)
     await broker.start()

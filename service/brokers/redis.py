@@ -468,7 +468,6 @@ class RedisBroker(Broker):
 
     async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
         """Dispatch messages in arrival order; mark connected once resubscribed."""
-        channels = self._channels
         while True:
             message = await pubsub.get_message(timeout=None)
             self._last_seen = time.monotonic()
@@ -476,21 +475,8 @@ class RedisBroker(Broker):
                 continue
             kind = message["type"]
             if kind == "message":
-                execution_id = channels.get(message["channel"])
-                if execution_id is None and message["channel"] == self._control:
-                    self._on_control(message["data"])
-                    continue
-                listener = self._listener
-                if execution_id is None or listener is None:
-                    continue  # unsubscribed meanwhile
-                try:
-                    seq, terminal, event, frame = message["data"].split("|", 3)
-                    listener(execution_id, Event(int(seq), event, terminal == "1", frame))
-                except Exception:
-                    self.dropped_messages += 1
-                    log.exception("a live event could not be dispatched")
-                continue
-            if kind == "subscribe":
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "subscribe":
                 channel = message["channel"]
                 future = self._confirm.pop(channel, None)
                 if future is not None and not future.done():
@@ -499,8 +485,24 @@ class RedisBroker(Broker):
                     pending.discard(channel)
                     if not pending:
                         self._on_connected(first)
-                continue
             # pong, unsubscribe: nothing to do beyond _last_seen
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        """Hand one live event to the listener (or a control message to its handler)."""
+        execution_id = self._channels.get(channel)
+        if execution_id is None:
+            if channel == self._control:
+                self._on_control(data)
+            return  # unsubscribed meanwhile
+        listener = self._listener
+        if listener is None:
+            return
+        try:
+            seq, terminal, event, frame = data.split("|", 3)
+            listener(execution_id, Event(int(seq), event, terminal == "1", frame))
+        except Exception:
+            self.dropped_messages += 1
+            log.exception("a live event could not be dispatched")
 
     def _on_control(self, data: str) -> None:
         """A control message from some instance: ``revoke|kind|at|value``."""

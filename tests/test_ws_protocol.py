@@ -245,3 +245,14 @@ async def test_server_pings_and_drops_a_peer_that_stops_answering(start_server) 
     assert dead.close_code in (1011, 1006)
     await server.publish("e1")
     assert (await recv_json(alive))["seq"] == 1  # the live one was kept
+
+
+@pytest.mark.parametrize("value", ["-1", " 7", "1_0", "\u0663", "7.0"])
+async def test_last_seq_must_be_plain_digits(server: Server, value: str) -> None:
+    """last_seq accepts only plain ASCII digits; anything else closes with 1008."""
+    from urllib.parse import quote
+
+    ws = await server.connect("e1", last_seq=quote(value))  # type: ignore[arg-type]
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 1008

@@ -187,10 +187,8 @@ def _query_seconds(request: Request, name: str, high: float) -> float:
 def _seq_value(raw: str | None, name: str) -> int | None:
     if raw is None or raw.strip() == "":
         return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        value = -1
+    raw = raw.strip()  # a header value may carry spaces; inside it only ASCII digits
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else -1
     if not 0 <= value <= MAX_SEQ:
         raise ValidationFailed([{"field": name, "message": "must be a non-negative integer (a seq)"}])
     return value

@@ -137,10 +137,9 @@ def _last_seq(request: Request) -> int | None:
     raw = request.args.get("last_seq")
     if raw is None or raw == "":
         return None
-    value = int(raw)  # ValueError handled by the caller
-    if value < 0:
-        raise ValueError("negative")
-    return value
+    if not raw.isascii() or not raw.isdigit():  # int() would also take " 7", "1_0", "-1", "\u0663"
+        raise ValueError("not a non-negative integer")
+    return int(raw)
 
 
 async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:

@@ -69,8 +69,8 @@ class Event:
     event: str
     terminal: bool
     frame: str
-    # Unix time the event was accepted here (0: unknown, e.g. received from another
-    # instance); only for the accept-to-socket latency metric.
+    # Unix time the event was accepted (0: unknown, e.g. received through Redis pub/sub,
+    # whose message does not carry it); only for the accept-to-socket latency metric.
     accepted_at: float = field(default=0.0, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:

@@ -58,7 +58,7 @@ class Hub:
         channel = self._channels.get(execution_id)
         if channel is None:
             return
-        if not event.accepted_at:  # from another instance: latency counts from its arrival here
+        if not event.accepted_at:  # came through a network broker: latency counts from its arrival here
             event = replace(event, accepted_at=time.time())
         for subscriber in tuple(channel.subscribers):
             subscriber.offer(event)

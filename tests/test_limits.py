@@ -86,3 +86,14 @@ async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(start_se
     assert reader.at_eof()
     assert data == b"" or data.startswith(b"HTTP/1.1 408")
     writer.close()
+
+
+async def test_sse_streams_count_toward_the_connection_limits(start_server) -> None:  # type: ignore[no-untyped-def]
+    """An open SSE stream holds a slot like a socket: past the per-user limit a new stream gets 429."""
+    server = await start_server(RELAY_MAX_CONNECTIONS_PER_SUB="1")
+    token = make_token("e1", sub="carol")
+    async with server.http.stream("GET", f"/v1/executions/e1/stream?token={token}") as first:
+        assert first.status_code == 200
+        second = await server.http.get(f"/v1/executions/e1/stream?token={token}")
+        assert second.status_code == 429 and second.json()["error"] == "rate_limited"
+        assert await refused_code(server, "e1", token) == 4029

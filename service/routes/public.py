@@ -44,6 +44,7 @@ from ..demo import simulate
 from ..errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
 from ..events import decode_frame, dumps
 from ..http import bearer_or_query_token, error_response, json_body, json_response, query_int, raw_json_response
+from ..limits import ConnectionLimits
 from ..relay import Relay
 from ..state import StateCache
 from ..subscription import Subscription
@@ -310,7 +311,23 @@ def _streams(app: Sanic) -> set[Subscription]:
 @bp.get(f"{_EXECUTION}/stream")
 @_public
 async def event_stream(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse | None:
-    """Stream the events after the cursor, then live ones, until the terminal event."""
+    """Stream the events after the cursor, then live ones, until the terminal event.
+
+    An open stream counts toward the same connection limits as a socket (429 past them).
+    """
+    limits: ConnectionLimits = request.app.ctx.limits
+    exceeded = limits.acquire(execution_id, claims.sub)
+    if exceeded is not None:
+        metrics.limit_exceeded(exceeded)
+        request.app.ctx.relay.counters[f"sse_refused_limit_{exceeded}"] += 1
+        raise RateLimited(f"connection limit ({exceeded}); retry later")
+    try:
+        return await _stream(request, execution_id, claims, headers)
+    finally:
+        limits.release(execution_id, claims.sub)
+
+
+async def _stream(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse | None:
     relay: Relay = request.app.ctx.relay
     cursor, resumed = _sse_cursor(request)
     if getattr(request.app.ctx, "draining", False):

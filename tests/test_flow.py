@@ -24,3 +24,17 @@ async def test_full_flow_delivers_events_in_order_and_closes_1000(server: Server
     assert frames[0]["data"] == {"progress": 50, "stage": "ai_fetching"}
     assert all(f["type"] == "diagnosis_update" and f["execution_id"] == "exec-1" for f in frames)
     assert ws.close_code == 1000
+
+
+async def test_percent_encoded_execution_ids_are_the_same_execution(server: Server) -> None:
+    """An id with ':' works whether the client writes it as is or percent-encoded (encodeURIComponent)."""
+    from tests.conftest import make_token
+
+    r = await server.http.post("/internal/v1/executions/job%3A42/events", json={"event": "result", "data": {}},
+                               headers={"Authorization": "Bearer test-publisher-key-0123456789-abcdefghij"})
+    assert r.status_code == 202 and r.json()["execution_id"] == "job:42"
+    token = make_token("job:42")
+    ws = await server.connect("job%3A42", token=token)
+    assert (await recv_json(ws))["latest_seq"] == 1
+    r = await server.http.get("/v1/executions/job%3A42", params={"token": token})
+    assert r.status_code == 200 and r.json()["execution_id"] == "job:42"

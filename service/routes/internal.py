@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
@@ -59,6 +60,7 @@ def _log_published(result: PublishResult, event: str) -> None:
 async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
     """Accept one event for ``execution_id``: 202 with its seq."""
     relay: Relay = request.app.ctx.relay
+    execution_id = unquote(execution_id)  # a client may percent-encode ids ("a%3Ab" is "a:b")
     draft = parse_draft(execution_id, json_body(request))
     result = await relay.publish(draft)
     _log_published(result, draft.event)

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from sanic import Blueprint, Request, Sanic
 from sanic.response import BaseHTTPResponse, HTTPResponse, file, redirect
@@ -133,6 +134,7 @@ def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResp
 
     @wraps(handler)
     async def route(request: Request, execution_id: str) -> BaseHTTPResponse | None:
+        execution_id = unquote(execution_id)  # a client may percent-encode ids ("a%3Ab" is "a:b")
         relay: Relay = request.app.ctx.relay
         headers = cors_headers(relay, request.headers.get("origin"))
         try:

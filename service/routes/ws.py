@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import ujson
 from sanic import Blueprint, Request
@@ -23,10 +24,10 @@ from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 from .. import metrics
 from ..closecodes import CloseCode
 from ..errors import RelayError
-from ..heartbeat import ping_payload
-from ..limits import ConnectionLimits, FrameRate
 from ..events import dumps, now_iso
+from ..heartbeat import ping_payload
 from ..http import bearer_or_query_token
+from ..limits import ConnectionLimits, FrameRate
 from ..relay import Relay
 from ..subscription import Subscription
 
@@ -144,6 +145,7 @@ def _last_seq(request: Request) -> int | None:
 
 async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:
     """Stream one execution's events to an authorized subscriber."""
+    execution_id = unquote(execution_id)  # a client may percent-encode ids ("a%3Ab" is "a:b")
     relay: Relay = request.app.ctx.relay
     if request.app.ctx.draining:
         _refuse(ws, relay, CloseCode.SERVICE_RESTART, "server restarting", "draining")

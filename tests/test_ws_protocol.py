@@ -256,3 +256,16 @@ async def test_last_seq_must_be_plain_digits(server: Server, value: str) -> None
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 5)
     assert ws.close_code == 1008
+
+
+async def test_unexpected_error_while_opening_closes_1011(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug while reading history closes with 1011 (never 1000, which would mean 'finished')."""
+
+    async def broken_history(*args: object, **kwargs: object) -> None:
+        raise AttributeError("simulated bug")
+
+    monkeypatch.setattr(server.relay.broker, "history", broken_history)
+    ws = await server.connect("e1")
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 1011

@@ -192,6 +192,11 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, exec
         sub.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
         _refuse(ws, relay, CloseCode.INTERNAL_ERROR, "broker unavailable", "broker")
         return
+    except Exception:  # a bug, not the client: say 1011 (Sanic would close with 1000)
+        log.exception("opening a subscription failed")
+        sub.close(CloseCode.INTERNAL_ERROR, "internal error")
+        _refuse(ws, relay, CloseCode.INTERNAL_ERROR, "internal error", "internal")
+        return
     connected: dict[str, Any] = {
         "type": "connected",
         "execution_id": execution_id,

@@ -30,6 +30,7 @@ import resource
 import sys
 import time
 from array import array
+from pathlib import Path
 
 import uvloop
 
@@ -67,7 +68,7 @@ def percentiles(values, points=(50, 90, 99, 99.9)) -> dict:
     n = len(data)
     out = {}
     for p in points:
-        k = min(n - 1, max(0, int(round(p / 100.0 * n + 0.5)) - 1))
+        k = min(n - 1, max(0, round(p / 100.0 * n + 0.5) - 1))
         out[f"p{p:g}"] = data[k]
     out["max"] = data[-1]
     out["mean"] = sum(data) / n
@@ -80,6 +81,7 @@ def ms(ns_stats: dict) -> dict:
 
 # --------------------------------------------------------------------------
 # subscribers
+
 
 class Stats:
     def __init__(self, per_event: bool):
@@ -113,10 +115,17 @@ class Stats:
 class Subscriber(WSListener):
     """One WebSocket subscriber; ``kind`` is relay | json | socketio."""
 
-    __slots__ = ("owner", "index", "transport", "ready", "closed", "dropped",
-                 "close_code")
+    __slots__ = (
+        "close_code",
+        "closed",
+        "dropped",
+        "index",
+        "owner",
+        "ready",
+        "transport",
+    )
 
-    def __init__(self, owner: "SubsProcess", index: int):
+    def __init__(self, owner: SubsProcess, index: int):
         self.owner = owner
         self.index = index
         self.transport = None
@@ -198,7 +207,7 @@ class SubsProcess:
         self.cfg = cfg
         self.kind = cfg["kind"]
         self.n = cfg["n"]
-        self.urls = cfg["urls"]           # one per subscriber
+        self.urls = cfg["urls"]  # one per subscriber
         self.stats = Stats(cfg.get("per_event", False))
         self.subs: list[Subscriber | None] = [None] * self.n
         self.last_seq = [0] * self.n
@@ -217,7 +226,8 @@ class SubsProcess:
             for attempt in range(3):
                 try:
                     _, listener = await ws_connect(
-                        lambda: Subscriber(self, i), url,
+                        lambda: Subscriber(self, i),
+                        url,
                         websocket_handshake_timeout=20,
                         enable_auto_pong=True,
                         read_buffer_init_size=4096,
@@ -227,7 +237,7 @@ class SubsProcess:
                     if ok:
                         return True
                     raise ConnectionError(f"closed before ready ({listener.close_code})")
-                except Exception as exc:  # noqa: BLE001 - counted and reported
+                except Exception as exc:
                     if len(self.error_samples) < 5:
                         self.error_samples.append(f"{type(exc).__name__}: {exc}"[:200])
                     await asyncio.sleep(0.2 * (attempt + 1))
@@ -325,6 +335,7 @@ def emit(obj: dict) -> None:
 # --------------------------------------------------------------------------
 # publisher
 
+
 class HttpConn(asyncio.Protocol):
     """Keep-alive HTTP/1.1 client connection, one request in flight."""
 
@@ -354,12 +365,12 @@ class HttpConn(asyncio.Protocol):
             length = 0
         else:
             stop = head.find(b"\r\n", pos)
-            length = int(head[pos + 15: stop if stop > 0 else None])
+            length = int(head[pos + 15 : stop if stop > 0 else None])
         total = end + 4 + length
         if len(buf) < total:
             return
         status = int(head[9:12])
-        body = bytes(buf[end + 4: total])
+        body = bytes(buf[end + 4 : total])
         del buf[:total]
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result((status, body))
@@ -387,12 +398,16 @@ class Publisher:
 
     def _headers(self, path: str, length: int) -> bytes:
         auth = f"Authorization: Bearer {self.key}\r\n" if self.key else ""
-        return (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}"
-                f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+        return (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
 
     def single(self, execution_id: str) -> bytes:
-        body = (b'{"event":"progress","data":{"progress":42,"stage":"bench",'
-                b'"status":"processing","status_text":"%d"}}' % monotonic_ns())
+        body = (
+            b'{"event":"progress","data":{"progress":42,"stage":"bench",'
+            b'"status":"processing","status_text":"%d"}}' % monotonic_ns()
+        )
         return self._headers(f"/internal/v1/executions/{execution_id}/events", len(body)) + body
 
     def batch(self, ids: list[str]) -> bytes:
@@ -400,8 +415,9 @@ class Publisher:
         items = b",".join(
             b'{"execution_id":"%s","event":"progress","data":{"progress":42,'
             b'"stage":"bench","status":"processing","status_text":"%d"}}' % (i.encode(), now)
-            for i in ids)
-        body = b'{"events":[' + items + b']}'
+            for i in ids
+        )
+        body = b'{"events":[' + items + b"]}"
         return self._headers("/internal/v1/events", len(body)) + body
 
     async def open(self, n: int) -> list[HttpConn]:
@@ -416,7 +432,7 @@ class Publisher:
         t0 = monotonic_ns()
         try:
             status, body = await conn.request(data)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.errors += 1
             if len(self.error_samples) < 5:
                 self.error_samples.append(repr(exc)[:200])
@@ -490,14 +506,14 @@ class Publisher:
             queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.gather(*workers), timeout=max(5.0, duration))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             for w in workers:
                 w.cancel()
         done.set()
 
     async def spaced(self, conn, count: int, interval: float):
         """One event at a time to exec_ids[0], ``interval`` apart (fan-out probe)."""
-        for k in range(count):
+        for _ in range(count):
             t0 = time.monotonic()
             await self.send(conn, self.single(self.exec_ids[0]), 1)
             rest = interval - (time.monotonic() - t0)
@@ -544,7 +560,7 @@ class Publisher:
 
 def main() -> None:
     role, raw = sys.argv[1], sys.argv[2]
-    cfg = json.loads(raw) if not raw.startswith("@") else json.load(open(raw[1:]))
+    cfg = json.loads(raw) if not raw.startswith("@") else json.loads(Path(raw[1:]).read_text())
     raise_fd_limit()
     if role == "subs":
         uvloop.run(SubsProcess(cfg).run())

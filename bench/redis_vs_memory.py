@@ -75,9 +75,21 @@ class Probe:
 
 def drafts(execution_id: str, n: int) -> list[EventDraft]:
     """``n`` progress drafts of a realistic size (~200 bytes a frame)."""
-    return [parse_draft(execution_id, {"event": "progress", "data": {
-        "progress": i % 100, "stage": "ai_fetching", "status": "processing",
-        "status_text": "正在查询 AI 平台 / querying the AI platforms"}}) for i in range(n)]
+    return [
+        parse_draft(
+            execution_id,
+            {
+                "event": "progress",
+                "data": {
+                    "progress": i % 100,
+                    "stage": "ai_fetching",
+                    "status": "processing",
+                    "status_text": "正在查询 AI 平台 / querying the AI platforms",
+                },
+            },
+        )
+        for i in range(n)
+    ]
 
 
 async def settle(probe: Probe, expected: int, timeout: float = 10.0) -> None:
@@ -107,8 +119,13 @@ async def run_closed(broker: Broker, probe: Probe, ids: list[str], duration: flo
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
     elapsed = time.perf_counter() - t0
     await settle(probe, count)
-    return {"events": count, "events_per_s": round(count / elapsed), "p50_ms": round(pct(probe.latencies, 50), 3),
-            "p99_ms": round(pct(probe.latencies, 99), 3), "delivered": probe.delivered}
+    return {
+        "events": count,
+        "events_per_s": round(count / elapsed),
+        "p50_ms": round(pct(probe.latencies, 50), 3),
+        "p99_ms": round(pct(probe.latencies, 99), 3),
+        "delivered": probe.delivered,
+    }
 
 
 async def run_rate(broker: Broker, probe: Probe, ids: list[str], duration: float, rate: float) -> dict[str, Any]:
@@ -131,8 +148,13 @@ async def run_rate(broker: Broker, probe: Probe, ids: list[str], duration: float
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - t0
     await settle(probe, total)
-    return {"events": total, "achieved_per_s": round(total / elapsed), "p50_ms": round(pct(probe.latencies, 50), 3),
-            "p99_ms": round(pct(probe.latencies, 99), 3), "delivered": probe.delivered}
+    return {
+        "events": total,
+        "achieved_per_s": round(total / elapsed),
+        "p50_ms": round(pct(probe.latencies, 50), 3),
+        "p99_ms": round(pct(probe.latencies, 99), 3),
+        "delivered": probe.delivered,
+    }
 
 
 async def run_batch(broker: Broker, probe: Probe, ids: list[str], duration: float, size: int) -> dict[str, Any]:
@@ -148,8 +170,13 @@ async def run_batch(broker: Broker, probe: Probe, ids: list[str], duration: floa
         count += len(results)
     elapsed = time.perf_counter() - t0
     await settle(probe, count)
-    return {"events": count, "events_per_s": round(count / elapsed), "batch_p50_ms": round(pct(probe.latencies, 50), 3),
-            "batch_p99_ms": round(pct(probe.latencies, 99), 3), "delivered": probe.delivered}
+    return {
+        "events": count,
+        "events_per_s": round(count / elapsed),
+        "batch_p50_ms": round(pct(probe.latencies, 50), 3),
+        "batch_p99_ms": round(pct(probe.latencies, 99), 3),
+        "delivered": probe.delivered,
+    }
 
 
 async def bench(url: str, args: argparse.Namespace, load: str) -> dict[str, Any]:
@@ -197,8 +224,11 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=3, help="median of this many runs per cell")
     parser.add_argument("--json", default=None, help="write raw results here")
     parser.add_argument("--no-uvloop", action="store_true")
-    parser.add_argument("--uncoalesced", action="store_true",
-                        help="also run Redis with one round trip per publish (RedisBroker(coalesce=False))")
+    parser.add_argument(
+        "--uncoalesced",
+        action="store_true",
+        help="also run Redis with one round trip per publish (RedisBroker(coalesce=False))",
+    )
     args = parser.parse_args()
     if not args.no_uvloop:
         try:
@@ -221,16 +251,22 @@ def main() -> int:
     def med(name: str, load: str, key: str) -> float:
         return statistics.median(r[key] for r in raw[name][load])
 
-    print(f"\nload: {args.executions} executions, all subscribed; closed loop {args.concurrency} publishers; "
-          f"fixed rate {args.rate:g}/s; batches of {args.batch}; {args.duration:g} s each; median of {args.trials}\n")
-    print("| broker | closed loop events/s | closed p50 / p99 ms | at rate p50 / p99 ms | batch events/s "
-          "| batch delivery p99 ms |")
+    print(
+        f"\nload: {args.executions} executions, all subscribed; closed loop {args.concurrency} publishers; "
+        f"fixed rate {args.rate:g}/s; batches of {args.batch}; {args.duration:g} s each; median of {args.trials}\n"
+    )
+    print(
+        "| broker | closed loop events/s | closed p50 / p99 ms | at rate p50 / p99 ms | batch events/s "
+        "| batch delivery p99 ms |"
+    )
     print("|---|---|---|---|---|---|")
     for name in raw:
-        print(f"| {name} | {med(name, 'closed', 'events_per_s'):.0f} | {med(name, 'closed', 'p50_ms'):.2f} / "
-              f"{med(name, 'closed', 'p99_ms'):.2f} | {med(name, 'rate', 'p50_ms'):.2f} / "
-              f"{med(name, 'rate', 'p99_ms'):.2f} | {med(name, 'batch', 'events_per_s'):.0f} | "
-              f"{med(name, 'batch', 'batch_p99_ms'):.2f} |")
+        print(
+            f"| {name} | {med(name, 'closed', 'events_per_s'):.0f} | {med(name, 'closed', 'p50_ms'):.2f} / "
+            f"{med(name, 'closed', 'p99_ms'):.2f} | {med(name, 'rate', 'p50_ms'):.2f} / "
+            f"{med(name, 'rate', 'p99_ms'):.2f} | {med(name, 'batch', 'events_per_s'):.0f} | "
+            f"{med(name, 'batch', 'batch_p99_ms'):.2f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "raw": raw}, indent=1))
     return 0

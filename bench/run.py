@@ -17,6 +17,7 @@ the table in docs/performance.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -49,11 +50,12 @@ CLIENT_BOUND_PERCENT = 85.0
 # ---------------------------------------------------------------------------
 # targets
 
+
 @dataclass
 class Target:
     name: str
     label: str
-    kind: str                 # loadgen subscriber kind: json | socketio | relay
+    kind: str  # loadgen subscriber kind: json | socketio | relay
     baseline: bool
     http_port_offset: int = 0
     port: int = 0
@@ -64,20 +66,29 @@ class Target:
     def command(self) -> list[str]:
         if self.is_relay:
             return [PY, "-m", "service"]
-        script = {"sanic_minimal": "sanic_minimal.py", "socketio": "socketio_aiohttp.py",
-                  "bare_websockets": "bare_websockets.py"}[self.name]
+        script = {
+            "sanic_minimal": "sanic_minimal.py",
+            "socketio": "socketio_aiohttp.py",
+            "bare_websockets": "bare_websockets.py",
+        }[self.name]
         return [PY, str(BENCH / "baselines" / script), "--port", str(self.port)]
 
     def env(self) -> dict:
         env = dict(os.environ)
         env.pop("RELAY_BROKER_URL", None)
         if self.is_relay:
-            env.update({
-                "RELAY_ENV": "dev", "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(self.port),
-                "RELAY_JWT_SECRET": JWT_SECRET, "RELAY_PUBLISH_KEYS": PUBLISH_KEY,
-                "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "WARNING",
-                "RELAY_WORKERS": "1",
-            })
+            env.update(
+                {
+                    "RELAY_ENV": "dev",
+                    "RELAY_HOST": "127.0.0.1",
+                    "RELAY_PORT": str(self.port),
+                    "RELAY_JWT_SECRET": JWT_SECRET,
+                    "RELAY_PUBLISH_KEYS": PUBLISH_KEY,
+                    "RELAY_ACCESS_LOG": "false",
+                    "RELAY_LOG_LEVEL": "WARNING",
+                    "RELAY_WORKERS": "1",
+                }
+            )
         env.update(self.extra_env)
         return env
 
@@ -105,8 +116,7 @@ class Target:
 TARGETS = {
     "sanic_minimal": dict(label="(a) minimal Sanic", kind="json", baseline=True),
     "socketio": dict(label="(b) python-socketio", kind="socketio", baseline=True),
-    "bare_websockets": dict(label="(c) bare websockets", kind="json", baseline=True,
-                            http_port_offset=1),
+    "bare_websockets": dict(label="(c) bare websockets", kind="json", baseline=True, http_port_offset=1),
     "relay": dict(label="progress-relay", kind="relay", baseline=False),
     # the Redis scenario only
     "relay_redis1": dict(label="relay, Redis, 1 worker", kind="relay", baseline=False),
@@ -124,9 +134,13 @@ def mint_token(execution_id: str, sub: str) -> str:
     global _jwt
     if _jwt is None:
         import jwt
+
         _jwt = jwt
-    return _jwt.encode({"sub": sub, "execution_id": execution_id, "aud": "progress-relay",
-                        "exp": int(time.time()) + 3600}, JWT_SECRET, algorithm="HS256")
+    return _jwt.encode(
+        {"sub": sub, "execution_id": execution_id, "aud": "progress-relay", "exp": int(time.time()) + 3600},
+        JWT_SECRET,
+        algorithm="HS256",
+    )
 
 
 def free_port(pair: bool = False) -> int:
@@ -162,6 +176,7 @@ def raise_fd_limit(want: int = 65536) -> int:
 # ---------------------------------------------------------------------------
 # process helpers
 
+
 class Server:
     def __init__(self, target: Target, logdir: Path):
         self.t = target
@@ -172,8 +187,9 @@ class Server:
         t.port = free_port(pair=t.http_port_offset > 0)
         t.log = self.logdir / f"{t.name}-{t.port}.log"
         self.logf = open(t.log, "wb")
-        t.proc = subprocess.Popen(t.command(), cwd=ROOT, env=t.env(), stdout=self.logf,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        t.proc = subprocess.Popen(
+            t.command(), cwd=ROOT, env=t.env(), stdout=self.logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.ps = psutil.Process(t.proc.pid)
         deadline = time.monotonic() + 30
         ports = {t.port, t.http_port}
@@ -193,17 +209,15 @@ class Server:
 
     def procs(self) -> list[psutil.Process]:
         try:
-            return [self.ps] + self.ps.children(recursive=True)
+            return [self.ps, *self.ps.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
 
     def rss(self) -> int:
         total = 0
         for p in self.procs():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total
 
     def cpu(self) -> float:
@@ -242,8 +256,7 @@ def port_open(port: int) -> bool:
 def http_status(port: int, path: str) -> int | None:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-                      .encode())
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
             head = s.recv(64)
         return int(head.split()[1])
     except (OSError, ValueError, IndexError):
@@ -254,9 +267,9 @@ def listen_overflows() -> int | None:
     """Machine-wide count of connections dropped because a listen queue was full."""
     try:
         lines = Path("/proc/net/netstat").read_text().splitlines()
-        for head, vals in zip(lines[::2], lines[1::2]):
+        for head, vals in zip(lines[::2], lines[1::2], strict=False):
             if head.startswith("TcpExt:"):
-                return int(dict(zip(head.split()[1:], vals.split()[1:]))["ListenOverflows"])
+                return int(dict(zip(head.split()[1:], vals.split()[1:], strict=True))["ListenOverflows"])
     except (OSError, KeyError, ValueError):
         pass
     return None
@@ -271,22 +284,42 @@ def tail(path: Path | None, n: int = 30) -> str:
 class Subs:
     """The subscriber process: connects at start, then answers commands."""
 
-    def __init__(self, target: Target, exec_ids: list[str], tmp: Path, *,
-                 per_event: bool = False, concurrency: int = 200, timeout: float = 120):
+    def __init__(
+        self,
+        target: Target,
+        exec_ids: list[str],
+        tmp: Path,
+        *,
+        per_event: bool = False,
+        concurrency: int = 200,
+        timeout: float = 120,
+    ):
         urls = [target.ws_url(e, f"user-{i}") for i, e in enumerate(exec_ids)]
-        cfg = {"kind": target.kind, "n": len(urls), "urls": urls, "per_event": per_event,
-               "connect_concurrency": concurrency, "resume_param": target.is_relay}
+        cfg = {
+            "kind": target.kind,
+            "n": len(urls),
+            "urls": urls,
+            "per_event": per_event,
+            "connect_concurrency": concurrency,
+            "resume_param": target.is_relay,
+        }
         cfgfile = tmp / f"subs-{target.name}-{time.monotonic_ns()}.json"
         cfgfile.write_text(json.dumps(cfg))
-        self.errlog = open(tmp / f"subs-{target.name}.err", "ab")
-        self.proc = subprocess.Popen([PY, LOADGEN, "subs", f"@{cfgfile}"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.errlog, cwd=ROOT)
+        self.errlog = open(tmp / f"subs-{target.name}.err", "ab")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            [PY, LOADGEN, "subs", f"@{cfgfile}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errlog,
+            cwd=ROOT,
+        )
         # connecting runs at a few hundred per second on a busy machine
         self.timeout = max(timeout, 60 + len(urls) / 50)
         self.info = self._read()
 
     def _read(self) -> dict:
         import select
+
         ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
         if not ready:
             raise RuntimeError("subscriber process did not answer in time")
@@ -319,13 +352,13 @@ class Subs:
         return False
 
 
-def publish(target: Target, exec_ids: list[str], tmp: Path, *, background: bool = False,
-            **cfg):
+def publish(target: Target, exec_ids: list[str], tmp: Path, *, background: bool = False, **cfg):
     cfg.update({"port": target.http_port, "key": target.publish_key, "exec_ids": exec_ids})
     cfgfile = tmp / f"pub-{target.name}-{time.monotonic_ns()}.json"
     cfgfile.write_text(json.dumps(cfg))
-    proc = subprocess.Popen([PY, LOADGEN, "pub", f"@{cfgfile}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
+    proc = subprocess.Popen(
+        [PY, LOADGEN, "pub", f"@{cfgfile}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
     if background:
         return proc
     return finish_publish(proc, cfg)
@@ -345,6 +378,7 @@ def finish_publish(proc: subprocess.Popen, cfg: dict | None = None) -> dict:
 
 # ---------------------------------------------------------------------------
 # scenarios: each returns {"summary": {metric: value}, ...details}
+
 
 def median(values):
     values = [v for v in values if v is not None]
@@ -378,23 +412,22 @@ def sc_idle_memory(t: Target, cfg: dict, tmp: Path) -> dict:
                 "connected": info["connected"],
                 "errors": info["connect_errors"] + held["disconnects"],
                 "connect_per_s": round(info["connected"] / max(info["connect_seconds"], 1e-3)),
-                "client_cpu_pct": round(100 * info["connect_cpu_seconds"]
-                                        / max(info["connect_seconds"], 1e-3), 1),
+                "client_cpu_pct": round(100 * info["connect_cpu_seconds"] / max(info["connect_seconds"], 1e-3), 1),
             },
-            "rss_before_mb": round(rss0 / 2**20, 1), "rss_after_mb": round(rss1 / 2**20, 1),
+            "rss_before_mb": round(rss0 / 2**20, 1),
+            "rss_after_mb": round(rss1 / 2**20, 1),
             "rss_after_hold_mb": round(rss2 / 2**20, 1),
-            "connect": info, "hold": held,
+            "connect": info,
+            "hold": held,
         }
 
 
 def machine_busy() -> float:
     c = psutil.cpu_times()
-    return c.user + c.system + c.nice + getattr(c, "irq", 0) + getattr(c, "softirq", 0) \
-        + getattr(c, "steal", 0)
+    return c.user + c.system + c.nice + getattr(c, "irq", 0) + getattr(c, "softirq", 0) + getattr(c, "steal", 0)
 
 
-def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path,
-                **pubcfg) -> dict:
+def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path, **pubcfg) -> dict:
     subs.cmd("reset")
     cpu0, busy0, w0 = srv.cpu(), machine_busy(), time.monotonic()
     pub = publish(t, ids, tmp, **pubcfg)
@@ -410,28 +443,45 @@ def _steady_run(t: Target, subs: Subs, srv: Server, ids: list[str], tmp: Path,
         "posts_per_s": pub["requests_per_second"],
         "events_per_s": pub["events_per_second"],
         "delivered_per_s": round(rep["events"] / pub["wall_seconds"], 1),
-        "delivered": rep["events"], "expected": expected,
+        "delivered": rep["events"],
+        "expected": expected,
         "lost": max(0, expected - rep["events"]),
-        "p50_ms": rep["latency_ms"]["p50"], "p99_ms": rep["latency_ms"]["p99"],
+        "p50_ms": rep["latency_ms"]["p50"],
+        "p99_ms": rep["latency_ms"]["p99"],
         "max_ms": rep["latency_ms"]["max"],
         "server_cpu_pct": round(server_cpu, 1),
-        "pub_cpu_pct": pub["cpu_percent"], "subs_cpu_pct": rep["cpu_percent"],
+        "pub_cpu_pct": pub["cpu_percent"],
+        "subs_cpu_pct": rep["cpu_percent"],
         "other_cpu_pct": round(max(0.0, machine - ours), 1),
-        "failed_requests": pub["requests_failed"], "status_counts": pub["status_counts"],
-        "error_samples": pub["error_samples"], "disconnects": rep["disconnects"],
-        "gaps": rep["gaps"], "dups": rep["dups"],
+        "failed_requests": pub["requests_failed"],
+        "status_counts": pub["status_counts"],
+        "error_samples": pub["error_samples"],
+        "disconnects": rep["disconnects"],
+        "gaps": rep["gaps"],
+        "dups": rep["dups"],
         "schedule_lag_ms": pub.get("schedule_lag_ms"),
     }
 
 
-def interleaved(targets: list[Target], cfg: dict, tmp: Path, ids: list[str], rounds: int,
-                trial, *, per_event: bool = False, warmup=None, finish=None) -> dict:
+def interleaved(
+    targets: list[Target],
+    cfg: dict,
+    tmp: Path,
+    ids: list[str],
+    rounds: int,
+    trial,
+    *,
+    per_event: bool = False,
+    warmup=None,
+    finish=None,
+) -> dict:
     """Start every target (server + subscribers) at once, then run the trials
     round-robin (round 1 of each target, round 2 of each ...), so that the
     noise of a shared machine falls on all targets alike. One target failing
     does not stop the others. Returns {name: {"trials": [...], "connect": ...}
     or {"error": ...}}."""
     from contextlib import ExitStack
+
     out: dict = {}
     live = []
     with ExitStack() as stack:
@@ -440,13 +490,14 @@ def interleaved(targets: list[Target], cfg: dict, tmp: Path, ids: list[str], rou
                 srv = stack.enter_context(Server(t, tmp))
                 subs = stack.enter_context(Subs(t, ids, tmp, per_event=per_event))
                 if subs.info["connect_errors"]:
-                    raise RuntimeError(f"{subs.info['connect_errors']} subscribers failed to "
-                                       f"connect: {subs.info['error_samples']}")
+                    raise RuntimeError(
+                        f"{subs.info['connect_errors']} subscribers failed to connect: {subs.info['error_samples']}"
+                    )
                 if warmup:
                     warmup(t, srv, subs)
                 live.append((t, srv, subs))
                 out[t.name] = {"trials": [], "connect": subs.info}
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
         for r in range(rounds):
             for t, srv, subs in live:
@@ -454,14 +505,14 @@ def interleaved(targets: list[Target], cfg: dict, tmp: Path, ids: list[str], rou
                     continue
                 try:
                     out[t.name]["trials"].append(trial(t, srv, subs, r))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
         if finish:
             for t, srv, subs in live:
                 if "error" not in out[t.name]:
                     try:
                         finish(t, srv, subs, out[t.name])
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         out[t.name] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
@@ -475,8 +526,9 @@ def _steady_summary(trials: list[dict]) -> dict:
         "lost": sum(x["lost"] for x in trials),
         "failed": sum(x["failed_requests"] for x in trials),
         "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
-        "client_cpu_pct": client_flag(median([x["pub_cpu_pct"] for x in trials]),
-                                      median([x["subs_cpu_pct"] for x in trials])),
+        "client_cpu_pct": client_flag(
+            median([x["pub_cpu_pct"] for x in trials]), median([x["subs_cpu_pct"] for x in trials])
+        ),
         "other_cpu_pct": median([x["other_cpu_pct"] for x in trials]),
     }
 
@@ -485,12 +537,12 @@ def sc_closed_loop(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     ids = [f"exec-{i}" for i in range(cfg["subscribers"])]
 
     def warm(t, srv, subs):
-        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
-                connections=cfg["connections"])
+        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"], connections=cfg["connections"])
 
     def trial(t, srv, subs, r):
-        return _steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
-                           connections=cfg["connections"])
+        return _steady_run(
+            t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"], connections=cfg["connections"]
+        )
 
     res = interleaved(targets, cfg, tmp, ids, cfg["trials"], trial, warmup=warm)
     for entry in res.values():
@@ -523,13 +575,13 @@ def sc_rates(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     rates = cfg["rates"]
 
     def warm(t, srv, subs):
-        publish(t, ids, tmp, mode="rate", rate=rates[0], duration=cfg["warmup"],
-                connections=cfg["connections"])
+        publish(t, ids, tmp, mode="rate", rate=rates[0], duration=cfg["warmup"], connections=cfg["connections"])
 
     def trial(t, srv, subs, r):
         rate = rates[r % len(rates)]
-        point = _steady_run(t, subs, srv, ids, tmp, mode="rate", rate=rate,
-                            duration=cfg["duration"], connections=cfg["connections"])
+        point = _steady_run(
+            t, subs, srv, ids, tmp, mode="rate", rate=rate, duration=cfg["duration"], connections=cfg["connections"]
+        )
         point["rate"] = rate
         return point
 
@@ -548,8 +600,8 @@ def sc_rates(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         summary["achieved_per_s@top"] = top["delivered_per_s"] if top else None
         summary["lost"] = sum(p["lost"] for p in points.values())
         summary["client_cpu_pct"] = client_flag(
-            *(p["pub_cpu_pct"] for p in points.values()),
-            *(p["subs_cpu_pct"] for p in points.values()))
+            *(p["pub_cpu_pct"] for p in points.values()), *(p["subs_cpu_pct"] for p in points.values())
+        )
         summary["other_cpu_pct"] = median([p["other_cpu_pct"] for p in points.values()])
         entry["summary"] = summary
     return res
@@ -568,8 +620,7 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     def trial(t, srv, subs, r):
         cpu0 = srv.cpu()
         pub = publish(t, ids[:1], tmp, mode="spaced", count=per_round, interval=cfg["interval"])
-        return {"cpu": srv.cpu() - cpu0, "ok": pub["requests_ok"],
-                "accepted": pub["events_accepted"]}
+        return {"cpu": srv.cpu() - cpu0, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
 
     def finish(t, srv, subs, entry):
         # one report per target after all rounds: the subscribers kept counting
@@ -584,14 +635,14 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
             "all_delivered_p90_ms": pe.get("all_delivered_ms", {}).get("p90"),
             "per_sub_p50_ms": rep["latency_ms"]["p50"],
             "per_sub_p99_ms": rep["latency_ms"]["p99"],
-            "server_cpu_ms_per_event": round(1000 * sum(x["cpu"] for x in trials)
-                                             / max(1, sum(x["ok"] for x in trials)), 2),
+            "server_cpu_ms_per_event": round(
+                1000 * sum(x["cpu"] for x in trials) / max(1, sum(x["ok"] for x in trials)), 2
+            ),
             "lost": max(0, accepted * n - rep["events"]),
             "client_cpu_pct": client_flag(rep["cpu_percent"]),
         }
 
-    return interleaved(targets, cfg, tmp, ids, cfg["rounds"], trial, per_event=True,
-                       warmup=warm, finish=finish)
+    return interleaved(targets, cfg, tmp, ids, cfg["rounds"], trial, per_event=True, warmup=warm, finish=finish)
 
 
 def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
@@ -599,8 +650,7 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
     ids = [f"storm-{i}" for i in range(n)]
     with Server(t, tmp), Subs(t, ids, tmp, concurrency=cfg["concurrency"]) as subs:
         subs.cmd("reset")
-        pubcfg = dict(mode="rate", rate=cfg["rate"], duration=cfg["duration"],
-                      connections=8)
+        pubcfg = dict(mode="rate", rate=cfg["rate"], duration=cfg["duration"], connections=8)
         proc = publish(t, ids, tmp, background=True, **pubcfg)
         time.sleep(cfg["storm_after"])
         lo0 = listen_overflows()
@@ -620,29 +670,33 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
             "seq_gaps": rep["gaps"],
             "dups": rep["dups"],
             "listen_overflows": (lo1 - lo0) if lo0 is not None and lo1 is not None else None,
-            "client_cpu_pct": round(100 * storm["connect_cpu_seconds"]
-                                    / max(storm["connect_seconds"], 1e-3), 1),
+            "client_cpu_pct": round(100 * storm["connect_cpu_seconds"] / max(storm["connect_seconds"], 1e-3), 1),
         },
-        "storm": storm, "publisher": pub, "subscribers": rep, "connect": subs.info,
+        "storm": storm,
+        "publisher": pub,
+        "subscribers": rep,
+        "connect": subs.info,
     }
 
 
 def redis_reachable() -> bool:
     try:
         import redis
+
         return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
 def redis_cleanup() -> None:
     try:
         import redis
+
         client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
         keys = list(client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000))
         for i in range(0, len(keys), 500):
-            client.unlink(*keys[i:i + 500])
-    except Exception:  # noqa: BLE001
+            client.unlink(*keys[i : i + 500])
+    except Exception:
         pass
 
 
@@ -658,21 +712,26 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     run = [t for t in targets if t.name in ("sanic_minimal", "relay")]
     for workers in (1, 2):
         t = Target(name=f"relay_redis{workers}", **TARGETS[f"relay_redis{workers}"])
-        t.extra_env = {"RELAY_BROKER_URL": REDIS_URL, "RELAY_WORKERS": str(workers),
-                       "RELAY_REDIS_PREFIX": REDIS_PREFIX, "RELAY_HISTORY_TTL": "600"}
+        t.extra_env = {
+            "RELAY_BROKER_URL": REDIS_URL,
+            "RELAY_WORKERS": str(workers),
+            "RELAY_REDIS_PREFIX": REDIS_PREFIX,
+            "RELAY_HISTORY_TTL": "600",
+        }
         run.append(t)
     ids = [f"exec-{i}" for i in range(cfg["subscribers"])]
     rate = cfg["rate"]
 
     def warm(t, srv, subs):
-        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"],
-                connections=cfg["connections"])
+        publish(t, ids, tmp, mode="closed", duration=cfg["warmup"], connections=cfg["connections"])
 
     def trial(t, srv, subs, r):
-        closed = _steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"],
-                             connections=cfg["connections"])
-        fixed = _steady_run(t, subs, srv, ids, tmp, mode="rate", rate=rate,
-                            duration=cfg["duration"], connections=cfg["connections"])
+        closed = _steady_run(
+            t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"], connections=cfg["connections"]
+        )
+        fixed = _steady_run(
+            t, subs, srv, ids, tmp, mode="rate", rate=rate, duration=cfg["duration"], connections=cfg["connections"]
+        )
         return {"closed": closed, "rate": fixed}
 
     try:
@@ -689,11 +748,11 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
             f"p50_ms@{rate}": median([x["rate"]["p50_ms"] for x in tr]),
             f"p99_ms@{rate}": median([x["rate"]["p99_ms"] for x in tr]),
             "lost": sum(x["closed"]["lost"] + x["rate"]["lost"] for x in tr),
-            "failed": sum(x["closed"]["failed_requests"] + x["rate"]["failed_requests"]
-                          for x in tr),
+            "failed": sum(x["closed"]["failed_requests"] + x["rate"]["failed_requests"] for x in tr),
             "server_cpu_pct": median([x["closed"]["server_cpu_pct"] for x in tr]),
-            "client_cpu_pct": client_flag(median([x["closed"]["pub_cpu_pct"] for x in tr]),
-                                          median([x["closed"]["subs_cpu_pct"] for x in tr])),
+            "client_cpu_pct": client_flag(
+                median([x["closed"]["pub_cpu_pct"] for x in tr]), median([x["closed"]["subs_cpu_pct"] for x in tr])
+            ),
             "other_cpu_pct": median([x["closed"]["other_cpu_pct"] for x in tr]),
         }
     one = res.get("relay_redis1", {}).get("summary", {}).get("posts_per_s")
@@ -705,16 +764,18 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
 
 def one_by_one(fn):
     """Adapt a per-target scenario (fresh server each) to the list form."""
+
     def run_all(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         out = {}
         for t in targets:
             t0 = time.monotonic()
             try:
                 out[t.name] = fn(t, cfg, tmp)
-            except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
+            except Exception as exc:
                 out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
             out[t.name]["seconds"] = round(time.monotonic() - t0, 1)
         return out
+
     return run_all
 
 
@@ -746,44 +807,42 @@ SCENARIOS = {
 
 FULL = {
     "idle_memory": {"n": 10000, "concurrency": 100, "settle": 2.0, "hold": 3.0},
-    "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0,
-                    "trials": 3},
-    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 4.0,
-              "rates": [1000, 2000, 4000]},
+    "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0, "trials": 3},
+    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 4.0, "rates": [1000, 2000, 4000]},
     "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1},
-    "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0,
-              "duration": 3.0, "trials": 3},
-    "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0,
-              "storm_after": 1.5},
-    "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0,
-              "rate": 2000, "trials": 2},
+    "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0, "duration": 3.0, "trials": 3},
+    "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0, "storm_after": 1.5},
+    "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0, "rate": 2000, "trials": 2},
     # connecting takes > 25 s, so the first sockets live through 2+ server pings
     "capacity": {"n": 20000, "concurrency": 100, "settle": 1.0, "hold": 15.0},
 }
 SMOKE = {
     "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.3, "hold": 0.3},
-    "closed_loop": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5,
-                    "trials": 1},
-    "rates": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5,
-              "rates": [100, 200]},
+    "closed_loop": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "trials": 1},
+    "rates": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "rates": [100, 200]},
     "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.03},
-    "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.2,
-              "duration": 0.5, "trials": 1},
-    "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.0,
-              "storm_after": 0.3},
-    "redis": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5,
-              "rate": 200, "trials": 1},
+    "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.2, "duration": 0.5, "trials": 1},
+    "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.0, "storm_after": 0.3},
+    "redis": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "rate": 200, "trials": 1},
     "capacity": {"n": 300, "concurrency": 100, "settle": 0.3, "hold": 0.5},
 }
 
 # how each summary metric compares: "higher" or "lower" is better; None: no ratio
 DIRECTION = {
-    "kb_per_conn": "lower", "connect_per_s": "higher", "posts_per_s": "higher",
-    "delivered_per_s": "higher", "p50_ms": "lower", "p99_ms": "lower",
-    "all_delivered_p50_ms": "lower", "all_delivered_p90_ms": "lower",
-    "per_sub_p50_ms": "lower", "per_sub_p99_ms": "lower",
-    "server_cpu_ms_per_event": "lower", "resume_seconds": "lower",
-    "achieved_per_s@top": "higher", "closed_p99_ms": "lower",
+    "kb_per_conn": "lower",
+    "connect_per_s": "higher",
+    "posts_per_s": "higher",
+    "delivered_per_s": "higher",
+    "p50_ms": "lower",
+    "p99_ms": "lower",
+    "all_delivered_p50_ms": "lower",
+    "all_delivered_p90_ms": "lower",
+    "per_sub_p50_ms": "lower",
+    "per_sub_p99_ms": "lower",
+    "server_cpu_ms_per_event": "lower",
+    "resume_seconds": "lower",
+    "achieved_per_s@top": "higher",
+    "closed_p99_ms": "lower",
 }
 
 
@@ -797,6 +856,7 @@ def direction(metric: str):
 
 # ---------------------------------------------------------------------------
 # reporting
+
 
 def ratios(results: dict, subject: str) -> dict:
     out = {}
@@ -842,9 +902,12 @@ def markdown(doc: dict) -> str:
         "",
     ]
     if meta.get("git_start") and meta["git_start"] != meta["git"]:
-        lines += [f"**The working tree changed during the run** (git {meta['git_start']} at "
-                  f"the start, {meta['git']} at the end): each server starts from the tree "
-                  "as it is at that moment, so later scenarios measured newer code.", ""]
+        lines += [
+            f"**The working tree changed during the run** (git {meta['git_start']} at "
+            f"the start, {meta['git']} at the end): each server starts from the tree "
+            "as it is at that moment, so later scenarios measured newer code.",
+            "",
+        ]
     lines += [
         f"Ratios are **{TARGETS[subject]['label']} ÷ baseline** from this same run "
         "(for throughput higher is better, for latency, memory and time lower is better). "
@@ -852,14 +915,16 @@ def markdown(doc: dict) -> str:
         "the client, not the server, may have been the limit.",
         "",
     ]
-    others = [e.get("summary", {}).get("other_cpu_pct") for pt in results.values()
-              for e in pt.values()]
+    others = [e.get("summary", {}).get("other_cpu_pct") for pt in results.values() for e in pt.values()]
     busy = median([o for o in others if isinstance(o, (int, float))])
     if busy is not None and busy >= 30:
-        lines += [f"**Noisy machine:** other processes used a median {busy:.0f} % of the "
-                  f"{meta['cpu_count'] * 100} % CPU during the measured windows "
-                  "(`other_cpu_pct`); absolute figures are depressed, the ratios (trials "
-                  "interleaved across targets) are the comparable part.", ""]
+        lines += [
+            f"**Noisy machine:** other processes used a median {busy:.0f} % of the "
+            f"{meta['cpu_count'] * 100} % CPU during the measured windows "
+            "(`other_cpu_pct`); absolute figures are depressed, the ratios (trials "
+            "interleaved across targets) are the comparable part.",
+            "",
+        ]
     for scen, per_target in results.items():
         if not per_target:
             continue
@@ -876,8 +941,7 @@ def markdown(doc: dict) -> str:
                 if m not in metrics:
                     metrics.append(m)
         others = [b for b in BASELINES if b in names and b != subject]
-        head = ["metric"] + [TARGETS[n]["label"] for n in names] + \
-               [f"÷ ({SHORT[b]})" for b in others]
+        head = ["metric"] + [TARGETS[n]["label"] for n in names] + [f"÷ ({SHORT[b]})" for b in others]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for m in metrics:
@@ -896,9 +960,11 @@ def markdown(doc: dict) -> str:
         for n, e in errors.items():
             lines.append("")
             lines.append(f"- {TARGETS[n]['label']} failed: `{e.splitlines()[0][:200]}`")
-        bound = [TARGETS[n]["label"] for n in names
-                 if (per_target.get(n, {}).get("summary", {}).get("client_cpu_pct") or 0)
-                 >= CLIENT_BOUND_PERCENT]
+        bound = [
+            TARGETS[n]["label"]
+            for n in names
+            if (per_target.get(n, {}).get("summary", {}).get("client_cpu_pct") or 0) >= CLIENT_BOUND_PERCENT
+        ]
         if bound:
             lines.append("")
             lines.append(f"- Load generator near saturation for: {', '.join(bound)}.")
@@ -911,21 +977,29 @@ def chart(doc: dict, path: Path) -> bool:
     if not rates:
         return False
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = {"sanic_minimal": "tab:blue", "socketio": "tab:orange",
-              "bare_websockets": "tab:green", "relay": "tab:red"}
+    colors = {"sanic_minimal": "tab:blue", "socketio": "tab:orange", "bare_websockets": "tab:green", "relay": "tab:red"}
     for name, entry in rates.items():
         pts = entry.get("points")
         if not pts:
             continue
         xs = sorted(pts, key=float)
         label = TARGETS[name]["label"]
-        ax.plot([float(x) for x in xs], [pts[x]["p99_ms"] for x in xs], "o-",
-                color=colors.get(name), label=f"{label} p99")
-        ax.plot([float(x) for x in xs], [pts[x]["p50_ms"] for x in xs], "s--",
-                color=colors.get(name), alpha=0.6, label=f"{label} p50")
+        ax.plot(
+            [float(x) for x in xs], [pts[x]["p99_ms"] for x in xs], "o-", color=colors.get(name), label=f"{label} p99"
+        )
+        ax.plot(
+            [float(x) for x in xs],
+            [pts[x]["p50_ms"] for x in xs],
+            "s--",
+            color=colors.get(name),
+            alpha=0.6,
+            label=f"{label} p50",
+        )
     ax.set_xlabel("offered load (events/s, one subscriber per execution)")
     ax.set_ylabel("POST written → frame parsed by subscriber (ms, log)")
     ax.set_yscale("log")
@@ -953,18 +1027,20 @@ def update_docs(md: str) -> bool:
 
 def git_rev() -> str:
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
-    except Exception:  # noqa: BLE001
+    except Exception:
         return "unknown"
 
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -979,12 +1055,14 @@ def relay_available() -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny configuration (harness check)")
-    ap.add_argument("--only", action="append", choices=list(SCENARIOS),
-                    help="run only this scenario (repeatable)")
-    ap.add_argument("--skip", action="append", choices=list(SCENARIOS), default=[],
-                    help="leave this scenario out (repeatable)")
-    ap.add_argument("--targets", help="comma-separated: " + ",".join(TARGETS) +
-                    " (default: all; relay only when service/app.py exists)")
+    ap.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
+    ap.add_argument(
+        "--skip", action="append", choices=list(SCENARIOS), default=[], help="leave this scenario out (repeatable)"
+    )
+    ap.add_argument(
+        "--targets",
+        help="comma-separated: " + ",".join(TARGETS) + " (default: all; relay only when service/app.py exists)",
+    )
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
     ap.add_argument("--no-docs", action="store_true", help="do not refresh docs/performance.md")
     args = ap.parse_args(argv)
@@ -1002,21 +1080,24 @@ def main(argv=None) -> int:
     outdir = Path(args.results_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     git_start = git_rev()
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     t_start = time.monotonic()
-    print(f"bench: targets={','.join(names)} scenarios={','.join(scen_names)} "
-          f"mode={'smoke' if args.smoke else 'full'} fd_limit={fd} logs={tmp}", flush=True)
+    print(
+        f"bench: targets={','.join(names)} scenarios={','.join(scen_names)} "
+        f"mode={'smoke' if args.smoke else 'full'} fd_limit={fd} logs={tmp}",
+        flush=True,
+    )
 
     results: dict = {}
     for scen in scen_names:
-        fn, title = SCENARIOS[scen]
+        fn, _title = SCENARIOS[scen]
         targets = [Target(name=name, **TARGETS[name]) for name in names]
         t0 = time.monotonic()
         try:
             res = fn(targets, config[scen], tmp)
-        except Exception as exc:  # noqa: BLE001 - one failure must not stop the suite
+        except Exception as exc:
             res = {t.name: {"error": f"{type(exc).__name__}: {exc}"} for t in targets}
         if scen not in ("redis", "capacity"):
             res = {name: res.get(name, {"error": "no result"}) for name in names}
@@ -1030,13 +1111,17 @@ def main(argv=None) -> int:
     doc = {
         "meta": {
             "started": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": "python bench/run.py" + (" " + " ".join(argv if argv is not None
-                                                               else sys.argv[1:])).rstrip(),
+            "command": "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip(),
             "mode": "smoke" if args.smoke else "full",
-            "targets": names, "scenarios": scen_names,
-            "git": git_rev(), "git_start": git_start, "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-            "load_average": os.getloadavg(), "fd_limit": fd,
+            "targets": names,
+            "scenarios": scen_names,
+            "git": git_rev(),
+            "git_start": git_start,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "load_average": os.getloadavg(),
+            "fd_limit": fd,
             "duration_s": round(time.monotonic() - t_start, 1),
             "versions": versions(),
         },
@@ -1054,18 +1139,21 @@ def main(argv=None) -> int:
     has_chart = chart(doc, png)
     if not args.smoke and not args.only and not args.no_docs:
         update_docs(md)
-    print(f"bench: wrote {json_path}, {outdir / 'latest.md'}"
-          + (f", {png}" if has_chart else "") + f" in {doc['meta']['duration_s']:.0f} s",
-          flush=True)
+    print(
+        f"bench: wrote {json_path}, {outdir / 'latest.md'}"
+        + (f", {png}" if has_chart else "")
+        + f" in {doc['meta']['duration_s']:.0f} s",
+        flush=True,
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
+
     out = {}
-    for pkg in ("sanic", "websockets", "python-socketio", "aiohttp", "picows", "uvloop",
-                "progress-relay"):
+    for pkg in ("sanic", "websockets", "python-socketio", "aiohttp", "picows", "uvloop", "progress-relay"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

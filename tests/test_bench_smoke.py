@@ -25,10 +25,24 @@ def test_bench_smoke_writes_results(tmp_path):
     if (ROOT / "service" / "app.py").exists():
         targets.append("relay")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--no-docs",
-         "--skip", "redis", "--skip", "capacity",
-         "--targets", ",".join(targets), "--results-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--smoke",
+            "--no-docs",
+            "--skip",
+            "redis",
+            "--skip",
+            "capacity",
+            "--targets",
+            ",".join(targets),
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -11,7 +11,7 @@ httptools protocol (port + 1), same process, same event loop (uvloop).
 import argparse
 import asyncio
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httptools
 import uvloop
@@ -22,13 +22,15 @@ PREFIX = "/ws/executions/"
 
 
 def _frame(execution_id: str, item: dict) -> str:
-    return json.dumps({
-        "type": "diagnosis_update",
-        "execution_id": execution_id,
-        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "event": item.get("event"),
-        "data": item.get("data"),
-    })
+    return json.dumps(
+        {
+            "type": "diagnosis_update",
+            "execution_id": execution_id,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "event": item.get("event"),
+            "data": item.get("data"),
+        }
+    )
 
 
 async def handler(ws):
@@ -36,7 +38,7 @@ async def handler(ws):
     if not path.startswith(PREFIX):
         await ws.close(1008)
         return
-    execution_id = path[len(PREFIX):]
+    execution_id = path[len(PREFIX) :]
     group = subscribers.setdefault(execution_id, set())
     group.add(ws)
     try:
@@ -86,7 +88,7 @@ class HttpIngest(asyncio.Protocol):
                 results.append({"execution_id": item["execution_id"]})
             self._reply(202, {"results": results})
         elif path.startswith("/internal/v1/executions/") and path.endswith("/events"):
-            execution_id = path[len("/internal/v1/executions/"):-len("/events")]
+            execution_id = path[len("/internal/v1/executions/") : -len("/events")]
             publish(execution_id, body)
             self._reply(202, {"execution_id": execution_id})
         else:
@@ -97,16 +99,18 @@ class HttpIngest(asyncio.Protocol):
         reason = b"Accepted" if status == 202 else b"Not Found"
         self.transport.write(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (status, reason, len(payload), payload))
+            b"Content-Length: %d\r\n\r\n%s" % (status, reason, len(payload), payload)
+        )
 
 
 async def main(port: int) -> None:
     loop = asyncio.get_running_loop()
     http = await loop.create_server(HttpIngest, "127.0.0.1", port + 1, backlog=1024)
-    async with serve(handler, "127.0.0.1", port, backlog=1024, compression=None,
-                     ping_interval=20, ping_timeout=20):
-        async with http:
-            await asyncio.Future()
+    async with (
+        serve(handler, "127.0.0.1", port, backlog=1024, compression=None, ping_interval=20, ping_timeout=20),
+        http,
+    ):
+        await asyncio.Future()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ seq, no history, no backpressure handling. One process.
 import argparse
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sanic import Sanic
 from sanic.response import json as json_response
@@ -20,13 +20,15 @@ sockets: dict[str, set] = {}
 
 
 def _frame(execution_id: str, item: dict) -> str:
-    return json.dumps({
-        "type": "diagnosis_update",
-        "execution_id": execution_id,
-        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "event": item.get("event"),
-        "data": item.get("data"),
-    })
+    return json.dumps(
+        {
+            "type": "diagnosis_update",
+            "execution_id": execution_id,
+            "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "event": item.get("event"),
+            "data": item.get("data"),
+        }
+    )
 
 
 async def _send_all(execution_id: str, message: str) -> None:
@@ -78,5 +80,12 @@ if __name__ == "__main__":
     parser.add_argument("--backlog", type=int, default=1024)
     args = parser.parse_args()
     app.config.WEBSOCKET_PING_INTERVAL = 20
-    app.run(host="127.0.0.1", port=args.port, single_process=True,
-            access_log=False, debug=False, motd=False, backlog=args.backlog)
+    app.run(
+        host="127.0.0.1",
+        port=args.port,
+        single_process=True,
+        access_log=False,
+        debug=False,
+        motd=False,
+        backlog=args.backlog,
+    )

@@ -9,15 +9,14 @@ no history. One process, uvloop.
 
 import argparse
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 import socketio
 import uvloop
 from aiohttp import web
 
-sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*",
-                           logger=False, engineio_logger=False)
+sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*", logger=False, engineio_logger=False)
 app = web.Application()
 sio.attach(app)
 
@@ -36,7 +35,7 @@ def _event(execution_id: str, item: dict) -> dict:
     return {
         "type": "diagnosis_update",
         "execution_id": execution_id,
-        "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "event": item.get("event"),
         "data": item.get("data"),
     }
@@ -72,5 +71,4 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None,
-                print=None, backlog=1024)
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, backlog=1024)

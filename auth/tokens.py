@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 50_000
 MAX_LEEWAY = 30
 HMAC = frozenset(("HS256", "HS384", "HS512"))
 PUBLIC = frozenset(("RS256", "ES256"))
@@ -97,6 +98,10 @@ class TokenVerifier:
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        # Tokens verified before, until they expire: a client that reconnects (a storm of
+        # thousands after a restart) presents the same token, so its signature is checked once.
+        # Bounded; cleared wholesale when full. Revocation is checked separately, every time.
+        self._verified: dict[str, Claims] = {}
 
     def verify(self, token: str | None, execution_id: str | None = None) -> Claims:
         """Return the claims of ``token`` or raise a :class:`TokenError`.
@@ -106,6 +111,9 @@ class TokenVerifier:
         """
         if not token:
             raise TokenInvalid("missing", "no token was presented")
+        cached = self._verified.get(token)
+        if cached is not None:
+            return self._check_cached(cached, token, execution_id)
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("too_large", f"token longer than {MAX_TOKEN_BYTES} bytes")
         # A JWS is ASCII. Refusing anything else here also keeps the byte limit true
@@ -126,6 +134,18 @@ class TokenVerifier:
             raise TokenInvalid("unknown_kid", "token names a key this service does not have")
         payload = self._decode(token, key)
         claims = _claims(payload)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = claims
+        if execution_id is not None and claims.execution_id != execution_id:
+            raise TokenForbidden("other_execution", "token was issued for another execution")
+        return claims
+
+    def _check_cached(self, claims: Claims, token: str, execution_id: str | None) -> Claims:
+        """A token verified before: only expiry and the execution can have changed the answer."""
+        if claims.exp + self.leeway <= time.time():
+            self._verified.pop(token, None)
+            raise TokenExpired("expired", "token has expired")
         if execution_id is not None and claims.execution_id != execution_id:
             raise TokenForbidden("other_execution", "token was issued for another execution")
         return claims

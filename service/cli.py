@@ -193,6 +193,7 @@ def serve() -> int:
         motd=False,
         single_process=settings.workers == 1,
         protocol=SERVER_PROTOCOL,
+        backlog=settings.backlog,  # a reconnect storm overflows Sanic's default of 100
     )
     try:
         Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)

@@ -67,6 +67,7 @@ class Settings:
     max_connections_per_sub: int = 20
     ws_max_frames_per_second: float = 10.0
     handshake_timeout: float = 10.0
+    backlog: int = 1024
     ws_compression: bool = True
     ws_compression_min_size: int = 64
     ws_compression_context_takeover: bool = False
@@ -280,6 +281,7 @@ def load_settings(
         max_connections_per_sub=r.int("RELAY_MAX_CONNECTIONS_PER_SUB", 20, 1, 10_000_000),
         ws_max_frames_per_second=r.float("RELAY_WS_MAX_FRAMES_PER_SECOND", 10.0, 0.1, 100_000),
         handshake_timeout=r.float("RELAY_HANDSHAKE_TIMEOUT", 10.0, 0.1, 600),
+        backlog=r.int("RELAY_BACKLOG", 1024, 1, 65535),
         ws_compression=r.bool("RELAY_WS_COMPRESSION", True),
         ws_compression_min_size=r.int("RELAY_WS_COMPRESSION_MIN_SIZE", 64, 0, 1 << 20),
         ws_compression_context_takeover=r.bool("RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER", False),

@@ -245,3 +245,28 @@ def test_minted_tokens_verify_and_carry_kid() -> None:
     assert abs(exp - time.time() - 60) < 5
     v = TokenVerifier("HS256", [("k1", "other" * 8), ("k2", SECRET)], "progress-relay", issuer="backend")
     assert v.verify(token, "e1").sub == "u1"
+
+
+def test_verified_tokens_are_cached_but_still_expire_and_stay_scoped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token verified once skips the signature check next time, yet still expires and opens only its execution."""
+    v = TokenVerifier("HS256", [("default", SECRET)], "progress-relay", leeway=0)
+    token = make_token("e1", ttl=60)
+    assert v.verify(token, "e1").execution_id == "e1"
+    calls = 0
+    real = v._decode
+
+    def counting(*args: object) -> object:
+        nonlocal calls
+        calls += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(v, "_decode", counting)
+    assert v.verify(token, "e1").sub == "user-1"
+    assert calls == 0  # served from the cache
+    with pytest.raises(TokenForbidden):
+        v.verify(token, "e2")
+    with pytest.raises(TokenInvalid):
+        v.verify(token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1], "e1")  # tampered: not cached
+    monkeypatch.setattr(time, "time", lambda: 10**10)
+    with pytest.raises(TokenExpired):
+        v.verify(token, "e1")

@@ -114,6 +114,17 @@ class TokenVerifier:
         cached = self._verified.get(token)
         if cached is not None:
             return self._check_cached(cached, token, execution_id)
+        payload = self._decode(token, self._key_for(token))
+        claims = _claims(payload)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = claims
+        if execution_id is not None and claims.execution_id != execution_id:
+            raise TokenForbidden("other_execution", "token was issued for another execution")
+        return claims
+
+    def _key_for(self, token: str) -> str:
+        """The key to check ``token`` with, after the checks that need no cryptography."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenInvalid("too_large", f"token longer than {MAX_TOKEN_BYTES} bytes")
         # A JWS is ASCII. Refusing anything else here also keeps the byte limit true
@@ -132,14 +143,7 @@ class TokenVerifier:
         key = self._keys.get(kid) if isinstance(kid, str) else None
         if key is None:
             raise TokenInvalid("unknown_kid", "token names a key this service does not have")
-        payload = self._decode(token, key)
-        claims = _claims(payload)
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            self._verified.clear()
-        self._verified[token] = claims
-        if execution_id is not None and claims.execution_id != execution_id:
-            raise TokenForbidden("other_execution", "token was issued for another execution")
-        return claims
+        return key
 
     def _check_cached(self, claims: Claims, token: str, execution_id: str | None) -> Claims:
         """A token verified before: only expiry and the execution can have changed the answer."""

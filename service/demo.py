@@ -64,8 +64,9 @@ def _progress(progress: int, stage: str, status_text: str, status: str = "proces
     return Step("progress", {"progress": progress, "stage": stage, "status": status, "status_text": status_text}, pause)
 
 
-def diagnosis_script(execution_id: str, seed: int | str | None = None,
-                     timeout_chance: float = TIMEOUT_CHANCE) -> list[Step]:
+def diagnosis_script(
+    execution_id: str, seed: int | str | None = None, timeout_chance: float = TIMEOUT_CHANCE
+) -> list[Step]:
     """The events of one simulated diagnosis (the same ones for the same seed)."""
     rng = random.Random(execution_id if seed is None else f"{seed}:{execution_id}")
     n = len(PLATFORMS)
@@ -79,12 +80,23 @@ def diagnosis_script(execution_id: str, seed: int | str | None = None,
         steps.append(_progress(progress, "ai_fetching", f"正在查询{name}（{i + 1}/{n}）"))
         latency = rng.randint(800, 6000)
         if rng.random() < timeout_chance:
-            steps.append(Step("error", {
-                "error": f"{name}响应超时，正在重试",
-                "error_type": "platform_timeout",
-                "error_details": {"platform": platform_id, "platform_name": name, "timeout_s": 30, "attempt": 1},
-                "recoverable": True,
-            }, pause=1.5))
+            steps.append(
+                Step(
+                    "error",
+                    {
+                        "error": f"{name}响应超时，正在重试",
+                        "error_type": "platform_timeout",
+                        "error_details": {
+                            "platform": platform_id,
+                            "platform_name": name,
+                            "timeout_s": 30,
+                            "attempt": 1,
+                        },
+                        "recoverable": True,
+                    },
+                    pause=1.5,
+                )
+            )
             latency += 30000
         mentioned = rng.random() < 0.8
         outcome = {
@@ -115,8 +127,10 @@ def _report(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
         "overall_score": score,
         "grade": "A" if score >= 85 else "B" if score >= 70 else "C",
         "mention_rate": round(len(mentioned) / len(outcomes), 2),
-        "platforms": [{k: o[k] for k in ("platform", "platform_name", "mentioned", "rank", "sentiment", "score")}
-                      for o in outcomes],
+        "platforms": [
+            {k: o[k] for k in ("platform", "platform_name", "mentioned", "rank", "sentiment", "score")}
+            for o in outcomes
+        ],
         "summary": f"{len(mentioned)}/{len(outcomes)} 个 AI 平台提到了{BRAND}，综合得分 {score}。",
         "suggestions": [
             "在未提及品牌的平台补充权威、可引用的品牌资料",
@@ -137,7 +151,7 @@ def execution_ids(first_id: str | None, count: int) -> list[str]:
 
 
 def _commands(base: str, execution_id: str, token: str) -> list[str]:
-    ws_base = "ws" + base[len("http"):] if base.startswith("http") else base
+    ws_base = "ws" + base[len("http") :] if base.startswith("http") else base
     eid, tok = quote(execution_id, safe=""), quote(token, safe="")
     return [
         f"  WebSocket : python -m websockets '{ws_base}/ws/executions/{eid}?token={tok}'",
@@ -159,8 +173,16 @@ def _describe(step: Step) -> str:
     return f"overall score {data['report']['overall_score']}"
 
 
-def run(url: str, key: str, executions: int = 1, pace: float = 1.0, first_id: str | None = None,
-        out: TextIO | None = None, seed: int | str | None = None, token_ttl: int | None = None) -> int:
+def run(
+    url: str,
+    key: str,
+    executions: int = 1,
+    pace: float = 1.0,
+    first_id: str | None = None,
+    out: TextIO | None = None,
+    seed: int | str | None = None,
+    token_ttl: int | None = None,
+) -> int:
     """Run ``executions`` simulated diagnoses at once, ``pace`` seconds a step; return an exit code."""
     out = out or sys.stdout
     if executions < 1 or pace < 0:

@@ -86,12 +86,18 @@ _DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 # -- the prometheus metrics ----------------------------------------------------------
 
-_CONNECTIONS = Gauge("relay_connections_open", "Open subscriber connections on this instance, by transport.",
-                     ["transport"], multiprocess_mode="livesum")
-_EXECUTIONS = Gauge("relay_executions_subscribed", "Executions with at least one local subscriber.",
-                    multiprocess_mode="livesum")
-_DRAINING = Gauge("relay_draining", "1 while the instance drains for shutdown (readyz answers 503).",
-                  multiprocess_mode="livemax")
+_CONNECTIONS = Gauge(
+    "relay_connections_open",
+    "Open subscriber connections on this instance, by transport.",
+    ["transport"],
+    multiprocess_mode="livesum",
+)
+_EXECUTIONS = Gauge(
+    "relay_executions_subscribed", "Executions with at least one local subscriber.", multiprocess_mode="livesum"
+)
+_DRAINING = Gauge(
+    "relay_draining", "1 while the instance drains for shutdown (readyz answers 503).", multiprocess_mode="livemax"
+)
 _EVENTS = Counter("relay_events_accepted", "Events accepted from publishers, by event type.", ["event"])
 _DUPLICATES = Counter("relay_events_duplicate", "Publishes answered as duplicates of an idempotency key.")
 _REJECTED = Counter("relay_publish_rejected", "Publishes refused by the relay, by error code.", ["error"])
@@ -99,32 +105,59 @@ _FRAMES = Counter("relay_frames_delivered", "Event frames handed to subscriber s
 _FAILURES = Counter("relay_delivery_failures", "Writes to a subscriber that failed (the subscriber is closed).")
 _SLOW = Counter("relay_slow_consumer_closes", "Subscribers closed with 4008 because they fell behind.")
 _CLOSES = Counter("relay_ws_closes", "WebSocket closes, by close code and by who closed.", ["code", "initiator"])
-_AUTH = Counter("relay_auth_failures", "Refused credentials (subscriber tokens, Origins, publisher keys), by reason.",
-                ["reason"])
+_AUTH = Counter(
+    "relay_auth_failures", "Refused credentials (subscriber tokens, Origins, publisher keys), by reason.", ["reason"]
+)
 _REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying retained events.")
 _REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
 _GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
 _LIMITS = Counter("relay_limit_exceeded", "Connections or frames refused by a configured limit, by limit.", ["limit"])
 _FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
-_PUBLISH_SECONDS = Histogram("relay_publish_duration_seconds",
-                             "Time to accept a publish (one event, or one batch), broker included.",
-                             ["mode"], buckets=_FAST_BUCKETS)
-_BROKER_SECONDS = Histogram("relay_broker_operation_duration_seconds", "Time of each broker operation.",
-                            ["operation"], buckets=_FAST_BUCKETS)
-_DELIVERY_SECONDS = Histogram("relay_delivery_latency_seconds",
-                              "Time from accepting an event to handing its frame to a subscriber's socket.",
-                              buckets=_DELIVERY_BUCKETS)
+_PUBLISH_SECONDS = Histogram(
+    "relay_publish_duration_seconds",
+    "Time to accept a publish (one event, or one batch), broker included.",
+    ["mode"],
+    buckets=_FAST_BUCKETS,
+)
+_BROKER_SECONDS = Histogram(
+    "relay_broker_operation_duration_seconds", "Time of each broker operation.", ["operation"], buckets=_FAST_BUCKETS
+)
+_DELIVERY_SECONDS = Histogram(
+    "relay_delivery_latency_seconds",
+    "Time from accepting an event to handing its frame to a subscriber's socket.",
+    buckets=_DELIVERY_BUCKETS,
+)
 
 #: Every metric family this module exports (the dashboard may use only these).
-METRIC_NAMES = frozenset({
-    "relay_connections_open", "relay_executions_subscribed", "relay_draining", "relay_events_accepted_total",
-    "relay_events_duplicate_total", "relay_publish_rejected_total", "relay_frames_delivered_total",
-    "relay_delivery_failures_total", "relay_slow_consumer_closes_total", "relay_ws_closes_total",
-    "relay_auth_failures_total", "relay_replays_total", "relay_replayed_events_total", "relay_replay_gaps_total",
-    "relay_fallback_requests_total", "relay_limit_exceeded_total",
-    *(f"{h}_{s}" for h in ("relay_publish_duration_seconds", "relay_broker_operation_duration_seconds",
-                           "relay_delivery_latency_seconds") for s in ("bucket", "sum", "count")),
-})
+METRIC_NAMES = frozenset(
+    {
+        "relay_connections_open",
+        "relay_executions_subscribed",
+        "relay_draining",
+        "relay_events_accepted_total",
+        "relay_events_duplicate_total",
+        "relay_publish_rejected_total",
+        "relay_frames_delivered_total",
+        "relay_delivery_failures_total",
+        "relay_slow_consumer_closes_total",
+        "relay_ws_closes_total",
+        "relay_auth_failures_total",
+        "relay_replays_total",
+        "relay_replayed_events_total",
+        "relay_replay_gaps_total",
+        "relay_fallback_requests_total",
+        "relay_limit_exceeded_total",
+        *(
+            f"{h}_{s}"
+            for h in (
+                "relay_publish_duration_seconds",
+                "relay_broker_operation_duration_seconds",
+                "relay_delivery_latency_seconds",
+            )
+            for s in ("bucket", "sum", "count")
+        ),
+    }
+)
 
 
 # -- cheap local accumulators, flushed into the metrics above --------------------------
@@ -198,8 +231,20 @@ _limits = _Tally(_LIMITS)
 _publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
 _broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
 _delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
-_TALLIES = (_events, _duplicates, _rejected, _failures, _slow, _closes, _auth, _replays, _replayed, _gaps,
-            _fallback, _limits)
+_TALLIES = (
+    _events,
+    _duplicates,
+    _rejected,
+    _failures,
+    _slow,
+    _closes,
+    _auth,
+    _replays,
+    _replayed,
+    _gaps,
+    _fallback,
+    _limits,
+)
 _HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds)
 
 
@@ -343,7 +388,7 @@ def _timed(method: Any, labels: tuple[str, ...]) -> Any:
         finally:
             _broker_seconds.observe(time.perf_counter() - started, labels)
 
-    timed._relay_timed = True  # type: ignore[attr-defined]
+    timed._relay_timed = True  # type: ignore[attr-defined]  # a marker on the wrapper, read back with getattr
     return timed
 
 

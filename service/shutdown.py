@@ -22,6 +22,7 @@ reverse order), before Sanic's own listener cancels the WebSocket handlers:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -76,7 +77,7 @@ async def close_in_batches(subscriptions: Sequence[Subscription], window: float)
             sub.close(CloseCode.SERVICE_RESTART, "server restarting")
 
 
-async def drain(app: Sanic, *_: Any) -> None:
+async def drain(app: Sanic[Any, Any], *_: Any) -> None:
     """Drain ``app`` within ``RELAY_SHUTDOWN_TIMEOUT`` (a ``before_server_stop`` listener)."""
     relay: Relay | None = getattr(app.ctx, "relay", None)
     if relay is None or getattr(app.ctx, "draining", False):
@@ -95,28 +96,43 @@ async def drain(app: Sanic, *_: Any) -> None:
     for waiter in subscribers:
         if not isinstance(waiter, Subscription):
             waiter.resync()  # a long poll answers now, with what there is
-    log.info("draining", extra={"fields": {
-        "subscriptions": len(subscriptions), "publishing": relay.publishing,
-        "close_window_s": settings.shutdown_close_window, "timeout_s": settings.shutdown_timeout}})
+    log.info(
+        "draining",
+        extra={
+            "fields": {
+                "subscriptions": len(subscriptions),
+                "publishing": relay.publishing,
+                "close_window_s": settings.shutdown_close_window,
+                "timeout_s": settings.shutdown_timeout,
+            }
+        },
+    )
 
     window = max(0.0, min(settings.shutdown_close_window, deadline - loop.time()))
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(close_in_batches(subscriptions, window), max(0.0, deadline - loop.time()))
-    except TimeoutError:
-        pass
     # A socket that was being opened when draining began may have registered since.
     late = [s for s in relay.hub.all_subscribers() if isinstance(s, Subscription)]
     for sub in late:
         sub.close(CloseCode.SERVICE_RESTART, "server restarting")
 
-    while (relay.publishing or _handlers(app)) and loop.time() < deadline:
+    # Polled: publishes in flight and Sanic's handler count have no event to wait on.
+    while (relay.publishing or _handlers(app)) and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(TICK)
     remaining = deadline - loop.time()
     # Requests still open (a publish that has not reached the relay yet) get the rest.
     app.config.GRACEFUL_SHUTDOWN_TIMEOUT = max(0.1, remaining)
-    log.info("drained", extra={"fields": {
-        "closed": len(subscriptions) + len(late), "publishing": relay.publishing,
-        "open_handlers": _handlers(app), "elapsed_s": round(loop.time() - started, 3)}})
+    log.info(
+        "drained",
+        extra={
+            "fields": {
+                "closed": len(subscriptions) + len(late),
+                "publishing": relay.publishing,
+                "open_handlers": _handlers(app),
+                "elapsed_s": round(loop.time() - started, 3),
+            }
+        },
+    )
 
 
 def _ignore_further_signals() -> None:
@@ -133,11 +149,11 @@ def _ignore_further_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def _handlers(app: Sanic) -> int:
+def _handlers(app: Sanic[Any, Any]) -> int:
     """WebSocket handlers still running."""
     return len(getattr(app, "websocket_tasks", ()))
 
 
-def install(app: Sanic) -> None:
+def install(app: Sanic[Any, Any]) -> None:
     """Register :func:`drain`; call after every blueprint so that it runs before their stop listeners."""
     app.register_listener(drain, "before_server_stop")

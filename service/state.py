@@ -108,7 +108,9 @@ class ExecutionState:
         }
 
 
-def fold(execution_id: str, events: Iterable[Event | dict[str, Any]], base: ExecutionState | None = None) -> ExecutionState:
+def fold(
+    execution_id: str, events: Iterable[Event | dict[str, Any]], base: ExecutionState | None = None
+) -> ExecutionState:
     """Fold ``events`` (accepted events or decoded frames) onto ``base`` or an empty state."""
     state = replace(base) if base is not None else ExecutionState(execution_id)
     for event in events:

@@ -35,12 +35,24 @@ def make_settings(**env: str) -> Settings:
     return load_settings(base, env_file=None)
 
 
-def make_token(execution_id: str = "exec-1", sub: str = "user-1", ttl: float = 3600, secret: str = SECRET,
-               algorithm: str = "HS256", headers: dict[str, Any] | None = None, **claims: Any) -> str:
+def make_token(
+    execution_id: str = "exec-1",
+    sub: str = "user-1",
+    ttl: float = 3600,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
     """A subscriber token; ``claims`` override or (with value None) remove defaults."""
     now = int(time.time())
-    payload: dict[str, Any] = {"sub": sub, "execution_id": execution_id, "aud": "progress-relay",
-                               "iat": now, "exp": int(now + ttl)}
+    payload: dict[str, Any] = {
+        "sub": sub,
+        "execution_id": execution_id,
+        "aud": "progress-relay",
+        "iat": now,
+        "exp": int(now + ttl),
+    }
     for k, v in claims.items():
         if v is None:
             payload.pop(k, None)
@@ -76,21 +88,29 @@ class Server:
             params.append(f"last_seq={last_seq}")
         return url + ("?" + "&".join(params) if params else "")
 
-    async def connect(self, execution_id: str = "exec-1", token: str | None = None, last_seq: int | None = None,
-                      **kwargs: Any) -> ClientConnection:
+    async def connect(
+        self, execution_id: str = "exec-1", token: str | None = None, last_seq: int | None = None, **kwargs: Any
+    ) -> ClientConnection:
         if token is None:
             token = make_token(execution_id)
         ws = await connect(self.ws_url(execution_id, token, last_seq), **kwargs)
         self.sockets.append(ws)
         return ws
 
-    async def publish(self, execution_id: str, event: str = "progress", data: dict[str, Any] | None = None,
-                      key: str = PUBLISH_KEY, **extra: Any) -> httpx.Response:
+    async def publish(
+        self,
+        execution_id: str,
+        event: str = "progress",
+        data: dict[str, Any] | None = None,
+        key: str = PUBLISH_KEY,
+        **extra: Any,
+    ) -> httpx.Response:
         if data is None:
             data = {"progress": 10, "stage": "ai_fetching"} if event == "progress" else {}
         body = {"event": event, "data": data, **extra}
-        return await self.http.post(f"/internal/v1/executions/{execution_id}/events", json=body,
-                                    headers={"Authorization": f"Bearer {key}"})
+        return await self.http.post(
+            f"/internal/v1/executions/{execution_id}/events", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
@@ -123,8 +143,9 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False,
-                                         protocol=SERVER_PROTOCOL)
+        server = await app.create_server(
+            sock=sock, return_asyncio_server=True, access_log=False, protocol=SERVER_PROTOCOL
+        )
         assert server is not None
         await server.startup()
         await server.before_start()

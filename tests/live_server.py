@@ -78,8 +78,9 @@ class LiveServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
-        server = self._server = await self.app.create_server(sock=sock, return_asyncio_server=True,
-                                                             access_log=False, protocol=SERVER_PROTOCOL)
+        server = self._server = await self.app.create_server(
+            sock=sock, return_asyncio_server=True, access_log=False, protocol=SERVER_PROTOCOL
+        )
         assert server is not None
         await server.startup()
         await server.before_start()

@@ -165,9 +165,26 @@ class RedisServer:
 
     def start(self) -> None:
         """Start (or restart, on the same port and data directory)."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, "--dbfilename", "dump.rdb", "--daemonize", "no", "--loglevel", "warning",
-                *(("--requirepass", self.password) if self.password else ())]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir,
+            "--dbfilename",
+            "dump.rdb",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            *(("--requirepass", self.password) if self.password else ()),
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_until(self._ping, 10.0, f"redis-server on port {self.port}")
 
@@ -248,8 +265,14 @@ class ServiceProcess:
     def spawn(self) -> ServiceProcess:
         """Start the process without waiting for it."""
         # A temporary cwd: a developer's .env must not leak into the test.
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], env=self.env, cwd=tempfile.gettempdir(),
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=self.env,
+            cwd=tempfile.gettempdir(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> ServiceProcess:

@@ -62,8 +62,14 @@ def segment(value: Any) -> str:
 def claims(**overrides: Any) -> dict[str, Any]:
     """Valid claims for EXEC from ISSUER; ``None`` removes a claim."""
     now = int(time.time())
-    payload: dict[str, Any] = {"sub": "user-1", "execution_id": EXEC, "aud": "progress-relay",
-                               "iss": ISSUER, "iat": now, "exp": now + 3600}
+    payload: dict[str, Any] = {
+        "sub": "user-1",
+        "execution_id": EXEC,
+        "aud": "progress-relay",
+        "iss": ISSUER,
+        "iat": now,
+        "exp": now + 3600,
+    }
     for key, value in overrides.items():
         if value is None:
             payload.pop(key, None)
@@ -152,15 +158,17 @@ ATTACKS = [
     invalid("kid-new-signed-with-old", lambda: with_kid("new", secret=SECRET), "signature"),
     invalid("no-kid-signed-with-old", lambda: forge({"alg": "HS256", "typ": "JWT"}), "signature"),
     # -- alg: exactly the configured one
-    invalid("alg-NONE-unsigned", lambda: f"{segment({'alg': 'NONE', 'kid': 'old'})}.{segment(claims())}.",
-            "algorithm"),
+    invalid("alg-NONE-unsigned", lambda: f"{segment({'alg': 'NONE', 'kid': 'old'})}.{segment(claims())}.", "algorithm"),
     invalid("alg-none-signed", lambda: forge({"alg": "none", "kid": "old"}), "algorithm"),
     invalid("alg-HS384", lambda: forge({"alg": "HS384", "kid": "old"}), "algorithm"),
     invalid("alg-list", lambda: forge({"alg": ["HS256"], "kid": "old"}), "algorithm"),
     invalid("alg-missing", lambda: forge({"typ": "JWT", "kid": "old"}), "algorithm"),
     # -- crit naming an extension we do not implement must be refused (RFC 7515 4.1.11)
-    invalid("crit-jku", lambda: forge({"alg": "HS256", "kid": "old", "crit": ["jku"], "jku": "https://evil.example/"}),
-            "malformed"),
+    invalid(
+        "crit-jku",
+        lambda: forge({"alg": "HS256", "kid": "old", "crit": ["jku"], "jku": "https://evil.example/"}),
+        "malformed",
+    ),
     # -- time claims
     invalid("nbf-future", lambda: good(nbf=int(time.time()) + 600), "not_yet_valid"),
     invalid("iat-future", lambda: good(iat=int(time.time()) + 600), "not_yet_valid"),
@@ -168,8 +176,12 @@ ATTACKS = [
     invalid("exp-object", lambda: good(exp={"$gt": 0}), "malformed"),
     invalid("nbf-string", lambda: good(nbf="tomorrow"), "malformed"),
     invalid("iat-string", lambda: good(iat="now"), "malformed"),
-    Attack("expired-for-another-execution", lambda: good(exp=int(time.time()) - 120, execution_id="exec-2"),
-           TokenExpired, frozenset({"expired"})),
+    Attack(
+        "expired-for-another-execution",
+        lambda: good(exp=int(time.time()) - 120, execution_id="exec-2"),
+        TokenExpired,
+        frozenset({"expired"}),
+    ),
     # -- audience and issuer
     invalid("aud-wrong", lambda: good(aud="someone-else"), "audience"),
     invalid("aud-list-without-us", lambda: good(aud=["someone-else"]), "audience"),
@@ -206,13 +218,18 @@ ATTACKS = [
     invalid("signature-empty", lambda: good().rsplit(".", 1)[0] + ".", "malformed", "signature"),
     invalid("truncated-1", lambda: good()[:-1], "malformed", "signature"),
     invalid("truncated-10", lambda: good()[:-10], "malformed", "signature"),
-    invalid("truncated-mid-payload", lambda: (t := good())[: t.index(".") + 20] + "." + t.rsplit(".", 1)[1],
-            "malformed", "signature"),
+    invalid(
+        "truncated-mid-payload",
+        lambda: (t := good())[: t.index(".") + 20] + "." + t.rsplit(".", 1)[1],
+        "malformed",
+        "signature",
+    ),
     invalid("truncated-two-segments", lambda: good().rsplit(".", 1)[0], "malformed"),
     invalid("extra-segment", lambda: good() + ".extra", "malformed"),
     invalid("extra-trailing-dot", lambda: good() + ".", "malformed"),
-    invalid("jwe-shaped", lambda: ".".join([segment({"alg": "dir", "enc": "A256GCM"}), "", "iv", "ct", "tag"]),
-            "malformed"),
+    invalid(
+        "jwe-shaped", lambda: ".".join([segment({"alg": "dir", "enc": "A256GCM"}), "", "iv", "ct", "tag"]), "malformed"
+    ),
     invalid("non-ascii", lambda: good() + "\u00e9", "malformed"),
     invalid("whitespace-inside", lambda: good().replace(".", ". ", 1), "malformed", "signature"),
 ]
@@ -260,8 +277,9 @@ async def test_attack_gets_its_contract_answer(attack_server: Server, attack: At
     assert await ws_close_code(server, token) == attack.ws_code
 
     status, reason = attack.http
-    carry: dict[str, Any] = ({"headers": {"Authorization": f"Bearer {token}"}} if token.isascii()
-                             else {"params": {"token": token}})
+    carry: dict[str, Any] = (
+        {"headers": {"Authorization": f"Bearer {token}"}} if token.isascii() else {"params": {"token": token}}
+    )
     for path in ENDPOINTS:
         r = await server.http.get(path.format(EXEC), **carry)
         assert r.status_code == status, (path, r.text)
@@ -278,8 +296,12 @@ async def test_attack_gets_its_contract_answer(attack_server: Server, attack: At
 
 async def test_control_tokens_open_every_transport(attack_server: Server) -> None:
     """Tokens signed with either rotated key (by kid, or the first key without one) open socket and polling."""
-    for token in (good(), with_kid("new", secret=NEW_SECRET), forge({"alg": "HS256", "typ": "JWT"}, NEW_SECRET),
-                  good(iat=int(time.time()) + 5)):  # iat within the leeway
+    for token in (
+        good(),
+        with_kid("new", secret=NEW_SECRET),
+        forge({"alg": "HS256", "typ": "JWT"}, NEW_SECRET),
+        good(iat=int(time.time()) + 5),
+    ):  # iat within the leeway
         async with connect(attack_server.ws_url(EXEC, token)) as ws:
             assert (await recv_json(ws))["type"] == "connected"
         r = await attack_server.http.get(f"/v1/executions/{EXEC}/events", headers={"Authorization": f"Bearer {token}"})
@@ -310,8 +332,9 @@ async def canary() -> AsyncIterator[tuple[str, list[bytes]]]:
 def _attacker_rsa() -> tuple[str, dict[str, Any]]:
     """An attacker's RSA private key (PEM) and its public key as a JWK."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     return private, jwk
 
@@ -320,8 +343,16 @@ async def test_jku_x5u_and_friends_are_ignored(attack_server: Server, canary: tu
     """jku/x5u/jwk/x5c/x5t name no key here: a well-signed token still works, and nothing is ever fetched."""
     url, hits = canary
     _, jwk = _attacker_rsa()
-    header = {"alg": "HS256", "typ": "JWT", "kid": "old", "jku": f"{url}/jwks.json", "x5u": f"{url}/cert.pem",
-              "jwk": jwk, "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"], "x5t": "abc"}
+    header = {
+        "alg": "HS256",
+        "typ": "JWT",
+        "kid": "old",
+        "jku": f"{url}/jwks.json",
+        "x5u": f"{url}/cert.pem",
+        "jwk": jwk,
+        "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"],
+        "x5t": "abc",
+    }
     token = forge(header)
     assert attack_server.relay.verifier.verify(token, EXEC).sub == "user-1"
     async with connect(attack_server.ws_url(EXEC, token)) as ws:
@@ -335,16 +366,19 @@ async def test_jku_x5u_and_friends_are_ignored(attack_server: Server, canary: tu
     assert hits == []
 
 
-async def test_embedded_jwk_and_jku_cannot_bring_their_own_key(start_server: Callable[..., Any], tmp_path: Path,
-                                                              canary: tuple[str, list[bytes]]) -> None:
+async def test_embedded_jwk_and_jku_cannot_bring_their_own_key(
+    start_server: Callable[..., Any], tmp_path: Path, canary: tuple[str, list[bytes]]
+) -> None:
     """With RS256, a token signed by the attacker's own key, with that key in jwk/jku/x5u, is refused (4500/401)."""
     url, hits = canary
     real = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path / "public.pem"
-    path.write_bytes(real.public_key().public_bytes(serialization.Encoding.PEM,
-                                                    serialization.PublicFormat.SubjectPublicKeyInfo))
-    server: Server = await start_server(make_settings(RELAY_JWT_ALGORITHM="RS256", RELAY_JWT_SECRET="",
-                                                      RELAY_JWT_PUBLIC_KEYS=str(path)))
+    path.write_bytes(
+        real.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    server: Server = await start_server(
+        make_settings(RELAY_JWT_ALGORITHM="RS256", RELAY_JWT_SECRET="", RELAY_JWT_PUBLIC_KEYS=str(path))
+    )
     private, jwk = _attacker_rsa()
     payload = {k: v for k, v in claims().items() if k != "iss"}
     for extra in ({"jwk": jwk}, {"jku": f"{url}/jwks.json"}, {"x5u": f"{url}/cert.pem"}, {"kid": f"{url}/key"}):
@@ -370,13 +404,13 @@ def crypto_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             calls.append(name)
             return real(*args, **kwargs)
+
         return wrapper
 
     monkeypatch.setattr(TokenVerifier, "_decode", spy("_decode", TokenVerifier._decode))
     monkeypatch.setattr(jwt, "decode", spy("jwt.decode", jwt.decode))
     monkeypatch.setattr(jwt, "get_unverified_header", spy("get_unverified_header", jwt.get_unverified_header))
-    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "verify",
-                        spy("hmac.verify", jwt.algorithms.HMACAlgorithm.verify))
+    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "verify", spy("hmac.verify", jwt.algorithms.HMACAlgorithm.verify))
     return calls
 
 
@@ -403,8 +437,9 @@ async def test_a_token_of_exactly_the_limit_is_verified(attack_server: Server, c
 
 
 @pytest.mark.parametrize("size", [MAX_TOKEN_BYTES + 1, 10_000, 16_000])
-async def test_oversized_tokens_are_refused_before_any_crypto(attack_server: Server, crypto_spy: list[str],
-                                                              size: int) -> None:
+async def test_oversized_tokens_are_refused_before_any_crypto(
+    attack_server: Server, crypto_spy: list[str], size: int
+) -> None:
     """A correctly signed token over 8192 bytes: 4500 / 401 invalid, and no decoding or HMAC happened."""
     token = padded(size)
     with pytest.raises(TokenInvalid) as refused:
@@ -424,8 +459,9 @@ async def test_non_ascii_tokens_are_refused_before_crypto(attack_server: Server,
     # Fewer than 8192 characters but more than 8192 UTF-8 bytes, sent as raw header bytes.
     token = good() + "\u20ac" * 2800
     assert len(token) < MAX_TOKEN_BYTES < len(token.encode())
-    r = await attack_server.http.get(f"/v1/executions/{EXEC}/events",
-                                     headers={b"Authorization": b"Bearer " + token.encode()})
+    r = await attack_server.http.get(
+        f"/v1/executions/{EXEC}/events", headers={b"Authorization": b"Bearer " + token.encode()}
+    )
     assert r.status_code == 401 and r.json()["reason"] == "invalid", r.text
     small = good() + "\u00e9" * 500
     r = await attack_server.http.get(f"/v1/executions/{EXEC}/events", params={"token": small})
@@ -440,8 +476,9 @@ async def test_non_ascii_tokens_are_refused_before_crypto(attack_server: Server,
 
 
 @pytest.mark.parametrize("size", [20_000, 64 * 1024])
-async def test_tokens_beyond_the_header_limit_get_413_before_routing(attack_server: Server, crypto_spy: list[str],
-                                                                    size: int) -> None:
+async def test_tokens_beyond_the_header_limit_get_413_before_routing(
+    attack_server: Server, crypto_spy: list[str], size: int
+) -> None:
     """Past RELAY's 16 KiB header limit the request is refused as 413 JSON (the socket never opens)."""
     token = padded(size)
     r = await attack_server.http.get(f"/v1/executions/{EXEC}/events", headers={"Authorization": f"Bearer {token}"})
@@ -460,8 +497,11 @@ async def test_subscriber_token_is_refused_on_every_internal_route(attack_server
     """A valid subscriber token, in the header or the query, opens no internal route (401), and publishes nothing."""
     token = good()
     for method, path, body in INTERNAL_ROUTES:
-        for how in ({"headers": {"Authorization": f"Bearer {token}"}}, {"params": {"token": token}},
-                    {"params": {"token": PUBLISH_KEY}}):  # keys travel only in the header
+        for how in (
+            {"headers": {"Authorization": f"Bearer {token}"}},
+            {"params": {"token": token}},
+            {"params": {"token": PUBLISH_KEY}},
+        ):  # keys travel only in the header
             r = await attack_server.http.request(method, path, json=body, **how)  # type: ignore[arg-type]
             assert r.status_code == 401, (method, path, how, r.text)
             assert r.json() == {"error": "unauthorized", "message": r.json()["message"], "reason": "publisher_key"}

@@ -304,8 +304,14 @@ async def test_publish_many_keeps_order_with_one_result_per_item(backend: Backen
     results = await broker.publish_many(drafts)
     assert len(results) == 6
     summary = [(r.execution_id, r.seq, r.duplicate) if isinstance(r, PublishResult) else type(r) for r in results]
-    assert summary == [("m1", 1, False), ("m1", 2, False), ExecutionFinished, ("m1", 1, True), ("m3", 1, False),
-                       ("m1", 3, False)]
+    assert summary == [
+        ("m1", 1, False),
+        ("m1", 2, False),
+        ExecutionFinished,
+        ("m1", 1, True),
+        ("m3", 1, False),
+        ("m1", 3, False),
+    ]
     assert await recorder.wait_for("m1", 3) == [1, 2, 3]
     assert await broker.publish_many([]) == []
 

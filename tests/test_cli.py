@@ -38,15 +38,27 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``progress-relay`` (as python -m service.cli) and capture its output."""
-    return subprocess.run([sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", *args],
-                          capture_output=True, text=True, timeout=60, env=clean_env(**env), cwd=ROOT / "tests")
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(**env),
+        cwd=ROOT / "tests",
+    )
 
 
 async def test_dev_mode_prints_a_working_token_and_key() -> None:
     """`python -m service` with no secrets prints a token and key that work against it at once."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT / "tests", text=True,
-                            env=clean_env(RELAY_PORT=str(port)), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT / "tests",
+        text=True,
+        env=clean_env(RELAY_PORT=str(port)),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
     try:
         assert proc.stderr is not None
         banner = ""
@@ -65,8 +77,11 @@ async def test_dev_mode_prints_a_working_token_and_key() -> None:
                     await asyncio.sleep(0.1)
             async with connect(f"ws://127.0.0.1:{port}/ws/executions/demo-001?token={token}") as ws:
                 assert (await recv_json(ws))["type"] == "connected"
-                r = await http.post("/internal/v1/executions/demo-001/events", headers={"Authorization": f"Bearer {key}"},
-                                    json={"event": "complete", "data": {"report": {"ok": 1}}})
+                r = await http.post(
+                    "/internal/v1/executions/demo-001/events",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"event": "complete", "data": {"report": {"ok": 1}}},
+                )
                 assert r.status_code == 202
                 frames = await recv_until_closed(ws)
                 assert frames[0]["data"] == {"report": {"ok": 1}}
@@ -77,16 +92,28 @@ async def test_dev_mode_prints_a_working_token_and_key() -> None:
 
 def test_production_without_secrets_refuses_to_start() -> None:
     """RELAY_ENV=production with no secret exits 2 with one sentence naming the variable."""
-    result = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, timeout=60,
-                            env=clean_env(RELAY_ENV="production"), cwd=ROOT / "tests")
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(RELAY_ENV="production"),
+        cwd=ROOT / "tests",
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == "progress-relay: RELAY_JWT_SECRET must be set when RELAY_ENV=production."
 
 
 def test_several_workers_on_memory_refuse_to_start() -> None:
     """RELAY_WORKERS=2 with the memory broker exits 2 telling to use Redis."""
-    result = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, timeout=60,
-                            env=clean_env(RELAY_WORKERS="2"), cwd=ROOT / "tests")
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(RELAY_WORKERS="2"),
+        cwd=ROOT / "tests",
+    )
     assert result.returncode == 2 and "RELAY_BROKER_URL=redis://" in result.stderr
 
 
@@ -108,13 +135,34 @@ def test_token_command_without_secret_explains() -> None:
 
 async def test_publish_command_sends_one_event(server: Server) -> None:
     """`progress-relay publish` posts one event to a running service and prints its seq."""
-    result = await asyncio.to_thread(run_cli, "publish", "--url", server.base, "--execution-id", "p1",
-                                     "--event", "progress", "--data", '{"progress": 3, "stage": "queued"}',
-                                     RELAY_PUBLISH_KEYS=PUBLISH_KEY)
+    result = await asyncio.to_thread(
+        run_cli,
+        "publish",
+        "--url",
+        server.base,
+        "--execution-id",
+        "p1",
+        "--event",
+        "progress",
+        "--data",
+        '{"progress": 3, "stage": "queued"}',
+        RELAY_PUBLISH_KEYS=PUBLISH_KEY,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"execution_id": "p1", "seq": 1, "duplicate": False}
-    bad = await asyncio.to_thread(run_cli, "publish", "--url", server.base, "--execution-id", "p1",
-                                  "--event", "progress", "--data", "{}", RELAY_PUBLISH_KEYS=PUBLISH_KEY)
+    bad = await asyncio.to_thread(
+        run_cli,
+        "publish",
+        "--url",
+        server.base,
+        "--execution-id",
+        "p1",
+        "--event",
+        "progress",
+        "--data",
+        "{}",
+        RELAY_PUBLISH_KEYS=PUBLISH_KEY,
+    )
     assert bad.returncode == 1 and "422" in bad.stderr
 
 
@@ -129,7 +177,12 @@ async def test_publisher_client_methods_match_the_seed(server: Server) -> None:
     await pub.send_complete("s1", {"score": 90})
     frames = await recv_until_closed(ws)
     assert [(f["seq"], f["event"]) for f in frames] == [(1, "progress"), (2, "result"), (3, "error"), (4, "complete")]
-    assert frames[0]["data"] == {"progress": 10, "stage": "ai_fetching", "status": "processing", "status_text": "正在查询"}
+    assert frames[0]["data"] == {
+        "progress": 10,
+        "stage": "ai_fetching",
+        "status": "processing",
+        "status_text": "正在查询",
+    }
     assert frames[2]["data"]["recoverable"] is True and frames[3]["data"] == {"report": {"score": 90}}
     with pytest.raises(PublishError) as exc:
         await asyncio.to_thread(RelayPublisher(server.base, PUBLISH_KEY).send_progress, "s1", 5, "x")

@@ -40,7 +40,9 @@ class CountingProxy:
             self._srv.close()
 
 
-async def watch_execution(server: Server, execution_id: str, **client: Any) -> tuple[int, list[dict[str, Any]], list[Any]]:
+async def watch_execution(
+    server: Server, execution_id: str, **client: Any
+) -> tuple[int, list[dict[str, Any]], list[Any]]:
     """Receive a whole execution through a counting proxy: (bytes to client, frames, negotiated extensions)."""
     proxy = CountingProxy(server)
     port = await proxy.start()
@@ -56,12 +58,31 @@ async def publish_demo_like(server: Server, execution_id: str) -> None:
     """A realistic execution: progress per platform with Chinese status texts, results, a report."""
     platforms = ["文心一言", "通义千问", "Kimi", "豆包", "DeepSeek"]
     for i, name in enumerate(platforms):
-        await server.publish(execution_id, "progress", {"progress": 10 + i * 15, "stage": "ai_fetching",
-                                                        "status": "processing", "status_text": f"正在查询 {name}"})
-        await server.publish(execution_id, "result", {"platform": name, "mentioned": True, "rank": i + 1,
-                                                      "summary": f"{name} 的回答提到了品牌，排名第 {i + 1}。" * 3})
-    await server.publish(execution_id, "complete", {"report": {"score": 87, "platforms": platforms,
-                                                               "advice": "继续优化品牌在 AI 平台上的可见度。" * 5}})
+        await server.publish(
+            execution_id,
+            "progress",
+            {
+                "progress": 10 + i * 15,
+                "stage": "ai_fetching",
+                "status": "processing",
+                "status_text": f"正在查询 {name}",
+            },
+        )
+        await server.publish(
+            execution_id,
+            "result",
+            {
+                "platform": name,
+                "mentioned": True,
+                "rank": i + 1,
+                "summary": f"{name} 的回答提到了品牌，排名第 {i + 1}。" * 3,
+            },
+        )
+    await server.publish(
+        execution_id,
+        "complete",
+        {"report": {"score": 87, "platforms": platforms, "advice": "继续优化品牌在 AI 平台上的可见度。" * 5}},
+    )
 
 
 async def test_compression_is_negotiated_and_saves_bytes(server: Server) -> None:

@@ -24,24 +24,27 @@ def test_defaults_start_in_dev_mode_with_generated_secrets() -> None:
     assert len(s.jwt_keys[0][1]) >= 32 and len(s.publish_keys[0]) >= 32
 
 
-@pytest.mark.parametrize(("env", "name"), [
-    ({"RELAY_PORT": "eighty"}, "RELAY_PORT"),
-    ({"RELAY_PORT": "70000"}, "RELAY_PORT"),
-    ({"RELAY_ENV": "staging"}, "RELAY_ENV"),
-    ({"RELAY_WORKERS": "0"}, "RELAY_WORKERS"),
-    ({"RELAY_JWT_ALGORITHM": "none"}, "RELAY_JWT_ALGORITHM"),
-    ({"RELAY_JWT_LEEWAY": "60"}, "RELAY_JWT_LEEWAY"),
-    ({"RELAY_BROKER_URL": "kafka://x"}, "RELAY_BROKER_URL"),
-    ({"RELAY_ACCESS_LOG": "maybe"}, "RELAY_ACCESS_LOG"),
-    ({"RELAY_HISTORY_SIZE": "0"}, "RELAY_HISTORY_SIZE"),
-    ({"RELAY_WS_PING_INTERVAL": "soon"}, "RELAY_WS_PING_INTERVAL"),
-    ({"RELAY_JWT_SECRET": "a:1,a:2"}, "RELAY_JWT_SECRET"),
-    ({"RELAY_JWT_SECRET": "one,two"}, "RELAY_JWT_SECRET"),
-    ({"RELAY_JWT_ALGORITHM": "RS256"}, "RELAY_JWT_PUBLIC_KEYS"),
-    ({"RELAY_JWT_ALGORITHM": "RS256", "RELAY_JWT_PUBLIC_KEYS": "/nonexistent.pem"}, "RELAY_JWT_PUBLIC_KEYS"),
-    ({"RELAY_JWT_ALGORITHM": "RS256", "RELAY_JWT_SECRET": STRONG}, "RELAY_JWT_SECRET"),
-    ({"RELAY_JWT_PUBLIC_KEYS": "/x.pem"}, "RELAY_JWT_PUBLIC_KEYS"),
-])
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"RELAY_PORT": "eighty"}, "RELAY_PORT"),
+        ({"RELAY_PORT": "70000"}, "RELAY_PORT"),
+        ({"RELAY_ENV": "staging"}, "RELAY_ENV"),
+        ({"RELAY_WORKERS": "0"}, "RELAY_WORKERS"),
+        ({"RELAY_JWT_ALGORITHM": "none"}, "RELAY_JWT_ALGORITHM"),
+        ({"RELAY_JWT_LEEWAY": "60"}, "RELAY_JWT_LEEWAY"),
+        ({"RELAY_BROKER_URL": "kafka://x"}, "RELAY_BROKER_URL"),
+        ({"RELAY_ACCESS_LOG": "maybe"}, "RELAY_ACCESS_LOG"),
+        ({"RELAY_HISTORY_SIZE": "0"}, "RELAY_HISTORY_SIZE"),
+        ({"RELAY_WS_PING_INTERVAL": "soon"}, "RELAY_WS_PING_INTERVAL"),
+        ({"RELAY_JWT_SECRET": "a:1,a:2"}, "RELAY_JWT_SECRET"),
+        ({"RELAY_JWT_SECRET": "one,two"}, "RELAY_JWT_SECRET"),
+        ({"RELAY_JWT_ALGORITHM": "RS256"}, "RELAY_JWT_PUBLIC_KEYS"),
+        ({"RELAY_JWT_ALGORITHM": "RS256", "RELAY_JWT_PUBLIC_KEYS": "/nonexistent.pem"}, "RELAY_JWT_PUBLIC_KEYS"),
+        ({"RELAY_JWT_ALGORITHM": "RS256", "RELAY_JWT_SECRET": STRONG}, "RELAY_JWT_SECRET"),
+        ({"RELAY_JWT_PUBLIC_KEYS": "/x.pem"}, "RELAY_JWT_PUBLIC_KEYS"),
+    ],
+)
 def test_wrong_values_name_the_variable(env: dict[str, str], name: str) -> None:
     """Each wrong value stops the start with one sentence naming the variable."""
     with pytest.raises(ConfigError) as exc:
@@ -57,13 +60,16 @@ def test_several_workers_with_memory_broker_are_refused() -> None:
     assert load(RELAY_WORKERS="2", RELAY_BROKER_URL="redis://127.0.0.1:6379/0").workers == 2
 
 
-@pytest.mark.parametrize(("env", "name"), [
-    ({}, "RELAY_JWT_SECRET"),
-    ({"RELAY_JWT_SECRET": "short", "RELAY_PUBLISH_KEYS": STRONG + "p"}, "RELAY_JWT_SECRET"),
-    ({"RELAY_JWT_SECRET": STRONG}, "RELAY_PUBLISH_KEYS"),
-    ({"RELAY_JWT_SECRET": STRONG, "RELAY_PUBLISH_KEYS": "weak"}, "RELAY_PUBLISH_KEYS"),
-    ({"RELAY_JWT_SECRET": STRONG, "RELAY_PUBLISH_KEYS": STRONG}, "RELAY_PUBLISH_KEYS"),
-])
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({}, "RELAY_JWT_SECRET"),
+        ({"RELAY_JWT_SECRET": "short", "RELAY_PUBLISH_KEYS": STRONG + "p"}, "RELAY_JWT_SECRET"),
+        ({"RELAY_JWT_SECRET": STRONG}, "RELAY_PUBLISH_KEYS"),
+        ({"RELAY_JWT_SECRET": STRONG, "RELAY_PUBLISH_KEYS": "weak"}, "RELAY_PUBLISH_KEYS"),
+        ({"RELAY_JWT_SECRET": STRONG, "RELAY_PUBLISH_KEYS": STRONG}, "RELAY_PUBLISH_KEYS"),
+    ],
+)
 def test_production_refuses_missing_or_weak_secrets(env: dict[str, str], name: str) -> None:
     """RELAY_ENV=production never generates secrets and refuses weak ones."""
     with pytest.raises(ConfigError) as exc:
@@ -87,8 +93,11 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 def test_lists_and_key_sets_are_parsed() -> None:
     """Origins, publisher keys and kid:secret sets are split on commas."""
-    s = load(RELAY_ALLOWED_ORIGINS="https://a.example/, https://b.example", RELAY_PUBLISH_KEYS="k1,k2",
-             RELAY_JWT_SECRET=f"new:{STRONG},old:{STRONG}x")
+    s = load(
+        RELAY_ALLOWED_ORIGINS="https://a.example/, https://b.example",
+        RELAY_PUBLISH_KEYS="k1,k2",
+        RELAY_JWT_SECRET=f"new:{STRONG},old:{STRONG}x",
+    )
     assert s.allowed_origins == ("https://a.example", "https://b.example")
     assert s.publish_keys == ("k1", "k2")
     assert [k for k, _ in s.jwt_keys] == ["new", "old"]

@@ -50,24 +50,38 @@ async def settle() -> None:
 
 def test_frame_is_encoded_once_with_seq_in_place() -> None:
     """A draft's frame is the contract's event object with the seq filled in, Chinese kept as UTF-8."""
-    draft = parse_draft("exec-001", {"event": "progress", "timestamp": "2026-02-27T21:30:00Z",
-                                     "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"}})
+    draft = parse_draft(
+        "exec-001",
+        {
+            "event": "progress",
+            "timestamp": "2026-02-27T21:30:00Z",
+            "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"},
+        },
+    )
     event = draft.with_seq(7)
     assert json.loads(event.frame) == {
-        "type": "diagnosis_update", "execution_id": "exec-001", "seq": 7, "timestamp": "2026-02-27T21:30:00Z",
-        "event": "progress", "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"}}
+        "type": "diagnosis_update",
+        "execution_id": "exec-001",
+        "seq": 7,
+        "timestamp": "2026-02-27T21:30:00Z",
+        "event": "progress",
+        "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"},
+    }
     assert "查询中" in event.frame and not event.terminal
 
 
-@pytest.mark.parametrize(("body", "terminal"), [
-    ({"event": "complete"}, True),
-    ({"event": "error", "data": {"error": "x"}}, True),
-    ({"event": "error", "data": {"error": "x", "recoverable": True}}, False),
-    ({"event": "error", "data": {"error": "x", "recoverable": False}}, True),
-    ({"event": "result", "data": {}}, False),
-])
+@pytest.mark.parametrize(
+    ("body", "terminal"),
+    [
+        ({"event": "complete"}, True),
+        ({"event": "error", "data": {"error": "x"}}, True),
+        ({"event": "error", "data": {"error": "x", "recoverable": True}}, False),
+        ({"event": "error", "data": {"error": "x", "recoverable": False}}, True),
+        ({"event": "result", "data": {}}, False),
+    ],
+)
 def test_terminal_events(body: dict[str, object], terminal: bool) -> None:
-    """complete and non-recoverable errors are terminal; nothing else is."""
+    """``complete`` and non-recoverable errors are terminal; nothing else is."""
     assert parse_draft("e", body).terminal is terminal
 
 

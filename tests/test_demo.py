@@ -53,8 +53,9 @@ async def test_demo_runs_end_to_end_and_every_transport_shows_it(server: Server)
     ws = await server.connect("demo-t-001")
     assert (await recv_json(ws))["type"] == "connected"
     out = io.StringIO()
-    code = await asyncio.to_thread(run, server.base, PUBLISH_KEY, executions=3, pace=0.01, first_id="demo-t-001",
-                                   out=out)
+    code = await asyncio.to_thread(
+        run, server.base, PUBLISH_KEY, executions=3, pace=0.01, first_id="demo-t-001", out=out
+    )
     text = out.getvalue()
     assert code == 0, text
     assert "3/3 demo execution(s) completed." in text
@@ -68,8 +69,9 @@ async def test_demo_runs_end_to_end_and_every_transport_shows_it(server: Server)
         state = (await server.http.get(f"/v1/executions/{eid}", params={"token": token.group(1)})).json()
         assert state["terminal"] is True and state["status"] == "completed" and state["progress"] == 100
         assert state["report"]["brand"] and len(state["report"]["platforms"]) == len(PLATFORMS)
-        polled = (await server.http.get(f"/v1/executions/{eid}/events", params={"token": token.group(1),
-                                                                                 "limit": 1000})).json()
+        polled = (
+            await server.http.get(f"/v1/executions/{eid}/events", params={"token": token.group(1), "limit": 1000})
+        ).json()
         assert len(polled["events"]) == len(diagnosis_script(eid)) == state["latest_seq"]
         if eid == "demo-t-001":
             assert polled["events"] == live
@@ -92,9 +94,24 @@ async def test_demo_reports_an_unreachable_relay() -> None:
 async def test_cli_demo_subcommand_in_a_subprocess(server: Server) -> None:
     """`progress-relay demo --executions 2 --pace 0.01` runs as a process and completes both executions."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))",
-        "demo", "--url", server.base, "--key", PUBLISH_KEY, "--executions", "2", "--pace", "0.01",
-        "--execution-id", "cli-01", cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        "import sys; from service.cli import main; sys.exit(main(sys.argv[1:]))",
+        "demo",
+        "--url",
+        server.base,
+        "--key",
+        PUBLISH_KEY,
+        "--executions",
+        "2",
+        "--pace",
+        "0.01",
+        "--execution-id",
+        "cli-01",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()
     assert "2/2 demo execution(s) completed." in stdout.decode()

@@ -9,6 +9,7 @@ or when the service does not serve /demo.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,8 +42,12 @@ PUBLISH_KEY = "demo-page-publish-key-0123456789abcdef"
 
 
 def _chromium() -> str | None:
-    for candidate in (os.environ.get("RELAY_TEST_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("RELAY_TEST_CHROMIUM"),
+        shutil.which("chromium"),
+        "/usr/bin/chromium",
+        shutil.which("chromium-browser"),
+    ):
         if candidate and Path(candidate).exists():
             return candidate
     return None
@@ -86,14 +91,22 @@ class Relay:
         self.base = base
 
     def publish(self, execution_id: str, event: str, data: dict[str, Any]) -> int:
-        status, body = _http("POST", f"{self.base}/internal/v1/executions/{execution_id}/events",
-                             {"event": event, "data": data}, PUBLISH_KEY)
+        status, body = _http(
+            "POST",
+            f"{self.base}/internal/v1/executions/{execution_id}/events",
+            {"event": event, "data": data},
+            PUBLISH_KEY,
+        )
         assert status == 202, (status, body)
         return int(body["seq"])
 
     def token(self, execution_id: str) -> str:
-        status, body = _http("POST", f"{self.base}/internal/v1/tokens",
-                             {"execution_id": execution_id, "sub": "demo-page-test"}, PUBLISH_KEY)
+        status, body = _http(
+            "POST",
+            f"{self.base}/internal/v1/tokens",
+            {"execution_id": execution_id, "sub": "demo-page-test"},
+            PUBLISH_KEY,
+        )
         assert status == 201, (status, body)
         return str(body["token"])
 
@@ -101,11 +114,21 @@ class Relay:
 @pytest.fixture(scope="module")
 def relay() -> Iterator[Relay]:
     port = _free_port()
-    env = {**os.environ, "RELAY_ENV": "dev", "RELAY_HOST": "127.0.0.1", "RELAY_PORT": str(port),
-           "RELAY_WORKERS": "1", "RELAY_BROKER_URL": "memory://", "RELAY_JWT_SECRET": SECRET,
-           "RELAY_PUBLISH_KEYS": PUBLISH_KEY, "RELAY_ACCESS_LOG": "false", "RELAY_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "RELAY_ENV": "dev",
+        "RELAY_HOST": "127.0.0.1",
+        "RELAY_PORT": str(port),
+        "RELAY_WORKERS": "1",
+        "RELAY_BROKER_URL": "memory://",
+        "RELAY_JWT_SECRET": SECRET,
+        "RELAY_PUBLISH_KEYS": PUBLISH_KEY,
+        "RELAY_ACCESS_LOG": "false",
+        "RELAY_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -179,10 +202,8 @@ class TcpProxy:
     def _kill(self, s: socket.socket) -> None:
         with self.lock:
             self.conns.discard(s)
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         s.close()
 
     def drop_all(self) -> int:
@@ -227,7 +248,9 @@ def _wait_bar_full(page: Any) -> None:
     """The bar's width animates; wait until it is drawn full before a screenshot."""
     page.wait_for_function(
         "document.getElementById('progress-bar').getBoundingClientRect().width >= "
-        "document.getElementById('progress').getBoundingClientRect().width - 1", timeout=5_000)
+        "document.getElementById('progress').getBoundingClientRect().width - 1",
+        timeout=5_000,
+    )
 
 
 def _wait_log(page: Any, count: int, timeout: float = 30_000) -> None:
@@ -276,7 +299,8 @@ def test_demo_page_shows_a_whole_diagnosis(relay: Relay, proxy: TcpProxy, browse
 
 
 def test_demo_page_recovers_from_a_dropped_connection_and_switches_modes(
-        relay: Relay, proxy: TcpProxy, browser: Any) -> None:
+    relay: Relay, proxy: TcpProxy, browser: Any
+) -> None:
     execution_id = f"demo-page-{os.getpid()}-drop"
     token = relay.token(execution_id)
     steps = _steps(execution_id)
@@ -288,7 +312,7 @@ def test_demo_page_recovers_from_a_dropped_connection_and_switches_modes(
 
     def publish(count: int) -> None:
         nonlocal n
-        for event, data in steps[n:n + count]:
+        for event, data in steps[n : n + count]:
             relay.publish(execution_id, event, data)
         n = min(len(steps), n + count)
 

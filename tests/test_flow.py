@@ -7,13 +7,21 @@ from tests.conftest import Server, recv_json, recv_until_closed
 
 async def test_full_flow_delivers_events_in_order_and_closes_1000(server: Server) -> None:
     """Mint a token, connect, publish progress/result/complete: frames arrive with seq 1..3, then close 1000."""
-    r = await server.http.post("/internal/v1/tokens", json={"execution_id": "exec-1", "sub": "u1"},
-                               headers={"Authorization": "Bearer test-publisher-key-0123456789-abcdefghij"})
+    r = await server.http.post(
+        "/internal/v1/tokens",
+        json={"execution_id": "exec-1", "sub": "u1"},
+        headers={"Authorization": "Bearer test-publisher-key-0123456789-abcdefghij"},
+    )
     assert r.status_code == 201, r.text
     ws = await server.connect("exec-1", token=r.json()["token"])
     hello = await recv_json(ws)
-    assert hello == {"type": "connected", "execution_id": "exec-1", "latest_seq": 0, "resumed": False,
-                     "heartbeat_interval": 30}
+    assert hello == {
+        "type": "connected",
+        "execution_id": "exec-1",
+        "latest_seq": 0,
+        "resumed": False,
+        "heartbeat_interval": 30,
+    }
     assert (await server.publish("exec-1", "progress", {"progress": 50, "stage": "ai_fetching"})).status_code == 202
     assert (await server.publish("exec-1", "result", {"platform": "x", "score": 3})).status_code == 202
     r = await server.publish("exec-1", "complete", {"report": {"ok": True}})
@@ -30,8 +38,11 @@ async def test_percent_encoded_execution_ids_are_the_same_execution(server: Serv
     """An id with ':' works whether the client writes it as is or percent-encoded (encodeURIComponent)."""
     from tests.conftest import make_token
 
-    r = await server.http.post("/internal/v1/executions/job%3A42/events", json={"event": "result", "data": {}},
-                               headers={"Authorization": "Bearer test-publisher-key-0123456789-abcdefghij"})
+    r = await server.http.post(
+        "/internal/v1/executions/job%3A42/events",
+        json={"event": "result", "data": {}},
+        headers={"Authorization": "Bearer test-publisher-key-0123456789-abcdefghij"},
+    )
     assert r.status_code == 202 and r.json()["execution_id"] == "job:42"
     token = make_token("job:42")
     ws = await server.connect("job%3A42", token=token)

@@ -45,10 +45,13 @@ def live() -> Iterator[LiveServer]:
     sys.setswitchinterval(0.0005)
     try:
         with httpx.Client(base_url=server.base, headers=AUTH, timeout=10) as client:
-            for event, data in (("progress", {"progress": 50, "stage": "s"}), ("result", {"x": 1}),
-                                ("complete", {})):
-                assert client.post(f"/internal/v1/executions/{DONE}/events",
-                                   json={"event": event, "data": data}).status_code == 202
+            for event, data in (("progress", {"progress": 50, "stage": "s"}), ("result", {"x": 1}), ("complete", {})):
+                assert (
+                    client.post(
+                        f"/internal/v1/executions/{DONE}/events", json={"event": event, "data": data}
+                    ).status_code
+                    == 202
+                )
         yield server
     finally:
         sys.setswitchinterval(switch)
@@ -64,8 +67,10 @@ def http(live: LiveServer) -> Iterator[httpx.Client]:
 
 def strict_json(text: str) -> Any:
     """Decode like a browser's JSON.parse: NaN and Infinity are not JSON."""
+
     def refuse(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -83,8 +88,13 @@ def check_answer(r: httpx.Response) -> Any:
         if r.status_code == 422:
             assert body["error"] == "validation_failed" and body["fields"], body
         if "fields" in body:
-            assert all(isinstance(f, dict) and set(f) == {"field", "message"} and isinstance(f["field"], str)
-                       and isinstance(f["message"], str) for f in body["fields"]), body
+            assert all(
+                isinstance(f, dict)
+                and set(f) == {"field", "message"}
+                and isinstance(f["field"], str)
+                and isinstance(f["message"], str)
+                for f in body["fields"]
+            ), body
         if r.status_code == 401:
             assert isinstance(body["reason"], str)
         else:
@@ -96,22 +106,37 @@ def check_answer(r: httpx.Response) -> Any:
 
 # Text that includes the troublesome: NUL, quotes, backslashes, RTL marks, astral characters.
 texts = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
-    ["", "\x00", '"', "\\", "</script>", "\u202e", "😀", "a" * 201, "NaN", "__proto__"])
+    ["", "\x00", '"', "\\", "</script>", "\u202e", "😀", "a" * 201, "NaN", "__proto__"]
+)
 finite = st.floats(allow_nan=False, allow_infinity=False)
-scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | texts
-json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(texts, inner, max_size=4), max_leaves=12)
-execution_ids = st.sampled_from(["fz-a", "fz-b", "fz-c", "fz-d", DONE]) | st.from_regex(
-    r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,20}\Z") | texts
-timestamps = st.none() | st.sampled_from(["2026-02-27T21:30:00Z", "2026-02-27T21:30:00.123+08:00",
-                                          "2026-02-27", "yesterday", "", "9" * 70]) | json_values
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | texts
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4), max_leaves=12
+)
+execution_ids = (
+    st.sampled_from(["fz-a", "fz-b", "fz-c", "fz-d", DONE])
+    | st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,20}\Z")
+    | texts
+)
+timestamps = (
+    st.none()
+    | st.sampled_from(
+        ["2026-02-27T21:30:00Z", "2026-02-27T21:30:00.123+08:00", "2026-02-27", "yesterday", "", "9" * 70]
+    )
+    | json_values
+)
 progress_data = st.fixed_dictionaries(
     {"progress": st.integers(-5, 105) | json_values, "stage": texts | json_values},
-    optional={"status": texts | json_values, "status_text": texts | json_values, "extra": json_values})
+    optional={"status": texts | json_values, "status_text": texts | json_values, "extra": json_values},
+)
 error_data = st.fixed_dictionaries(
     {"error": texts | json_values},
-    optional={"error_type": texts | json_values, "error_details": json_values,
-              "recoverable": st.booleans() | json_values})
+    optional={
+        "error_type": texts | json_values,
+        "error_details": json_values,
+        "recoverable": st.booleans() | json_values,
+    },
+)
 datas = progress_data | error_data | st.dictionaries(texts, json_values, max_size=4) | json_values
 
 
@@ -123,8 +148,11 @@ def publish_bodies(draw: st.DrawFn, with_execution_id: bool = False) -> Any:
     body: dict[str, Any] = {"event": draw(st.sampled_from(EVENT_TYPES) | json_values)}
     if draw(st.booleans()):
         body["data"] = draw(datas)
-    for key, values in (("timestamp", timestamps), ("idempotency_key", texts | json_values),
-                        ("execution_id", execution_ids | json_values)):
+    for key, values in (
+        ("timestamp", timestamps),
+        ("idempotency_key", texts | json_values),
+        ("execution_id", execution_ids | json_values),
+    ):
         if draw(st.integers(0, 3)) == 0 or (key == "execution_id" and with_execution_id):
             body[key] = draw(values)
     if draw(st.integers(0, 9)) == 0:
@@ -137,15 +165,31 @@ def encode(body: Any) -> bytes:
     return json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
-raw_bodies = st.builds(encode, publish_bodies()) | st.binary(max_size=64) | st.sampled_from(
-    [b"", b"{", b"[" * 5000, b'{"event": "result", "data": {"x": 1e400}}', b'{"event":"result","data":{"x":NaN}}',
-     b'{"event":"complete","data":{"report":{"s":"\\ud800"}}}', b"\xff\xfe", b'"\\u0000"', b"1" * 5000])
+raw_bodies = (
+    st.builds(encode, publish_bodies())
+    | st.binary(max_size=64)
+    | st.sampled_from(
+        [
+            b"",
+            b"{",
+            b"[" * 5000,
+            b'{"event": "result", "data": {"x": 1e400}}',
+            b'{"event":"result","data":{"x":NaN}}',
+            b'{"event":"complete","data":{"report":{"s":"\\ud800"}}}',
+            b"\xff\xfe",
+            b'"\\u0000"',
+            b"1" * 5000,
+        ]
+    )
+)
 
 
 def check_readable(http: httpx.Client, execution_id: str, seq: int) -> None:
     """The accepted event reads back as strict JSON, as it will in a browser."""
-    r = http.get(f"/v1/executions/{quote(execution_id, safe='')}/events",
-                 params={"after": seq - 1, "limit": 1, "token": make_token(execution_id)})
+    r = http.get(
+        f"/v1/executions/{quote(execution_id, safe='')}/events",
+        params={"after": seq - 1, "limit": 1, "token": make_token(execution_id)},
+    )
     body = check_answer(r)
     assert r.status_code == 200 and body["events"][0]["seq"] == seq, body
 
@@ -157,8 +201,11 @@ def check_readable(http: httpx.Client, execution_id: str, seq: int) -> None:
 @given(execution_id=execution_ids, body=raw_bodies)
 def test_publish_one_never_fails_badly(http: httpx.Client, execution_id: str, body: bytes) -> None:
     """POST .../events with any body: 202/400/409/413/422 in the documented shape; what is accepted reads back."""
-    r = http.post(f"/internal/v1/executions/{quote(execution_id, safe='')}/events", content=body,
-                  headers={**AUTH, "content-type": "application/json"})
+    r = http.post(
+        f"/internal/v1/executions/{quote(execution_id, safe='')}/events",
+        content=body,
+        headers={**AUTH, "content-type": "application/json"},
+    )
     answer = check_answer(r)
     assert r.status_code in (202, 400, 404, 409, 413, 422), r.text
     if r.status_code == 202:
@@ -167,8 +214,9 @@ def test_publish_one_never_fails_badly(http: httpx.Client, execution_id: str, bo
 
 
 @settings(HTTP, max_examples=100)  # each accepted item is read back: fewer examples, same depth
-@given(items=st.lists(publish_bodies(with_execution_id=True) | json_values, max_size=6)
-       | json_values, wrap=st.booleans())
+@given(
+    items=st.lists(publish_bodies(with_execution_id=True) | json_values, max_size=6) | json_values, wrap=st.booleans()
+)
 def test_publish_batch_never_fails_badly(http: httpx.Client, items: Any, wrap: bool) -> None:
     """POST /internal/v1/events with any items: one result per item, each in the documented shape."""
     body = {"events": items} if wrap else items
@@ -190,9 +238,16 @@ def test_publish_batch_never_fails_badly(http: httpx.Client, items: Any, wrap: b
 
 
 @HTTP
-@given(body=raw_bodies | st.builds(encode, st.fixed_dictionaries(
-    {"execution_id": execution_ids | json_values, "sub": texts | json_values},
-    optional={"ttl_seconds": st.integers(-10, 10**6) | json_values})))
+@given(
+    body=raw_bodies
+    | st.builds(
+        encode,
+        st.fixed_dictionaries(
+            {"execution_id": execution_ids | json_values, "sub": texts | json_values},
+            optional={"ttl_seconds": st.integers(-10, 10**6) | json_values},
+        ),
+    )
+)
 def test_mint_token_never_fails_badly(http: httpx.Client, body: bytes) -> None:
     """POST /internal/v1/tokens with any body: 201 or a documented error."""
     r = http.post("/internal/v1/tokens", content=body, headers={**AUTH, "content-type": "application/json"})
@@ -203,9 +258,20 @@ def test_mint_token_never_fails_badly(http: httpx.Client, body: bytes) -> None:
 
 
 @HTTP
-@given(body=raw_bodies | st.builds(encode, st.fixed_dictionaries(
-    {}, optional={"jti": texts | json_values, "sub": texts.filter(lambda t: t != "user-1") | json_values,
-                  "ttl_seconds": st.integers(-10, 10**8) | json_values})))
+@given(
+    body=raw_bodies
+    | st.builds(
+        encode,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "jti": texts | json_values,
+                "sub": texts.filter(lambda t: t != "user-1") | json_values,
+                "ttl_seconds": st.integers(-10, 10**8) | json_values,
+            },
+        ),
+    )
+)
 def test_revocation_never_fails_badly(http: httpx.Client, body: bytes) -> None:
     """POST /internal/v1/revocations with any body: 202 echoing what was revoked, or a documented error."""
     if b"user-1" in body:  # the other tests' tokens belong to user-1: keep them valid
@@ -218,15 +284,26 @@ def test_revocation_never_fails_badly(http: httpx.Client, body: bytes) -> None:
 
 
 @HTTP
-@given(authorization=st.one_of(st.none(), texts, st.builds("Bearer {}".format, texts),
-                               st.just(f"Bearer {PUBLISH_KEY}x"), st.just(f"Basic {PUBLISH_KEY}"),
-                               st.builds(lambda e: f"Bearer {make_token(e)}", st.sampled_from(["fz-a", DONE]))))
+@given(
+    authorization=st.one_of(
+        st.none(),
+        texts,
+        st.builds("Bearer {}".format, texts),
+        st.just(f"Bearer {PUBLISH_KEY}x"),
+        st.just(f"Basic {PUBLISH_KEY}"),
+        st.builds(lambda e: f"Bearer {make_token(e)}", st.sampled_from(["fz-a", DONE])),
+    )
+)
 def test_internal_routes_refuse_anything_but_the_key(http: httpx.Client, authorization: str | None) -> None:
     """Any Authorization that is not a publisher key: 401 with reason, on every internal route."""
     headers = {"Authorization": authorization} if authorization is not None else {}
-    for method, path in (("POST", "/internal/v1/executions/fz-a/events"), ("POST", "/internal/v1/events"),
-                         ("POST", "/internal/v1/tokens"), ("POST", "/internal/v1/revocations"),
-                         ("GET", "/internal/v1/stats")):
+    for method, path in (
+        ("POST", "/internal/v1/executions/fz-a/events"),
+        ("POST", "/internal/v1/events"),
+        ("POST", "/internal/v1/tokens"),
+        ("POST", "/internal/v1/revocations"),
+        ("GET", "/internal/v1/stats"),
+    ):
         try:
             r = http.request(method, path, json={"event": "complete"}, headers=headers)
         except (httpx.LocalProtocolError, UnicodeEncodeError):  # a value HTTP cannot carry
@@ -237,9 +314,29 @@ def test_internal_routes_refuse_anything_but_the_key(http: httpx.Client, authori
 
 # -- query values -------------------------------------------------------------------------------
 
-numbers_as_text = st.one_of(st.integers(-10, 2**64).map(str), finite.map(repr), st.floats().map(str),
-                            st.sampled_from(["", " 1", "1_0", "\u0663", "0x10", "1e3", "nan", "inf", "-0",
-                                             "9007199254740991", "9007199254740992", "00", "+5"]), texts)
+numbers_as_text = st.one_of(
+    st.integers(-10, 2**64).map(str),
+    finite.map(repr),
+    st.floats().map(str),
+    st.sampled_from(
+        [
+            "",
+            " 1",
+            "1_0",
+            "\u0663",
+            "0x10",
+            "1e3",
+            "nan",
+            "inf",
+            "-0",
+            "9007199254740991",
+            "9007199254740992",
+            "00",
+            "+5",
+        ]
+    ),
+    texts,
+)
 
 
 def _query(**values: str | None) -> dict[str, str]:
@@ -248,12 +345,15 @@ def _query(**values: str | None) -> dict[str, str]:
 
 @HTTP
 @given(after=st.none() | numbers_as_text, wait=st.none() | numbers_as_text, limit=st.none() | numbers_as_text)
-def test_poll_query_values_never_fail_badly(http: httpx.Client, after: str | None, wait: str | None,
-                                            limit: str | None) -> None:
+def test_poll_query_values_never_fail_badly(
+    http: httpx.Client, after: str | None, wait: str | None, limit: str | None
+) -> None:
     """GET .../events?after&wait&limit with any values: 200 or 422 naming the field; never a hang on a finished run."""
     started = time.monotonic()
-    r = http.get(f"/v1/executions/{DONE}/events",
-                 params={**_query(after=after, wait=wait, limit=limit), "token": make_token(DONE)})
+    r = http.get(
+        f"/v1/executions/{DONE}/events",
+        params={**_query(after=after, wait=wait, limit=limit), "token": make_token(DONE)},
+    )
     answer = check_answer(r)
     assert r.status_code in (200, 422), r.text
     if r.status_code == 422:
@@ -268,8 +368,9 @@ def test_poll_query_values_never_fail_badly(http: httpx.Client, after: str | Non
 
 @HTTP
 @given(last_seq=st.none() | numbers_as_text, last_event_id=st.none() | numbers_as_text)
-def test_stream_cursor_values_never_fail_badly(http: httpx.Client, last_seq: str | None,
-                                              last_event_id: str | None) -> None:
+def test_stream_cursor_values_never_fail_badly(
+    http: httpx.Client, last_seq: str | None, last_event_id: str | None
+) -> None:
     """GET .../stream with any last_seq / Last-Event-ID: a stream, 204, or 422 naming the field."""
     params = {**_query(last_seq=last_seq), "token": make_token(DONE)}
     try:
@@ -301,8 +402,11 @@ def test_execution_ids_in_paths_never_fail_badly(http: httpx.Client, execution_i
 
 frames = st.one_of(
     st.builds(lambda v: json.dumps(v, allow_nan=True), json_values),
-    st.builds(lambda t, rest: json.dumps({"type": t, **rest}), texts | st.just("ping"),
-              st.dictionaries(texts, json_values, max_size=3)),
+    st.builds(
+        lambda t, rest: json.dumps({"type": t, **rest}),
+        texts | st.just("ping"),
+        st.dictionaries(texts, json_values, max_size=3),
+    ),
     st.just('{"type": "ping"}'),
     st.text(max_size=40),
     st.binary(max_size=40),
@@ -375,7 +479,7 @@ def test_last_seq_values_never_fail_badly(live: LiveServer, last_seq: str) -> No
 
 def test_accepted_numbers_are_finite_json(http: httpx.Client) -> None:
     """Large but finite numbers and astral characters are accepted and read back unchanged."""
-    data = {"big": 2**63 - 1, "small": -2**63, "float": 1.7976931348623157e308, "emoji": "😀\u0000\u202e"}
+    data = {"big": 2**63 - 1, "small": -(2**63), "float": 1.7976931348623157e308, "emoji": "😀\u0000\u202e"}
     r = http.post("/internal/v1/executions/fz-numbers/events", json={"event": "result", "data": data}, headers=AUTH)
     assert r.status_code == 202, r.text
     r = http.get("/v1/executions/fz-numbers/events", params={"token": make_token("fz-numbers")})

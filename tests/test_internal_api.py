@@ -14,8 +14,9 @@ from tests.conftest import PUBLISH_KEY, SECRET, Server, make_token, recv_json
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
 
 
-async def post(server: Server, path: str, body: Any = None, content: bytes | None = None,
-               headers: dict[str, str] | None = None) -> httpx.Response:
+async def post(
+    server: Server, path: str, body: Any = None, content: bytes | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
     """POST to the internal API with the publisher key unless headers say otherwise."""
     hdrs = AUTH if headers is None else headers
     if content is not None:
@@ -43,8 +44,9 @@ async def test_missing_or_wrong_publisher_key_is_401(server: Server) -> None:
 async def test_subscriber_token_is_not_a_publisher_key(server: Server) -> None:
     """A valid subscriber token cannot publish."""
     token = make_token("e1")
-    r = await post(server, "/internal/v1/executions/e1/events", {"event": "complete"},
-                   headers={"Authorization": f"Bearer {token}"})
+    r = await post(
+        server, "/internal/v1/executions/e1/events", {"event": "complete"}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 401
 
 
@@ -65,32 +67,39 @@ async def test_oversized_body_is_413(server: Server) -> None:
     assert r.json()["error"] == "payload_too_large"
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ([], {"body"}),
-    ("progress", {"body"}),
-    ({}, {"event"}),
-    ({"event": "finish"}, {"event"}),
-    ({"event": "progress"}, {"data"}),
-    ({"event": "progress", "data": []}, {"data"}),
-    ({"event": "progress", "data": {"stage": "x"}}, {"data.progress"}),
-    ({"event": "progress", "data": {"progress": 101, "stage": "x"}}, {"data.progress"}),
-    ({"event": "progress", "data": {"progress": -1, "stage": "x"}}, {"data.progress"}),
-    ({"event": "progress", "data": {"progress": 5.5, "stage": "x"}}, {"data.progress"}),
-    ({"event": "progress", "data": {"progress": True, "stage": "x"}}, {"data.progress"}),
-    ({"event": "progress", "data": {"progress": 5}}, {"data.stage"}),
-    ({"event": "progress", "data": {"progress": 5, "stage": 3, "status": 1, "status_text": []}},
-     {"data.stage", "data.status", "data.status_text"}),
-    ({"event": "result", "data": "text"}, {"data"}),
-    ({"event": "complete", "data": {"report": "text"}}, {"data.report"}),
-    ({"event": "error", "data": {}}, {"data.error"}),
-    ({"event": "error", "data": {"error": "x", "error_type": 1, "error_details": "d", "recoverable": "yes"}},
-     {"data.error_type", "data.error_details", "data.recoverable"}),
-    ({"event": "complete", "timestamp": "yesterday"}, {"timestamp"}),
-    ({"event": "complete", "idempotency_key": ""}, {"idempotency_key"}),
-    ({"event": "complete", "idempotency_key": 7}, {"idempotency_key"}),
-    ({"event": "complete", "colour": "red"}, {"colour"}),
-    ({"event": "complete", "execution_id": "other"}, {"execution_id"}),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ([], {"body"}),
+        ("progress", {"body"}),
+        ({}, {"event"}),
+        ({"event": "finish"}, {"event"}),
+        ({"event": "progress"}, {"data"}),
+        ({"event": "progress", "data": []}, {"data"}),
+        ({"event": "progress", "data": {"stage": "x"}}, {"data.progress"}),
+        ({"event": "progress", "data": {"progress": 101, "stage": "x"}}, {"data.progress"}),
+        ({"event": "progress", "data": {"progress": -1, "stage": "x"}}, {"data.progress"}),
+        ({"event": "progress", "data": {"progress": 5.5, "stage": "x"}}, {"data.progress"}),
+        ({"event": "progress", "data": {"progress": True, "stage": "x"}}, {"data.progress"}),
+        ({"event": "progress", "data": {"progress": 5}}, {"data.stage"}),
+        (
+            {"event": "progress", "data": {"progress": 5, "stage": 3, "status": 1, "status_text": []}},
+            {"data.stage", "data.status", "data.status_text"},
+        ),
+        ({"event": "result", "data": "text"}, {"data"}),
+        ({"event": "complete", "data": {"report": "text"}}, {"data.report"}),
+        ({"event": "error", "data": {}}, {"data.error"}),
+        (
+            {"event": "error", "data": {"error": "x", "error_type": 1, "error_details": "d", "recoverable": "yes"}},
+            {"data.error_type", "data.error_details", "data.recoverable"},
+        ),
+        ({"event": "complete", "timestamp": "yesterday"}, {"timestamp"}),
+        ({"event": "complete", "idempotency_key": ""}, {"idempotency_key"}),
+        ({"event": "complete", "idempotency_key": 7}, {"idempotency_key"}),
+        ({"event": "complete", "colour": "red"}, {"colour"}),
+        ({"event": "complete", "execution_id": "other"}, {"execution_id"}),
+    ],
+)
 async def test_invalid_bodies_are_422_naming_each_field(server: Server, body: Any, expected: set[str]) -> None:
     """Each contract violation answers 422 naming exactly the failing fields; nothing is published."""
     r = await post(server, "/internal/v1/executions/e1/events", body)
@@ -127,7 +136,9 @@ async def test_valid_events_are_accepted_with_consecutive_seq(server: Server) ->
 async def test_publish_after_terminal_is_409(server: Server) -> None:
     """After complete (or a fatal error) the execution refuses more events with 409."""
     await post(server, "/internal/v1/executions/e1/events", {"event": "complete"})
-    r = await post(server, "/internal/v1/executions/e1/events", {"event": "progress", "data": {"progress": 1, "stage": "x"}})
+    r = await post(
+        server, "/internal/v1/executions/e1/events", {"event": "progress", "data": {"progress": 1, "stage": "x"}}
+    )
     assert r.status_code == 409 and r.json()["error"] == "execution_finished"
     await post(server, "/internal/v1/executions/e2/events", {"event": "error", "data": {"error": "boom"}})
     r = await post(server, "/internal/v1/executions/e2/events", {"event": "complete"})
@@ -153,8 +164,9 @@ async def test_idempotent_retry_returns_first_seq_and_delivers_once(server: Serv
 
 async def test_concurrent_publishers_get_unique_consecutive_seqs(server: Server) -> None:
     """100 concurrent POSTs to one execution get seq 1..100 exactly once."""
-    results = await asyncio.gather(*(post(server, "/internal/v1/executions/e1/events",
-                                          {"event": "result", "data": {"i": i}}) for i in range(100)))
+    results = await asyncio.gather(
+        *(post(server, "/internal/v1/executions/e1/events", {"event": "result", "data": {"i": i}}) for i in range(100))
+    )
     assert sorted(r.json()["seq"] for r in results) == list(range(1, 101))
 
 
@@ -211,15 +223,18 @@ async def test_mint_token_returns_a_token_that_opens_only_its_execution(server: 
     assert (await recv_json(ws))["type"] == "connected"
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ({}, {"execution_id", "sub"}),
-    ({"execution_id": "e 1", "sub": "a"}, {"execution_id"}),
-    ({"execution_id": "e1", "sub": ""}, {"sub"}),
-    ({"execution_id": "e1", "sub": "a", "ttl_seconds": 0}, {"ttl_seconds"}),
-    ({"execution_id": "e1", "sub": "a", "ttl_seconds": 10**9}, {"ttl_seconds"}),
-    ({"execution_id": "e1", "sub": "a", "ttl_seconds": "60"}, {"ttl_seconds"}),
-    ({"execution_id": "e1", "sub": "a", "admin": True}, {"admin"}),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({}, {"execution_id", "sub"}),
+        ({"execution_id": "e 1", "sub": "a"}, {"execution_id"}),
+        ({"execution_id": "e1", "sub": ""}, {"sub"}),
+        ({"execution_id": "e1", "sub": "a", "ttl_seconds": 0}, {"ttl_seconds"}),
+        ({"execution_id": "e1", "sub": "a", "ttl_seconds": 10**9}, {"ttl_seconds"}),
+        ({"execution_id": "e1", "sub": "a", "ttl_seconds": "60"}, {"ttl_seconds"}),
+        ({"execution_id": "e1", "sub": "a", "admin": True}, {"admin"}),
+    ],
+)
 async def test_mint_token_validation(server: Server, body: dict[str, Any], expected: set[str]) -> None:
     """Bad token requests answer 422 naming the fields."""
     assert fields(await post(server, "/internal/v1/tokens", body)) == expected

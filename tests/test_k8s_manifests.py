@@ -80,7 +80,7 @@ def applied_docs() -> list[dict]:
 
 
 def all_docs() -> list:
-    """pytest params (filename, index, document) for every document in k8s/."""
+    """``pytest`` params (filename, index, document) for every document in k8s/."""
     out = []
     for path in manifest_files():
         for i, doc in enumerate(load_docs(path)):
@@ -91,10 +91,7 @@ def all_docs() -> list:
 
 
 def find(kind: str, name: str | None = None) -> dict:
-    matches = [
-        d for d in applied_docs()
-        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
-    ]
+    matches = [d for d in applied_docs() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
     return matches[0]
 
@@ -213,7 +210,10 @@ def test_kustomization_lists_every_manifest_and_each_exists():
 
 
 def test_secret_template_is_not_applied_and_holds_no_real_secret():
-    """secret.example.yaml is a Secret template left out of kustomization.yaml, with placeholders production would refuse."""
+    """secret.example.yaml is a Secret template left out of kustomization.yaml.
+
+    Its placeholders are values production would refuse.
+    """
     assert SECRET_TEMPLATE.name not in kustomization()["resources"]
     (secret,) = load_docs(SECRET_TEMPLATE)
     assert secret["kind"] == "Secret"
@@ -232,8 +232,7 @@ def test_deployment_reads_the_configmap_and_the_secret():
     """The relay container takes its environment from the ConfigMap then the Secret, so the Secret's keys win."""
     env_from = relay_container()["envFrom"]
     refs = [
-        ("configMap", e["configMapRef"]["name"]) if "configMapRef" in e
-        else ("secret", e["secretRef"]["name"])
+        ("configMap", e["configMapRef"]["name"]) if "configMapRef" in e else ("secret", e["secretRef"]["name"])
         for e in env_from
     ]
     assert refs == [("configMap", "progress-relay-config"), ("secret", "progress-relay-secrets")]
@@ -246,9 +245,7 @@ def test_kubectl_kustomize_builds(tmp_path):
     kubectl = shutil.which("kubectl")
     if not kubectl:
         pytest.skip("kubectl not installed")
-    out = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert len(rendered) == len(applied_docs())
@@ -262,7 +259,10 @@ def test_kubectl_kustomize_builds(tmp_path):
 
 
 def test_every_relay_variable_exists_in_env_example():
-    """Every RELAY_ name in k8s/ and the Dockerfile is a setting of .env.example (or an explicitly allowed pending one)."""
+    """Every RELAY_ name in k8s/ and the Dockerfile is a setting of .env.example.
+
+    Or an explicitly allowed pending one.
+    """
     known = env_example_names()
     assert "RELAY_PORT" in known, ".env.example could not be read"
     used: dict[str, set[str]] = {}
@@ -281,7 +281,7 @@ def test_configmap_holds_only_known_non_secret_settings():
     for key, value in data.items():
         assert key in known, f"ConfigMap key {key} is not a setting"
         assert isinstance(value, str), f"{key} must be a string in a ConfigMap"
-    for name in SECRET_NAMES + ("RELAY_JWT_PRIVATE_KEY",):
+    for name in (*SECRET_NAMES, "RELAY_JWT_PRIVATE_KEY"):
         assert name not in data, f"{name} is a secret and belongs in the Secret"
     assert data["RELAY_ENV"] == "production"
     assert data["RELAY_HOST"] == "0.0.0.0"
@@ -298,9 +298,7 @@ def test_configuration_accepts_the_configmap_with_real_secrets():
     """The relay's own configuration loader accepts the ConfigMap plus well-formed secrets as a production setup."""
     from service.config import load_settings
 
-    settings = load_settings(
-        production_environ(RELAY_JWT_SECRET="j" * 48, RELAY_PUBLISH_KEYS="p" * 64), env_file=None
-    )
+    settings = load_settings(production_environ(RELAY_JWT_SECRET="j" * 48, RELAY_PUBLISH_KEYS="p" * 64), env_file=None)
     assert settings.production
     assert settings.host == "0.0.0.0"
     assert settings.port == int(configmap_data()["RELAY_PORT"])
@@ -322,8 +320,7 @@ def test_broker_url_points_at_the_bundled_redis_service():
     svc = find("Service", "redis")
     assert [p["port"] for p in svc["spec"]["ports"]] == [6379]
     sts = find("StatefulSet", "redis")
-    assert labels_match({"matchLabels": svc["spec"]["selector"]},
-                        sts["spec"]["template"]["metadata"]["labels"])
+    assert labels_match({"matchLabels": svc["spec"]["selector"]}, sts["spec"]["template"]["metadata"]["labels"])
     redis_container = sts["spec"]["template"]["spec"]["containers"][0]
     target = svc["spec"]["ports"][0]["targetPort"]
     assert resolve_container_port(redis_container, target) == 6379
@@ -362,7 +359,7 @@ def test_service_and_ingress_reach_the_relay_port():
 
 
 def test_termination_grace_period_exceeds_shutdown_timeout():
-    """terminationGracePeriodSeconds is above the preStop sleep plus RELAY_SHUTDOWN_TIMEOUT."""
+    """``terminationGracePeriodSeconds`` is above the preStop sleep plus RELAY_SHUTDOWN_TIMEOUT."""
     pod = relay_deployment()["spec"]["template"]["spec"]
     grace = pod["terminationGracePeriodSeconds"]
     pre = prestop_seconds(relay_container())
@@ -371,7 +368,10 @@ def test_termination_grace_period_exceeds_shutdown_timeout():
 
 
 def test_pods_run_non_root_with_a_read_only_root_filesystem():
-    """Relay and Redis pods run as non-root, read-only root fs, no privilege escalation, all capabilities dropped, no API token."""
+    """Relay and Redis pods run as non-root, with a read-only root filesystem.
+
+    No privilege escalation, all capabilities dropped, no API token.
+    """
     for workload in (relay_deployment(), find("StatefulSet", "redis")):
         pod = workload["spec"]["template"]["spec"]
         name = workload["metadata"]["name"]
@@ -453,8 +453,9 @@ def test_ingress_routes_only_public_paths():
         for private in NEVER_ROUTED:
             assert not path.startswith(private) and not private.startswith(path), (path, private)
     annotations = find("Ingress")["metadata"].get("annotations", {})
-    assert not any("snippet" in k or "rewrite-target" in k for k in annotations), \
+    assert not any("snippet" in k or "rewrite-target" in k for k in annotations), (
         "no rewrites or snippets that could map a public path onto a private one"
+    )
 
 
 def test_ingress_is_ready_for_websockets_and_sse():
@@ -468,7 +469,10 @@ def test_ingress_is_ready_for_websockets_and_sse():
 
 
 def test_network_policy_admits_only_scheduler_ingress_controller_and_prometheus():
-    """The relay's NetworkPolicy admits the scheduler pods, the ingress-nginx namespace and Prometheus, on the relay port only."""
+    """The relay's NetworkPolicy admits only the scheduler, ingress-nginx and Prometheus.
+
+    The scheduler pods, the ingress-nginx namespace and Prometheus, on the relay port only.
+    """
     np_ = find("NetworkPolicy", "progress-relay")["spec"]
     assert np_["policyTypes"] == ["Ingress"]
     c = relay_container()
@@ -486,11 +490,15 @@ def test_network_policy_admits_only_scheduler_ingress_controller_and_prometheus(
                 if sel in peer:
                     assert peer[sel].get("matchLabels"), (sel, peer)
             peers.append(peer)
-    scheduler = [p for p in peers if p.get("podSelector", {}).get("matchLabels", {})
-                 .get("app.kubernetes.io/name") == "scheduler"]
+    scheduler = [
+        p for p in peers if p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") == "scheduler"
+    ]
     assert scheduler, "the scheduler pods must be admitted"
-    namespaces = {p["namespaceSelector"]["matchLabels"].get("kubernetes.io/metadata.name")
-                  for p in peers if "namespaceSelector" in p and "podSelector" not in p}
+    namespaces = {
+        p["namespaceSelector"]["matchLabels"].get("kubernetes.io/metadata.name")
+        for p in peers
+        if "namespaceSelector" in p and "podSelector" not in p
+    }
     assert namespaces == {"ingress-nginx", "monitoring"}
 
 
@@ -552,11 +560,11 @@ def test_dockerfile_exposes_the_port_and_serves():
 
 
 def test_dockerignore_excludes_local_state_but_not_the_sources():
-    """.dockerignore keeps .venv, .git, caches, node_modules, bench/results and .env out of the build context, but not the sources."""
-    entries = {
-        ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
-        if ln.strip() and not ln.startswith("#")
-    }
+    """.dockerignore keeps local state out of the build context, but not the sources.
+
+    Local state: .venv, .git, caches, node_modules, bench/results and .env.
+    """
+    entries = {ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
     for needed in (".venv", ".git", ".pytest_cache", "node_modules", "bench/results", ".env"):
         assert needed in entries, needed
     for kept in ("pyproject.toml", "README.md", "service", "auth", "service/", "auth/", "*"):

@@ -54,8 +54,9 @@ async def workload(service: ServiceProcess, good: str) -> None:
     auth = {"Authorization": f"Bearer {PUBLISH_KEY}", "X-Request-ID": "req-publish-1"}
     async with httpx.AsyncClient(base_url=base, timeout=5) as http:
         ws_query = await connect(service.ws_url(eid, good))
-        ws_header = await connect(f"ws://127.0.0.1:{service.port}/ws/executions/{eid}",
-                                  additional_headers={"Authorization": f"Bearer {good}"})
+        ws_header = await connect(
+            f"ws://127.0.0.1:{service.port}/ws/executions/{eid}", additional_headers={"Authorization": f"Bearer {good}"}
+        )
         for ws in (ws_query, ws_header):
             assert json.loads(await ws.recv())["type"] == "connected"
         for token in (FORGED, EXPIRED, OTHER, GARBAGE):
@@ -65,11 +66,13 @@ async def workload(service: ServiceProcess, good: str) -> None:
         body = {"event": "progress", "data": {"progress": 5, "stage": "start"}}
         r = await http.post(f"/internal/v1/executions/{eid}/events", json=body, headers=auth)
         assert r.status_code == 202 and r.headers["x-request-id"] == "req-publish-1"
-        r = await http.post(f"/internal/v1/executions/{eid}/events", json=body,
-                            headers={"Authorization": f"Bearer {WRONG_KEY}"})
+        r = await http.post(
+            f"/internal/v1/executions/{eid}/events", json=body, headers={"Authorization": f"Bearer {WRONG_KEY}"}
+        )
         assert r.status_code == 401
-        r = await http.post(f"/internal/v1/executions/{eid}/events", json=body,
-                            headers={"Authorization": f"Bearer {good}"})  # a subscriber token is no key
+        r = await http.post(
+            f"/internal/v1/executions/{eid}/events", json=body, headers={"Authorization": f"Bearer {good}"}
+        )  # a subscriber token is no key
         assert r.status_code == 401
         r = await http.post(f"/internal/v1/executions/{eid}/events", content=b"{not json", headers=auth)
         assert r.status_code == 400
@@ -82,8 +85,9 @@ async def workload(service: ServiceProcess, good: str) -> None:
             async for chunk in stream.aiter_text():
                 if "connected" in chunk:
                     break
-        r = await http.post(f"/internal/v1/executions/{eid}/events", headers=auth,
-                            json={"event": "complete", "data": {}})
+        r = await http.post(
+            f"/internal/v1/executions/{eid}/events", headers=auth, json={"event": "complete", "data": {}}
+        )
         assert r.status_code == 202
         for ws in (ws_query, ws_header):
             async for _ in ws:

@@ -222,12 +222,17 @@ async def test_batch_publish_is_counted_per_event(start_server: Callable[..., An
     """A batch counts each accepted event by type, each refused item by error, and one batch latency."""
     server = await start_server()
     before = await scrape(server)
-    events = [{"execution_id": "mb-1", "event": "progress", "data": {"progress": 1, "stage": "a"}},
-              {"execution_id": "mb-1", "event": "complete", "data": {}},
-              {"execution_id": "mb-1", "event": "progress", "data": {"progress": 2, "stage": "b"}},
-              {"execution_id": "mb-2", "event": "error", "data": {"error": "boom"}}]
-    r = await server.http.post("/internal/v1/events", json={"events": events},
-                               headers={"Authorization": f"Bearer {server.relay.settings.publish_keys[0]}"})
+    events = [
+        {"execution_id": "mb-1", "event": "progress", "data": {"progress": 1, "stage": "a"}},
+        {"execution_id": "mb-1", "event": "complete", "data": {}},
+        {"execution_id": "mb-1", "event": "progress", "data": {"progress": 2, "stage": "b"}},
+        {"execution_id": "mb-2", "event": "error", "data": {"error": "boom"}},
+    ]
+    r = await server.http.post(
+        "/internal/v1/events",
+        json={"events": events},
+        headers={"Authorization": f"Bearer {server.relay.settings.publish_keys[0]}"},
+    )
     assert [item["status"] for item in r.json()["results"]] == [202, 202, 409, 202]
     after = await scrape(server)
 
@@ -241,8 +246,9 @@ async def test_batch_publish_is_counted_per_event(start_server: Callable[..., An
     assert delta("relay_publish_duration_seconds_count", mode="batch") == 1
 
 
-async def test_fan_out_costs_no_prometheus_call_per_frame(start_server: Callable[..., Any],
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_fan_out_costs_no_prometheus_call_per_frame(
+    start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Delivering one event to many sockets touches no prometheus metric until the next flush."""
     server = await start_server()
     eid = "metrics-fanout"
@@ -290,8 +296,9 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), metrics.MULTIPROC_ENV: str(tmp_path)}
 
     def child(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True,
-                              timeout=60, check=True)
+        return subprocess.run(
+            [sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True, timeout=60, check=True
+        )
 
     first = subprocess.Popen([sys.executable, "-c", _CHILD, "3", "2", "quiet"], env=env)
     assert first.wait(60) == 0
@@ -310,8 +317,7 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
     assert value(samples, "relay_connections_open", transport="ws") == 1
 
 
-def test_prepare_multiprocess_gives_workers_an_empty_directory(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prepare_multiprocess_gives_workers_an_empty_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker needs no directory; several get a fresh one, or the operator's with old files removed."""
     monkeypatch.setenv(metrics.MULTIPROC_ENV, "placeholder")  # so that the test's changes are undone
     monkeypatch.delenv(metrics.MULTIPROC_ENV)
@@ -343,8 +349,12 @@ def test_two_workers_report_the_same_totals() -> None:
         headers = {"Authorization": f"Bearer {service.env['RELAY_PUBLISH_KEYS']}"}
         # New connections each time, so the kernel spreads them over both workers.
         for i in range(20):
-            r = httpx.post(f"{service.base}/internal/v1/executions/mw-{i}/events", headers=headers,
-                           json={"event": "progress", "data": {"progress": 1, "stage": "a"}}, timeout=5)
+            r = httpx.post(
+                f"{service.base}/internal/v1/executions/mw-{i}/events",
+                headers=headers,
+                json={"event": "progress", "data": {"progress": 1, "stage": "a"}},
+                timeout=5,
+            )
             assert r.status_code == 202, r.text
         time.sleep(2.5)  # every worker flushes once a second
         for _ in range(6):
@@ -439,10 +449,14 @@ def test_dashboard_is_importable_json_with_a_clean_layout() -> None:
     assert len(ids) == len(set(ids))
     boxes = [p["gridPos"] for p in panels]
     for i, a in enumerate(boxes):
-        assert 0 <= a["x"] and a["x"] + a["w"] <= 24
-        for b in boxes[i + 1:]:
-            overlap = a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and \
-                a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+        assert a["x"] >= 0 and a["x"] + a["w"] <= 24
+        for b in boxes[i + 1 :]:
+            overlap = (
+                a["x"] < b["x"] + b["w"]
+                and b["x"] < a["x"] + a["w"]
+                and a["y"] < b["y"] + b["h"]
+                and b["y"] < a["y"] + a["h"]
+            )
             assert not overlap, (panels[i]["title"], b)
     for p in panels:
         assert p["type"] == "row" or p["targets"], p["title"]

@@ -86,9 +86,13 @@ def test_the_document_is_valid() -> None:
         for method, op in item.items():
             if method not in METHODS:
                 continue
-            wanted: list[dict[str, list[str]]] = ([{"publisherKey": []}] if path.startswith("/internal/") else
-                      [] if method == "options" or not path.startswith("/v1/") else
-                      [{"subscriberToken": []}, {"subscriberTokenQuery": []}])
+            wanted: list[dict[str, list[str]]] = (
+                [{"publisherKey": []}]
+                if path.startswith("/internal/")
+                else []
+                if method == "options" or not path.startswith("/v1/")
+                else [{"subscriberToken": []}, {"subscriberTokenQuery": []}]
+            )
             assert op.get("security") == wanted, (method, path)
             assert op["responses"], (method, path)
 
@@ -103,8 +107,10 @@ def test_documented_bodies_match_real_answers() -> None:
 
     validate({"execution_id": "e1", "seq": 1, "duplicate": False}, "PublishResult")
     validate({"error": "unauthorized", "message": "m", "reason": "expired"}, "UnauthorizedError")
-    validate({"error": "validation_failed", "message": "m", "fields": [{"field": "data.progress", "message": "x"}]},
-             "ValidationError")
+    validate(
+        {"error": "validation_failed", "message": "m", "fields": [{"field": "data.progress", "message": "x"}]},
+        "ValidationError",
+    )
     validate({"event": "progress", "data": {"progress": 5, "stage": "s"}, "idempotency_key": "k"}, "PublishBody")
     validate({"event": "complete"}, "PublishBody")
     with pytest.raises(jsonschema.ValidationError):
@@ -123,8 +129,11 @@ def live() -> Iterator[LiveServer]:
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)  # client and server share the GIL
     try:
-        r = httpx.post(f"{server.base}/internal/v1/executions/{FINISHED}/events", json={"event": "complete"},
-                       headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
+        r = httpx.post(
+            f"{server.base}/internal/v1/executions/{FINISHED}/events",
+            json={"event": "complete"},
+            headers={"Authorization": f"Bearer {PUBLISH_KEY}"},
+        )
         assert r.status_code == 202
         yield server
     finally:
@@ -134,8 +143,13 @@ def live() -> Iterator[LiveServer]:
 
 schema = schemathesis.openapi.from_path(str(SPEC))
 # ignored_auth: a 2xx with credentials is replayed without them and with wrong ones, which must be refused.
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          ignored_auth]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    ignored_auth,
+]
 
 
 def credentials(case: Any, live: LiveServer) -> dict[str, str]:
@@ -155,8 +169,11 @@ def credentials(case: Any, live: LiveServer) -> dict[str, str]:
     if path.endswith("/stream") or (case.query or {}).get("wait"):
         # Streams and long polls end at once only on a finished execution: finish this one,
         # or (an id no event can have, from negative generation) read a finished one instead.
-        r = httpx.post(f"{live.base}/internal/v1/executions/{quote(execution_id, safe='')}/events",
-                       json={"event": "complete"}, headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
+        r = httpx.post(
+            f"{live.base}/internal/v1/executions/{quote(execution_id, safe='')}/events",
+            json={"event": "complete"},
+            headers={"Authorization": f"Bearer {PUBLISH_KEY}"},
+        )
         assert r.status_code in (202, 409, 404, 422), r.text
         if r.status_code not in (202, 409):
             execution_id = case.path_parameters["execution_id"] = FINISHED

@@ -79,14 +79,21 @@ async def read_sse(response: httpx.Response) -> list[dict[str, str]]:
     return messages
 
 
-async def sse(server: Server, execution_id: str, token: str | None = None, headers: dict[str, str] | None = None,
-              params: dict[str, Any] | None = None, timeout: float = 10.0) -> tuple[httpx.Response, list[dict[str, str]]]:
+async def sse(
+    server: Server,
+    execution_id: str,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
+    timeout: float = 10.0,
+) -> tuple[httpx.Response, list[dict[str, str]]]:
     """Open the SSE stream and read it to its end."""
     params = dict(params or {})
     params["token"] = token or make_token(execution_id)
     async with asyncio.timeout(timeout):
-        async with server.http.stream("GET", f"/v1/executions/{execution_id}/stream", params=params,
-                                      headers=headers, timeout=timeout) as response:
+        async with server.http.stream(
+            "GET", f"/v1/executions/{execution_id}/stream", params=params, headers=headers, timeout=timeout
+        ) as response:
             if response.status_code != 200:
                 await response.aread()
                 return response, []
@@ -106,12 +113,14 @@ def sse_events(messages: list[dict[str, str]]) -> Events:
 
 async def poll(server: Server, execution_id: str, timeout: float = 10.0, **params: Any) -> httpx.Response:
     """One GET of the polling endpoint."""
-    return await server.http.get(f"/v1/executions/{execution_id}/events", params=params,
-                                 headers=bearer(execution_id), timeout=timeout)
+    return await server.http.get(
+        f"/v1/executions/{execution_id}/events", params=params, headers=bearer(execution_id), timeout=timeout
+    )
 
 
-async def poll_until_terminal(server: Server, execution_id: str, after: int = 0, limit: int = 100,
-                              stop_at: int | None = None) -> Events:
+async def poll_until_terminal(
+    server: Server, execution_id: str, after: int = 0, limit: int = 100, stop_at: int | None = None
+) -> Events:
     """Follow ``next_after`` with long polls until the terminal event (or ``stop_at``)."""
     events: Events = []
     async with asyncio.timeout(15):
@@ -145,9 +154,13 @@ async def test_sse_returns_what_the_socket_received(server: Server) -> None:
     response, messages = await sse(server, "exec-sse")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     assert messages[0]["event"] == "connected"
-    assert json.loads(messages[0]["data"]) == {"type": "connected", "execution_id": "exec-sse",
-                                               "latest_seq": len(received), "resumed": False,
-                                               "keepalive_interval": public.KEEPALIVE_INTERVAL}
+    assert json.loads(messages[0]["data"]) == {
+        "type": "connected",
+        "execution_id": "exec-sse",
+        "latest_seq": len(received),
+        "resumed": False,
+        "keepalive_interval": public.KEEPALIVE_INTERVAL,
+    }
     assert messages[0]["retry"] == str(public.SSE_RETRY_MS)
     assert sse_events(messages) == received
     assert "id" in messages[-1] and messages[-1]["event"] == "complete"
@@ -301,8 +314,14 @@ async def test_long_poll_on_a_finished_execution_answers_at_once(server: Server)
 async def test_long_poll_waits_for_an_execution_not_started_yet(server: Server) -> None:
     """Polling an execution with no events yet answers 200 with latest_seq 0 and wakes on its first event."""
     body = (await poll(server, "exec-new", after=0)).json()
-    assert body == {"execution_id": "exec-new", "events": [], "latest_seq": 0, "terminal": False,
-                    "next_after": 0, "has_more": False}
+    assert body == {
+        "execution_id": "exec-new",
+        "events": [],
+        "latest_seq": 0,
+        "terminal": False,
+        "next_after": 0,
+        "has_more": False,
+    }
     task = asyncio.create_task(poll(server, "exec-new", after=0, wait=20, timeout=30))
     async with asyncio.timeout(5):
         while server.relay.hub.subscribers("exec-new") < 1:
@@ -384,7 +403,9 @@ async def test_expired_token_is_401_expired(server: Server, path: str) -> None:
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
-@pytest.mark.parametrize("token", [None, "not-a-jwt", make_token("exec-a", secret="another-secret-0123456789-abcdefghij")])
+@pytest.mark.parametrize(
+    "token", [None, "not-a-jwt", make_token("exec-a", secret="another-secret-0123456789-abcdefghij")]
+)
 async def test_invalid_or_missing_token_is_401_invalid(server: Server, path: str, token: str | None) -> None:
     """A missing, malformed or badly signed token gets 401 with reason invalid."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -415,20 +436,24 @@ async def test_state_of_an_unknown_execution_is_404(server: Server) -> None:
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-@pytest.mark.parametrize(("path", "params", "headers", "field"), [
-    ("/events", {"after": "-1"}, {}, "after"),
-    ("/events", {"after": "abc"}, {}, "after"),
-    ("/events", {"wait": "31"}, {}, "wait"),
-    ("/events", {"wait": "soon"}, {}, "wait"),
-    ("/events", {"wait": "nan"}, {}, "wait"),
-    ("/events", {"limit": "0"}, {}, "limit"),
-    ("/events", {"limit": "1001"}, {}, "limit"),
-    ("/stream", {"last_seq": "x"}, {}, "last_seq"),
-    ("/stream", {"last_seq": "-3"}, {}, "last_seq"),
-    ("/stream", {}, {"Last-Event-ID": "seven"}, "Last-Event-ID"),
-])
-async def test_bad_query_values_are_422_naming_the_field(server: Server, path: str, params: dict[str, str],
-                                                         headers: dict[str, str], field: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "params", "headers", "field"),
+    [
+        ("/events", {"after": "-1"}, {}, "after"),
+        ("/events", {"after": "abc"}, {}, "after"),
+        ("/events", {"wait": "31"}, {}, "wait"),
+        ("/events", {"wait": "soon"}, {}, "wait"),
+        ("/events", {"wait": "nan"}, {}, "wait"),
+        ("/events", {"limit": "0"}, {}, "limit"),
+        ("/events", {"limit": "1001"}, {}, "limit"),
+        ("/stream", {"last_seq": "x"}, {}, "last_seq"),
+        ("/stream", {"last_seq": "-3"}, {}, "last_seq"),
+        ("/stream", {}, {"Last-Event-ID": "seven"}, "Last-Event-ID"),
+    ],
+)
+async def test_bad_query_values_are_422_naming_the_field(
+    server: Server, path: str, params: dict[str, str], headers: dict[str, str], field: str
+) -> None:
     """A query value out of range or not a number gets 422 with the failing field named."""
     r = await server.http.get(f"/v1/executions/exec-a{path}", params=params, headers={**bearer("exec-a"), **headers})
     assert r.status_code == 422
@@ -455,8 +480,10 @@ async def test_cors_with_an_allow_list(start_server: Callable[..., Any]) -> None
     await server.publish("exec-c", "progress")
     good, bad = {"Origin": "https://app.example.com"}, {"Origin": "https://evil.example"}
     for path in ("", "/events", "/stream"):
-        pre = await server.http.options(f"/v1/executions/exec-c{path}", headers={
-            **good, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"})
+        pre = await server.http.options(
+            f"/v1/executions/exec-c{path}",
+            headers={**good, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"},
+        )
         assert pre.status_code == 204
         assert pre.headers["access-control-allow-origin"] == "https://app.example.com"
         assert "GET" in pre.headers["access-control-allow-methods"]
@@ -477,8 +504,9 @@ async def test_cors_with_an_allow_list(start_server: Callable[..., Any]) -> None
 # -- the demo page --------------------------------------------------------------------------
 
 
-async def test_demo_page_is_served_from_the_static_folder(server: Server, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_demo_page_is_served_from_the_static_folder(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """/demo redirects to /demo/ keeping the query; files are served; nothing outside the folder is."""
     (tmp_path / "index.html").write_text("<h1>进度</h1>", encoding="utf-8")
     (tmp_path / "app.js").write_text("console.log(1)", encoding="utf-8")
@@ -492,16 +520,18 @@ async def test_demo_page_is_served_from_the_static_folder(server: Server, tmp_pa
     assert (await server.http.get("/demo/%2e%2e/%2e%2e/etc/passwd")).status_code == 404
 
 
-async def test_demo_page_is_404_json_without_the_folder(server: Server, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_demo_page_is_404_json_without_the_folder(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without the static folder /demo answers a JSON 404."""
     monkeypatch.setattr(public, "STATIC_DIR", tmp_path / "nothing")
     r = await server.http.get("/demo/")
     assert r.status_code == 404 and r.json()["error"] == "not_found"
 
 
-async def test_demo_page_is_not_served_in_production(start_server: Callable[..., Any], tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_demo_page_is_not_served_in_production(
+    start_server: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In production the demo page is not served even when its files exist."""
     (tmp_path / "index.html").write_text("demo", encoding="utf-8")
     monkeypatch.setattr(public, "STATIC_DIR", tmp_path)
@@ -513,7 +543,7 @@ async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_
     """An SSE reader that stops reading overflows its bounded queue and is cut off; publishing never waits."""
     server = await start_server(RELAY_SEND_QUEUE_SIZE="4")
     token = make_token("exec-slow")
-    reader, writer = await asyncio.open_connection(server.host, server.port)
+    _reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(f"GET /v1/executions/exec-slow/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await writer.drain()
     async with asyncio.timeout(5):
@@ -575,8 +605,9 @@ async def test_sse_tells_the_reader_when_its_token_is_revoked(server: Server) ->
     async with asyncio.timeout(5):
         while server.relay.hub.subscribers("exec-rev") < 1:
             await asyncio.sleep(0.01)
-    r = await server.http.post("/internal/v1/revocations", json={"jti": "sse-rev-1"},
-                               headers={"Authorization": f"Bearer {PUBLISH_KEY}"})
+    r = await server.http.post(
+        "/internal/v1/revocations", json={"jti": "sse-rev-1"}, headers={"Authorization": f"Bearer {PUBLISH_KEY}"}
+    )
     assert r.status_code == 202
     _, messages = await task
     assert json.loads(messages[-1]["data"]) == {"type": "close", "code": 4500, "reason": "token revoked"}

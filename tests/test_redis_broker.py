@@ -32,8 +32,13 @@ async def make_broker(redis_url: str, redis_prefix: str) -> AsyncIterator[Callab
     brokers: list[RedisBroker] = []
 
     async def make(url: str | None = None, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url or redis_url, options.pop("history_size", 10), options.pop("history_ttl", 300),
-                             prefix=redis_prefix, **options)
+        broker = RedisBroker(
+            url or redis_url,
+            options.pop("history_size", 10),
+            options.pop("history_ttl", 300),
+            prefix=redis_prefix,
+            **options,
+        )
         broker.set_listener(lambda eid, event: None)
         await broker.start()
         brokers.append(broker)
@@ -44,15 +49,20 @@ async def make_broker(redis_url: str, redis_prefix: str) -> AsyncIterator[Callab
         await broker.close()
 
 
-async def test_one_executions_keys_share_a_hash_tag_and_carry_the_ttl(make_broker: Callable[..., Any],
-                                                                       redis_url: str) -> None:
+async def test_one_executions_keys_share_a_hash_tag_and_carry_the_ttl(
+    make_broker: Callable[..., Any], redis_url: str
+) -> None:
     """stream, meta and idem keys are named <prefix>:{<id>}:..., hold the event, and expire after history_ttl."""
     broker: RedisBroker = await make_broker(history_ttl=300)
-    await broker.publish(parse_draft("ex-1", {"event": "progress", "data": {"progress": 1, "stage": "s"},
-                                              "idempotency_key": "k"}))
+    await broker.publish(
+        parse_draft("ex-1", {"event": "progress", "data": {"progress": 1, "stage": "s"}, "idempotency_key": "k"})
+    )
     stream, meta, idem = broker.keys("ex-1")
-    assert [stream, meta, idem] == [f"{broker.prefix}:{{ex-1}}:stream", f"{broker.prefix}:{{ex-1}}:meta",
-                                    f"{broker.prefix}:{{ex-1}}:idem"]
+    assert [stream, meta, idem] == [
+        f"{broker.prefix}:{{ex-1}}:stream",
+        f"{broker.prefix}:{{ex-1}}:meta",
+        f"{broker.prefix}:{{ex-1}}:idem",
+    ]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         entries = client.xrange(stream)
@@ -175,7 +185,8 @@ async def test_stats_report_channels_and_connection(make_broker: Callable[..., A
 
 
 async def test_concurrent_publishes_share_round_trips_and_keep_their_own_results(
-        make_broker: Callable[..., Any]) -> None:
+    make_broker: Callable[..., Any],
+) -> None:
     """200 concurrent publishes are coalesced into pipelines; each caller gets its own seq, none lost."""
     broker: RedisBroker = await make_broker(history_size=500)
     results = await asyncio.gather(*(broker.publish(progress(f"c{i % 4}")) for i in range(200)))

@@ -58,8 +58,14 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def publish(http: httpx.AsyncClient, proc: ServiceProcess, execution_id: str, event: str = "progress",
-                  key: str | None = None, **data: Any) -> httpx.Response:
+async def publish(
+    http: httpx.AsyncClient,
+    proc: ServiceProcess,
+    execution_id: str,
+    event: str = "progress",
+    key: str | None = None,
+    **data: Any,
+) -> httpx.Response:
     """POST one event to ``proc``."""
     if event == "progress":
         data = {"progress": 10, "stage": "ai_fetching", **data}
@@ -69,8 +75,9 @@ async def publish(http: httpx.AsyncClient, proc: ServiceProcess, execution_id: s
     return await http.post(f"{proc.base}/internal/v1/executions/{execution_id}/events", json=body, headers=AUTH)
 
 
-async def subscribe(proc: ServiceProcess, execution_id: str, last_seq: int | None = None) -> tuple[ClientConnection,
-                                                                                                   dict[str, Any]]:
+async def subscribe(
+    proc: ServiceProcess, execution_id: str, last_seq: int | None = None
+) -> tuple[ClientConnection, dict[str, Any]]:
     """Open a WebSocket on ``proc`` and read its ``connected`` frame."""
     ws = await connect(proc.ws_url(execution_id, make_token(execution_id), last_seq))
     hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
@@ -87,8 +94,9 @@ async def read_until_closed(ws: ClientConnection, timeout: float = 15.0) -> list
     return seqs
 
 
-async def test_publish_on_a_reaches_subscribers_on_a_and_b(pair: tuple[ServiceProcess, ServiceProcess],
-                                                          http: httpx.AsyncClient) -> None:
+async def test_publish_on_a_reaches_subscribers_on_a_and_b(
+    pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient
+) -> None:
     """Events published on A reach subscribers on A and on B, all of them, in order, then close 1000."""
     a, b = pair
     (ws_a, _), (ws_b, _) = await subscribe(a, "x1"), await subscribe(b, "x1")
@@ -102,7 +110,8 @@ async def test_publish_on_a_reaches_subscribers_on_a_and_b(pair: tuple[ServicePr
 
 
 async def test_resume_on_another_instance_gets_exactly_the_missing_events(
-        pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient) -> None:
+    pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient
+) -> None:
     """A subscriber leaves A after seq 5 and resumes on B with last_seq=5: it gets 6.. and nothing twice."""
     a, b = pair
     ws, _ = await subscribe(a, "x2")
@@ -120,7 +129,8 @@ async def test_resume_on_another_instance_gets_exactly_the_missing_events(
 
 
 async def test_concurrent_publishers_on_a_and_b_get_seqs_without_gap_or_duplicate(
-        pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient) -> None:
+    pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient
+) -> None:
     """Two publishers, one per instance, 60 events each to one execution: seqs 1..120, delivered in order."""
     a, b = pair
     ws, _ = await subscribe(b, "x3")
@@ -142,17 +152,20 @@ async def test_concurrent_publishers_on_a_and_b_get_seqs_without_gap_or_duplicat
 
 
 async def test_long_poll_and_sse_on_b_wake_up_for_events_published_on_a(
-        pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient) -> None:
+    pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient
+) -> None:
     """A long poll and an SSE stream on B return / stream as soon as A accepts events."""
     a, b = pair
     token = make_token("x4")
-    poll = asyncio.create_task(http.get(f"{b.base}/v1/executions/x4/events",
-                                        params={"after": 0, "wait": 20, "token": token}))
+    poll = asyncio.create_task(
+        http.get(f"{b.base}/v1/executions/x4/events", params={"after": 0, "wait": 20, "token": token})
+    )
     sse_lines: list[str] = []
 
     async def read_sse() -> None:
-        async with http.stream("GET", f"{b.base}/v1/executions/x4/stream", params={"token": token},
-                               timeout=20.0) as response:
+        async with http.stream(
+            "GET", f"{b.base}/v1/executions/x4/stream", params={"token": token}, timeout=20.0
+        ) as response:
             assert response.status_code == 200
             async for line in response.aiter_lines():
                 sse_lines.append(line)
@@ -170,8 +183,9 @@ async def test_long_poll_and_sse_on_b_wake_up_for_events_published_on_a(
     assert ids == [1, 2, 3]
 
 
-async def test_kill_9_of_an_instance_loses_nothing(pair: tuple[ServiceProcess, ServiceProcess],
-                                                   http: httpx.AsyncClient) -> None:
+async def test_kill_9_of_an_instance_loses_nothing(
+    pair: tuple[ServiceProcess, ServiceProcess], http: httpx.AsyncClient
+) -> None:
     """A is killed with SIGKILL while events flow: its clients resume on B and see every event exactly once."""
     a, b = pair
     total = 80
@@ -220,8 +234,7 @@ async def test_kill_9_of_an_instance_loses_nothing(pair: tuple[ServiceProcess, S
     assert [connections for _, connections in results] == [2, 2, 2, 1]  # A's clients resumed once, on B
 
 
-async def test_two_workers_on_redis_start_and_serve(redis_url: str, redis_prefix: str,
-                                                    http: httpx.AsyncClient) -> None:
+async def test_two_workers_on_redis_start_and_serve(redis_url: str, redis_prefix: str, http: httpx.AsyncClient) -> None:
     """RELAY_WORKERS=2 with Redis runs two worker processes, and events cross between them."""
     (proc,) = start_instances(1, redis_url, redis_prefix, RELAY_WORKERS="2")
     try:

@@ -50,8 +50,9 @@ async def start_on(start_server: Callable[..., Any], redis: RedisServer) -> Serv
     return server
 
 
-async def test_publish_answers_503_and_readyz_503_while_redis_is_down(start_server: Callable[..., Any],
-                                                                       redis_server: RedisServer) -> None:
+async def test_publish_answers_503_and_readyz_503_while_redis_is_down(
+    start_server: Callable[..., Any], redis_server: RedisServer
+) -> None:
     """While Redis is down: publish and batch items answer 503 with a clear body, /readyz 503; then all recovers."""
     server = await start_on(start_server, redis_server)
     assert (await server.publish("o1")).status_code == 202
@@ -63,9 +64,11 @@ async def test_publish_answers_503_and_readyz_503_while_redis_is_down(start_serv
     body = response.json()
     assert body["error"] == "broker_unavailable"
     assert "unreachable" in body["message"] and "not accepted" in body["message"]
-    batch = await server.http.post("/internal/v1/events", headers={"Authorization": f"Bearer {PUBLISH_KEY}"},
-                                   json={"events": [{"execution_id": "o1", "event": "progress",
-                                                     "data": {"progress": 1, "stage": "s"}}] * 2})
+    batch = await server.http.post(
+        "/internal/v1/events",
+        headers={"Authorization": f"Bearer {PUBLISH_KEY}"},
+        json={"events": [{"execution_id": "o1", "event": "progress", "data": {"progress": 1, "stage": "s"}}] * 2},
+    )
     assert [r["status"] for r in batch.json()["results"]] == [503, 503]
     ready = await wait_ready(server, 503)
     assert ready["status"] == "broker_unavailable"
@@ -78,7 +81,8 @@ async def test_publish_answers_503_and_readyz_503_while_redis_is_down(start_serv
 
 
 async def test_live_socket_survives_an_outage_and_gets_what_was_published_meanwhile(
-        start_server: Callable[..., Any], redis_server: RedisServer) -> None:
+    start_server: Callable[..., Any], redis_server: RedisServer
+) -> None:
     """A socket stays open through the outage; after it, it receives every event once, in order, then closes 1000."""
     server = await start_on(start_server, redis_server)
     ws = await server.connect("o2")
@@ -111,7 +115,8 @@ async def test_live_socket_survives_an_outage_and_gets_what_was_published_meanwh
 
 
 async def test_pubsub_connection_killed_reconnects_resubscribes_and_resyncs(
-        start_server: Callable[..., Any], redis_server: RedisServer) -> None:
+    start_server: Callable[..., Any], redis_server: RedisServer
+) -> None:
     """CLIENT KILL of the pub/sub connection alone: the broker reconnects by itself and the socket misses nothing."""
     server = await start_on(start_server, redis_server)
     ws = await server.connect("o3")
@@ -133,7 +138,8 @@ async def test_pubsub_connection_killed_reconnects_resubscribes_and_resyncs(
 
 
 async def test_instance_starts_without_redis_and_becomes_ready_when_it_appears(
-        start_server: Callable[..., Any]) -> None:
+    start_server: Callable[..., Any],
+) -> None:
     """With Redis down at start the instance still serves (/readyz 503, publish 503) and is ready once Redis is up."""
     redis = RedisServer(redis_server_binary())
     redis.port = free_port()
@@ -149,8 +155,7 @@ async def test_instance_starts_without_redis_and_becomes_ready_when_it_appears(
         redis.close()
 
 
-async def test_broker_raises_broker_unavailable_for_every_operation_while_down(
-        redis_server: RedisServer) -> None:
+async def test_broker_raises_broker_unavailable_for_every_operation_while_down(redis_server: RedisServer) -> None:
     """publish, publish_many, history, subscribe and ping all answer BrokerUnavailable while Redis is down."""
     broker = RedisBroker(redis_server.url, 100, 3600, prefix=f"down-{time.time_ns()}")
     broker.set_listener(lambda eid, event: None)
@@ -173,4 +178,3 @@ async def test_broker_raises_broker_unavailable_for_every_operation_while_down(
             await broker.subscribe("d")
     finally:
         await broker.close()
-

@@ -51,10 +51,16 @@ async def test_revoke_by_sub_covers_tokens_issued_before_not_after(server: Serve
     assert (await recv_json(await server.connect("e1", token=fresh)))["type"] == "connected"
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({}, "jti"), ({"jti": ""}, "jti"), ({"sub": 5}, "sub"), ({"jti": "x", "ttl_seconds": 0}, "ttl_seconds"),
-    ({"jti": "x", "why": "y"}, "why"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "jti"),
+        ({"jti": ""}, "jti"),
+        ({"sub": 5}, "sub"),
+        ({"jti": "x", "ttl_seconds": 0}, "ttl_seconds"),
+        ({"jti": "x", "why": "y"}, "why"),
+    ],
+)
 async def test_revocation_validation(server: Server, body: dict[str, object], field: str) -> None:
     """Bad revocation requests answer 422 naming the field."""
     r = await server.http.post("/internal/v1/revocations", json=body, headers=AUTH)
@@ -63,8 +69,9 @@ async def test_revocation_validation(server: Server, body: dict[str, object], fi
 
 async def test_revocation_needs_the_publisher_key(server: Server) -> None:
     """A subscriber token cannot revoke anything."""
-    r = await server.http.post("/internal/v1/revocations", json={"sub": "u"},
-                               headers={"Authorization": f"Bearer {make_token('e1')}"})
+    r = await server.http.post(
+        "/internal/v1/revocations", json={"sub": "u"}, headers={"Authorization": f"Bearer {make_token('e1')}"}
+    )
     assert r.status_code == 401
 
 

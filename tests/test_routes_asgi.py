@@ -40,8 +40,11 @@ async def test_publish_and_validation() -> None:
 async def test_subscriber_token_cannot_publish_and_errors_are_json() -> None:
     """A subscriber token on the internal API answers 401 JSON with a request id header."""
     app = app_under_test()
-    _, r = await app.asgi_client.post("/internal/v1/executions/x/events", json={"event": "complete"},
-                                      headers={"Authorization": f"Bearer {make_token('x')}"})
+    _, r = await app.asgi_client.post(
+        "/internal/v1/executions/x/events",
+        json={"event": "complete"},
+        headers={"Authorization": f"Bearer {make_token('x')}"},
+    )
     assert r.status == 401
     assert r.json["error"] == "unauthorized" and r.json["reason"] == "publisher_key"
     assert r.headers.get("x-request-id")

@@ -8,6 +8,7 @@ readiness answers, the close codes clients receive, the exit code and time.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ def test_schedule_spreads_closes_in_small_batches() -> None:
     assert len(plan) == int(10.0 / TICK)
     assert plan[0][0] > LEAD, "the first batch waits, so readiness turns 503 before any close"
     assert plan[-1][0] == pytest.approx(LEAD + 10.0)
-    assert all(b[0] - a[0] >= TICK - 1e-9 for a, b in zip(plan, plan[1:], strict=False))
+    assert all(b[0] - a[0] >= TICK - 1e-9 for a, b in itertools.pairwise(plan))
     covered = [i for _, start, stop in plan for i in range(start, stop)]
     assert covered == list(range(1000))
     assert max(stop - start for _, start, stop in plan) <= 1000 // len(plan) + 1
@@ -85,8 +86,9 @@ class Client:
         self.close_code = self.ws.close_code
 
 
-async def publish(base: str, execution_id: str, event: str = "progress", http: httpx.AsyncClient | None = None,
-                  **data: Any) -> httpx.Response:
+async def publish(
+    base: str, execution_id: str, event: str = "progress", http: httpx.AsyncClient | None = None, **data: Any
+) -> httpx.Response:
     """One event through the internal API (on ``http`` when given, else a fresh connection)."""
     body = {"event": event, "data": data or {"progress": 1, "stage": "running"}}
     if http is not None:
@@ -110,8 +112,9 @@ def wait_exit(service: ServiceProcess, timeout: float) -> tuple[int | None, floa
 async def test_sigterm_drains_then_exits_zero() -> None:
     """SIGTERM: /readyz 503 first, then every client gets 1012 in spread batches, new sockets 1012, exit 0 in time."""
     timeout = 6.0
-    service = ServiceProcess(RELAY_SHUTDOWN_TIMEOUT=str(timeout), RELAY_SHUTDOWN_CLOSE_WINDOW="3",
-                             RELAY_LOG_LEVEL="INFO")
+    service = ServiceProcess(
+        RELAY_SHUTDOWN_TIMEOUT=str(timeout), RELAY_SHUTDOWN_CLOSE_WINDOW="3", RELAY_LOG_LEVEL="INFO"
+    )
     service.start()
     try:
         eid = "drain-1"
@@ -189,8 +192,12 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
         pytest.skip("the Redis broker is not there yet")
     url = require_redis()
     prefix = f"relaytest-shutdown-{os.getpid()}"
-    env = {"RELAY_BROKER_URL": url, "RELAY_REDIS_PREFIX": prefix, "RELAY_SHUTDOWN_TIMEOUT": "6",
-           "RELAY_SHUTDOWN_CLOSE_WINDOW": "2"}
+    env = {
+        "RELAY_BROKER_URL": url,
+        "RELAY_REDIS_PREFIX": prefix,
+        "RELAY_SHUTDOWN_TIMEOUT": "6",
+        "RELAY_SHUTDOWN_CLOSE_WINDOW": "2",
+    }
     a, b = ServiceProcess(**env).start(), ServiceProcess(**env).start()
     total = 60
     try:
@@ -256,8 +263,13 @@ async def test_sigterm_drains_every_worker(target: str) -> None:
         pytest.skip("the Redis broker is not there yet")
     url = require_redis()
     prefix = f"relaytest-workers-{os.getpid()}-{target}"
-    service = ServiceProcess(RELAY_WORKERS="2", RELAY_BROKER_URL=url, RELAY_REDIS_PREFIX=prefix,
-                             RELAY_SHUTDOWN_TIMEOUT="6", RELAY_LOG_LEVEL="INFO")
+    service = ServiceProcess(
+        RELAY_WORKERS="2",
+        RELAY_BROKER_URL=url,
+        RELAY_REDIS_PREFIX=prefix,
+        RELAY_SHUTDOWN_TIMEOUT="6",
+        RELAY_LOG_LEVEL="INFO",
+    )
     service.start(timeout=30)
     try:
         for _ in range(300):  # /readyz answers once one worker is up; wait for both
@@ -299,8 +311,7 @@ async def test_drain_waits_for_publishes_in_flight_and_ends_long_polls(start_ser
     server = await start_server(RELAY_SHUTDOWN_TIMEOUT="5")
     relay = server.relay
     token = make_token("inflight")
-    poll = asyncio.create_task(server.http.get("/v1/executions/inflight/events",
-                                               params={"token": token, "wait": 20}))
+    poll = asyncio.create_task(server.http.get("/v1/executions/inflight/events", params={"token": token, "wait": 20}))
     original = relay.broker.publish
     gate = asyncio.Event()
 

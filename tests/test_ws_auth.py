@@ -71,13 +71,16 @@ async def test_token_for_other_execution_closes_4503(server: Server) -> None:
 
 async def test_alg_none_closes_4500(server: Server) -> None:
     """An unsigned token (alg none) is refused with 4500."""
-    token = jwt.encode({"sub": "u", "execution_id": "exec-1", "aud": "progress-relay",
-                        "exp": int(time.time()) + 60}, None, algorithm="none")  # type: ignore[arg-type]
+    token = jwt.encode(
+        {"sub": "u", "execution_id": "exec-1", "aud": "progress-relay", "exp": int(time.time()) + 60},
+        None,
+        algorithm="none",
+    )  # type: ignore[arg-type]
     assert await closed_with(server, token) == 4500
 
 
 async def test_not_yet_valid_tokens_close_4500(server: Server) -> None:
-    """nbf and iat in the future (beyond the leeway) are refused with 4500."""
+    """``nbf`` and iat in the future (beyond the leeway) are refused with 4500."""
     later = int(time.time()) + 600
     assert await closed_with(server, make_token(nbf=later)) == 4500
     assert await closed_with(server, make_token(iat=later)) == 4500
@@ -136,10 +139,14 @@ async def test_token_expiring_while_connected_closes_4001(server: Server) -> Non
 def rsa_keys(tmp_path: Path) -> tuple[Path, str, str]:
     """An RSA key pair: (public PEM path, public PEM, private PEM)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     path = tmp_path / "public.pem"
     path.write_text(public)
     return path, public, private
@@ -154,16 +161,19 @@ async def test_rs256_accepts_signed_tokens_and_refuses_hs256_with_public_key(sta
     ws = await server.connect(token=good)
     assert (await recv_json(ws))["type"] == "connected"
     # The classic confusion attack: HMAC keyed with the public key's PEM text.
+    import base64
     import hashlib
     import hmac
-    import base64
     import json as _json
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
     header = b64(_json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    payload = b64(_json.dumps({"sub": "u", "execution_id": "exec-1", "aud": "progress-relay",
-                               "exp": int(time.time()) + 60}).encode())
+    payload = b64(
+        _json.dumps(
+            {"sub": "u", "execution_id": "exec-1", "aud": "progress-relay", "exp": int(time.time()) + 60}
+        ).encode()
+    )
     sig = b64(hmac.new(public.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest())
     assert await closed_with(server, f"{header}.{payload}.{sig}") == 4500

@@ -194,8 +194,9 @@ class RedisBroker(Broker):
         try:
             await asyncio.wait_for(asyncio.shield(self._first_connect), self.connect_timeout + 1.0)
         except TimeoutError:
-            log.error("Redis at %s is unreachable; starting anyway and reconnecting in the background",
-                      _safe_url(self.url))
+            log.error(
+                "Redis at %s is unreachable; starting anyway and reconnecting in the background", _safe_url(self.url)
+            )
 
     async def close(self) -> None:
         """Stop the reader and close every connection (queued publishes answer 503)."""

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from sanic import Blueprint, Request, Sanic
@@ -89,7 +89,9 @@ _NO_STORE = {"cache-control": "no-store"}
 _KEEPALIVE = ": keepalive\n\n"
 # The frame head is fixed by events.parse_draft, and execution ids and
 # timestamps cannot contain quotes, so seq and event are read without decoding.
-_FRAME_HEAD = re.compile(r'\{"type":"diagnosis_update","execution_id":"[^"]*","seq":(\d+),"timestamp":"[^"]*","event":"(\w+)"')
+_FRAME_HEAD = re.compile(
+    r'\{"type":"diagnosis_update","execution_id":"[^"]*","seq":(\d+),"timestamp":"[^"]*","event":"(\w+)"'
+)
 
 Handler = Callable[[Request, str, Claims, dict[str, str]], Awaitable[BaseHTTPResponse | None]]
 
@@ -158,11 +160,13 @@ async def preflight(request: Request, execution_id: str) -> HTTPResponse:
     headers = cors_headers(relay, origin)
     if not origin_allowed(relay, origin):
         return error_response(Forbidden("origin not allowed"), headers=headers)
-    headers.update({
-        "access-control-allow-methods": "GET, OPTIONS",
-        "access-control-allow-headers": "Authorization, Last-Event-ID",
-        "access-control-max-age": "600",
-    })
+    headers.update(
+        {
+            "access-control-allow-methods": "GET, OPTIONS",
+            "access-control-allow-headers": "Authorization, Last-Event-ID",
+            "access-control-max-age": "600",
+        }
+    )
     return HTTPResponse(status=204, headers=headers)
 
 
@@ -223,11 +227,16 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     if page.gap_after(after):
         tail["gap"] = True
     # The frames are JSON already: splice them in rather than decode and re-encode.
-    body = "".join((
-        '{"execution_id":', dumps(execution_id),
-        ',"events":[', ",".join(event.frame for event in page.events), "],",
-        dumps(tail)[1:],
-    ))
+    body = "".join(
+        (
+            '{"execution_id":',
+            dumps(execution_id),
+            ',"events":[',
+            ",".join(event.frame for event in page.events),
+            "],",
+            dumps(tail)[1:],
+        )
+    )
     response = raw_json_response(body)
     response.headers.update({**headers, **_NO_STORE})
     return response
@@ -236,7 +245,7 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
 # -- state --------------------------------------------------------------------------
 
 
-def _states(app: Sanic) -> StateCache:
+def _states(app: Sanic[Any, Any]) -> StateCache:
     states: StateCache | None = getattr(app.ctx, "public_states", None)
     if states is None:
         relay: Relay = app.ctx.relay
@@ -291,7 +300,8 @@ class SseSink:
         """Drop a reader that fell behind (or broke) at once; other endings are written by the handler."""
         if code in (CloseCode.SLOW_CONSUMER, CloseCode.INTERNAL_ERROR):
             with contextlib.suppress(Exception):
-                self.request.transport.abort()
+                # Sanic types it as its TransportProtocol; it is the loop's asyncio transport.
+                cast(asyncio.Transport, self.request.transport).abort()
 
 
 def _sse_cursor(request: Request) -> tuple[int, bool]:
@@ -303,7 +313,7 @@ def _sse_cursor(request: Request) -> tuple[int, bool]:
     return (query, True) if query is not None else (0, False)
 
 
-def _streams(app: Sanic) -> set[Subscription]:
+def _streams(app: Sanic[Any, Any]) -> set[Subscription]:
     streams: set[Subscription] | None = getattr(app.ctx, "sse_streams", None)
     if streams is None:
         streams = app.ctx.sse_streams = set()
@@ -312,7 +322,9 @@ def _streams(app: Sanic) -> set[Subscription]:
 
 @bp.get(f"{_EXECUTION}/stream")
 @_public
-async def event_stream(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse | None:
+async def event_stream(
+    request: Request, execution_id: str, claims: Claims, headers: dict[str, str]
+) -> HTTPResponse | None:
     """Stream the events after the cursor, then live ones, until the terminal event.
 
     An open stream counts toward the same connection limits as a socket (429 past them).
@@ -334,8 +346,9 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
     cursor, resumed = _sse_cursor(request)
     if getattr(request.app.ctx, "draining", False):
         # Shutting down: like the socket's 1012, tell EventSource to come back (to another instance).
-        response = await request.respond(headers={**headers, "cache-control": "no-cache"},
-                                         content_type="text/event-stream; charset=utf-8")
+        response = await request.respond(
+            headers={**headers, "cache-control": "no-cache"}, content_type="text/event-stream; charset=utf-8"
+        )
         await response.send(f"retry: {SSE_RETRY_MS}\n" + _close_message(CloseCode.SERVICE_RESTART))
         await response.eof()
         return None
@@ -368,7 +381,8 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         metrics.connection_opened("sse")
         opened = True
         expiry = asyncio.get_running_loop().call_later(
-            max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired")
+            max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"
+        )
         sub.start(page, f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
         while not sub.closed.done():
             try:
@@ -412,12 +426,13 @@ async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
         if code != CloseCode.NORMAL:
             await asyncio.wait_for(response.send(_close_message(code)), 1.0)
         await asyncio.wait_for(response.eof(), 1.0)
-    log.debug("sse stream ended", extra={"fields": {"execution_id": sub.execution_id, "code": code,
-                                                    "frames_sent": sub.sent}})
+    log.debug(
+        "sse stream ended", extra={"fields": {"execution_id": sub.execution_id, "code": code, "frames_sent": sub.sent}}
+    )
 
 
 @bp.before_server_stop
-async def close_streams(app: Sanic) -> None:
+async def close_streams(app: Sanic[Any, Any]) -> None:
     """Ask SSE readers to reconnect elsewhere (1012) and stop demo runs before the server stops."""
     for sub in tuple(_streams(app)):
         sub.close(CloseCode.SERVICE_RESTART, "server restarting")
@@ -470,14 +485,14 @@ async def demo_file(request: Request, path: str) -> HTTPResponse:
 # this API never opens a real execution, even on a dev instance with real keys.
 
 
-def _demo_runs(app: Sanic) -> set[asyncio.Task[None]]:
+def _demo_runs(app: Sanic[Any, Any]) -> set[asyncio.Task[None]]:
     runs: set[asyncio.Task[None]] | None = getattr(app.ctx, "demo_runs", None)
     if runs is None:
         runs = app.ctx.demo_runs = set()
     return runs
 
 
-def _demo_ids(app: Sanic) -> OrderedDict[str, None]:
+def _demo_ids(app: Sanic[Any, Any]) -> OrderedDict[str, None]:
     ids: OrderedDict[str, None] | None = getattr(app.ctx, "demo_ids", None)
     if ids is None:
         ids = app.ctx.demo_ids = OrderedDict()
@@ -493,8 +508,10 @@ def _demo_body(request: Request) -> dict[str, Any]:
 
 def _demo_token(relay: Relay, execution_id: str) -> HTTPResponse:
     if relay.minter is None:
-        return json_response({"error": "not_configured", "message":
-                              "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"}, status=501)
+        return json_response(
+            {"error": "not_configured", "message": "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"},
+            status=501,
+        )
     token, expires_at = relay.minter.mint(execution_id, "demo-page", relay.settings.token_ttl)
     return json_response({"execution_id": execution_id, "token": token, "expires_at": expires_at}, status=201)
 

@@ -88,8 +88,12 @@ class WsSink:
         proto = ws.ws_proto
         io = ws.io_proto
         transport = io.transport if io is not None else None
-        if (transport is None or ws.conn_mutex.locked() or proto.state is not State.OPEN
-                or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH):
+        if (
+            transport is None
+            or ws.conn_mutex.locked()
+            or proto.state is not State.OPEN
+            or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH
+        ):
             return False
         proto.send_text(frame.encode())
         for data in proto.data_to_send():
@@ -175,8 +179,9 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
 bp.add_websocket_route(execution_socket, "/ws/executions/<execution_id>")
 
 
-async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str, claims: Claims,
-                 last_seq: int | None) -> None:
+async def _serve(
+    request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str, claims: Claims, last_seq: int | None
+) -> None:
     """Replay and stream to an authorized socket until either side ends it."""
     sink = WsSink(ws)
     sub = relay.subscription(execution_id, last_seq or 0, sink, claims)
@@ -211,8 +216,17 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, exec
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"
     )
-    log.info("websocket opened", extra={"fields": {"execution_id": execution_id, "sub": claims.sub,
-                                                   "last_seq": last_seq, "latest_seq": page.latest_seq}})
+    log.info(
+        "websocket opened",
+        extra={
+            "fields": {
+                "execution_id": execution_id,
+                "sub": claims.sub,
+                "last_seq": last_seq,
+                "latest_seq": page.latest_seq,
+            }
+        },
+    )
     metrics.connection_opened("ws")
     heartbeat = request.app.ctx.heartbeat
     heartbeat.sockets.add(sink)
@@ -232,9 +246,17 @@ async def _serve(request: Request, ws: WebsocketImplProtocol, relay: Relay, exec
             received = getattr(ws.ws_proto, "close_rcvd", None)
             metrics.ws_closed(received.code if received is not None else None, "client")
         sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
-        log.info("websocket closed", extra={"fields": {
-            "execution_id": execution_id, "close_code": sub.close_code, "frames_sent": sub.sent,
-            "duration_s": round(time.monotonic() - opened, 3)}})
+        log.info(
+            "websocket closed",
+            extra={
+                "fields": {
+                    "execution_id": execution_id,
+                    "close_code": sub.close_code,
+                    "frames_sent": sub.sent,
+                    "duration_s": round(time.monotonic() - opened, 3),
+                }
+            },
+        )
 
 
 async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: FrameRate) -> None:
@@ -262,5 +284,12 @@ async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: Frame
         if kind == "ping":
             sub.send_control(dumps({"type": "pong", "timestamp": now_iso()}))
         else:
-            sub.send_control(dumps({"type": "error", "error": "unknown_message_type",
-                                    "message": "the server understands only {\"type\": \"ping\"}"}))
+            sub.send_control(
+                dumps(
+                    {
+                        "type": "error",
+                        "error": "unknown_message_type",
+                        "message": 'the server understands only {"type": "ping"}',
+                    }
+                )
+            )

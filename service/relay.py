@@ -91,9 +91,13 @@ class Relay:
         finally:
             self.publishing -= 1
             metrics.observe_publish(time.perf_counter() - started, "single")
+        self._accepted(draft, result)
+        return result
+
+    def _accepted(self, draft: EventDraft, result: PublishResult) -> None:
+        """Count one accepted (or duplicate) event in the stats and the metrics."""
         self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
         metrics.published(draft.event, result.duplicate)
-        return result
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
         """Accept several events in order, one result or error each."""
@@ -109,8 +113,7 @@ class Relay:
             metrics.observe_publish(time.perf_counter() - started, "batch")
         for draft, result in zip(drafts, results, strict=True):
             if isinstance(result, PublishResult):
-                self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
-                metrics.published(draft.event, result.duplicate)
+                self._accepted(draft, result)
             else:
                 metrics.publish_rejected(result.code)
         return results

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import product  # bench/product.py: the product comparison scenario
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -794,6 +795,18 @@ def sc_capacity(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     return res
 
 
+def sc_product(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    """One demo execution watched by polling and by WebSocket, with and
+    without compression (bench/product.py). progress-relay only."""
+    res = {}
+    for t in (t for t in targets if t.name == "relay"):
+        try:
+            res[t.name] = product.run_scenario(t, cfg, tmp, Server, mint_token)
+        except Exception as exc:
+            res[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
+    return res
+
+
 SCENARIOS = {
     "idle_memory": (one_by_one(sc_idle_memory), "Idle memory per connection"),
     "closed_loop": (sc_closed_loop, "Closed-loop single-event POSTs"),
@@ -803,6 +816,7 @@ SCENARIOS = {
     "storm": (one_by_one(sc_storm), "Reconnect storm"),
     "redis": (sc_redis, "Redis broker, 1 and 2 workers"),
     "capacity": (sc_capacity, "Connections held on one process"),
+    "product": (sc_product, "The product's comparison: one demo execution, polling vs WebSocket"),
 }
 
 FULL = {
@@ -815,6 +829,8 @@ FULL = {
     "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0, "rate": 2000, "trials": 2},
     # connecting takes > 25 s, so the first sockets live through 2+ server pings
     "capacity": {"n": 20000, "concurrency": 100, "settle": 1.0, "hold": 15.0},
+    # the demo script paced to last 60 s; polls every 2 s; the JS client's 30 s heartbeat
+    "product": {"duration": 60.0, "poll_interval": 2.0, "heartbeat": 30.0, "seed": 0},
 }
 SMOKE = {
     "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.3, "hold": 0.3},
@@ -825,6 +841,7 @@ SMOKE = {
     "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.0, "storm_after": 0.3},
     "redis": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "rate": 200, "trials": 1},
     "capacity": {"n": 300, "concurrency": 100, "settle": 0.3, "hold": 0.5},
+    "product": {"duration": 2.5, "poll_interval": 0.25, "heartbeat": 1.0, "seed": 0},
 }
 
 # how each summary metric compares: "higher" or "lower" is better; None: no ratio
@@ -843,6 +860,14 @@ DIRECTION = {
     "resume_seconds": "lower",
     "achieved_per_s@top": "higher",
     "closed_p99_ms": "lower",
+    "poll_state_kb": "lower",
+    "poll_events_kb": "lower",
+    "ws_kb": "lower",
+    "ws_deflate_kb": "lower",
+    "ws_deflate_ctx_kb": "lower",
+    "ws_deflate_vs_polling_pct": "lower",
+    "ws_deflate_p50_ms": "lower",
+    "poll_state_p50_ms": "lower",
 }
 
 
@@ -934,6 +959,9 @@ def markdown(doc: dict) -> str:
         lines.append("")
         lines.append("Config: " + ", ".join(f"{k}={v}" for k, v in cfg.items()))
         lines.append("")
+        if scen == "product":
+            lines += product.markdown(per_target, cfg)
+            continue
         names = [n for n in TARGETS if n in per_target]
         metrics = []
         for name in names:
@@ -1099,7 +1127,7 @@ def main(argv=None) -> int:
             res = fn(targets, config[scen], tmp)
         except Exception as exc:
             res = {t.name: {"error": f"{type(exc).__name__}: {exc}"} for t in targets}
-        if scen not in ("redis", "capacity"):
+        if scen not in ("redis", "capacity", "product"):
             res = {name: res.get(name, {"error": "no result"}) for name in names}
         results[scen] = res
         print(f"  {scen} ({time.monotonic() - t0:.1f} s)", flush=True)

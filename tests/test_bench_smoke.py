@@ -3,6 +3,10 @@
 This checks only that bench/run.py starts the servers, drives them with the
 load generator and writes well-formed results. It never asserts performance:
 the machine is shared and noisy, and the figures live in docs/performance.md.
+The product comparison (`product`, progress-relay only) is also checked for
+what holds on any machine: every watcher saw every event once and in order,
+the compressed socket really negotiated permessage-deflate, and it moved
+fewer bytes than polling.
 """
 
 import json
@@ -16,7 +20,9 @@ for _module in ("picows", "socketio", "aiohttp", "psutil", "matplotlib", "uvloop
     pytest.importorskip(_module, reason="bench dependencies: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["idle_memory", "closed_loop", "rates", "fanout", "batch", "storm"]
+SCENARIOS = ["idle_memory", "closed_loop", "rates", "fanout", "batch", "storm", "product"]
+RELAY_ONLY = {"product"}
+PRODUCT_MODES = ["poll_state", "poll_events", "ws", "ws_deflate", "ws_deflate_ctx"]
 
 
 @pytest.mark.slow
@@ -53,7 +59,8 @@ def test_bench_smoke_writes_results(tmp_path):
     assert doc["meta"]["targets"] == targets
     assert set(doc["scenarios"]) == set(SCENARIOS)
     for scenario, per_target in doc["scenarios"].items():
-        assert set(per_target) == set(targets), scenario
+        expected = {"relay"} & set(targets) if scenario in RELAY_ONLY else set(targets)
+        assert set(per_target) == expected, scenario
         for name, entry in per_target.items():
             assert "error" not in entry, f"{scenario}/{name}: {entry.get('error')}"
             summary = entry["summary"]
@@ -64,10 +71,52 @@ def test_bench_smoke_writes_results(tmp_path):
         # every relay figure that has a direction is also given as a ratio
         assert doc["ratios_subject"] == "relay"
         assert "sanic_minimal" in doc["ratios"]["closed_loop"]["posts_per_s"]
+        check_product(doc["scenarios"]["product"]["relay"])
 
     latest = (tmp_path / "latest.md").read_text()
     assert "| metric |" in latest
     for scenario in SCENARIOS:
-        assert f"(`{scenario}`)" in latest
+        if scenario not in RELAY_ONLY or "relay" in targets:
+            assert f"(`{scenario}`)" in latest
+    if "relay" in targets:
+        assert "| mode | update latency p50 / max | HTTP requests | bytes on the wire" in latest
     png = tmp_path / "latency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_product(entry):
+    """One demo execution, every mode watching it at once, through counting proxies."""
+    modes = entry["modes"]
+    assert list(modes) == PRODUCT_MODES
+    events = entry["execution"]["events"]
+    assert events >= 10  # the demo script: queued, 5 platforms, analyzing, report, complete
+    for mode, s in modes.items():
+        for metric, value in s.items():
+            assert value is None or isinstance(value, (int, float)), (mode, metric)
+        # every update reached every watcher, once, in order
+        assert (s["events"], s["seen"], s["lost"], s["dups"], s["out_of_order"]) == (events, events, 0, 0, 0), mode
+        assert s["bytes_up"] > 0 and s["bytes_down"] > 0, mode
+        assert s["bytes_total"] == s["bytes_up"] + s["bytes_down"], mode
+        assert s["connections"] == 1, mode  # keep-alive polling; one socket
+        assert s["p50_ms"] is not None and s["max_ms"] >= s["p50_ms"], mode
+    for mode in ("poll_state", "poll_events"):
+        assert modes[mode]["requests"] > 3, mode  # it really polled for the whole execution
+    for mode in ("ws", "ws_deflate", "ws_deflate_ctx"):
+        s = modes[mode]
+        assert s["requests"] == 1, mode
+        assert s["upgrade_bytes"] > 0 and s["heartbeats"] >= 1, mode
+        # connected + every event + close at least, down; heartbeats + close, up
+        assert s["frames_down"] >= events + 2 and s["frames_up"] >= s["heartbeats"] + 1, mode
+        assert entry["details"][mode]["close_code"] == 1000, mode
+    assert modes["ws"]["deflate"] == 0 and entry["details"]["ws"]["extensions"] is None
+    for mode in ("ws_deflate", "ws_deflate_ctx"):
+        assert modes[mode]["deflate"] == 1, mode
+        assert "permessage-deflate" in entry["details"][mode]["extensions"], mode
+    assert "no_context_takeover" in entry["details"]["ws_deflate"]["extensions"]  # the relay's default
+    assert "no_context_takeover" not in entry["details"]["ws_deflate_ctx"]["extensions"]
+    # compression saves bytes, and the compressed socket costs less than polling
+    assert modes["ws_deflate"]["bytes_down"] < modes["ws"]["bytes_down"]
+    assert modes["ws_deflate"]["bytes_total"] < modes["poll_state"]["bytes_total"]
+    assert modes["ws_deflate"]["vs_polling_pct"] < 100
+    assert modes["poll_state"]["vs_polling_pct"] == 100
+    assert entry["summary"]["deflate_negotiated"] == 1 and entry["summary"]["lost"] == 0

@@ -18,7 +18,7 @@ from typing import Any, TypeGuard
 
 import ujson
 
-from .errors import FieldError, ValidationFailed
+from .errors import BadRequest, FieldError, ValidationFailed
 
 __all__ = [
     "EVENT_TYPES",
@@ -37,6 +37,12 @@ EXECUTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 MAX_IDEMPOTENCY_KEY = 200
 MAX_STAGE = 200
 _TOP_LEVEL = frozenset(("event", "data", "timestamp", "idempotency_key", "execution_id"))
+
+
+#: Why a body that ujson reads but cannot write back as strict UTF-8 JSON is refused (400).
+UNREADABLE_JSON = (
+    "holds NaN, Infinity, a number too large for a double or an unpaired surrogate, which JSON readers cannot take"
+)
 
 
 def dumps(obj: Any) -> str:
@@ -100,6 +106,17 @@ def decode_frame(frame: str) -> dict[str, Any]:
     return value
 
 
+def _encodable(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (no unpaired surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -160,6 +177,28 @@ def _check_timestamp(value: Any, errors: list[FieldError]) -> str:
     return ""
 
 
+def _prefixed(prefix: str, errors: list[FieldError]) -> list[FieldError]:
+    if not prefix or not errors:
+        return errors
+    return [{"field": prefix + e["field"], "message": e["message"]} for e in errors]
+
+
+def _tail(timestamp: str, event: str, data: Any, prefix: str) -> str:
+    """The frame after the seq, encoded strictly, or :class:`BadRequest`.
+
+    Strict here, where the frame is encoded once: nothing a browser's JSON.parse
+    refuses, and nothing that is not UTF-8, reaches a subscriber.
+    """
+    try:
+        encoded = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
+        tail = f',"timestamp":{dumps(timestamp)},"event":"{event}","data":{encoded}}}'
+        if _encodable(tail):
+            return tail
+    except OverflowError:
+        pass
+    raise BadRequest(f"{prefix.rstrip('.') or 'the event'} {UNREADABLE_JSON}")
+
+
 def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
     """Validate one publish body for ``execution_id``; raise :class:`ValidationFailed`.
 
@@ -170,8 +209,9 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         errors.append({"field": f"{prefix}execution_id", "message": "must be 1-128 characters of A-Za-z0-9._:-"})
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
-    for key in body.keys() - _TOP_LEVEL:
-        errors.append({"field": f"{prefix}{key}", "message": "unknown field"})
+    if not body.keys() <= _TOP_LEVEL:
+        for key in body.keys() - _TOP_LEVEL:
+            errors.append({"field": f"{prefix}{key}", "message": "unknown field"})
     if "execution_id" in body and body["execution_id"] != execution_id:
         errors.append({"field": f"{prefix}execution_id", "message": "does not match the execution in the URL"})
     event = body.get("event")
@@ -182,12 +222,14 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         data = body.get("data", {} if event == "complete" else None)
         sub_errors: list[FieldError] = []
         terminal = _check_data(event, data, sub_errors)
-        errors.extend({"field": prefix + e["field"], "message": e["message"]} for e in sub_errors)
+        errors += _prefixed(prefix, sub_errors)
     ts_errors: list[FieldError] = []
     timestamp = _check_timestamp(body.get("timestamp"), ts_errors)
-    errors.extend({"field": prefix + e["field"], "message": e["message"]} for e in ts_errors)
+    errors += _prefixed(prefix, ts_errors)
     key = body.get("idempotency_key")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY):
+    if key is not None and (
+        not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not _encodable(key)
+    ):
         errors.append(
             {
                 "field": f"{prefix}idempotency_key",
@@ -199,5 +241,5 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
     assert isinstance(event, str)
     data = body.get("data", {})
     head = f'{{"type":"diagnosis_update","execution_id":{dumps(execution_id)},"seq":'
-    tail = f',"timestamp":{dumps(timestamp)},"event":"{event}","data":{dumps(data)}}}'
+    tail = _tail(timestamp, event, data, prefix)
     return EventDraft(execution_id, event, terminal, head, tail, key)

@@ -5,18 +5,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import ujson
 from sanic import Request
 from sanic.response import HTTPResponse
 
 from .errors import BadRequest, RelayError, ValidationFailed
-from .events import dumps
+from .events import UNREADABLE_JSON, dumps
 
 __all__ = ["bearer_or_query_token", "bearer_token", "json_body", "json_response", "query_int"]
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
     """A JSON response encoded with the relay's encoder."""
-    return HTTPResponse(dumps(body), status=status, headers=headers, content_type="application/json")
+    try:
+        data = dumps(body).encode()
+    except UnicodeEncodeError:  # an unpaired surrogate echoed from a request (a field name): escape it
+        data = ujson.dumps(body, ensure_ascii=True, escape_forward_slashes=False).encode()
+    return HTTPResponse(data, status=status, headers=headers, content_type="application/json")
 
 
 def raw_json_response(text: str, status: int = 200) -> HTTPResponse:
@@ -52,10 +57,13 @@ _INTEGER = re.compile(r"-?[0-9]{1,20}")
 _SUSPECT = re.compile(rb"NaN|Infinity|\\u[dD][89a-fA-F]|[0-9]{17}|[eE][+]?[0-9]{3}")
 
 
-def json_body(request: Request) -> Any:
-    """The request body decoded as JSON, or :class:`BadRequest`."""
-    import ujson
+def json_body(request: Request, *, strict: bool = True) -> Any:
+    """The request body decoded as JSON, or :class:`BadRequest`.
 
+    ``strict=False`` skips the check for values JSON readers cannot take; only for
+    callers that encode every value they keep with :func:`~service.events.parse_draft`,
+    which refuses them itself.
+    """
     body = request.body
     if not body:
         raise BadRequest("request body is empty; a JSON object is expected")
@@ -63,14 +71,11 @@ def json_body(request: Request) -> Any:
         value = ujson.loads(body)
     except (ValueError, OverflowError):
         raise BadRequest() from None
-    if _SUSPECT.search(body):
+    if strict and _SUSPECT.search(body):
         try:
             ujson.dumps(value, ensure_ascii=False, allow_nan=False).encode()
         except (OverflowError, ValueError):  # UnicodeEncodeError is a ValueError
-            raise BadRequest(
-                "request body holds NaN, Infinity, a number too large for a double "
-                "or an unpaired surrogate, which JSON readers cannot take"
-            ) from None
+            raise BadRequest(f"request body {UNREADABLE_JSON}") from None
     return value
 
 

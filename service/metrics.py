@@ -370,7 +370,13 @@ _BROKER_OPERATIONS = ("publish", "publish_many", "history", "subscribe", "unsubs
 
 
 def instrument_broker(broker: Broker) -> Broker:
-    """Time every operation of ``broker`` into the broker-operation histogram (in place)."""
+    """Time every operation of a remote ``broker`` into the broker-operation histogram (in place).
+
+    The memory broker is left alone: its operations are a few dictionary lookups, and
+    timing them cost more than they do (about 3 µs of a publish's ~130 µs).
+    """
+    if not broker.remote:
+        return broker
     for name in _BROKER_OPERATIONS:
         method = getattr(broker, name)
         if getattr(method, "_relay_timed", False):

@@ -45,6 +45,7 @@ INTERNAL_ROUTES = (
     ("POST", "/internal/v1/executions/exec-1/events", {"event": "complete"}),
     ("POST", "/internal/v1/events", {"events": [{"execution_id": EXEC, "event": "complete"}]}),
     ("POST", "/internal/v1/tokens", {"execution_id": EXEC, "sub": "mallory"}),
+    ("POST", "/internal/v1/revocations", {"sub": "alice"}),
     ("GET", "/internal/v1/stats", None),
 )
 
@@ -506,6 +507,19 @@ async def test_subscriber_token_is_refused_on_every_internal_route(attack_server
             assert r.status_code == 401, (method, path, how, r.text)
             assert r.json() == {"error": "unauthorized", "message": r.json()["message"], "reason": "publisher_key"}
     assert (await attack_server.relay.history(EXEC)).latest_seq == 1
+
+
+def test_every_internal_route_is_in_the_list_above(attack_server: Server) -> None:
+    """A new internal route must join INTERNAL_ROUTES, so that the test above proves it needs the key."""
+    routes = {
+        (method, "/" + route.path)
+        for route in attack_server.app.router.routes
+        if route.path.startswith("internal/")
+        for method in route.methods
+        if method not in ("HEAD", "OPTIONS")
+    }
+    listed = {(method, path.replace("exec-1", "<execution_id:str>")) for method, path, _ in INTERNAL_ROUTES}
+    assert routes == listed
 
 
 async def test_publisher_key_is_refused_on_every_public_endpoint(attack_server: Server) -> None:

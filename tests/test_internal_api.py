@@ -59,6 +59,47 @@ async def test_body_that_is_not_json_is_400(server: Server) -> None:
     assert (await server.relay.history("e1")).latest_seq == 0
 
 
+async def test_values_json_readers_cannot_take_are_400_and_never_stored(server: Server) -> None:
+    """NaN, Infinity, 1e400 and unpaired surrogates (in values, keys or the idempotency key) are refused."""
+    bodies = (
+        b'{"event":"result","data":{"x":NaN}}',
+        b'{"event":"result","data":{"x":-Infinity}}',
+        b'{"event":"result","data":{"x":1e400}}',
+        b'{"event":"result","data":{"\\ud800":1}}',
+        b'{"event":"complete","data":{"report":{"s":"\\udfff"}}}',
+    )
+    for content in bodies:
+        r = await post(server, "/internal/v1/executions/e1/events", content=content)
+        assert r.status_code == 400 and r.json()["error"] == "bad_request", (content, r.text)
+    r = await post(
+        server, "/internal/v1/executions/e1/events", content=b'{"event":"complete","idempotency_key":"\\ud800"}'
+    )
+    assert fields(r) == {"idempotency_key"}
+    # A field name no JSON writer can echo as UTF-8 still gets a readable 422, not a 500.
+    r = await post(server, "/internal/v1/executions/e1/events", content=b'{"event":"complete","\\ud800x":1}')
+    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "\ud800x"
+    assert (await server.relay.history("e1")).latest_seq == 0
+
+
+async def test_batch_refuses_only_the_item_json_readers_cannot_take(server: Server) -> None:
+    """In a batch, an item holding NaN is refused (400) and the others are published."""
+    content = (
+        b'{"events":[{"execution_id":"b1","event":"result","data":{"a":1}},'
+        b'{"execution_id":"b1","event":"result","data":{"a":NaN}},'
+        b'{"execution_id":"\\ud800","event":"result","data":{"a":1}},'
+        b'{"execution_id":"b1","event":"complete"}]}'
+    )
+    r = await post(server, "/internal/v1/events", content=content)
+    assert r.status_code == 202, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [202, 400, 422, 202]
+    assert results[1]["error"] == "bad_request" and "events[1]" in results[1]["message"]
+    assert results[2]["execution_id"] == "\ud800"
+    assert [x.get("seq") for x in results] == [1, None, None, 2]
+    page = await server.relay.history("b1")
+    assert [e.seq for e in page.events] == [1, 2] and page.terminal
+
+
 async def test_oversized_body_is_413(server: Server) -> None:
     """A body above RELAY_MAX_BODY_SIZE answers 413 with a JSON error."""
     big = {"event": "result", "data": {"blob": "x" * (1024 * 1024 + 10)}}

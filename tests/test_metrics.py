@@ -210,8 +210,8 @@ async def test_known_workload_is_counted(start_server: Callable[..., Any]) -> No
         assert delta("relay_ws_closes_total", code="4503", initiator="server") == 1
         # 9 publish calls reached the relay (the 401 did not).
         assert delta("relay_publish_duration_seconds_count", mode="single") == 9
-        assert delta("relay_broker_operation_duration_seconds_count", operation="publish") == 9
-        assert delta("relay_broker_operation_duration_seconds_count", operation="history") >= 3
+        # The memory broker's operations are not timed (they are dictionary lookups); Redis's are.
+        assert delta("relay_broker_operation_duration_seconds_count", operation="publish") == 0
         assert value(after, "relay_connections_open", transport="ws") == 0
         assert value(after, "relay_draining") == 0
 
@@ -362,6 +362,7 @@ def test_two_workers_report_the_same_totals() -> None:
             assert value(samples, "relay_events_accepted_total", event="progress") == 20
             assert value(samples, "relay_publish_duration_seconds_count", mode="single") == 20
             assert value(samples, "relay_publish_duration_seconds_bucket", mode="single", le="+Inf") == 20
+            assert value(samples, "relay_broker_operation_duration_seconds_count", operation="publish") == 20
     finally:
         service.stop()
         delete_prefix(url, prefix)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import RelayError
 from ..events import Event, EventDraft
@@ -63,6 +64,9 @@ class HistoryPage:
 
 class Broker(abc.ABC):
     """Stores history and delivers live events for subscribed executions."""
+
+    #: Whether operations leave the process (a network round trip worth timing in metrics).
+    remote: ClassVar[bool] = False
 
     def __init__(self, history_size: int, history_ttl: int) -> None:
         self.history_size = history_size

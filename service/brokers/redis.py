@@ -114,6 +114,8 @@ _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accep
 class RedisBroker(Broker):
     """History in Redis Streams, live events over one pub/sub connection."""
 
+    remote = True
+
     def __init__(
         self,
         url: str,

@@ -820,9 +820,9 @@ SCENARIOS = {
 }
 
 FULL = {
-    "idle_memory": {"n": 10000, "concurrency": 100, "settle": 2.0, "hold": 3.0},
+    "idle_memory": {"n": 10000, "concurrency": 100, "settle": 1.5, "hold": 2.0},
     "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0, "trials": 3},
-    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 4.0, "rates": [1000, 2000, 4000]},
+    "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 3.0, "rates": [1000, 2000, 4000]},
     "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1},
     "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0, "duration": 3.0, "trials": 3},
     "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0, "storm_after": 1.5},
@@ -830,7 +830,8 @@ FULL = {
     # connecting takes > 25 s, so the first sockets live through 2+ server pings
     "capacity": {"n": 20000, "concurrency": 100, "settle": 1.0, "hold": 15.0},
     # the demo script paced to last 60 s; polls every 2 s; the JS client's 30 s heartbeat
-    "product": {"duration": 60.0, "poll_interval": 2.0, "heartbeat": 30.0, "seed": 0},
+    # 100 s: 50 polls at 2 s, the low end of the product report's "50-100 API calls per execution"
+    "product": {"duration": 100.0, "poll_interval": 2.0, "heartbeat": 30.0, "seed": 0},
 }
 SMOKE = {
     "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.3, "hold": 0.3},
@@ -864,7 +865,7 @@ DIRECTION = {
     "poll_events_kb": "lower",
     "ws_kb": "lower",
     "ws_deflate_kb": "lower",
-    "ws_deflate_ctx_kb": "lower",
+    "ws_deflate_msg_kb": "lower",
     "ws_deflate_vs_polling_pct": "lower",
     "ws_deflate_p50_ms": "lower",
     "poll_state_p50_ms": "lower",

@@ -70,7 +70,7 @@ class Settings:
     backlog: int = 1024
     ws_compression: bool = True
     ws_compression_min_size: int = 64
-    ws_compression_context_takeover: bool = False
+    ws_compression_context_takeover: bool = True
 
     # Addresses/CIDRs allowed to read /metrics; empty: any peer.
     metrics_allowlist: tuple[str, ...] = ()
@@ -284,7 +284,7 @@ def load_settings(
         backlog=r.int("RELAY_BACKLOG", 1024, 1, 65535),
         ws_compression=r.bool("RELAY_WS_COMPRESSION", True),
         ws_compression_min_size=r.int("RELAY_WS_COMPRESSION_MIN_SIZE", 64, 0, 1 << 20),
-        ws_compression_context_takeover=r.bool("RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER", False),
+        ws_compression_context_takeover=r.bool("RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER", True),
         metrics_allowlist=_check_allowlist(r.list("RELAY_METRICS_ALLOWLIST")),
         shutdown_timeout=r.float("RELAY_SHUTDOWN_TIMEOUT", 20.0, 1.0, 3600),
     )

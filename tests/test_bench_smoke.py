@@ -22,7 +22,7 @@ for _module in ("picows", "socketio", "aiohttp", "psutil", "matplotlib", "uvloop
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["idle_memory", "closed_loop", "rates", "fanout", "batch", "storm", "product"]
 RELAY_ONLY = {"product"}
-PRODUCT_MODES = ["poll_state", "poll_events", "ws", "ws_deflate", "ws_deflate_ctx"]
+PRODUCT_MODES = ["poll_state", "poll_events", "ws", "ws_deflate", "ws_deflate_msg"]
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def check_product(entry):
         assert s["p50_ms"] is not None and s["max_ms"] >= s["p50_ms"], mode
     for mode in ("poll_state", "poll_events"):
         assert modes[mode]["requests"] > 3, mode  # it really polled for the whole execution
-    for mode in ("ws", "ws_deflate", "ws_deflate_ctx"):
+    for mode in ("ws", "ws_deflate", "ws_deflate_msg"):
         s = modes[mode]
         assert s["requests"] == 1, mode
         assert s["upgrade_bytes"] > 0 and s["heartbeats"] >= 1, mode
@@ -109,11 +109,13 @@ def check_product(entry):
         assert s["frames_down"] >= events + 2 and s["frames_up"] >= s["heartbeats"] + 1, mode
         assert entry["details"][mode]["close_code"] == 1000, mode
     assert modes["ws"]["deflate"] == 0 and entry["details"]["ws"]["extensions"] is None
-    for mode in ("ws_deflate", "ws_deflate_ctx"):
+    for mode in ("ws_deflate", "ws_deflate_msg"):
         assert modes[mode]["deflate"] == 1, mode
         assert "permessage-deflate" in entry["details"][mode]["extensions"], mode
-    assert "no_context_takeover" in entry["details"]["ws_deflate"]["extensions"]  # the relay's default
-    assert "no_context_takeover" not in entry["details"]["ws_deflate_ctx"]["extensions"]
+    # the relay's default keeps the client's window (server context takeover); the other does not
+    assert "server_no_context_takeover" not in entry["details"]["ws_deflate"]["extensions"]
+    assert "server_no_context_takeover" in entry["details"]["ws_deflate_msg"]["extensions"]
+    assert modes["ws_deflate"]["bytes_down"] < modes["ws_deflate_msg"]["bytes_down"]
     # compression saves bytes, and the compressed socket costs less than polling
     assert modes["ws_deflate"]["bytes_down"] < modes["ws"]["bytes_down"]
     assert modes["ws_deflate"]["bytes_total"] < modes["poll_state"]["bytes_total"]

@@ -105,8 +105,8 @@ async def test_compression_can_be_turned_off(start_server) -> None:  # type: ign
 
 async def test_context_takeover_mode_compresses_harder(start_server) -> None:  # type: ignore[no-untyped-def]
     """With context takeover on, repeated keys compress across frames: fewer bytes than per-frame mode."""
-    per_frame = await start_server()
-    shared = await start_server(RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER="true")
+    per_frame = await start_server(RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER="false")
+    shared = await start_server()
     for srv in (per_frame, shared):
         await publish_demo_like(srv, "c1")
     per_frame_bytes, frames_a, _ = await watch_execution(per_frame, "c1")
@@ -123,3 +123,45 @@ async def test_small_frames_stay_uncompressed_and_decode(start_server) -> None: 
     assert (await recv_json(ws))["type"] == "connected"
     await server.publish("c1", "result", {"x": "y" * 500})
     assert (await recv_json(ws))["data"] == {"x": "y" * 500}
+
+
+async def test_shared_context_decodes_with_a_small_window_and_mixed_sizes(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Context takeover as a strict client checks it: a 512-byte server window, frames longer than the
+    window, frames too short to compress in between, replayed and live; every frame decodes intact.
+    """
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    server = await start_server(RELAY_WS_COMPRESSION_MIN_SIZE="200")
+    sizes = [10, 300, 900, 5, 2000, 450, 450, 0, 700, 3000, 20, 600]
+    for i, size in enumerate(sizes[:6]):
+        await server.publish("w1", "result", {"i": i, "text": f"事件{i}-" + "abcdefghij"[i % 10] * size})
+    offer = ClientPerMessageDeflateFactory(server_max_window_bits=9, client_max_window_bits=True)
+    url = f"{server.ws_url('w1', make_token('w1'))}"
+    async with connect(url, compression=None, extensions=[offer]) as ws:
+        (ext,) = ws.protocol.extensions
+        assert ext.remote_max_window_bits == 9 and not ext.remote_no_context_takeover
+        assert (await recv_json(ws))["type"] == "connected"
+        for i, size in enumerate(sizes[6:], start=6):
+            await server.publish("w1", "result", {"i": i, "text": f"事件{i}-" + "abcdefghij"[i % 10] * size})
+        await server.publish("w1", "complete", {})
+        frames = await recv_until_closed(ws)
+    texts = [f["data"]["text"] for f in frames if f.get("event") == "result"]
+    assert texts == [f"事件{i}-" + "abcdefghij"[i % 10] * size for i, size in enumerate(sizes)]
+    assert ws.close_code == 1000
+
+
+async def test_sockets_of_one_execution_share_each_compression(start_server) -> None:  # type: ignore[no-untyped-def]
+    """Three sockets on one execution: the same frames, and each live event compressed about once, not three times."""
+    from service import wsproto
+
+    server = await start_server()
+    sockets = [await server.connect("f1") for _ in range(3)]
+    for ws in sockets:
+        assert (await recv_json(ws))["type"] == "connected"
+    wsproto._cache.entries.clear()
+    await publish_demo_like(server, "f1")
+    received = [await recv_until_closed(ws) for ws in sockets]
+    assert received[0] == received[1] == received[2] and len(received[0]) == 11
+    # 11 events; the first may be compressed once per socket (their windows end with their own
+    # connected frame), every later one once for all.
+    assert len(wsproto._cache.entries) <= 11 + 2

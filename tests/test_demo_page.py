@@ -368,3 +368,38 @@ def test_demo_page_explains_a_refused_token(relay: Relay, browser: Any) -> None:
     time.sleep(1)
     assert page.eval_on_selector_all("#event-log li[data-seq]", "els => els.length") == 0
     page.close()
+
+
+def test_chromium_decodes_compressed_frames_with_context(relay: Relay, browser: Any) -> None:
+    """Chromium negotiates permessage-deflate with the relay (context takeover on the server side, the
+    default) and decodes every frame intact: replayed and live, Chinese text, frames longer than
+    the window and frames too short to be compressed.
+    """
+    eid = "demo-page-deflate"
+    texts = [
+        f"第{i}条：" + "文心一言通义千问 Kimi 豆包 DeepSeek " * size for i, size in enumerate([0, 3, 40, 1, 900, 7])
+    ]
+    for i, text in enumerate(texts[:3]):
+        relay.publish(eid, "result", {"i": i, "text": text})
+    page = browser.new_page()
+    page.goto(f"{relay.base}/healthz")
+    page.evaluate(
+        """([url]) => new Promise((resolve) => {
+            window.frames_ = []; window.ext_ = null;
+            const ws = new WebSocket(url);
+            ws.onopen = () => { window.ext_ = ws.extensions; resolve(); };
+            ws.onmessage = (m) => window.frames_.push(JSON.parse(m.data));
+            ws.onclose = (e) => { window.closed_ = e.code; };
+        })""",
+        [f"{relay.base.replace('http', 'ws')}/ws/executions/{eid}?token={relay.token(eid)}"],
+    )
+    for i, text in enumerate(texts[3:], start=3):
+        relay.publish(eid, "result", {"i": i, "text": text})
+    relay.publish(eid, "complete", {"report": {"summary": "完成"}})
+    page.wait_for_function("window.closed_ === 1000", timeout=15_000)
+    assert page.evaluate("window.ext_").startswith("permessage-deflate")
+    assert "server_no_context_takeover" not in page.evaluate("window.ext_")
+    frames = page.evaluate("window.frames_")
+    assert [f["data"]["text"] for f in frames if f.get("event") == "result"] == texts
+    assert frames[-1]["event"] == "complete" and frames[-1]["data"]["report"]["summary"] == "完成"
+    page.close()

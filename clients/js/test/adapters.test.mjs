@@ -129,6 +129,7 @@ test('wx adapter: token in the Authorization header, never in the URL; every han
   const t = wx.tasks[0];
   assert.equal(t.option.url, 'wss://relay/ws/executions/e1');
   assert.deepEqual(t.option.header, { Authorization: 'Bearer jwt' });
+  assert.equal(t.option.perMessageDeflate, true, 'offers compression');
   assert.equal(t.option.timeout, 10000);
   assert.deepEqual(t.registeredInTime, ['close', 'error', 'message', 'open']);
 });

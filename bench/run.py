@@ -144,22 +144,38 @@ def mint_token(execution_id: str, sub: str) -> str:
     )
 
 
-def free_port(pair: bool = False) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not pair:
-            return port
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        # servers bind with SO_REUSEADDR (asyncio's default), so a socket left
+        # in TIME_WAIT there does not matter
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            with socket.socket() as s2:
-                # servers bind with SO_REUSEADDR (asyncio's default), so a
-                # client socket left in TIME_WAIT there does not matter
-                s2.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s2.bind(("127.0.0.1", port + 1))
-            return port
+            s.bind(("127.0.0.1", port))
         except OSError:
-            continue
+            return False
+    return True
+
+
+def free_port(pair: bool = False) -> int:
+    """A free port (and the next one with ``pair``) below the ephemeral range.
+
+    Scenarios open tens of thousands of client sockets; a server port taken from
+    the ephemeral range can collide with one of them (or its TIME_WAIT).
+    """
+    import random
+
+    high = _ephemeral_low() - 2
+    for _ in range(500):
+        port = random.randrange(10000, high)
+        if _bindable(port) and (not pair or _bindable(port + 1)):
+            return port
     raise RuntimeError("no free port")
 
 

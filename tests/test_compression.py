@@ -165,3 +165,15 @@ async def test_sockets_of_one_execution_share_each_compression(start_server) -> 
     # 11 events; the first may be compressed once per socket (their windows end with their own
     # connected frame), every later one once for all.
     assert len(wsproto._cache.entries) <= 11 + 2
+
+
+async def test_plain_and_compressed_sockets_of_one_execution_get_the_same_frames(server: Server) -> None:
+    """Uncompressed sockets share one serialized frame per event; compressed ones go through deflate; both decode."""
+    url = server.ws_url("m1", make_token("m1"))
+    async with connect(url, compression=None) as plain, connect(url) as deflated:
+        assert plain.protocol.extensions == [] and len(deflated.protocol.extensions) == 1
+        for ws in (plain, deflated):
+            assert (await recv_json(ws))["type"] == "connected"
+        await publish_demo_like(server, "m1")
+        frames = [await recv_until_closed(ws) for ws in (plain, deflated)]
+    assert frames[0] == frames[1] and [f["seq"] for f in frames[0]] == list(range(1, 12))

@@ -17,6 +17,7 @@ import ujson
 from sanic import Blueprint, Request
 from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
@@ -37,6 +38,30 @@ bp = Blueprint("ws")
 # Above this many bytes waiting in the transport, frames queue instead (asyncio's default high-water mark).
 WRITE_BUFFER_HIGH = 64 * 1024
 log = logging.getLogger("relay.ws")
+
+
+class _WireCache:
+    """The last event frame serialized as an uncompressed WebSocket text frame.
+
+    A fan-out hands the same frame string to every socket of the execution in a
+    row: it is serialized once and the same bytes are written to each (the
+    sockets that negotiated compression go through their extension instead).
+    """
+
+    __slots__ = ("frame", "wire")
+
+    def __init__(self) -> None:
+        self.frame = ""
+        self.wire = b""
+
+    def get(self, frame: str) -> bytes:
+        if frame is not self.frame:
+            self.wire = Frame(Opcode.TEXT, frame.encode()).serialize(mask=False, extensions=[])
+            self.frame = frame
+        return self.wire
+
+
+_wire = _WireCache()
 
 
 class WsSink:
@@ -95,6 +120,9 @@ class WsSink:
             or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH
         ):
             return False
+        if not proto.extensions and not proto.writes:  # nothing else pending: the shared bytes
+            transport.write(_wire.get(frame))
+            return True
         proto.send_text(frame.encode())
         for data in proto.data_to_send():
             transport.write(data)

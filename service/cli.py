@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -161,7 +162,20 @@ def _worker_app(name: str) -> Any:
 
     settings = load_settings()
     setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
-    return create_app(settings, name=name)
+    app = create_app(settings, name=name)
+    app.after_server_start(_freeze_startup_objects)
+    return app
+
+
+async def _freeze_startup_objects(app: Any) -> None:
+    """Keep what startup built (modules, the app, the relay) out of the cycle collector.
+
+    Those objects live as long as the process; each full collection would scan
+    them again, and its pause grows with what it scans (bench/: about 0.5 µs an
+    object here). Only the served process does this, not the in-process test servers.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve() -> int:

@@ -32,7 +32,7 @@ Listener = Callable[[str, Event], None]
 RevocationListener = Callable[[str, str, float], None]  # (kind, value, revoked at)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ costs 3x as much
 class PublishResult:
     """The outcome of one publish: the seq and whether it was a duplicate."""
 

@@ -111,7 +111,8 @@ async def publish_batch(request: Request) -> HTTPResponse:
     for i, entry in enumerate(outcome):
         item_result = next(published) if isinstance(entry, EventDraft) else entry
         if isinstance(item_result, PublishResult):
-            results.append({**_result_body(item_result), "status": 202})
+            r = item_result
+            results.append({"execution_id": r.execution_id, "seq": r.seq, "duplicate": r.duplicate, "status": 202})
             assert isinstance(entry, EventDraft)
             _log_published(item_result, entry.event)
         else:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -162,20 +163,37 @@ def _worker_app(name: str) -> Any:
 
     settings = load_settings()
     setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
-    app = create_app(settings, name=name)
-    app.after_server_start(_freeze_startup_objects)
-    return app
+    return create_app(settings, name=name)
 
 
-async def _freeze_startup_objects(app: Any) -> None:
-    """Keep what startup built (modules, the app, the relay) out of the cycle collector.
+def _defer_manager_shutdown() -> None:
+    """Make SIGTERM to Sanic's worker manager (PID 1 in a pod) safe.
 
-    Those objects live as long as the process; each full collection would scan
-    them again, and its pause grows with what it scans (bench/: about 0.5 µs an
-    object here). Only the served process does this, not the in-process test servers.
+    Sanic's handler terminates the workers from inside the signal handler, which
+    talks to its multiprocessing Manager; the monitor loop talks to that Manager
+    every 0.1 s too, and a signal landing in the middle of such a call leaves both
+    ends waiting for each other: the process never exits (tests/test_shutdown.py
+    hung 3 runs in 8). Instead the handler only posts Sanic's own "__TERMINATE__"
+    message, and the monitor loop terminates the workers between its calls. A
+    second signal still kills at once, as Sanic's handler does.
     """
-    gc.collect()
-    gc.freeze()
+    from sanic.log import logger
+    from sanic.worker.manager import WorkerManager
+
+    original: Callable[..., None] = WorkerManager.shutdown_signal
+    if getattr(original, "_relay_deferred", False):
+        return
+
+    def shutdown_signal(self: WorkerManager, signum: int, frame: Any) -> None:
+        if getattr(self, "_relay_terminating", False) or self._shutting_down:
+            original(self, signum, frame)
+            return
+        self._relay_terminating = True  # type: ignore[attr-defined]  # a flag of ours on Sanic's object
+        logger.info("Received signal %s. Shutting down.", signal.Signals(signum).name)
+        self.monitor_publisher.send("__TERMINATE__")
+
+    shutdown_signal._relay_deferred = True  # type: ignore[attr-defined]  # marks the patch as applied
+    WorkerManager.shutdown_signal = shutdown_signal  # type: ignore[method-assign]  # see the docstring
 
 
 def serve() -> int:
@@ -209,6 +227,8 @@ def serve() -> int:
         protocol=SERVER_PROTOCOL,
         backlog=settings.backlog,  # a reconnect storm overflows Sanic's default of 100
     )
+    if settings.workers > 1:
+        _defer_manager_shutdown()
     try:
         Sanic.serve(primary=app, app_loader=loader) if settings.workers > 1 else Sanic.serve_single(primary=app)
     finally:

@@ -154,6 +154,30 @@ def _handlers(app: Sanic[Any, Any]) -> int:
     return len(getattr(app, "websocket_tasks", ()))
 
 
+async def _stop_on_first_signal(app: Sanic[Any, Any], *_: Any) -> None:
+    """Replace Sanic's SIGINT/SIGTERM handlers with one that stops once and ignores the rest.
+
+    A kill of the whole process group sends a worker its own SIGTERM and then the
+    manager's SIGINT. Sanic's handlers would stop the loop a second time (cutting
+    its shutdown short), or, once removed, let the SIGINT raise KeyboardInterrupt
+    before :func:`drain` starts ignoring signals. SIGKILL still works.
+    """
+    if os.environ.get("SANIC_WORKER_PROCESS") != "true" or threading.current_thread() is not threading.main_thread():
+        return  # not a server process of its own (an in-process test server, for one)
+    loop = asyncio.get_running_loop()
+
+    def first(signum: int) -> None:
+        for other in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(other)
+            signal.signal(other, signal.SIG_IGN)
+        log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
+        app.stop(terminate=False)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, first, signum)
+
+
 def install(app: Sanic[Any, Any]) -> None:
     """Register :func:`drain`; call after every blueprint so that it runs before their stop listeners."""
     app.register_listener(drain, "before_server_stop")
+    app.register_listener(_stop_on_first_signal, "after_server_start")

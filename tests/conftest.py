@@ -128,8 +128,12 @@ async def recv_until_closed(ws: ClientConnection, timeout: float = 10.0) -> list
     return frames
 
 
+#: The ``start_server`` fixture: ``await start_server(**RELAY_env)`` starts a relay and returns its Server.
+StartServer = Callable[..., Any]
+
+
 @pytest.fixture
-async def start_server() -> AsyncIterator[Callable[..., Any]]:
+async def start_server() -> AsyncIterator[StartServer]:
     """Factory: start a relay with the given settings on a free port."""
     started: list[tuple[Any, Any, Server]] = []
 

@@ -163,7 +163,11 @@ class RedisServer:
         except redis.RedisError:
             return False
 
-    def start(self) -> None:
+    def persistence(self) -> list[str]:
+        """The command-line options for what survives a restart (an RDB only on ``SHUTDOWN SAVE``)."""
+        return ["--appendonly", "no", "--dbfilename", "dump.rdb", "--loglevel", "warning"]
+
+    def start(self, timeout: float = 10.0) -> None:
         """Start (or restart, on the same port and data directory)."""
         args = [
             self.binary,
@@ -173,20 +177,22 @@ class RedisServer:
             "127.0.0.1",
             "--save",
             "",
-            "--appendonly",
-            "no",
             "--dir",
             self.dir,
-            "--dbfilename",
-            "dump.rdb",
             "--daemonize",
             "no",
-            "--loglevel",
-            "warning",
+            *self.persistence(),
             *(("--requirepass", self.password) if self.password else ()),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_until(self._ping, 10.0, f"redis-server on port {self.port}")
+        proc = self.proc
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
+            return self._ping()
+
+        _wait_until(ready, timeout, f"redis-server on port {self.port}")
 
     def stop(self, save: bool = False) -> None:
         """Stop the server: ``SHUTDOWN SAVE`` when ``save``, else ``kill -9``."""

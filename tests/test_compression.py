@@ -7,7 +7,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from tests.conftest import Server, make_token, recv_json, recv_until_closed
+from tests.conftest import Server, StartServer, make_token, recv_json, recv_until_closed
 
 
 class CountingProxy:
@@ -95,7 +95,7 @@ async def test_compression_is_negotiated_and_saves_bytes(server: Server) -> None
     assert deflate_bytes < plain_bytes * 0.8, (deflate_bytes, plain_bytes)
 
 
-async def test_compression_can_be_turned_off(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_compression_can_be_turned_off(start_server: StartServer) -> None:
     """RELAY_WS_COMPRESSION=false never negotiates, even when the client offers it."""
     server = await start_server(RELAY_WS_COMPRESSION="false")
     await server.publish("c1", "complete", {})
@@ -103,7 +103,7 @@ async def test_compression_can_be_turned_off(start_server) -> None:  # type: ign
     assert extensions == [] and frames[-1]["event"] == "complete"
 
 
-async def test_context_takeover_mode_compresses_harder(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_context_takeover_mode_compresses_harder(start_server: StartServer) -> None:
     """With context takeover on, repeated keys compress across frames: fewer bytes than per-frame mode."""
     per_frame = await start_server(RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER="false")
     shared = await start_server()
@@ -115,7 +115,7 @@ async def test_context_takeover_mode_compresses_harder(start_server) -> None:  #
     assert shared_bytes < per_frame_bytes
 
 
-async def test_small_frames_stay_uncompressed_and_decode(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_small_frames_stay_uncompressed_and_decode(start_server: StartServer) -> None:
     """Frames under the minimum size are sent as they are; the client decodes both kinds."""
     server = await start_server(RELAY_WS_COMPRESSION_MIN_SIZE="100000")
     ws = await server.connect("c1")
@@ -125,7 +125,7 @@ async def test_small_frames_stay_uncompressed_and_decode(start_server) -> None: 
     assert (await recv_json(ws))["data"] == {"x": "y" * 500}
 
 
-async def test_shared_context_decodes_with_a_small_window_and_mixed_sizes(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_shared_context_decodes_with_a_small_window_and_mixed_sizes(start_server: StartServer) -> None:
     """Context takeover as a strict client checks it: a 512-byte server window, frames longer than the
     window, frames too short to compress in between, replayed and live; every frame decodes intact.
     """
@@ -150,7 +150,7 @@ async def test_shared_context_decodes_with_a_small_window_and_mixed_sizes(start_
     assert ws.close_code == 1000
 
 
-async def test_sockets_of_one_execution_share_each_compression(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_sockets_of_one_execution_share_each_compression(start_server: StartServer) -> None:
     """Three sockets on one execution: the same frames, and each live event compressed about once, not three times."""
     from service import wsproto
 

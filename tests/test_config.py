@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_settings
+from service.config import ConfigError, Settings, load_settings
 
 STRONG = "s" * 32
 
 
-def load(**env: str):  # type: ignore[no-untyped-def]
+def load(**env: str) -> Settings:
     """Settings from exactly these variables."""
     return load_settings(env, env_file=None)
 

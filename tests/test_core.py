@@ -12,7 +12,7 @@ import pytest
 from auth import PublisherKeys, TokenExpired, TokenForbidden, TokenInvalid, TokenMinter, TokenVerifier
 from service.brokers.memory import MemoryBroker
 from service.errors import ExecutionFinished, ValidationFailed
-from service.events import parse_draft
+from service.events import EventDraft, parse_draft
 from service.relay import Relay
 from tests.conftest import SECRET, make_settings, make_token
 
@@ -37,7 +37,7 @@ class ListSink:
         return [json.loads(f)["seq"] for f in self.frames if '"seq"' in f]
 
 
-def progress(eid: str, n: int, **extra: object):  # type: ignore[no-untyped-def]
+def progress(eid: str, n: int, **extra: object) -> EventDraft:
     """A progress draft."""
     return parse_draft(eid, {"event": "progress", "data": {"progress": n % 101, "stage": "s"}, **extra})
 

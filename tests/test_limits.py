@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Server, make_token, recv_json
+from tests.conftest import Server, StartServer, make_token, recv_json
 
 
 async def refused_code(server: Server, execution_id: str, token: str) -> int:
@@ -20,7 +20,7 @@ async def refused_code(server: Server, execution_id: str, token: str) -> int:
     return ws.close_code
 
 
-async def test_connections_per_execution_limit_closes_4029(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_connections_per_execution_limit_closes_4029(start_server: StartServer) -> None:
     """Past RELAY_MAX_CONNECTIONS_PER_EXECUTION, a new socket of that execution gets 4029; others are fine."""
     server = await start_server(RELAY_MAX_CONNECTIONS_PER_EXECUTION="2")
     for i in range(2):
@@ -30,7 +30,7 @@ async def test_connections_per_execution_limit_closes_4029(start_server) -> None
     assert server.relay.counters["ws_refused_limit_per_execution"] == 1
 
 
-async def test_connections_per_sub_limit_and_release(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_connections_per_sub_limit_and_release(start_server: StartServer) -> None:
     """Past RELAY_MAX_CONNECTIONS_PER_SUB, the same user gets 4029 until one of its sockets closes."""
     server = await start_server(RELAY_MAX_CONNECTIONS_PER_SUB="2")
     first = await server.connect("e1", token=make_token("e1", sub="alice"))
@@ -43,7 +43,7 @@ async def test_connections_per_sub_limit_and_release(start_server) -> None:  # t
     assert (await recv_json(await server.connect("e3", token=make_token("e3", sub="alice"))))["type"] == "connected"
 
 
-async def test_total_connection_limit(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_total_connection_limit(start_server: StartServer) -> None:
     """Past RELAY_MAX_CONNECTIONS on the instance, new sockets get 4029."""
     server = await start_server(RELAY_MAX_CONNECTIONS="3")
     for i in range(3):
@@ -51,7 +51,7 @@ async def test_total_connection_limit(start_server) -> None:  # type: ignore[no-
     assert await refused_code(server, "e9", make_token("e9", sub="u9")) == 4029
 
 
-async def test_client_sending_too_fast_is_closed_4029(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_client_sending_too_fast_is_closed_4029(start_server: StartServer) -> None:
     """A client flooding frames beyond RELAY_WS_MAX_FRAMES_PER_SECOND (burst 2x) is closed with 4029."""
     server = await start_server(RELAY_WS_MAX_FRAMES_PER_SECOND="5")
     ws = await server.connect("e1")
@@ -67,7 +67,7 @@ async def test_client_sending_too_fast_is_closed_4029(start_server) -> None:  # 
     assert 5 <= pongs <= 12  # the burst was answered, the flood was not
 
 
-async def test_a_polite_client_is_never_rate_limited(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_a_polite_client_is_never_rate_limited(start_server: StartServer) -> None:
     """Pings at the advertised heartbeat pace are always answered."""
     server = await start_server(RELAY_WS_MAX_FRAMES_PER_SECOND="5")
     ws = await server.connect("e1")
@@ -78,7 +78,7 @@ async def test_a_polite_client_is_never_rate_limited(start_server) -> None:  # t
         await asyncio.sleep(0.25)
 
 
-async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(start_server: StartServer) -> None:
     """A client that opens TCP and sends nothing is disconnected after RELAY_HANDSHAKE_TIMEOUT."""
     server = await start_server(RELAY_HANDSHAKE_TIMEOUT="0.5")
     reader, writer = await asyncio.open_connection(server.host, server.port)
@@ -88,7 +88,7 @@ async def test_silent_tcp_connection_is_dropped_after_handshake_timeout(start_se
     writer.close()
 
 
-async def test_sse_streams_count_toward_the_connection_limits(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_sse_streams_count_toward_the_connection_limits(start_server: StartServer) -> None:
     """An open SSE stream holds a slot like a socket: past the per-user limit a new stream gets 429."""
     server = await start_server(RELAY_MAX_CONNECTIONS_PER_SUB="1")
     token = make_token("e1", sub="carol")

@@ -6,15 +6,16 @@ import asyncio
 import time
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import PUBLISH_KEY, Server, make_token, recv_json
+from tests.conftest import PUBLISH_KEY, Server, StartServer, make_token, recv_json
 from tests.redis_util import redis_url  # noqa: F401 - fixture
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
 
 
-async def closed_code(ws) -> int:  # type: ignore[no-untyped-def]
+async def closed_code(ws: ClientConnection) -> int:
     """Wait for the server to close ``ws``; return the code."""
     with pytest.raises(ConnectionClosed):
         while True:
@@ -75,7 +76,7 @@ async def test_revocation_needs_the_publisher_key(server: Server) -> None:
     assert r.status_code == 401
 
 
-async def test_revocation_reaches_sockets_on_another_instance(start_server, redis_url) -> None:  # type: ignore[no-untyped-def]
+async def test_revocation_reaches_sockets_on_another_instance(start_server: StartServer, redis_url: str) -> None:
     """With two instances on one Redis, a revocation posted to A closes the socket held by B (4500)."""
     import uuid
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from sanic import Sanic
+
 from service.app import create_app
 from tests.conftest import PUBLISH_KEY, make_settings, make_token
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
 
 
-def app_under_test():  # type: ignore[no-untyped-def]
+def app_under_test() -> Sanic[Any, Any]:
     """A fresh app (Sanic finalizes routers once per app)."""
     app = create_app(make_settings())
     app.config.TOUCHUP = False

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import PUBLISH_KEY, SECRET, Server, make_settings, make_token, recv_json
+from tests.conftest import PUBLISH_KEY, SECRET, Server, StartServer, make_settings, make_token, recv_json
 
 
 async def closed_with(server: Server, url_token: str | None, execution_id: str = "exec-1", **kwargs: object) -> int:
@@ -86,7 +86,7 @@ async def test_not_yet_valid_tokens_close_4500(server: Server) -> None:
     assert await closed_with(server, make_token(iat=later)) == 4500
 
 
-async def test_wrong_issuer_closes_4500(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_wrong_issuer_closes_4500(start_server: StartServer) -> None:
     """With RELAY_JWT_ISSUER set, a token from another issuer (or none) is refused."""
     server = await start_server(RELAY_JWT_ISSUER="https://backend.example")
     assert await closed_with(server, make_token(iss="https://evil.example")) == 4500
@@ -106,7 +106,7 @@ async def test_token_in_authorization_header_is_accepted(server: Server) -> None
     assert (await recv_json(ws))["type"] == "connected"
 
 
-async def test_unknown_kid_closes_4500(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_kid_closes_4500(start_server: StartServer) -> None:
     """With a key set, an unknown (or malicious) kid is refused; a known kid works (rotation)."""
     server = await start_server(RELAY_JWT_SECRET=f"new:{SECRET}-new,old:{SECRET}")
     assert await closed_with(server, make_token(headers={"kid": "../../etc/passwd"})) == 4500
@@ -116,7 +116,7 @@ async def test_unknown_kid_closes_4500(start_server) -> None:  # type: ignore[no
     assert (await recv_json(ws))["type"] == "connected"
 
 
-async def test_origin_not_allowed_closes_4503(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_origin_not_allowed_closes_4503(start_server: StartServer) -> None:
     """With RELAY_ALLOWED_ORIGINS, another Origin closes with 4503; a listed one and none are accepted."""
     server = await start_server(RELAY_ALLOWED_ORIGINS="https://app.example")
     assert await closed_with(server, make_token(), origin="https://evil.example") == 4503
@@ -152,7 +152,9 @@ def rsa_keys(tmp_path: Path) -> tuple[Path, str, str]:
     return path, public, private
 
 
-async def test_rs256_accepts_signed_tokens_and_refuses_hs256_with_public_key(start_server, rsa_keys) -> None:  # type: ignore[no-untyped-def]
+async def test_rs256_accepts_signed_tokens_and_refuses_hs256_with_public_key(
+    start_server: StartServer, rsa_keys: tuple[Path, str, str]
+) -> None:
     """With RS256, a token signed by the private key works; HS256 signed with the public key is refused."""
     path, public, private = rsa_keys
     settings = make_settings(RELAY_JWT_ALGORITHM="RS256", RELAY_JWT_SECRET="", RELAY_JWT_PUBLIC_KEYS=str(path))

@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Server, make_token, recv_json, recv_until_closed
+from tests.conftest import Server, StartServer, make_token, recv_json, recv_until_closed
 
 
 async def publish_n(server: Server, execution_id: str, n: int, start: int = 0) -> None:
@@ -149,7 +149,7 @@ async def test_bad_last_seq_closes_1008(server: Server) -> None:
     assert ws.close_code == 1008
 
 
-async def test_last_seq_beyond_trimmed_history_reports_gap(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_last_seq_beyond_trimmed_history_reports_gap(start_server: StartServer) -> None:
     """With history bounded to 3 events, resuming from seq 1 of 6 says gap and replays what is left."""
     server = await start_server(RELAY_HISTORY_SIZE="3")
     await publish_n(server, "e1", 6)
@@ -171,7 +171,7 @@ async def test_other_executions_events_are_not_delivered(server: Server) -> None
         await recv_json(ws, timeout=0.3)
 
 
-async def test_slow_client_is_closed_4008_while_fast_client_keeps_receiving(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_slow_client_is_closed_4008_while_fast_client_keeps_receiving(start_server: StartServer) -> None:
     """A client that stops reading is closed with 4008; a fast one on the same execution gets every event."""
     server = await start_server(RELAY_SEND_QUEUE_SIZE="8")
     # Uncompressed, so the blobs really fill the socket buffers.
@@ -214,7 +214,9 @@ async def test_many_subscribers_of_one_execution_all_receive(server: Server) -> 
         assert [f["seq"] for f in frames] == [1, 2, 3, 4, 5, 6]
 
 
-async def test_token_reused_by_query_and_header_is_redacted_from_logs(server: Server, caplog) -> None:  # type: ignore[no-untyped-def]
+async def test_token_reused_by_query_and_header_is_redacted_from_logs(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
     """No log record carries the token, whichever way it travelled."""
     token = make_token("e1")
     ws = await server.connect("e1", token=token)
@@ -227,7 +229,7 @@ async def test_token_reused_by_query_and_header_is_redacted_from_logs(server: Se
         assert token not in str(getattr(record, "fields", ""))
 
 
-async def test_server_pings_and_drops_a_peer_that_stops_answering(start_server) -> None:  # type: ignore[no-untyped-def]
+async def test_server_pings_and_drops_a_peer_that_stops_answering(start_server: StartServer) -> None:
     """Protocol pings keep a live peer connected; a peer that stops answering is dropped (1011)."""
     server = await start_server(RELAY_WS_PING_INTERVAL="0.2", RELAY_WS_PING_TIMEOUT="0.3")
     alive = await server.connect("e1")

@@ -90,37 +90,17 @@ class SoakConfig:
 class PersistentRedis(RedisServer):
     """A throwaway redis-server with AOF and ``appendfsync always``: what it acknowledged survives a restart."""
 
-    def start(self) -> None:
-        """Start (or restart on the same port and directory; the AOF is loaded back)."""
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            self.dir,
-            "--logfile",
-            os.path.join(self.dir, "redis.log"),
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "notice",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30.0
-        while not self._ping():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"redis-server on port {self.port} not ready after 30 s")
-            time.sleep(0.05)
+    def persistence(self) -> list[str]:
+        """Append-only, fsync'd before every reply; the AOF is loaded back on a restart."""
+        log = os.path.join(self.dir, "redis.log")
+        return ["--appendonly", "yes", "--appendfsync", "always", "--logfile", log, "--loglevel", "notice"]
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start (or restart on the same port and directory); redis.log's tail in the error if it fails."""
+        try:
+            super().start(timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}: {self.log_tail()}") from None
 
     def signal_stop(self, sig: int) -> None:
         """Stop with ``sig`` (SIGTERM: shutdown; SIGKILL: no chance to do anything) and wait for the exit."""

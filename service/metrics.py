@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import os
 import shutil
@@ -128,6 +129,15 @@ _DELIVERY_SECONDS = Histogram(
     buckets=_DELIVERY_BUCKETS,
 )
 
+_GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_GC_SECONDS = Histogram(
+    "relay_gc_pause_seconds",
+    "Time the process stood still in CPython's cycle collector, by generation "
+    "(full collections, generation 2, grow with the number of open connections).",
+    ["generation"],
+    buckets=_GC_BUCKETS,
+)
+
 #: Every metric family this module exports (the dashboard may use only these).
 METRIC_NAMES = frozenset(
     {
@@ -153,6 +163,7 @@ METRIC_NAMES = frozenset(
                 "relay_publish_duration_seconds",
                 "relay_broker_operation_duration_seconds",
                 "relay_delivery_latency_seconds",
+                "relay_gc_pause_seconds",
             )
             for s in ("bucket", "sum", "count")
         ),
@@ -245,7 +256,24 @@ _TALLIES = (
     _fallback,
     _limits,
 )
-_HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds)
+_gc_seconds = _Buckets(_GC_SECONDS, _GC_BUCKETS)
+_HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds, _gc_seconds)
+_GC_LABELS = (("0",), ("1",), ("2",))
+_gc_started = [0.0]
+
+
+def _gc_timed(phase: str, info: dict[str, int]) -> None:
+    """A ``gc.callbacks`` hook: time each collection (full ones are this service's longest pauses)."""
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    elif _gc_started[0]:
+        _gc_seconds.observe(time.perf_counter() - _gc_started[0], _GC_LABELS[info["generation"]])
+        _gc_started[0] = 0.0
+
+
+def _time_collections() -> None:
+    if _gc_timed not in gc.callbacks:
+        gc.callbacks.append(_gc_timed)
 
 
 class _State:
@@ -440,6 +468,7 @@ async def start(relay: Relay, interval: float = 1.0) -> None:
     """Count ``relay``'s executions; with several workers, flush every ``interval`` seconds."""
     global _flusher
     _relays.add(relay)
+    _time_collections()
     flush()
     if multiprocess_dir() is not None and (_flusher is None or _flusher.done()):
         _flusher = asyncio.get_running_loop().create_task(_flush_forever(interval))

@@ -461,3 +461,24 @@ def test_dashboard_is_importable_json_with_a_clean_layout() -> None:
             assert not overlap, (panels[i]["title"], b)
     for p in panels:
         assert p["type"] == "row" or p["targets"], p["title"]
+
+
+async def test_garbage_collection_pauses_are_timed(start_server: Callable[..., Any]) -> None:
+    """Every cycle collection is timed by generation: a full one shows up in relay_gc_pause_seconds{generation="2"}."""
+    import gc
+
+    server = await start_server()
+    before = await scrape(server)
+    junk = [[] for _ in range(1000)]
+    for item in junk:
+        item.append(item)  # cycles only the collector can free
+    del junk, item
+    gc.collect()  # the test server runs in this process: its hook sees this full collection
+    after = await scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("relay_gc_pause_seconds_count", generation="2") >= 1
+    assert delta("relay_gc_pause_seconds_sum", generation="2") > 0
+    assert delta("relay_gc_pause_seconds_bucket", generation="2", le="+Inf") >= 1

@@ -209,9 +209,8 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         errors.append({"field": f"{prefix}execution_id", "message": "must be 1-128 characters of A-Za-z0-9._:-"})
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
-    if not body.keys() <= _TOP_LEVEL:
-        for key in body.keys() - _TOP_LEVEL:
-            errors.append({"field": f"{prefix}{key}", "message": "unknown field"})
+    for key in body.keys() - _TOP_LEVEL:
+        errors.append({"field": f"{prefix}{key}", "message": "unknown field"})
     if "execution_id" in body and body["execution_id"] != execution_id:
         errors.append({"field": f"{prefix}execution_id", "message": "does not match the execution in the URL"})
     event = body.get("event")

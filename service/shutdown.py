@@ -143,10 +143,15 @@ def _ignore_further_signals() -> None:
     whole process group); Sanic has removed its handlers by now, so it would
     raise KeyboardInterrupt in the middle of the drain. SIGKILL still works.
     """
-    if os.environ.get("SANIC_WORKER_PROCESS") != "true" or threading.current_thread() is not threading.main_thread():
-        return  # not a server process of its own (an in-process test server, for one)
+    if not _serving_process():
+        return
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _serving_process() -> bool:
+    """Whether this is a server process of its own (not an in-process test server, for one)."""
+    return os.environ.get("SANIC_WORKER_PROCESS") == "true" and threading.current_thread() is threading.main_thread()
 
 
 def _handlers(app: Sanic[Any, Any]) -> int:
@@ -162,14 +167,14 @@ async def _stop_on_first_signal(app: Sanic[Any, Any], *_: Any) -> None:
     its shutdown short), or, once removed, let the SIGINT raise KeyboardInterrupt
     before :func:`drain` starts ignoring signals. SIGKILL still works.
     """
-    if os.environ.get("SANIC_WORKER_PROCESS") != "true" or threading.current_thread() is not threading.main_thread():
-        return  # not a server process of its own (an in-process test server, for one)
+    if not _serving_process():
+        return
     loop = asyncio.get_running_loop()
 
     def first(signum: int) -> None:
         for other in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(other)
-            signal.signal(other, signal.SIG_IGN)
+        _ignore_further_signals()
         log.info("stopping", extra={"fields": {"signal": signal.Signals(signum).name}})
         app.stop(terminate=False)
 

@@ -111,8 +111,9 @@ async def publish_batch(request: Request) -> HTTPResponse:
     for i, entry in enumerate(outcome):
         item_result = next(published) if isinstance(entry, EventDraft) else entry
         if isinstance(item_result, PublishResult):
-            r = item_result
-            results.append({"execution_id": r.execution_id, "seq": r.seq, "duplicate": r.duplicate, "status": 202})
+            accepted = _result_body(item_result)
+            accepted["status"] = 202
+            results.append(accepted)
             assert isinstance(entry, EventDraft)
             _log_published(item_result, entry.event)
         else:

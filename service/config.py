@@ -39,6 +39,9 @@ class Settings:
 
     broker_url: str = "memory://"
     redis_prefix: str = "relay"
+    # Redis topologies (issue 14): replicas that must have each publish before it is acknowledged.
+    redis_min_replicas: int = 0
+    redis_min_replicas_timeout: float = 0.5
     history_size: int = 1000
     history_ttl: int = 86400
 
@@ -87,7 +90,7 @@ class Settings:
 
     @property
     def broker_scheme(self) -> str:
-        """The URL scheme of the broker: ``memory``, ``redis`` or ``rediss``."""
+        """The URL scheme of the broker: ``memory``, ``redis``, ``rediss+sentinel``, ``redis+cluster``, ..."""
         return urlsplit(self.broker_url).scheme
 
 
@@ -206,14 +209,30 @@ def _read_pem(name: str, path: str) -> str:
 
 
 def _check_broker_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "memory":
+    scheme = url.partition("://")[0].lower()
+    if scheme == "memory":
         return url
-    if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ConfigError(f"RELAY_BROKER_URL must name a host, got {url.split('@')[-1]!r}.")
-        return url
-    raise ConfigError("RELAY_BROKER_URL must start with memory://, redis:// or rediss://.")
+    from .brokers.redis_url import SCHEMES, parse_redis_url
+
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            "RELAY_BROKER_URL must start with memory://, redis://, rediss://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster://."
+        )
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"RELAY_BROKER_URL {exc}.") from None
+    return url
+
+
+def _redis_topology_settings(settings: Settings, r: _Reader) -> Settings:
+    """RELAY_REDIS_MIN_REPLICAS and its timeout (issue 14), checked against the broker."""
+    min_replicas = r.int("RELAY_REDIS_MIN_REPLICAS", 0, 0, 16)
+    timeout = r.float("RELAY_REDIS_MIN_REPLICAS_TIMEOUT", 0.5, 0.001, 60.0)
+    if min_replicas and not settings.broker_scheme.startswith("redis"):
+        raise ConfigError("RELAY_REDIS_MIN_REPLICAS is above 0 but RELAY_BROKER_URL is not a Redis URL.")
+    return replace(settings, redis_min_replicas=min_replicas, redis_min_replicas_timeout=timeout)
 
 
 def _check_allowlist(items: tuple[str, ...]) -> tuple[str, ...]:
@@ -295,6 +314,7 @@ def load_settings(
         raise ConfigError("RELAY_SHUTDOWN_CLOSE_WINDOW must be below RELAY_SHUTDOWN_TIMEOUT.")
     if settings.token_ttl > settings.token_max_ttl:
         raise ConfigError("RELAY_TOKEN_TTL must not exceed RELAY_TOKEN_MAX_TTL.")
+    settings = _redis_topology_settings(settings, r)
     settings = _with_keys(settings, r)
     return _check_secrets(settings)
 

@@ -49,6 +49,7 @@ __all__ = [
     "MULTIPROC_ENV",
     "address_allowed",
     "auth_failure",
+    "broker_error",
     "connection",
     "connection_closed",
     "connection_opened",
@@ -113,6 +114,12 @@ _REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying ret
 _REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
 _GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
 _LIMITS = Counter("relay_limit_exceeded", "Connections or frames refused by a configured limit, by limit.", ["limit"])
+_BROKER_ERRORS = Counter(
+    "relay_broker_errors",
+    "Failed broker (Redis) commands, by kind: moved, ask, tryagain, clusterdown, readonly, noscript, oom, "
+    "auth, loading, timeout, connection, replicas, other.",
+    ["kind"],
+)
 _FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
 _PUBLISH_SECONDS = Histogram(
     "relay_publish_duration_seconds",
@@ -157,6 +164,7 @@ METRIC_NAMES = frozenset(
         "relay_replay_gaps_total",
         "relay_fallback_requests_total",
         "relay_limit_exceeded_total",
+        "relay_broker_errors_total",
         *(
             f"{h}_{s}"
             for h in (
@@ -239,6 +247,7 @@ _replayed = _Tally(_REPLAYED)
 _gaps = _Tally(_GAPS)
 _fallback = _Tally(_FALLBACK)
 _limits = _Tally(_LIMITS)
+_broker_errors = _Tally(_BROKER_ERRORS)
 _publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
 _broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
 _delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
@@ -255,6 +264,7 @@ _TALLIES = (
     _gaps,
     _fallback,
     _limits,
+    _broker_errors,
 )
 _gc_seconds = _Buckets(_GC_SECONDS, _GC_BUCKETS)
 _HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds, _gc_seconds)
@@ -378,6 +388,11 @@ def connection(transport: str) -> Iterator[None]:
         yield
     finally:
         connection_closed(transport)
+
+
+def broker_error(kind: str) -> None:
+    """One broker command failed, classified by kind (see ``brokers/redis_errors.py``)."""
+    _broker_errors.add((kind,))
 
 
 def fallback_request(kind: str) -> None:

@@ -51,7 +51,12 @@ class Relay:
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.broker = broker or create_broker(
-            settings.broker_url, settings.history_size, settings.history_ttl, prefix=settings.redis_prefix
+            settings.broker_url,
+            settings.history_size,
+            settings.history_ttl,
+            prefix=settings.redis_prefix,
+            min_replicas=settings.redis_min_replicas,
+            min_replicas_timeout=settings.redis_min_replicas_timeout,
         )
         metrics.instrument_broker(self.broker)
         self.hub = Hub(self.broker)

@@ -9,23 +9,42 @@ installed.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
+from ..config import Settings
 from .base import Broker, HistoryPage, Listener, PublishResult
 
-__all__ = ["Broker", "HistoryPage", "Listener", "PublishResult", "check_broker_url", "create_broker"]
+__all__ = [
+    "Broker",
+    "HistoryPage",
+    "Listener",
+    "PublishResult",
+    "broker_from_settings",
+    "check_broker_url",
+    "create_broker",
+]
 
 
-def create_broker(
-    url: str,
-    history_size: int,
-    history_ttl: int,
-    prefix: str = "relay",
-    *,
-    min_replicas: int = 0,
-    min_replicas_timeout: float = 0.5,
-) -> Broker:
-    """Create the broker for ``url``."""
+def broker_from_settings(settings: Settings) -> Broker:
+    """Create the broker ``settings`` describe (URL, history bounds, Redis pool, timeouts, replicas)."""
+    return create_broker(
+        settings.broker_url,
+        settings.history_size,
+        settings.history_ttl,
+        prefix=settings.redis_prefix,
+        max_connections=settings.redis_max_connections,
+        connect_timeout=settings.redis_connect_timeout,
+        command_timeout=settings.redis_command_timeout,
+        ping_timeout=settings.redis_ping_timeout,
+        keepalive_interval=settings.redis_keepalive_interval,
+        min_replicas=settings.redis_min_replicas,
+        min_replicas_timeout=settings.redis_min_replicas_timeout,
+    )
+
+
+def create_broker(url: str, history_size: int, history_ttl: int, prefix: str = "relay", **redis: Any) -> Broker:
+    """Create the broker for ``url``; ``redis`` are :class:`~.redis.RedisBroker` options (ignored by memory)."""
     scheme = urlsplit(url).scheme.lower()
     if scheme == "memory":
         from .memory import MemoryBroker
@@ -37,14 +56,7 @@ def create_broker(
         from .redis_url import parse_redis_url
 
         broker_class = RedisClusterBroker if parse_redis_url(url).kind == "cluster" else RedisBroker
-        return broker_class(
-            url,
-            history_size,
-            history_ttl,
-            prefix=prefix,
-            min_replicas=min_replicas,
-            min_replicas_timeout=min_replicas_timeout,
-        )
+        return broker_class(url, history_size, history_ttl, prefix=prefix, **redis)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}")
 
 

@@ -63,6 +63,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
 from ..events import Event, EventDraft
 from . import redis_errors
@@ -221,13 +222,13 @@ class RedisBroker(Broker):
         history_ttl: int,
         prefix: str = "relay",
         *,
-        connect_timeout: float = 2.0,
-        command_timeout: float = 5.0,
-        ping_timeout: float = 1.0,
-        keepalive_interval: float = 5.0,
-        reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
-        max_connections: int = 64,
+        connect_timeout: float = DEFAULTS.redis_connect_timeout,
+        command_timeout: float = DEFAULTS.redis_command_timeout,
+        ping_timeout: float = DEFAULTS.redis_ping_timeout,
+        keepalive_interval: float = DEFAULTS.redis_keepalive_interval,
+        reconnect_min: float = REDIS_RECONNECT_MIN,
+        reconnect_max: float = REDIS_RECONNECT_MAX,
+        max_connections: int = DEFAULTS.redis_max_connections,
         coalesce: bool = True,
         min_replicas: int = 0,
         min_replicas_timeout: float = 0.5,

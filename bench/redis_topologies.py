@@ -115,7 +115,9 @@ def main() -> int:
         f"\nload: {args.executions} executions, all subscribed; closed loop {args.concurrency} publishers; "
         f"fixed rate {args.rate:g}/s; batches of {args.batch}; {args.duration:g} s each; median of {args.trials}\n"
     )
-    print("| topology | closed loop events/s | closed p50 / p99 ms | at rate p50 / p99 ms | achieved/s | batch events/s |")
+    print(
+        "| topology | closed loop events/s | closed p50 / p99 ms | at rate p50 / p99 ms | achieved/s | batch events/s |"
+    )
     print("|---|---|---|---|---|---|")
     for name in raw:
         print(

@@ -199,3 +199,44 @@ def test_a_database_other_than_0_on_a_cluster_is_a_clear_error() -> None:
     """``redis+cluster://h:p/3`` is refused at start with a sentence saying a cluster has only database 0."""
     with pytest.raises(ConfigError, match="RELAY_BROKER_URL names database 3, but a Redis Cluster has only database 0"):
         make_settings(RELAY_BROKER_URL="redis+cluster://127.0.0.1:7000/3")
+
+
+async def test_publish_follows_ask_while_a_slot_is_half_migrated(redis_cluster: ClusterSetup) -> None:
+    """Keys moved, slot not yet handed over: the source answers ASK, the relay sends ASKING + the script to the target.
+
+    The events land on the target with the next seqs, and a publish after the handover (MOVED) goes on from there.
+    (Every draft has an idempotency key, so all three keys of the execution exist and moved together: with a key
+    missing, the target would answer TRYAGAIN until the handover, which the relay retries for up to ~1 s.)
+    """
+    from service.brokers import create_broker
+    from service.events import parse_draft
+
+    prefix = f"ask{uuid.uuid4().hex[:6]}"
+    broker = create_broker(redis_cluster.url, 100, 600, prefix=prefix)
+    await broker.start()
+    try:
+        eid = f"ask-{uuid.uuid4().hex[:6]}"
+        slot = redis_cluster.keyslot(f"{prefix}:{{{eid}}}:meta")
+        source = redis_cluster.owner(slot)
+        target = next(n for n in redis_cluster.nodes if n is not source)
+
+        def draft() -> Any:
+            body = {"event": "progress", "data": {"progress": 1, "stage": "s"}, "idempotency_key": uuid.uuid4().hex}
+            return parse_draft(eid, body)
+
+        assert (await broker.publish(draft())).seq == 1
+        src, dst = redis_cluster.client(source), redis_cluster.client(target)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", redis_cluster.node_id(source))
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", redis_cluster.node_id(target))
+        keys = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        results = await broker.publish_many([draft(), draft()])
+        assert [r.seq for r in results] == [2, 3]  # type: ignore[union-attr]
+        assert int(dst.execute_command("DBSIZE")) >= 2 and not src.execute_command("CLUSTER GETKEYSINSLOT", slot, 10)
+        for node in redis_cluster.nodes:
+            redis_cluster.client(node).execute_command("CLUSTER SETSLOT", slot, "NODE", redis_cluster.node_id(target))
+        assert (await broker.publish(draft())).seq == 4
+        page = await broker.history(eid)
+        assert [e.seq for e in page.events] == [1, 2, 3, 4]
+    finally:
+        await broker.close()

@@ -57,8 +57,8 @@ log = logging.getLogger("relay.broker.redis")
 _SHARDED_PUBLISH = PUBLISH_LUA.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
 assert _SHARDED_PUBLISH != PUBLISH_LUA, "the publish script no longer ends with redis.call('PUBLISH', ...)"
 
-_REDIRECTS = 5  # MOVED/ASK/TRYAGAIN rounds before an item answers 503
-_TRYAGAIN_PAUSE = 0.05  # seconds: a migrating slot's keys move in milliseconds
+_REDIRECTS = 20  # MOVED/ASK/TRYAGAIN rounds before an item answers 503
+_TRYAGAIN_PAUSE = 0.05  # seconds: a migrating slot's keys move in milliseconds (20 rounds: up to ~1 s)
 
 
 class _Shard:

@@ -57,7 +57,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import PUBLISH_KEY, make_token
-from tests.redis_topology import SentinelSetup, TopologyServer
+from tests.redis_topology import ClusterSetup, SentinelSetup, TopologyServer
 from tests.redis_util import RedisServer, ServiceProcess
 
 __all__ = ["PersistentRedis", "Proxy", "SoakConfig", "SoakReport", "run_soak"]
@@ -85,7 +85,8 @@ class SoakConfig:
     redis_binary: str = "/usr/bin/redis-server"
     verbose: bool = False
     # "single": one redis-server with AOF; "sentinel": a primary, a replica and three Sentinels
-    # (RELAY_REDIS_MIN_REPLICAS=1), where the big faults add primary kill -9 (failover) and replica pauses.
+    # (RELAY_REDIS_MIN_REPLICAS=1), where the big faults add primary kill -9 (failover) and replica pauses;
+    # "cluster": a 3-master Redis Cluster, where they add slot migrations of subscribed executions.
     topology: str = "single"
     workers: tuple[int, ...] = (1, 1)  # one instance per item, with that many RELAY_WORKERS
 
@@ -521,6 +522,9 @@ class Soak:
         self.prefix = f"chaos-{uuid.uuid4().hex[:10]}"
         self.redis = PersistentRedis(config.redis_binary)
         self.sentinel = SentinelSetup(config.redis_binary) if config.topology == "sentinel" else None
+        self.cluster = ClusterSetup(config.redis_binary) if config.topology == "cluster" else None
+        self.single = self.sentinel is None and self.cluster is None
+        self.executions: list[str] = []
         self.instances: list[ServiceProcess] = []
         self.proxies: list[Proxy] = []
         self.clients: list[Client] = []
@@ -551,6 +555,9 @@ class Soak:
         if self.sentinel is not None:
             await asyncio.to_thread(self.sentinel.start)
             url = self.sentinel.url
+        elif self.cluster is not None:
+            await asyncio.to_thread(self.cluster.start)
+            url = self.cluster.url
         else:
             await asyncio.to_thread(self.redis.start)
             url = self.redis.url
@@ -599,6 +606,8 @@ class Soak:
         self.redis.close()
         if self.sentinel is not None:
             self.sentinel.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
     def remove_logs(self) -> None:
         """Delete the instances' log files."""
@@ -736,6 +745,8 @@ class Soak:
                     await self.kill_instance((i // 2) % len(self.instances))
                 elif self.sentinel is not None:
                     await (self.failover() if (i // 2) % 2 == 0 else self.pause_replica())
+                elif self.cluster is not None:
+                    await self.migrate_slot()
                 else:
                     await self.restart_redis(signal.SIGTERM if (i // 2) % 2 == 0 else signal.SIGKILL)
             await asyncio.sleep(max(0.0, until - time.monotonic()))
@@ -793,6 +804,18 @@ class Soak:
         await self.wait_ready(60.0)
         self.log("old primary back (empty) as a replica; instances ready")
 
+    async def migrate_slot(self) -> None:
+        """Move the slot of a random execution (its subscribers are live) to another master, keys and all."""
+        assert self.cluster is not None
+        cluster = self.cluster
+        eid = random.choice(self.executions)
+        slot = await asyncio.to_thread(cluster.keyslot, f"{self.prefix}:{{{eid}}}:meta")
+        source = await asyncio.to_thread(cluster.owner, slot)
+        target = random.choice([n for n in cluster.nodes if n is not source])
+        await asyncio.to_thread(cluster.migrate, slot, target)
+        self.faults["slot_migration"] += 1
+        self.log(f"slot {slot} ({eid}) moved from port {source.port} to {target.port}")
+
     async def pause_replica(self) -> None:
         """SIGSTOP the replica for a second: publishes 503 (RELAY_REDIS_MIN_REPLICAS=1) and are retried."""
         _, replica = await asyncio.to_thread(self._roles)
@@ -822,7 +845,7 @@ class Soak:
             if i not in self.expected_down and inst.proc is not None and inst.proc.poll() is not None:
                 self.crashes.append(f"instance {NAMES[i]} exited by itself with {inst.proc.returncode}")
                 self.expected_down.add(i)
-        if self.sentinel is None and not self.redis_down and not self.redis.alive():
+        if self.single and not self.redis_down and not self.redis.alive():
             self.crashes.append("redis-server exited by itself")
             self.redis_down = True
 
@@ -833,6 +856,7 @@ class Soak:
         cfg = self.config
         began = time.monotonic()
         executions = [f"soak-{uuid.uuid4().hex[:6]}-{i}" for i in range(cfg.executions)]
+        self.executions = executions
         self.clients = [Client(i, executions[i % len(executions)], self) for i in range(cfg.clients)]
         fault_end = time.monotonic() + cfg.fault_seconds
         fault_limit = fault_end + cfg.fault_seconds + 60.0  # slow restarts may stretch the phase up to this
@@ -869,7 +893,7 @@ class Soak:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(inst.wait_ready, 60.0)
                 self.expected_down.discard(i)
-        if self.sentinel is None and not self.redis.alive():
+        if self.single and not self.redis.alive():
             await asyncio.to_thread(self.redis.start)
             self.redis_down = False
         with contextlib.suppress(TimeoutError):

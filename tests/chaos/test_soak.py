@@ -67,6 +67,25 @@ async def test_short_chaos_soak_on_sentinel_with_a_failover_loses_and_doubles_no
         assert faults.get(kind, 0) >= 1, f"no {kind} fault was injected: {faults}"
 
 
+async def test_short_chaos_soak_on_a_cluster_with_slot_migrations_loses_and_doubles_nothing() -> None:
+    """A 3-master Redis Cluster, two instances: instance kills and slot migrations of live executions between
+    them, client drops and cuts; events lost 0, duplicates 0.
+    """
+    binary = redis_server_binary()
+    config = SoakConfig(
+        clients=60, executions=8, fault_seconds=15.0, big_faults=4, redis_binary=binary, topology="cluster"
+    )
+    report = await run_soak(config)
+    print("\nshort chaos soak on a cluster:")
+    print("\n".join(report.lines()))
+    figures = report.figures
+    assert report.ok, "\n".join(report.failures[:40])
+    assert figures["events lost"] == 0 and figures["duplicates"] == 0
+    faults = figures["faults injected"]
+    for kind in ("instance_kill9", "slot_migration", "proxy_cut_mid_frame"):
+        assert faults.get(kind, 0) >= 1, f"no {kind} fault was injected: {faults}"
+
+
 def test_frame_tracker_finds_cut_points_inside_frames_only() -> None:
     """The proxy's cut points fall strictly inside a WebSocket frame, never on a boundary or in the handshake."""
     handshake = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "Settings", "load_settings", "read_env_file"]
+__all__ = ["OUTBOX_TABLE_RE", "ConfigError", "Settings", "load_settings", "read_env_file"]
 
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 PUBLIC_KEY_ALGORITHMS = ("RS256", "ES256")
@@ -76,6 +77,16 @@ class Settings:
     metrics_allowlist: tuple[str, ...] = ()
     shutdown_timeout: float = 20.0
     shutdown_close_window: float = 10.0
+
+    # Ingest from the scheduler's own infrastructure (docs/ingest.md); an empty URL/DSN leaves it off.
+    amqp_url: str = ""
+    amqp_queue: str = "progress-relay.events"
+    amqp_prefetch: int = 100
+    outbox_dsn: str = ""
+    outbox_table: str = "relay_outbox"
+    outbox_batch_size: int = 500
+    outbox_poll_interval: float = 1.0
+    outbox_hole_timeout: float = 10.0
 
     # True when secrets were generated because none were configured (dev only).
     dev_secrets: bool = field(default=False, compare=False)
@@ -296,6 +307,7 @@ def load_settings(
     if settings.token_ttl > settings.token_max_ttl:
         raise ConfigError("RELAY_TOKEN_TTL must not exceed RELAY_TOKEN_MAX_TTL.")
     settings = _with_keys(settings, r)
+    settings = _with_ingest(settings, r)
     return _check_secrets(settings)
 
 
@@ -354,3 +366,58 @@ def _check_secrets(settings: Settings) -> Settings:
         settings = replace(settings, publish_keys=(secrets.token_urlsafe(32),))
         generated = True
     return replace(settings, dev_secrets=generated)
+
+
+# -- ingest (RELAY_AMQP_*, RELAY_OUTBOX_*): see docs/ingest.md ------------------------------
+
+_AMQP_QUEUE_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+#: An outbox table name: lower case, optionally schema-qualified, with room for ``_dead``.
+OUTBOX_TABLE_RE = re.compile(r"(?:[a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,57}")
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced, for error messages."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> str:
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL: {_without_password(url)!r}.") from None
+    if parts.scheme not in schemes:
+        prefixes = " or ".join(s + "://" for s in schemes)
+        raise ConfigError(f"{name} must start with {prefixes}, got {_without_password(url)!r}.")
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError(f"{name} must name a host, got {_without_password(url)!r}.")
+    return url
+
+
+def _with_ingest(settings: Settings, r: _Reader) -> Settings:
+    """Read and check the ingest settings (the consumers themselves are started by the app)."""
+    queue = r.str("RELAY_AMQP_QUEUE", "progress-relay.events")
+    if not _AMQP_QUEUE_RE.fullmatch(queue) or queue.startswith("amq."):
+        raise ConfigError(
+            f"RELAY_AMQP_QUEUE must be 1-200 characters of A-Za-z0-9._:- and not start with amq. "
+            f"(reserved by RabbitMQ), got {queue!r}."
+        )
+    table = r.str("RELAY_OUTBOX_TABLE", "relay_outbox")
+    if not OUTBOX_TABLE_RE.fullmatch(table):
+        raise ConfigError(
+            "RELAY_OUTBOX_TABLE must be a lower-case table name, optionally schema-qualified "
+            f"([schema.]name of a-z0-9_, at most 58 characters, so that <name>_dead fits), got {table!r}."
+        )
+    return replace(
+        settings,
+        amqp_url=_check_url("RELAY_AMQP_URL", r.str("RELAY_AMQP_URL", ""), ("amqp", "amqps")),
+        amqp_queue=queue,
+        amqp_prefetch=r.int("RELAY_AMQP_PREFETCH", 100, 1, 1000),
+        outbox_dsn=_check_url("RELAY_OUTBOX_DSN", r.str("RELAY_OUTBOX_DSN", ""), ("postgres", "postgresql")),
+        outbox_table=table,
+        outbox_batch_size=r.int("RELAY_OUTBOX_BATCH_SIZE", 500, 1, 1000),
+        outbox_poll_interval=r.float("RELAY_OUTBOX_POLL_INTERVAL", 1.0, 0.05, 60),
+        outbox_hole_timeout=r.float("RELAY_OUTBOX_HOLE_TIMEOUT", 10.0, 0, 3600),
+    )

@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 if TYPE_CHECKING:
     from .brokers.base import Broker
+    from .ingest import Consumer
     from .relay import Relay
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "delivery_failed",
     "fallback_request",
     "flush",
+    "ingest_consumer",
     "instrument_broker",
     "limit_exceeded",
     "multiprocess_dir",
@@ -138,6 +140,35 @@ _GC_SECONDS = Histogram(
     buckets=_GC_BUCKETS,
 )
 
+# Ingest consumers (docs/ingest.md): counts copied from each consumer's own ints at flush time.
+_INGEST_CONSUMED = Counter(
+    "relay_ingest_consumed", "Items published from an ingest source (duplicates included), by source.", ["source"]
+)
+_INGEST_DUPLICATES = Counter(
+    "relay_ingest_duplicates", "Ingested items answered as duplicates of their idempotency key.", ["source"]
+)
+_INGEST_DEAD = Counter(
+    "relay_ingest_dead_lettered", "Ingested items refused for good and moved to the dead letters.", ["source"]
+)
+_INGEST_RETRIES = Counter(
+    "relay_ingest_retries", "Ingest batches kept and retried after a transient failure (broker down).", ["source"]
+)
+_INGEST_UP = Gauge(
+    "relay_ingest_up", "1 while the consumer is connected to its source.", ["source"], multiprocess_mode="livemax"
+)
+_INGEST_LEADER = Gauge(
+    "relay_ingest_leader",
+    "1 while this instance is the one consuming (outbox lock holder, active AMQP consumer).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+_INGEST_LAG = Gauge(
+    "relay_ingest_lag_seconds",
+    "Age of the oldest message or row seen and not yet consumed (0 when none waits).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+
 #: Every metric family this module exports (the dashboard may use only these).
 METRIC_NAMES = frozenset(
     {
@@ -157,6 +188,13 @@ METRIC_NAMES = frozenset(
         "relay_replay_gaps_total",
         "relay_fallback_requests_total",
         "relay_limit_exceeded_total",
+        "relay_ingest_consumed_total",
+        "relay_ingest_duplicates_total",
+        "relay_ingest_dead_lettered_total",
+        "relay_ingest_retries_total",
+        "relay_ingest_up",
+        "relay_ingest_leader",
+        "relay_ingest_lag_seconds",
         *(
             f"{h}_{s}"
             for h in (
@@ -288,6 +326,8 @@ class _State:
 
 
 _state = _State()
+# Each live ingest consumer and the counts of it already exported.
+_ingest: weakref.WeakKeyDictionary[Consumer, dict[str, int]] = weakref.WeakKeyDictionary()
 _relays: weakref.WeakSet[Relay] = weakref.WeakSet()
 _draining: weakref.WeakSet[Relay] = weakref.WeakSet()
 
@@ -385,6 +425,29 @@ def fallback_request(kind: str) -> None:
     _fallback.add((kind,))
 
 
+def ingest_consumer(consumer: Consumer) -> None:
+    """Export ``consumer``'s counts and state (read at every flush while it lives)."""
+    _ingest.setdefault(consumer, {})
+
+
+def _flush_ingest() -> None:
+    for consumer, exported in list(_ingest.items()):
+        source = consumer.source
+        for name, metric in (
+            ("consumed", _INGEST_CONSUMED),
+            ("duplicates", _INGEST_DUPLICATES),
+            ("dead_lettered", _INGEST_DEAD),
+            ("retries", _INGEST_RETRIES),
+        ):
+            value = getattr(consumer, name)
+            if value != exported.get(name, 0):
+                metric.labels(source).inc(value - exported.get(name, 0))
+                exported[name] = value
+        _INGEST_UP.labels(source).set(1 if consumer.up else 0)
+        _INGEST_LEADER.labels(source).set(1 if consumer.leader else 0)
+        _INGEST_LAG.labels(source).set(consumer.lag)
+
+
 def set_draining(relay: Relay, draining: bool) -> None:
     """Export whether ``relay``'s instance is draining."""
     if draining:
@@ -443,6 +506,7 @@ def flush() -> None:
         _CONNECTIONS.labels(transport).set(max(0, _state.connections.get(transport, 0)))
     _EXECUTIONS.set(sum(relay.hub.executions for relay in tuple(_relays)))
     _DRAINING.set(1 if _draining else 0)
+    _flush_ingest()
 
 
 def multiprocess_dir() -> str | None:

@@ -59,7 +59,8 @@ class AmqpConsumer(Consumer):
         self.dead_name = settings.amqp_queue + DEAD_SUFFIX
         self.prefetch = settings.amqp_prefetch
         self.batch_size = min(settings.amqp_prefetch, settings.max_batch_size)
-        self.in_hand = 0  # messages received and not yet acknowledged
+        self._holding = 0  # messages of the batch being published
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] | None = None
 
     async def run(self) -> None:
         """Connect, declare, consume until stopped or the connection drops (then raise)."""
@@ -72,6 +73,7 @@ class AmqpConsumer(Consumer):
             queue = await channel.declare_queue(self.queue_name, durable=True, arguments=queue_arguments())
             await channel.declare_queue(self.dead_name, durable=True)
             inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            self._inbox = inbox
 
             async def received(message: AbstractIncomingMessage) -> None:
                 inbox.put_nowait(message)
@@ -93,7 +95,7 @@ class AmqpConsumer(Consumer):
                 raise ConnectionError("the AMQP connection closed")
         finally:
             self.up = self.leader = False
-            self.in_hand, self.oldest = 0, None
+            self._inbox, self._holding, self.oldest = None, 0, None
             await connection.close()
 
     async def _work(self, inbox: asyncio.Queue[AbstractIncomingMessage], channel: AbstractChannel) -> None:
@@ -104,10 +106,10 @@ class AmqpConsumer(Consumer):
                 batch.append(inbox.get_nowait())
             # A waiting single-active consumer receives nothing, so a delivery means this one is active.
             self.leader = True
-            self.in_hand = len(batch) + inbox.qsize()
+            self._holding = len(batch)
             self.oldest = min(_sent_at(message) for message in batch)
             await self._handle(batch, channel)
-            self.in_hand = inbox.qsize()
+            self._holding = 0
             self.oldest = None if inbox.empty() else time.time()
 
     async def _handle(self, batch: list[AbstractIncomingMessage], channel: AbstractChannel) -> None:
@@ -132,6 +134,7 @@ class AmqpConsumer(Consumer):
                 await batch[finished - 1].ack(multiple=True)  # every earlier delivery of the batch is settled
             self.counted(done, duplicates, dead)
             batch = batch[finished:]
+            self._holding = len(batch)
             if batch:
                 self.retries += 1
                 log.warning("ingest amqp: %d messages kept unacknowledged (%s); retrying", len(batch), self.last_error)
@@ -185,6 +188,11 @@ class AmqpConsumer(Consumer):
             "ingest amqp: message dead-lettered",
             extra={"fields": {"queue": self.dead_name, "message_id": message.message_id, "reason": reason}},
         )
+
+    @property
+    def in_hand(self) -> int:
+        """Messages received and not yet acknowledged."""
+        return self._holding + (self._inbox.qsize() if self._inbox is not None else 0)
 
     def stats(self) -> dict[str, Any]:
         """The common state plus the queue names and messages in hand."""

@@ -31,12 +31,14 @@ class Producer:
         self.channel: Any = None
 
     async def __aenter__(self) -> Producer:
+        """Connect and declare the queue as the relay does."""
         self.connection = await aio_pika.connect(AMQP_URL)
         self.channel = await self.connection.channel()
         await self.channel.declare_queue(self.queue, durable=True, arguments=AMQP_QUEUE_ARGUMENTS)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        """Disconnect."""
         await self.connection.close()
 
     async def send(self, execution_id: str, event: str, data: dict[str, Any], key: str | None = None) -> None:
@@ -131,7 +133,9 @@ async def test_two_instances_keep_each_executions_order(
     amqp_queue: str, start_server: StartServer, redis_url: str, redis_prefix: str
 ) -> None:
     """With two relays on the queue, every execution's events keep queue order (single active consumer)."""
-    env = settings_env(amqp_queue, RELAY_BROKER_URL=redis_url, RELAY_REDIS_PREFIX=redis_prefix, RELAY_AMQP_PREFETCH="10")
+    env = settings_env(
+        amqp_queue, RELAY_BROKER_URL=redis_url, RELAY_REDIS_PREFIX=redis_prefix, RELAY_AMQP_PREFETCH="10"
+    )
     first = await start_server(**env)
     second = await start_server(**env)
     await until(lambda: consumer(first).up and consumer(second).up, what="both consumers connected")
@@ -189,7 +193,8 @@ async def test_the_other_instance_takes_over_within_10_s_of_a_kill_9(
                     return len(answer.json()["events"]) >= 100
 
                 await until(complete, what=f"kill-{e} complete")
-                answer = await http.get(f"{other.base}/v1/executions/kill-{e}/events", params={"after": 0, "token": token})
+                url = f"{other.base}/v1/executions/kill-{e}/events"
+                answer = await http.get(url, params={"after": 0, "token": token})
                 events = answer.json()["events"]
                 assert [event["data"]["progress"] for event in events] == list(range(100)), took
                 assert [event["seq"] for event in events] == list(range(1, 101))

@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 from service.config import ConfigError
-from tests.conftest import make_settings
+from tests.conftest import PUBLISH_KEY, StartServer, make_settings
 from tests.ingest_util import PG_DSN, until
+from tests.redis_util import free_port
 from tests.test_cli import ROOT, clean_env
 
 
@@ -101,3 +102,30 @@ async def test_outbox_init_apply_creates_the_tables_and_can_run_again() -> None:
     finally:
         await conn.execute(f'DROP TABLE IF EXISTS "{table}", "{table}_dead"; DROP FUNCTION "{table}_notify"()')
         await conn.close()
+
+
+async def test_an_unreachable_ingest_source_leaves_the_instance_ready_and_shows_in_stats(
+    start_server: StartServer,
+) -> None:
+    """RabbitMQ and PostgreSQL unreachable: /readyz stays 200, stats and metrics show the consumers down."""
+    server = await start_server(
+        RELAY_AMQP_URL=f"amqp://guest:hidden-pw@127.0.0.1:{free_port()}/",
+        RELAY_OUTBOX_DSN=f"postgresql://postgres:hidden-pw@127.0.0.1:{free_port()}/test",
+    )
+    headers = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+
+    async def both_failed() -> bool:
+        stats = (await server.http.get("/internal/v1/stats", headers=headers)).json()
+        return all(entry["last_error"] for entry in stats["ingest"])
+
+    await until(both_failed, what="both consumers to report their error")
+    assert (await server.http.get("/readyz")).status_code == 200
+    stats = (await server.http.get("/internal/v1/stats", headers=headers)).json()
+    assert [(e["source"], e["up"], e["leader"]) for e in stats["ingest"]] == [
+        ("amqp", False, False),
+        ("outbox", False, False),
+    ]
+    assert "hidden-pw" not in str(stats)
+    metrics = (await server.http.get("/metrics")).text
+    assert 'relay_ingest_up{source="amqp"} 0.0' in metrics and 'relay_ingest_up{source="outbox"} 0.0' in metrics
+    assert (await server.publish("still-served")).status_code == 202

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from enum import Enum
 from typing import Any
@@ -27,6 +28,7 @@ from ..events import EventDraft, parse_draft
 __all__ = ["Consumer", "Outcome", "backoff", "classify", "draft_from_item", "error_text"]
 
 log = logging.getLogger("relay.ingest")
+_PASSWORD_RE = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
 
 
 class Outcome(Enum):
@@ -138,7 +140,8 @@ class Consumer:
 
     def note_error(self, exc: BaseException) -> None:
         """Remember and log a connection problem (the message, never the DSN or URL)."""
-        self.last_error = f"{exc.__class__.__name__}: {exc}"[:500]
+        # Driver messages may quote the URL or DSN: never its password.
+        self.last_error = _PASSWORD_RE.sub(r"\1***@", f"{exc.__class__.__name__}: {exc}")[:500]
         log.warning("ingest %s: %s", self.source, self.last_error)
 
     async def run(self) -> None:

@@ -23,7 +23,7 @@ import pytest
 from service.ingest.outbox import outbox_ddl
 from tests.redis_util import in_ci
 
-__all__ = ["AMQP_URL", "PG_DSN", "amqp_queue", "frames", "outbox_table", "progress_item", "until"]
+__all__ = ["AMQP_URL", "PG_DSN", "amqp_queue", "frames", "outbox_table", "progress_item", "require_postgres", "until"]
 
 PG_DSN = os.environ.get("RELAY_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 AMQP_URL = os.environ.get("RELAY_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -48,6 +48,15 @@ async def until(check: Callable[[], Any], timeout: float = 10.0, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+async def require_postgres() -> None:
+    """Fail (CI) or skip (locally) unless PostgreSQL answers at PG_DSN."""
+    try:
+        conn = await asyncpg.connect(PG_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        _unavailable(f"PostgreSQL at {PG_DSN}", exc)
+    await conn.close()
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: Python (unit, integration, Redis, browser) and the JavaScript client.
-# Installs what it needs: Redis (if not answering), Node packages, Debian's Chromium.
+# Installs what it needs: Redis, PostgreSQL and RabbitMQ (if not answering), Node packages,
+# Debian's Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 
 bash scripts/ensure-redis.sh
+bash scripts/ensure-ingest-services.sh
 
 if [ -f clients/js/package.json ]; then
   (cd clients/js && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; })

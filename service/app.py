@@ -19,6 +19,7 @@ from .config import Settings, load_settings
 from .errors import RelayError
 from .heartbeat import Heartbeat
 from .http import error_response, json_response
+from .ingest import start_consumers, stop_consumers
 from .limits import ConnectionLimits
 from .logs import redact, request_id
 from .relay import Relay
@@ -80,9 +81,11 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
             settings.max_connections, settings.max_connections_per_execution, settings.max_connections_per_sub
         )
         await metrics.start(relay, lambda: relay.hub.executions, relay.broker.stats)
+        app.ctx.ingest = await start_consumers(relay, settings)  # none unless RELAY_AMQP_URL / RELAY_OUTBOX_DSN
 
     @app.after_server_stop
     async def stop_relay(app: Sanic[Any, Any]) -> None:
+        await stop_consumers(app.ctx.ingest)
         await app.ctx.heartbeat.stop()
         await metrics.stop(app.ctx.relay)
         await app.ctx.relay.close()

@@ -201,4 +201,5 @@ async def revoke(request: Request) -> HTTPResponse:
 async def stats(request: Request) -> HTTPResponse:
     """Connections, executions and counters of this instance."""
     relay: Relay = request.app.ctx.relay
-    return json_response(relay.stats())
+    consumers = getattr(request.app.ctx, "ingest", [])
+    return json_response({**relay.stats(), "ingest": [consumer.stats() for consumer in consumers]})

@@ -42,6 +42,25 @@ async def test_short_chaos_soak_loses_and_doubles_nothing() -> None:
     assert figures["reconnects (resumed with last_seq)"] >= 100, figures
 
 
+async def test_short_chaos_soak_with_outbox_publishers_loses_and_doubles_nothing() -> None:
+    """The outbox variant: publishers commit rows, both instances consume in turn through kills and Redis restarts."""
+    from tests.ingest_util import PG_DSN, require_postgres
+
+    binary = redis_server_binary()
+    await require_postgres()
+    config = SoakConfig(
+        clients=60, executions=10, fault_seconds=15.0, big_faults=2, redis_binary=binary, outbox_dsn=PG_DSN
+    )
+    report = await run_soak(config)
+    print("\nshort chaos soak, outbox publishers:")
+    print("\n".join(report.lines()))
+    figures = report.figures
+    assert report.ok, "\n".join(report.failures[:40])
+    assert figures["events lost"] == 0 and figures["duplicates"] == 0
+    assert figures["faults injected"].get("instance_kill9", 0) >= 1, figures["faults injected"]
+    assert figures["events accepted (distinct seqs)"] >= 50, figures
+
+
 def test_frame_tracker_finds_cut_points_inside_frames_only() -> None:
     """The proxy's cut points fall strictly inside a WebSocket frame, never on a boundary or in the handshake."""
     handshake = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"

@@ -51,7 +51,6 @@ from typing import Any, Protocol
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-
 __all__ = [
     "BROKER_STATS",
     "CONTENT_TYPE",
@@ -394,17 +393,42 @@ BROKER_STATS = frozenset({*_BROKER_GAUGES, *_BROKER_COUNTERS, _BROKER_CONNECTED_
 _state = _State()
 _sources: dict[int, _Source] = {}  # by id() of the owner given to start()
 _draining: set[int] = set()  # ids of owners draining
-class IngestFigures(Protocol):
-    """What an ingest consumer exposes for export (service/ingest: ``Consumer``)."""
 
-    source: str
-    consumed: int
-    duplicates: int
-    dead_lettered: int
-    retries: int
-    up: bool
-    leader: bool
-    lag: float
+
+class IngestFigures(Protocol):
+    """What an ingest consumer (``service.ingest.Consumer``) exposes for export, read at each flush."""
+
+    @property
+    def source(self) -> str:
+        """``amqp`` or ``outbox``."""
+
+    @property
+    def consumed(self) -> int:
+        """Items published (duplicates included)."""
+
+    @property
+    def duplicates(self) -> int:
+        """Items answered as duplicates."""
+
+    @property
+    def dead_lettered(self) -> int:
+        """Items moved to the dead letters."""
+
+    @property
+    def retries(self) -> int:
+        """Batches kept and retried."""
+
+    @property
+    def up(self) -> bool:
+        """Connected to its source."""
+
+    @property
+    def leader(self) -> bool:
+        """The instance consuming."""
+
+    @property
+    def lag(self) -> float:
+        """Age of the oldest unconsumed item, in seconds."""
 
 
 # Each live ingest consumer and the counts of it already exported.

@@ -245,6 +245,11 @@ def _defer_manager_shutdown() -> None:
 def serve() -> int:
     """Run the server in the foreground until SIGINT/SIGTERM."""
     settings = load_settings()
+    from .brokers import check_broker_url
+
+    problem = check_broker_url(settings.broker_url)
+    if problem:
+        raise ConfigError(f"{problem}.")
     if settings.dev_secrets:
         # Workers re-read the environment: hand them the same throwaway secrets.
         os.environ["RELAY_JWT_SECRET"] = settings.jwt_keys[0][1]

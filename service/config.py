@@ -105,14 +105,21 @@ def setting(
 
 
 def _broker_url(name: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "memory":
+    scheme = url.partition("://")[0].lower()
+    if scheme == "memory":
         return url
-    if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ConfigError(f"{name} must name a host, got {url.split('@')[-1]!r}.")
-        return url
-    raise ConfigError(f"{name} must start with memory://, redis:// or rediss://.")
+    from .brokers.redis_url import SCHEMES, parse_redis_url
+
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"{name} must start with memory://, redis://, rediss://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster://."
+        )
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}.") from None
+    return url
 
 
 def _networks(name: str, items: tuple[str, ...]) -> tuple[str, ...]:
@@ -201,7 +208,10 @@ class Settings:
 
     # -- broker
     broker_url: str = setting(
-        "RELAY_BROKER_URL", "memory://", "memory://, redis:// or rediss:// URL of the broker.", check=_broker_url
+        "RELAY_BROKER_URL",
+        "memory://",
+        "memory://, or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss+ for TLS).",
+        check=_broker_url,
     )
     redis_prefix: str = setting("RELAY_REDIS_PREFIX", "relay", "Prefix of every Redis key and channel.")
     redis_max_connections: int = setting(
@@ -234,6 +244,21 @@ class Settings:
         "Seconds of pub/sub silence before a PING (3x: reconnect).",
         low=0.01,
         high=3600,
+    )
+    # Redis topologies (issue 14): replicas that must have each publish before it is acknowledged.
+    redis_min_replicas: int = setting(
+        "RELAY_REDIS_MIN_REPLICAS",
+        0,
+        "Replicas that must have an event before its publish is acknowledged (WAIT); too few: 503.",
+        low=0,
+        high=16,
+    )
+    redis_min_replicas_timeout: float = setting(
+        "RELAY_REDIS_MIN_REPLICAS_TIMEOUT",
+        0.5,
+        "Seconds to wait for RELAY_REDIS_MIN_REPLICAS replicas before answering 503.",
+        low=0.001,
+        high=60,
     )
     history_size: int = setting("RELAY_HISTORY_SIZE", 1000, "Events kept per execution.", low=1, high=1_000_000)
     history_ttl: int = setting(
@@ -400,7 +425,7 @@ class Settings:
 
     @property
     def broker_scheme(self) -> str:
-        """The URL scheme of the broker: ``memory``, ``redis`` or ``rediss``."""
+        """The URL scheme of the broker: ``memory``, ``redis``, ``rediss+sentinel``, ``redis+cluster``, ..."""
         return urlsplit(self.broker_url).scheme
 
 
@@ -569,6 +594,8 @@ def _check_together(settings: Settings) -> None:
         raise ConfigError("RELAY_SHUTDOWN_CLOSE_WINDOW must be below RELAY_SHUTDOWN_TIMEOUT.")
     if settings.token_ttl > settings.token_max_ttl:
         raise ConfigError("RELAY_TOKEN_TTL must not exceed RELAY_TOKEN_MAX_TTL.")
+    if settings.redis_min_replicas and not settings.broker_scheme.startswith("redis"):
+        raise ConfigError("RELAY_REDIS_MIN_REPLICAS is above 0 but RELAY_BROKER_URL is not a Redis URL.")
 
 
 def _with_keys(settings: Settings) -> Settings:

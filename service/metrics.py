@@ -58,6 +58,7 @@ __all__ = [
     "MULTIPROC_ENV",
     "address_allowed",
     "auth_failure",
+    "broker_error",
     "connection_closed",
     "connection_opened",
     "delivered",
@@ -124,6 +125,12 @@ _REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying ret
 _REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
 _GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
 _LIMITS = Counter("relay_limit_exceeded", "Connections or frames refused by a configured limit, by limit.", ["limit"])
+_BROKER_ERRORS = Counter(
+    "relay_broker_errors",
+    "Failed broker (Redis) commands, by kind: moved, ask, tryagain, clusterdown, readonly, noscript, oom, "
+    "auth, loading, timeout, connection, replicas, other.",
+    ["kind"],
+)
 _FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
 _OPENED = Counter("relay_connections_opened", "Subscriber connections opened, by transport.", ["transport"])
 _REVOKED = Counter("relay_revoked_closes", "Live subscribers closed with 4500 because their token was revoked.")
@@ -137,6 +144,14 @@ _BROKER_CONNECTED = Gauge(
     "relay_broker_connected",
     "1 while the broker's live delivery is connected (the memory broker always is).",
     multiprocess_mode="livemin",
+)
+_BROKER_SHARDS = Gauge(
+    "relay_broker_shard_connections",
+    "Redis Cluster: sharded pub/sub connections, one per node owning a channel this process needs.",
+    multiprocess_mode="livesum",
+)
+_BROKER_MIGRATIONS = Counter(
+    "relay_broker_slot_migrations", "Redis Cluster: subscribed channels whose slot moved (resubscribed and resynced)."
 )
 _BROKER_RETAINED = Gauge(
     "relay_broker_executions_retained",
@@ -215,6 +230,7 @@ METRIC_NAMES = frozenset(
         "relay_replay_gaps_total",
         "relay_fallback_requests_total",
         "relay_limit_exceeded_total",
+        "relay_broker_errors_total",
         "relay_connections_opened_total",
         "relay_revoked_closes_total",
         "relay_broker_reconnects_total",
@@ -230,6 +246,8 @@ METRIC_NAMES = frozenset(
         "relay_ingest_up",
         "relay_ingest_leader",
         "relay_ingest_lag_seconds",
+        "relay_broker_shard_connections",
+        "relay_broker_slot_migrations_total",
         *(
             f"{h}_{s}"
             for h in (
@@ -314,6 +332,7 @@ _fallback = _Tally(_FALLBACK)
 _limits = _Tally(_LIMITS)
 _opened = _Tally(_OPENED)
 _revoked = _Tally(_REVOKED)
+_broker_errors = _Tally(_BROKER_ERRORS)
 _publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
 _broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
 _delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
@@ -332,6 +351,7 @@ _TALLIES = (
     _limits,
     _opened,
     _revoked,
+    _broker_errors,
 )
 _gc_seconds = _Buckets(_GC_SECONDS, _GC_BUCKETS)
 _HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds, _gc_seconds)
@@ -379,11 +399,13 @@ class _Source:
 _BROKER_GAUGES = {
     "redis_channels_subscribed": _BROKER_CHANNELS,
     "executions_retained": _BROKER_RETAINED,
+    "redis_cluster_shard_connections": _BROKER_SHARDS,
 }
 _BROKER_COUNTERS = {
     "redis_pubsub_reconnect_attempts": _BROKER_RECONNECTS,
     "redis_resyncs": _BROKER_RESYNCS,
     "redis_messages_dropped": _BROKER_DROPPED,
+    "redis_cluster_slot_migrations": _BROKER_MIGRATIONS,
 }
 #: relay_broker_connected: the lowest over relays; relay_events_accepted counts events_accepted already.
 _BROKER_CONNECTED_KEY = "redis_pubsub_connected"
@@ -517,6 +539,11 @@ def connection_closed(transport: str) -> None:
 def revoked_close() -> None:
     """A live subscriber was closed because its token was revoked."""
     _revoked.add()
+
+
+def broker_error(kind: str) -> None:
+    """One broker command failed, classified by kind (see ``brokers/redis_errors.py``)."""
+    _broker_errors.add((kind,))
 
 
 def fallback_request(kind: str) -> None:

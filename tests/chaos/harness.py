@@ -64,11 +64,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import PUBLISH_KEY, make_token
+from tests.redis_topology import ClusterSetup, SentinelSetup, TopologyServer
 from tests.redis_util import RedisServer, ServiceProcess
 
 __all__ = ["PersistentRedis", "Proxy", "SoakConfig", "SoakReport", "run_soak"]
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+NAMES = "ABCDEFGH"  # instance names in logs
 STATUS_TEXTS = ("正在查询 AI 平台", "分析数据中", "生成报告", "collecting sources", "ranking answers")
 
 
@@ -92,6 +94,11 @@ class SoakConfig:
     # The outbox variant: publishers insert rows into a PostgreSQL outbox (this DSN) instead of
     # POSTing, and both instances run the outbox consumer (one at a time holds the lock).
     outbox_dsn: str | None = None
+    # "single": one redis-server with AOF; "sentinel": a primary, a replica and three Sentinels
+    # (RELAY_REDIS_MIN_REPLICAS=1), where the big faults add primary kill -9 (failover) and replica pauses;
+    # "cluster": a 3-master Redis Cluster, where they add slot migrations of subscribed executions.
+    topology: str = "single"
+    workers: tuple[int, ...] = (1, 1)  # one instance per item, with that many RELAY_WORKERS
 
 
 # -- Redis with append-only persistence ---------------------------------------------------------------
@@ -332,7 +339,7 @@ class Client:
         self.execution_id = execution_id
         self.token = make_token(execution_id, sub=self.name, ttl=6 * 3600)
         self.soak = soak
-        self.instance = index % 2
+        self.instance = index % len(soak.instances)
         self.compression: str | None = "deflate" if index % 3 else None
         self.received: list[tuple[int, str, Any]] = []  # every event frame, in arrival order (duplicates too)
         self.last_seq = 0
@@ -371,7 +378,7 @@ class Client:
             if self.done or time.monotonic() > deadline:
                 return
             proxy = self.soak.proxies[self.instance]
-            self.instance ^= 1  # the next attempt goes to the other instance
+            self.instance = (self.instance + 1) % len(self.soak.proxies)  # the next attempt: the next instance
             url = f"ws://127.0.0.1:{proxy.port}/ws/executions/{self.execution_id}?token={self.token}"
             if self.ever_connected:
                 url += f"&last_seq={self.last_seq}"
@@ -525,6 +532,10 @@ class Soak:
         self.config = config
         self.prefix = f"chaos-{uuid.uuid4().hex[:10]}"
         self.redis = PersistentRedis(config.redis_binary)
+        self.sentinel = SentinelSetup(config.redis_binary) if config.topology == "sentinel" else None
+        self.cluster = ClusterSetup(config.redis_binary) if config.topology == "cluster" else None
+        self.single = self.sentinel is None and self.cluster is None
+        self.executions: list[str] = []
         self.instances: list[ServiceProcess] = []
         self.proxies: list[Proxy] = []
         self.clients: list[Client] = []
@@ -553,10 +564,18 @@ class Soak:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Redis, two instances, two proxies."""
-        await asyncio.to_thread(self.redis.start)
+        """Redis (one server, or primary + replica + Sentinels), the instances, one proxy each."""
+        if self.sentinel is not None:
+            await asyncio.to_thread(self.sentinel.start)
+            url = self.sentinel.url
+        elif self.cluster is not None:
+            await asyncio.to_thread(self.cluster.start)
+            url = self.cluster.url
+        else:
+            await asyncio.to_thread(self.redis.start)
+            url = self.redis.url
         env = {
-            "RELAY_BROKER_URL": self.redis.url,
+            "RELAY_BROKER_URL": url,
             "RELAY_REDIS_PREFIX": self.prefix,
             "RELAY_HISTORY_SIZE": "1000000",  # nothing is trimmed: a gap would be a loss
             "RELAY_MAX_CONNECTIONS_PER_SUB": "1000",
@@ -575,13 +594,16 @@ class Soak:
                 RELAY_OUTBOX_TABLE=self.outbox_table,
                 RELAY_OUTBOX_POLL_INTERVAL="0.2",
             )
-        self.instances = [ServiceProcess(**env) for _ in range(2)]
+        if self.sentinel is not None:
+            env["RELAY_REDIS_MIN_REPLICAS"] = "1"  # acknowledged means on the replica: a failover loses none
+            env["RELAY_REDIS_MIN_REPLICAS_TIMEOUT"] = "0.5"
+        self.instances = [ServiceProcess(**env, RELAY_WORKERS=str(w)) for w in self.config.workers]
         for inst in self.instances:
             inst.spawn()
         for inst in self.instances:
             await asyncio.to_thread(inst.wait_ready, 60.0)
         for i, inst in enumerate(self.instances):
-            proxy = Proxy("AB"[i], inst.port)
+            proxy = Proxy(NAMES[i], inst.port)
             await proxy.start()
             self.proxies.append(proxy)
         self.http = httpx.AsyncClient(
@@ -612,6 +634,10 @@ class Soak:
             with contextlib.suppress(Exception):
                 await self.pg.execute(f'DROP TABLE IF EXISTS "{t}", "{t}_dead"; DROP FUNCTION IF EXISTS "{t}_notify"()')
             await self.pg.close()
+        if self.sentinel is not None:
+            self.sentinel.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
     def remove_logs(self) -> None:
         """Delete the instances' log files."""
@@ -680,7 +706,7 @@ class Soak:
                 if response.status_code < 500 and response.status_code != 429:
                     record.refused = f"{response.status_code} {response.text[:200]}"
                     return
-            index ^= 1  # retry on the other instance
+            index = (index + 1) % len(self.instances)  # retry on the next instance
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -767,7 +793,11 @@ class Soak:
                     self.big_faults_skipped = count - i
                     return
                 if i % 2 == 0:
-                    await self.kill_instance((i // 2) % 2)
+                    await self.kill_instance((i // 2) % len(self.instances))
+                elif self.sentinel is not None:
+                    await (self.failover() if (i // 2) % 2 == 0 else self.pause_replica())
+                elif self.cluster is not None:
+                    await self.migrate_slot()
                 else:
                     await self.restart_redis(signal.SIGTERM if (i // 2) % 2 == 0 else signal.SIGKILL)
             await asyncio.sleep(max(0.0, until - time.monotonic()))
@@ -781,12 +811,12 @@ class Soak:
         self.expected_down.add(index)
         await asyncio.to_thread(inst.kill)
         self.faults["instance_kill9"] += 1
-        self.log(f"kill -9 instance {'AB'[index]}")
+        self.log(f"kill -9 instance {NAMES[index]}")
         await asyncio.sleep(random.uniform(0.3, 1.5))
         inst.spawn()
         await asyncio.to_thread(inst.wait_ready, 60.0)
         self.expected_down.discard(index)
-        self.log(f"instance {'AB'[index]} ready again")
+        self.log(f"instance {NAMES[index]} ready again")
 
     async def restart_redis(self, sig: int) -> None:
         """Stop Redis with ``sig``, start it again on its port with its AOF, wait until both instances are ready."""
@@ -801,6 +831,51 @@ class Soak:
         self.log("redis started again")
         await self.wait_ready(60.0)
         self.log("both instances ready")
+
+    def _roles(self) -> tuple[TopologyServer, TopologyServer]:
+        """The current primary and replica (they swap at each failover)."""
+        assert self.sentinel is not None
+        port = self.sentinel.master_port()
+        first, second = self.sentinel.primary, self.sentinel.replica
+        return (first, second) if first.port == port else (second, first)
+
+    async def failover(self) -> None:
+        """``kill -9`` the primary; the Sentinels promote the replica; the old primary comes back empty as replica."""
+        assert self.sentinel is not None
+        primary, replica = await asyncio.to_thread(self._roles)
+        self.check_alive()
+        await asyncio.to_thread(primary.stop)  # kill -9
+        self.faults["primary_kill9_failover"] += 1
+        self.log(f"kill -9 primary on port {primary.port}")
+        await asyncio.to_thread(self.sentinel.wait_promoted, replica, 30.0)
+        self.log(f"replica on port {replica.port} promoted")
+        for name in ("dump.rdb", "appendonly.aof"):
+            Path(primary.dir, name).unlink(missing_ok=True)
+        await asyncio.to_thread(primary.start)  # the Sentinels make it the new primary's replica
+        await self.wait_ready(60.0)
+        self.log("old primary back (empty) as a replica; instances ready")
+
+    async def migrate_slot(self) -> None:
+        """Move the slot of a random execution (its subscribers are live) to another master, keys and all."""
+        assert self.cluster is not None
+        cluster = self.cluster
+        eid = random.choice(self.executions)
+        slot = await asyncio.to_thread(cluster.keyslot, f"{self.prefix}:{{{eid}}}:meta")
+        source = await asyncio.to_thread(cluster.owner, slot)
+        target = random.choice([n for n in cluster.nodes if n is not source])
+        await asyncio.to_thread(cluster.migrate, slot, target)
+        self.faults["slot_migration"] += 1
+        self.log(f"slot {slot} ({eid}) moved from port {source.port} to {target.port}")
+
+    async def pause_replica(self) -> None:
+        """SIGSTOP the replica for a second: publishes 503 (RELAY_REDIS_MIN_REPLICAS=1) and are retried."""
+        _, replica = await asyncio.to_thread(self._roles)
+        replica.pause()
+        self.faults["replica_pause"] += 1
+        self.log(f"replica on port {replica.port} paused")
+        await asyncio.sleep(random.uniform(0.5, 1.5))
+        replica.resume()
+        self.log("replica resumed")
 
     async def wait_ready(self, timeout: float) -> None:
         """Until both instances answer /readyz 200."""
@@ -819,9 +894,9 @@ class Soak:
         """Record an instance or Redis that died without being killed (a crash)."""
         for i, inst in enumerate(self.instances):
             if i not in self.expected_down and inst.proc is not None and inst.proc.poll() is not None:
-                self.crashes.append(f"instance {'AB'[i]} exited by itself with {inst.proc.returncode}")
+                self.crashes.append(f"instance {NAMES[i]} exited by itself with {inst.proc.returncode}")
                 self.expected_down.add(i)
-        if not self.redis_down and not self.redis.alive():
+        if self.single and not self.redis_down and not self.redis.alive():
             self.crashes.append("redis-server exited by itself")
             self.redis_down = True
 
@@ -832,6 +907,7 @@ class Soak:
         cfg = self.config
         began = time.monotonic()
         executions = [f"soak-{uuid.uuid4().hex[:6]}-{i}" for i in range(cfg.executions)]
+        self.executions = executions
         self.clients = [Client(i, executions[i % len(executions)], self) for i in range(cfg.clients)]
         fault_end = time.monotonic() + cfg.fault_seconds
         fault_limit = fault_end + cfg.fault_seconds + 60.0  # slow restarts may stretch the phase up to this
@@ -868,7 +944,7 @@ class Soak:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(inst.wait_ready, 60.0)
                 self.expected_down.discard(i)
-        if not self.redis.alive():
+        if self.single and not self.redis.alive():
             await asyncio.to_thread(self.redis.start)
             self.redis_down = False
         with contextlib.suppress(TimeoutError):
@@ -1078,7 +1154,7 @@ async def run_soak(config: SoakConfig, on_start: Callable[[Soak], None] | None =
         report = await soak.run()
         if not report.ok:
             kept = Path(tempfile.mkdtemp(prefix=f"relay-{soak.prefix}-"))
-            for name, text in zip("AB", soak.instance_logs(), strict=True):
+            for name, text in zip(NAMES, soak.instance_logs(), strict=False):
                 (kept / f"instance-{name}.log").write_text(text)
             with contextlib.suppress(OSError):
                 shutil.copy(Path(soak.redis.dir, "redis.log"), kept / "redis.log")

@@ -519,10 +519,13 @@ def test_redis_is_reachable_only_from_relay_pods():
 
 
 def test_dockerfile_uses_slim_python_311_and_a_non_root_user():
-    """The Dockerfile builds on python:3.11-slim and switches to a non-root USER before running."""
+    """The Dockerfile builds on BASE_IMAGE, python:3.11-slim by default, and switches to a non-root USER."""
     instr = dockerfile_instructions()
     froms = [a for i, a in instr if i == "FROM"]
-    assert froms and all(re.match(r"python:3\.11(\.\d+)?-slim", a.split()[0]) for a in froms), froms
+    assert froms == ["${BASE_IMAGE}"], "the base image is the build argument BASE_IMAGE"
+    args = dict(a.partition("=")[::2] for i, a in instr if i == "ARG")
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim", args.get("BASE_IMAGE", "")), args
+    assert instr[0][0] == "ARG", "BASE_IMAGE is declared before the first FROM"
     users = [a for i, a in instr if i == "USER"]
     assert users, "no USER: the image would run as root"
     user = users[-1].split(":")[0]
@@ -569,3 +572,26 @@ def test_dockerignore_excludes_local_state_but_not_the_sources():
         assert needed in entries, needed
     for kept in ("pyproject.toml", "README.md", "service", "auth", "service/", "auth/", "*"):
         assert kept not in entries, kept
+
+
+def test_dockerfile_assumes_nothing_only_one_base_has():
+    """Only `python3` and `python3 -m pip`: both python:3.11-slim and the Debian base CI builds on have them.
+
+    A bare `python`, a bare `pip` or a /usr/local path exists in the registry image only.
+    """
+    instr = dockerfile_instructions()
+    commands = [a for i, a in instr if i in ("RUN", "CMD", "HEALTHCHECK", "ENTRYPOINT")]
+    assert any("python3 -m pip install" in c for c in commands)
+    for command in commands:
+        words = re.findall(r"[\w./-]+", command)
+        assert "python" not in words, command
+        bare_pip = re.search(r"(^|[\s;&|\"])pip3?\s", command.replace("python3 -m pip", ""))
+        assert not bare_pip, f"call pip as `python3 -m pip`: {command}"
+        assert "/usr/local" not in command, command
+
+
+def test_dockerfile_copies_whole_packages_not_single_modules():
+    """COPY names directories (service/, auth/), never a module: files may move inside the packages."""
+    copies = [a for i, a in dockerfile_instructions() if i == "COPY"]
+    for copy_args in copies:
+        assert not re.search(r"\.py\b", copy_args), copy_args

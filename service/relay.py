@@ -15,7 +15,7 @@ from typing import Any
 from auth import Claims, PublisherKeys, TokenMinter, TokenVerifier
 
 from . import metrics
-from .brokers import Broker, HistoryPage, PublishResult, create_broker
+from .brokers import Broker, HistoryPage, PublishResult, broker_from_settings
 from .closecodes import CloseCode
 from .config import HMAC_ALGORITHMS, Settings
 from .errors import RelayError
@@ -50,9 +50,7 @@ class Relay:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self.broker = broker or create_broker(
-            settings.broker_url, settings.history_size, settings.history_ttl, prefix=settings.redis_prefix
-        )
+        self.broker = broker or broker_from_settings(settings)
         metrics.instrument_broker(self.broker)
         self.hub = Hub(self.broker)
         self.broker.set_listener(self.hub.dispatch, self.hub.resync)

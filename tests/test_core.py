@@ -58,7 +58,7 @@ def test_frame_is_encoded_once_with_seq_in_place() -> None:
             "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"},
         },
     )
-    event = draft.with_seq(7)
+    event = draft.with_seq(7, "e1")
     assert json.loads(event.frame) == {
         "type": "diagnosis_update",
         "execution_id": "exec-001",

@@ -24,6 +24,7 @@ from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
 from .. import metrics
 from ..closecodes import CloseCode
+from ..config import WS_WRITE_BUFFER_HIGH
 from ..errors import RelayError
 from ..events import dumps, now_iso
 from ..heartbeat import ping_payload
@@ -35,8 +36,6 @@ from ..subscription import Subscription
 __all__ = ["bp"]
 
 bp = Blueprint("ws")
-# Above this many bytes waiting in the transport, frames queue instead (asyncio's default high-water mark).
-WRITE_BUFFER_HIGH = 64 * 1024
 log = logging.getLogger("relay.ws")
 
 
@@ -117,7 +116,7 @@ class WsSink:
             transport is None
             or ws.conn_mutex.locked()
             or proto.state is not State.OPEN
-            or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH
+            or transport.get_write_buffer_size() > WS_WRITE_BUFFER_HIGH
         ):
             return False
         if not proto.extensions and not proto.writes:  # nothing else pending: the shared bytes

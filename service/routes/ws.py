@@ -29,9 +29,9 @@ from ..cursor import Cursor, CursorError, parse_cursor
 from ..delivery import connected_message
 from ..errors import RelayError
 from ..events import dumps, now_iso
-from ..heartbeat import ping_payload
 from ..http import bearer_or_query_token
 from ..limits import ConnectionLimits, FrameRate
+from ..pinger import ping_payload
 from ..relay import Relay
 from ..subscription import Subscription
 
@@ -66,7 +66,7 @@ _wire = _WireCache()
 
 
 class WsSink:
-    """Adapts a Sanic websocket to the subscription's sink (and to the heartbeat)."""
+    """Adapts a Sanic websocket to the subscription's sink (and to the pinger)."""
 
     __slots__ = ("ping_sent", "ping_waiter", "ws")
 
@@ -75,7 +75,7 @@ class WsSink:
         self.ping_waiter: asyncio.Future[None] | None = None
         self.ping_sent = time.monotonic()
 
-    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+    def ping_if_due(self, now: float, interval: float, timeout: float) -> None:
         """Send a ping when one is due; fail the peer if the last one is unanswered after ``timeout``."""
         waiter = self.ping_waiter
         if waiter is not None and not waiter.done():
@@ -241,8 +241,8 @@ async def _serve(
         },
     )
     metrics.connection_opened("ws")
-    heartbeat = request.app.ctx.heartbeat
-    heartbeat.sockets.add(sink)
+    pinger = request.app.ctx.pinger
+    pinger.sockets.add(sink)
     try:
         sub.start(page, dumps(connected))
         await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
@@ -250,7 +250,7 @@ async def _serve(
         log.exception("websocket handler failed")
         sub.close(closecodes.INTERNAL_ERROR)
     finally:
-        heartbeat.sockets.discard(sink)
+        pinger.sockets.discard(sink)
         expiry.cancel()
         metrics.connection_closed("ws")
         if sub.closed.done():

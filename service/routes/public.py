@@ -100,21 +100,17 @@ def cors_headers(relay: Relay, origin: str | None) -> dict[str, str]:
 def _authorize(request: Request, relay: Relay, execution_id: str) -> Claims:
     """The socket's checks, as HTTP errors: Origin, then the token for this execution."""
     if not origin_allowed(relay, request.headers.get("origin")):
-        relay.counters["http_refused_origin"] += 1
         metrics.auth_failure("origin")
         raise Forbidden("origin not allowed")
     try:
         return relay.verifier.verify(bearer_or_query_token(request), execution_id)
     except TokenExpired:
-        relay.counters["http_refused_expired"] += 1
         metrics.auth_failure("expired")
         raise Unauthorized("token expired; get a fresh token", reason="expired") from None
     except TokenForbidden:
-        relay.counters["http_refused_other_execution"] += 1
         metrics.auth_failure("other_execution")
         raise Forbidden("this token was issued for another execution") from None
     except TokenInvalid as exc:
-        relay.counters[f"http_refused_{exc.reason}"] += 1
         metrics.auth_failure(exc.reason)
         raise Unauthorized(f"token invalid: {exc.message}", reason="invalid") from None
 
@@ -130,7 +126,6 @@ def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResp
         try:
             claims = _authorize(request, relay, execution_id)
             if await relay.is_revoked(claims):
-                relay.counters["http_refused_revoked"] += 1
                 metrics.auth_failure("revoked")
                 raise Unauthorized("token revoked", reason="revoked")
             return await handler(request, execution_id, claims, headers)
@@ -200,7 +195,6 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     after = query_int(request, "after", 0, 0, MAX_SEQ) or 0
     wait = _query_seconds(request, "wait", LONG_POLL_MAX_WAIT)
     limit = query_int(request, "limit", POLL_DEFAULT_LIMIT, 1, POLL_MAX_LIMIT) or POLL_DEFAULT_LIMIT
-    relay.counters["polls"] += 1
     metrics.fallback_request("long_poll" if wait > 0 else "poll")
     if getattr(request.app.ctx, "draining", False):
         wait = 0.0  # shutting down: answer with what there is; the next poll goes elsewhere
@@ -321,7 +315,6 @@ async def event_stream(
     exceeded = limits.acquire(execution_id, claims.sub)
     if exceeded is not None:
         metrics.limit_exceeded(exceeded)
-        request.app.ctx.relay.counters[f"sse_refused_limit_{exceeded}"] += 1
         raise RateLimited(f"connection limit ({exceeded}); retry later")
     try:
         return await _stream(request, execution_id, claims, headers)
@@ -364,7 +357,6 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             content_type="text/event-stream; charset=utf-8",
         )
-        relay.counters["sse_streams"] += 1
         metrics.fallback_request("sse")
         metrics.connection_opened("sse")
         opened = True

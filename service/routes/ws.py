@@ -139,7 +139,6 @@ def origin_allowed(relay: Relay, origin: str | None) -> bool:
 
 
 def _refuse(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
-    relay.counters[f"ws_refused_{why}"] += 1
     log.info("websocket refused", extra={"fields": {"close_code": int(code), "reason": why}})
     metrics.ws_closed(int(code), "server")
     ws.end_connection(int(code), reason)
@@ -218,7 +217,6 @@ async def _serve(
         if await relay.is_revoked(claims):
             sub.close(CloseCode.TOKEN_INVALID, "token revoked")
             metrics.auth_failure("revoked")
-            relay.counters["ws_refused_revoked"] += 1
             return
     except RelayError:
         sub.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
@@ -238,7 +236,6 @@ async def _serve(
     }
     if page.gap_after(last_seq or 0):
         connected["gap"] = True
-    relay.counters["ws_connections"] += 1
     opened = time.monotonic()
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"

@@ -72,6 +72,10 @@ class Settings:
     ws_compression_min_size: int = 64
     ws_compression_context_takeover: bool = True
 
+    # Hostile clients (issue 15).
+    ws_max_frames_per_message: int = 16
+    max_connections_per_ip: int = 1000
+
     # Addresses/CIDRs allowed to read /metrics; empty: any peer.
     metrics_allowlist: tuple[str, ...] = ()
     shutdown_timeout: float = 20.0
@@ -286,6 +290,9 @@ def load_settings(
         ws_compression_min_size=r.int("RELAY_WS_COMPRESSION_MIN_SIZE", 64, 0, 1 << 20),
         ws_compression_context_takeover=r.bool("RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER", True),
         metrics_allowlist=_check_allowlist(r.list("RELAY_METRICS_ALLOWLIST")),
+        # Hostile clients (issue 15).
+        ws_max_frames_per_message=r.int("RELAY_WS_MAX_FRAMES_PER_MESSAGE", 16, 1, 100_000),
+        max_connections_per_ip=r.int("RELAY_MAX_CONNECTIONS_PER_IP", 1000, 0, 10_000_000),
         shutdown_timeout=r.float("RELAY_SHUTDOWN_TIMEOUT", 20.0, 1.0, 3600),
     )
     # Default: half the shutdown budget, leaving the rest for publishes and stragglers.

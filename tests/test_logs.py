@@ -179,3 +179,29 @@ def test_error_lines_carry_a_redacted_traceback() -> None:
     entry = json.loads(line)
     assert entry["level"] == "error" and "RuntimeError" in entry["exc"]
     assert token not in line and token.split(".")[-1] not in line
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/x\x01y?token=abc",
+        '/v1/e?token=abc"}',
+        "/v1/e?a=1&access_token=abc\\",
+        "/v1/e?token=" + make_token("x") + "\x7f",
+        "/\udcff?token=abc",  # a byte Sanic decoded with surrogateescape
+    ],
+)
+def test_every_line_is_one_json_object_whatever_the_request_bytes(path: str) -> None:
+    """Control bytes, quotes, backslashes and undecodable bytes next to a token: one JSON line, token gone."""
+    try:
+        raise ValueError(f"Bad URL: {path}")
+    except ValueError:
+        record = logging.LogRecord("sanic.error", logging.ERROR, __file__, 1, "failed on %s", (path,), sys.exc_info())
+    record.fields = {"path": path, "nested": [path]}  # type: ignore[attr-defined]
+    line = JsonFormatter().format(record)
+    line.encode()  # writable as UTF-8
+    assert "\n" not in line
+    entry = json.loads(line)
+    for text in (entry["msg"], entry["exc"], entry["path"], entry["nested"][0]):
+        assert "abc" not in text and "eyJ" not in text
+        assert "[redacted]" in text

@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         app.ctx.limits = ConnectionLimits(
             settings.max_connections, settings.max_connections_per_execution, settings.max_connections_per_sub
         )
-        await metrics.start(relay)
+        await metrics.start(relay, lambda: relay.hub.executions, relay.broker.stats)
 
     @app.after_server_stop
     async def stop_relay(app: Sanic[Any, Any]) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings
+from .config import DEFAULTS, ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -64,8 +64,8 @@ def _client_args(parser: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> tuple[str, str]:
     env = {**_env_file(), **os.environ}
-    host = env.get("RELAY_HOST", "127.0.0.1") or "127.0.0.1"
-    url = args.url or f"http://{host}:{env.get('RELAY_PORT', '8765') or '8765'}"
+    host = env.get("RELAY_HOST") or DEFAULTS.host
+    url = args.url or f"http://{host}:{env.get('RELAY_PORT') or DEFAULTS.port}"
     key = args.key or (env.get("RELAY_PUBLISH_KEYS", "").split(",")[0].strip())
     if not key:
         raise ConfigError("RELAY_PUBLISH_KEYS is not set; pass --key with the key the service printed.")

@@ -363,9 +363,6 @@ class RelayWebSocketProtocol(WebSocketProtocol):
             self.peer_address = address
             return
         metrics.limit_exceeded("connections_per_ip")
-        relay = getattr(self.app.ctx, "relay", None)
-        if relay is not None:
-            relay.counters["refused_connections_per_ip"] += 1
         transport.write(_TOO_MANY_CONNECTIONS)
         self.close()
 
@@ -438,12 +435,13 @@ def _guard(app: Any) -> FrameGuard | None:
 
 
 def _refused_counter(app: Any) -> Refused:
-    """Counts and logs a socket the frame guard closed (a client's doing: info, not error)."""
+    """Counts and logs a socket the frame guard closed (a client's doing: info, not error).
+
+    Every such close is counted in ``relay_ws_closes_total{code, initiator="server"}`` when
+    the handler ends; a broken limit also in ``relay_limit_exceeded_total{limit}``.
+    """
 
     def refused(code: int, why: str) -> None:
-        relay = getattr(app.ctx, "relay", None)
-        if relay is not None:
-            relay.counters[f"ws_refused_{why}"] += 1
         if why != "invalid_utf8":
             metrics.limit_exceeded(why)
         log.info("websocket refused", extra={"fields": {"close_code": code, "reason": why}})

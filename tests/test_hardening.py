@@ -21,7 +21,7 @@ from websockets.frames import Frame, Opcode
 
 from service.hardening import head_problem
 from service.limits import FrameGuard, PeerLimit
-from tests.conftest import PUBLISH_KEY, Server, StartServer, make_token
+from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token
 
 INTERNAL_POSTS = (
     "/internal/v1/executions/e1/events",
@@ -193,12 +193,13 @@ def close_code(frames: list[tuple[int, bytes]]) -> int | None:
 async def test_control_and_continuation_frames_count_against_the_rate(start_server: StartServer, flood: bytes) -> None:
     """Pings, unsolicited pongs and empty continuation frames count as frames: a flood is closed with 4029."""
     server = await start_server(RELAY_WS_MAX_FRAMES_PER_SECOND="5", RELAY_WS_MAX_FRAMES_PER_MESSAGE="100000")
+    before = counted("limit_exceeded", "frame_rate")
     reader, writer = await ws_open(server)
     writer.write(flood)
     frames = await server_frames(reader)
     assert close_code(frames) == 4029
     assert sum(op == Opcode.PONG for op, _ in frames) <= 10  # at most the burst was answered
-    assert server.relay.counters["ws_refused_frame_rate"] == 1
+    assert counted("limit_exceeded", "frame_rate") == before + 1
     writer.close()
 
 
@@ -223,6 +224,7 @@ async def test_a_message_over_the_size_limit_across_fragments_is_closed_1009(sta
 async def test_connections_per_address_are_capped(start_server: StartServer) -> None:
     """Past RELAY_MAX_CONNECTIONS_PER_IP open connections from one address, the next gets 429 and is closed."""
     server = await start_server(RELAY_MAX_CONNECTIONS_PER_IP="3")
+    before = counted("limit_exceeded", "connections_per_ip")
     held = [await open_raw(server) for _ in range(3)]
     reader, writer = await open_raw(server)
     status, headers, body = await read_response(reader)
@@ -236,7 +238,7 @@ async def test_connections_per_address_are_capped(start_server: StartServer) -> 
     async with asyncio.timeout(5):
         while (await server.http.get("/healthz")).status_code != 200:  # the held ones are released as they close
             await asyncio.sleep(0.02)
-    assert server.relay.counters["refused_connections_per_ip"] >= 2
+    assert counted("limit_exceeded", "connections_per_ip") >= before + 2
 
 
 def test_peer_limit_zero_is_off() -> None:
@@ -263,11 +265,14 @@ async def test_invalid_utf8_closes_1007_without_a_traceback(
 ) -> None:
     """Invalid UTF-8 in a text message closes with 1007, is counted, and logs no error."""
     caplog.set_level(logging.INFO)
+    before = counted("ws_closes", "1007", "server")
     reader, writer = await ws_open(server)
     writer.write(payload)
     frames = await server_frames(reader)
     assert close_code(frames) == 1007
-    assert server.relay.counters["ws_refused_invalid_utf8"] == 1
+    async with asyncio.timeout(5):  # counted when the handler has ended
+        while counted("ws_closes", "1007", "server") == before:
+            await asyncio.sleep(0.01)
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     writer.close()
 

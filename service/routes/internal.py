@@ -50,7 +50,6 @@ def publisher_only(handler: Handler) -> Handler:
         relay: Relay = request.app.ctx.relay
         if not relay.publisher_keys.check(bearer_token(request)):
             refuse_body(request)
-            relay.counters["auth_failures_publisher"] += 1
             metrics.auth_failure("publisher_key")
             log.info("publisher refused", extra={"fields": {"reason": "publisher_key", "path": request.path}})
             raise Unauthorized("a valid publisher key is required in Authorization: Bearer", reason="publisher_key")

@@ -24,6 +24,7 @@ from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
 from .. import metrics
 from ..closecodes import CloseCode
+from ..config import WS_WRITE_BUFFER_HIGH
 from ..errors import RelayError
 from ..events import dumps, now_iso
 from ..heartbeat import ping_payload
@@ -35,8 +36,6 @@ from ..subscription import Subscription
 __all__ = ["bp"]
 
 bp = Blueprint("ws")
-# Above this many bytes waiting in the transport, frames queue instead (asyncio's default high-water mark).
-WRITE_BUFFER_HIGH = 64 * 1024
 log = logging.getLogger("relay.ws")
 
 
@@ -117,7 +116,7 @@ class WsSink:
             transport is None
             or ws.conn_mutex.locked()
             or proto.state is not State.OPEN
-            or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH
+            or transport.get_write_buffer_size() > WS_WRITE_BUFFER_HIGH
         ):
             return False
         if not proto.extensions and not proto.writes:  # nothing else pending: the shared bytes
@@ -140,7 +139,6 @@ def origin_allowed(relay: Relay, origin: str | None) -> bool:
 
 
 def _refuse(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
-    relay.counters[f"ws_refused_{why}"] += 1
     log.info("websocket refused", extra={"fields": {"close_code": int(code), "reason": why}})
     metrics.ws_closed(int(code), "server")
     ws.end_connection(int(code), reason)
@@ -219,7 +217,6 @@ async def _serve(
         if await relay.is_revoked(claims):
             sub.close(CloseCode.TOKEN_INVALID, "token revoked")
             metrics.auth_failure("revoked")
-            relay.counters["ws_refused_revoked"] += 1
             return
     except RelayError:
         sub.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
@@ -239,7 +236,6 @@ async def _serve(
     }
     if page.gap_after(last_seq or 0):
         connected["gap"] = True
-    relay.counters["ws_connections"] += 1
     opened = time.monotonic()
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"

@@ -5,9 +5,9 @@ Everything here touches Sanic's private parts (checked against Sanic 25.12.1;
 
 - **A fixed deadline for the request head.** Sanic restarts its request timer
   on every byte received, so a head sent one byte at a time lives for ever.
-  :class:`RelayHttp` notes when a request cycle starts (the connection was
-  accepted, or the previous response was sent) and the protocol times the
-  head from there, whatever arrives meanwhile (``RELAY_HANDSHAKE_TIMEOUT``).
+  The protocol notes when a head starts (the connection was accepted, or the
+  first byte of the next request on a kept-alive connection arrived) and
+  times it from there, whatever arrives meanwhile (``RELAY_HANDSHAKE_TIMEOUT``).
 - **Header field lines as HTTP/1.1 requires.** Sanic keeps a name with
   whitespace before the colon (``Transfer-Encoding : chunked``) as a
   different header, so a lenient proxy in front and the relay disagree on
@@ -58,10 +58,16 @@ class RelayHttp(Http):
     __slots__ = ()
 
     def init_for_request(self) -> None:
-        """Start a request cycle: the head's deadline runs from now."""
+        """Start a request cycle: the head's deadline runs from now if bytes of it are here already.
+
+        On a new connection it runs from the accept (set by the protocol); on a kept-alive
+        one from the first byte of the next request (the idle time before it is Sanic's
+        keep-alive timeout, which no byte can extend: none arrives while idle).
+        """
         super().init_for_request()  # type: ignore[no-untyped-call]  # Sanic's methods are untyped
         protocol: Any = self.protocol
-        protocol.head_started = time.monotonic()
+        if protocol.served:
+            protocol.head_started = time.monotonic() if self.recv_buffer else None
 
     async def http1_request_header(self) -> None:
         """Read and parse the head like Sanic, then refuse malformed field lines with 400."""
@@ -78,6 +84,7 @@ class RelayHttp(Http):
                 raise
             raise BadRequest("Bad Request: the request target is not a valid URL") from None
         protocol: Any = self.protocol
+        protocol.served = True
         protocol.head_started = None  # the head is complete: no head deadline until the next cycle
         problem = head_problem(self.request.head)
         if problem is not None:

@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sanic.exceptions import SanicException
+from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
@@ -65,6 +67,7 @@ DICTIONARY_SIZE = 2048
 # buffer is this full, or the frame is still unsent after CLOSE_GRACE s) it is aborted.
 WRITE_BUFFER_HIGH = 64 * 1024
 CLOSE_GRACE = 1.0
+PARSE_SLICE = 4096  # bytes of client data parsed before its frames are checked
 _TOO_MANY_BODY = b'{"error":"rate_limited","message":"too many connections from this address; retry later"}'
 _TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -269,9 +272,20 @@ class _LeanImpl(WebsocketImplProtocol):
         if self.closing_by_guard:
             return  # refused: whatever else arrives is dropped unread
         proto = self.ws_proto
-        proto.receive_data(data)
-        events = proto.events_received()
-        refusal = guard.check(events) if events else None
+        events: list[Any] = []
+        refusal = None
+        # Parsed a slice at a time: a flood read in one go (hundreds of KB of tiny frames)
+        # is refused after its first slice, not parsed whole first (a stall for everyone).
+        for start in range(0, len(data), PARSE_SLICE):
+            proto.receive_data(data[start : start + PARSE_SLICE])
+            parsed = proto.events_received()
+            refusal = guard.check(parsed) if parsed else None
+            if refusal is not None:
+                index, code, reason, why = refusal
+                refusal = (len(events) + index, code, reason, why)
+                events.extend(parsed)
+                break
+            events.extend(parsed)
         loop = asyncio.get_running_loop()
         if refusal is None:
             data_to_send = proto.data_to_send()
@@ -321,7 +335,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
     """Sanic's protocol with extension negotiation, a frame guard, a per-address cap and a head deadline."""
 
     HTTP_CLASS = RelayHttp
-    __slots__ = ("discarding", "head_started", "linger", "peer_address")  # Sanic's metaclass gives no __dict__
+    __slots__ = ("discarding", "head_started", "linger", "peer_address", "served")  # no __dict__ (Sanic's metaclass)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -329,15 +343,19 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         can_write.set()
         self._can_write = can_write
         self._data_received = _lean_event()
-        self.head_started: float | None = None  # set by RelayHttp while a request head is awaited
+        self.head_started: float | None = None  # when the awaited request head started (None: none awaited)
+        self.served = False  # a head was read on this connection (the next ones start with their first byte)
         self.peer_address: str | None = None  # counted in the app's PeerLimit while connected
         self.linger = False  # set by hardening.refuse_body: close gently, the peer may still be sending
         self.discarding = False
 
     def data_received(self, data: bytes) -> None:
-        """Sanic's, except while lingering after a refused body: then input is discarded."""
+        """Sanic's, except while lingering after a refused body (input discarded); starts a head's deadline."""
         if self.discarding:
             return
+        http = getattr(self, "_http", None) if self.websocket is None else None
+        if http is not None and self.head_started is None and http.stage is Stage.IDLE:
+            self.head_started = time.monotonic()  # the first byte of the next request (or of a drained body)
         super().data_received(data)  # type: ignore[no-untyped-call]
 
     def close(self, timeout: float | None = None) -> None:
@@ -354,6 +372,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
     def connection_made(self, transport: Any) -> None:
         """Accept the connection, or answer 429 and close when its address has too many open."""
         super().connection_made(transport)  # type: ignore[no-untyped-call]
+        self.head_started = time.monotonic()  # the first head is timed from the accept
         peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
         peer = transport.get_extra_info("peername")
         address = peer[0] if isinstance(peer, tuple) and peer else None

@@ -315,7 +315,9 @@ async def test_a_dribbled_head_is_cut_at_the_deadline(start_server: StartServer)
         writer.write(bytes([byte]))
         await asyncio.sleep(0.02)
     assert read.done(), "the server kept a dribbled head past its deadline"
-    assert (await read).startswith(b"HTTP/1.1 408")
+    answer = await read
+    # 408, unless the reset (the client was still writing when the server closed) destroyed it.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
     writer.close()
 
 

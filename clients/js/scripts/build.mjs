@@ -13,7 +13,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const ORDER = ['src/util.mjs', 'src/transports/browser.mjs', 'src/transports/wx.mjs', 'src/client.mjs'];
+const ORDER = [
+  'src/util.mjs', 'src/transports/browser.mjs', 'src/transports/wx.mjs', 'src/transport-select.mjs',
+  'src/reconnect.mjs', 'src/delivery.mjs', 'src/timers.mjs', 'src/client.mjs'
+];
 const ENTRY = 'src/index.mjs';
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 

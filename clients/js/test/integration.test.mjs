@@ -119,7 +119,7 @@ test('an execution that finished before connect: replay then done', { skip: NO_S
 test('mini-program adapter (fake wx over a real socket): header token, hide/show, network loss, exactly once', { skip: NO_SERVICE }, async () => {
   const id = newExecution('wx');
   const wx = fakeWx();
-  const c = makeClient(shared, id, { wx, WebSocket: undefined });
+  const c = makeClient(shared, id, { wx, WebSocket: undefined, HIDE_GRACE: 0 });
   c.client.connect(id, c.handlers);
   await waitFor(() => c.rec.connected.length === 1, { what: 'connected' });
   assert.equal(wx.tasks.length, 1);

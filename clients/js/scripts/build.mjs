@@ -3,6 +3,7 @@
 //   dist/progress-relay.mjs  ES module (browsers, bundlers, /demo)
 //   dist/progress-relay.js   CommonJS (WeChat mini-programs: copy and require)
 //   ../../service/static/progress-relay.mjs  the same ES module, for the /demo page
+//   ../miniprogram/utils/progress-relay.js   the CommonJS build, for the example mini-program
 // The sources follow a strict convention this script checks: single-line
 // relative imports, `export function|const|class` declarations, and
 // `export { a, b }` lists; no default exports; top-level names unique across
@@ -89,7 +90,9 @@ export function build() {
     'dist/progress-relay.mjs': esm,
     'dist/progress-relay.js': cjs,
     // the demo page served at /demo imports the same ES module
-    '../../service/static/progress-relay.mjs': esm
+    '../../service/static/progress-relay.mjs': esm,
+    // the example mini-program requires the CommonJS build from its utils/
+    '../miniprogram/utils/progress-relay.js': cjs
   };
 }
 
@@ -111,7 +114,7 @@ if (isMain) {
     }
   }
   if (check) {
-    if (stale.length) fail(`${stale.join(', ')} out of date: run npm run build and commit dist/`);
+    if (stale.length) fail(`${stale.join(', ')} out of date: run npm run build and commit its outputs`);
     console.log('build: dist/ is up to date');
   }
 }

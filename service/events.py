@@ -78,6 +78,8 @@ class Event:
     # Unix time the event was accepted (0: unknown, e.g. received through Redis pub/sub,
     # whose message does not carry it); only for the accept-to-socket latency metric.
     accepted_at: float = field(default=0.0, compare=False, repr=False)
+    # The stream epoch the seq belongs to (see brokers.base): a seq means nothing without it.
+    epoch: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """Decode the frame (for folding state; not on the delivery path)."""
@@ -95,9 +97,9 @@ class EventDraft:
     tail: str
     idempotency_key: str | None = None
 
-    def with_seq(self, seq: int) -> Event:
-        """The accepted event once the broker assigned ``seq``."""
-        return Event(seq, self.event, self.terminal, f"{self.head}{seq}{self.tail}", time.time())
+    def with_seq(self, seq: int, epoch: str) -> Event:
+        """The accepted event once the broker assigned ``seq`` in the stream's ``epoch``."""
+        return Event(seq, self.event, self.terminal, f"{self.head}{seq}{self.tail}", time.time(), epoch)
 
 
 def decode_frame(frame: str) -> dict[str, Any]:

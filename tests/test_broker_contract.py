@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from service.brokers import Broker, PublishResult, create_broker
+from service.brokers.memory import MemoryBroker
 from service.errors import ExecutionFinished
 from service.events import Event, EventDraft, parse_draft
 from tests.redis_util import delete_prefix, require_redis
@@ -91,6 +92,18 @@ class Backend:
             return broker
         other, _ = await self.make(broker.history_size, broker.history_ttl)
         return other
+
+    async def lose_history(self, broker: Broker) -> Broker:
+        """The storage loses every stream: a restarted memory process, a Redis emptied under a live instance.
+
+        Returns the broker to go on with (a new one for memory, ``broker`` itself for Redis).
+        """
+        if self.kind == "memory":
+            await broker.close()
+            replacement, _ = await self.make(broker.history_size, broker.history_ttl)
+            return replacement
+        delete_prefix(self.url, self.prefix)
+        return broker
 
     async def close(self) -> None:
         for broker in self.brokers:
@@ -320,3 +333,76 @@ async def test_ping_answers_when_reachable(backend: Backend) -> None:
     """A reachable broker answers ping without error."""
     broker, _ = await backend.make()
     await broker.ping()
+
+
+# -- stream epochs (contract v2) ---------------------------------------------------------
+
+
+EPOCH_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+async def test_a_stream_has_one_epoch_on_every_instance_in_results_history_and_live_events(backend: Backend) -> None:
+    """The epoch is a short opaque string, one per stream: in results, history pages, events, on every instance."""
+    broker, recorder = await backend.make()
+    other = await backend.peer(broker)
+    await broker.subscribe("ep")
+    first = await broker.publish(draft("ep", key="k"))
+    second = await other.publish(draft("ep"))
+    duplicate = await other.publish(draft("ep", key="k"))
+    epoch = first.epoch
+    assert 1 <= len(epoch) <= 32 and set(epoch) <= EPOCH_CHARS
+    assert second.epoch == duplicate.epoch == epoch
+    assert first.event is not None and first.event.epoch == epoch
+    page = await other.history("ep")
+    assert page.epoch == epoch and {e.epoch for e in page.events} == {epoch}
+    await recorder.wait_for("ep", 2)
+    assert {e.epoch for e in recorder.events["ep"]} == {epoch}
+    assert (await broker.publish(draft("ep-other"))).epoch != epoch  # epochs are per stream
+
+
+async def test_a_subscribers_read_creates_the_epoch_the_first_publish_uses(backend: Backend) -> None:
+    """A subscriber arriving before the first event learns its events' epoch; a state read creates none."""
+    broker, _ = await backend.make()
+    peek = await broker.history("early", create=False)
+    assert (peek.epoch, peek.exists) == ("", False)
+    page = await broker.history("early")
+    assert page.epoch and not page.exists and page.events == []
+    assert (await broker.history("early", create=False)).epoch == page.epoch
+    assert (await broker.history("early")).epoch == page.epoch
+    result = await broker.publish(draft("early"))
+    assert (result.seq, result.epoch) == (1, page.epoch)
+
+
+async def test_a_lost_stream_comes_back_in_a_new_epoch_without_its_idempotency_keys(backend: Backend) -> None:
+    """After the storage lost the stream, seq restarts at 1 in a new epoch, and an old key is stored again."""
+    broker, _ = await backend.make()
+    old = [await broker.publish(draft("lost", key=f"k{i}")) for i in range(3)]
+    broker = await backend.lose_history(broker)
+    page = await broker.history("lost")
+    assert page.epoch and page.epoch != old[0].epoch and page.latest_seq == 0
+    retry = await broker.publish(draft("lost", key="k2"))
+    assert (retry.seq, retry.duplicate, retry.epoch) == (1, False, page.epoch)
+
+
+async def test_an_expired_stream_that_comes_back_has_a_new_epoch(backend: Backend) -> None:
+    """A stream that outlived its TTL and is published to again is a new stream: new epoch, seq 1."""
+    broker, _ = await backend.make(history_ttl=1)
+    old = await broker.publish(draft("exp"))
+    if backend.kind == "memory":
+        assert isinstance(broker, MemoryBroker)
+        broker._logs["exp"].touched -= 5  # expire it without waiting
+    else:
+        async with asyncio.timeout(5):
+            while (await broker.history("exp", create=False)).exists:
+                await asyncio.sleep(0.1)
+    again = await broker.publish(draft("exp"))
+    assert again.seq == 1 and again.epoch != old.epoch
+
+
+async def test_history_after_any_large_seq_is_an_empty_page_not_an_error(backend: Backend) -> None:
+    """A cursor far beyond any seq (10**25, 2**64) reads nothing, with the stream's epoch and latest seq."""
+    broker, _ = await backend.make()
+    result = await broker.publish(draft("big"))
+    for after in (2**64 - 2, 2**64 - 1, 2**64, 10**25):
+        page = await broker.history("big", after=after)
+        assert (page.events, page.latest_seq, page.epoch) == ([], 1, result.epoch), after

@@ -205,3 +205,56 @@ async def test_publishes_pending_at_close_answer_broker_unavailable(make_broker:
     async with asyncio.timeout(5):
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(not isinstance(o, BaseException) or isinstance(o, BrokerUnavailable) for o in outcomes), outcomes
+
+
+async def test_a_stream_written_before_epochs_keeps_its_history_and_gets_an_epoch(
+    make_broker: Callable[..., Any], redis_url: str
+) -> None:
+    """A meta hash with a seq but no epoch (v1 data) is adopted: history kept, seq goes on, one epoch from then on."""
+    broker: RedisBroker = await make_broker()
+    await broker.publish(progress("legacy"))
+    await broker.publish(progress("legacy"))
+    _, meta, _ = broker.keys("legacy")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.hdel(meta, "epoch")
+    finally:
+        client.close()
+    assert (await broker.history("legacy", create=False)).epoch == ""  # a state read changes nothing
+    page = await broker.history("legacy")
+    assert [e.seq for e in page.events] == [1, 2] and page.epoch
+    result = await broker.publish(progress("legacy"))
+    assert (result.seq, result.epoch) == (3, page.epoch)
+
+
+async def test_a_half_evicted_stream_starts_over_instead_of_failing(
+    make_broker: Callable[..., Any], redis_url: str
+) -> None:
+    """Meta gone but the stream and keys left (eviction, or expiry reaping one key first): seq 1 in a new epoch."""
+    broker: RedisBroker = await make_broker()
+    old = await broker.publish(
+        parse_draft("half", {"event": "progress", "data": {"progress": 1, "stage": "s"}, "idempotency_key": "k"})
+    )
+    await broker.publish(progress("half"))
+    _, meta, _ = broker.keys("half")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.delete(meta)
+    finally:
+        client.close()
+    again = await broker.publish(
+        parse_draft("half", {"event": "progress", "data": {"progress": 1, "stage": "s"}, "idempotency_key": "k"})
+    )
+    assert (again.seq, again.duplicate) == (1, False) and again.epoch != old.epoch
+    page = await broker.history("half")
+    assert [e.seq for e in page.events] == [1] and page.epoch == again.epoch
+
+
+async def test_a_new_instance_on_an_intact_redis_keeps_the_epoch(make_broker: Callable[..., Any]) -> None:
+    """A relay restarted with Redis intact reads the same epoch: no reset for its subscribers."""
+    first: RedisBroker = await make_broker()
+    result = await first.publish(progress("kept"))
+    await first.close()
+    second: RedisBroker = await make_broker()
+    page = await second.history("kept")
+    assert (page.epoch, page.latest_seq) == (result.epoch, 1)

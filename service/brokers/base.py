@@ -14,11 +14,21 @@ Guarantees every broker gives:
 - The listener receives the events of one execution in seq order. A broker
   that may miss live events (a network broker reconnecting) calls
   ``on_resync`` afterwards so subscribers re-read history.
+- Every stream has an *epoch* (contract v2, "Stream epochs"): an opaque string
+  created with the stream, at its first publish or its first subscriber's
+  history read, whichever comes first, and never changed while the stream's
+  history lives. A stream whose history was lost (a restarted memory broker, a
+  flushed or failed-over Redis, an expired stream whose id is used again) gets
+  a new epoch and starts again at seq 1, without the old epoch's idempotency
+  keys. Every history page and every event says which epoch it belongs to, so a
+  subscriber can tell "seq 3 of the stream I followed" from "seq 3 of a new one".
 """
 
 from __future__ import annotations
 
 import abc
+import itertools
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -26,20 +36,35 @@ from typing import ClassVar
 from ..errors import RelayError
 from ..events import Event, EventDraft
 
-__all__ = ["Broker", "HistoryPage", "Listener", "PublishResult", "RevocationListener"]
+__all__ = ["EPOCH_MAX_LENGTH", "Broker", "HistoryPage", "Listener", "PublishResult", "RevocationListener", "new_epoch"]
 
 Listener = Callable[[str, Event], None]
 RevocationListener = Callable[[str, str, float], None]  # (kind, value, revoked at)
 
 
+#: The longest epoch the contract allows (of ``A-Za-z0-9_-``).
+EPOCH_MAX_LENGTH = 32
+
+# A random part per process and a counter: unique across processes and restarts
+# (16 random characters) and within a process (the counter), at the cost of a format.
+_EPOCH_BASE = secrets.token_urlsafe(12)
+_epoch_counter = itertools.count(1)
+
+
+def new_epoch() -> str:
+    """A fresh stream epoch: never returned before, by any process (at most 32 of ``A-Za-z0-9_-``)."""
+    return f"{_EPOCH_BASE}{next(_epoch_counter):x}"
+
+
 @dataclass(slots=True)  # not frozen: built once per publish, and a frozen __init__ costs 3x as much
 class PublishResult:
-    """The outcome of one publish: the seq and whether it was a duplicate."""
+    """The outcome of one publish: the seq, whether it was a duplicate, and the stream's epoch."""
 
     execution_id: str
     seq: int
     duplicate: bool
     event: Event | None = None  # None for a duplicate: nothing new to deliver
+    epoch: str = ""
 
 
 @dataclass(slots=True)
@@ -51,6 +76,7 @@ class HistoryPage:
     first_seq: int = 0  # oldest seq still retained (0: none retained)
     terminal: bool = False
     updated_at: float = 0.0  # unix time of the last event
+    epoch: str = ""  # the stream's epoch ("" only when the stream does not exist and was not created)
 
     @property
     def exists(self) -> bool:
@@ -116,8 +142,17 @@ class Broker(abc.ABC):
         return results
 
     @abc.abstractmethod
-    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
-        """Retained events with ``seq > after`` (at most ``limit``), oldest first."""
+    async def history(
+        self, execution_id: str, after: int = 0, limit: int | None = None, *, create: bool = True
+    ) -> HistoryPage:
+        """Retained events with ``seq > after`` (at most ``limit``), oldest first, and the stream's epoch.
+
+        With ``create`` (a subscriber's read), a stream that does not exist yet
+        is created with a fresh epoch and no events, so that the epoch the
+        subscriber is told is the one the first publish will use. Without it
+        (a state read) an unknown stream stays unknown (epoch ``""``).
+        ``after`` may be any non-negative integer, however large.
+        """
 
     @abc.abstractmethod
     async def subscribe(self, execution_id: str) -> None:

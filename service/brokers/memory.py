@@ -1,9 +1,11 @@
 """The in-memory broker: one process, nothing to install.
 
 Each execution keeps a bounded deque of events, its next seq, its
-idempotency keys and whether it has finished. Everything happens on the
-event loop without awaiting, so a publish is atomic by construction and the
-listener sees events in seq order.
+idempotency keys, whether it has finished, and its epoch. Everything happens
+on the event loop without awaiting, so a publish is atomic by construction and
+the listener sees events in seq order. Epochs come from
+:func:`~service.brokers.base.new_epoch`, so a restarted process, and a stream
+that expired and came back, have new ones.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ExecutionFinished
 from ..events import Event, EventDraft
-from .base import Broker, HistoryPage, PublishResult
+from .base import Broker, HistoryPage, PublishResult, new_epoch
 
 __all__ = ["MemoryBroker"]
 
@@ -24,6 +26,7 @@ __all__ = ["MemoryBroker"]
 @dataclass(slots=True)
 class _Log:
     events: deque[Event]
+    epoch: str
     latest_seq: int = 0
     terminal: bool = False
     updated_at: float = 0.0  # wall clock, reported to clients
@@ -60,18 +63,20 @@ class MemoryBroker(Broker):
             return None
         return log
 
+    def _new_log(self, execution_id: str) -> _Log:
+        log = self._logs[execution_id] = _Log(deque(maxlen=self.history_size), new_epoch(), touched=time.monotonic())
+        return log
+
     async def publish(self, draft: EventDraft) -> PublishResult:
         """Assign the next seq, append, remember the key, and hand to the listener."""
         eid = draft.execution_id
-        log = self._live_log(eid)
-        if log is None:
-            log = self._logs[eid] = _Log(deque(maxlen=self.history_size))
+        log = self._live_log(eid) or self._new_log(eid)
         if draft.idempotency_key is not None and draft.idempotency_key in log.keys:
-            return PublishResult(eid, log.keys[draft.idempotency_key], True)
+            return PublishResult(eid, log.keys[draft.idempotency_key], True, None, log.epoch)
         if log.terminal:
             raise ExecutionFinished()
         log.latest_seq += 1
-        event = draft.with_seq(log.latest_seq)
+        event = draft.with_seq(log.latest_seq, log.epoch)
         log.events.append(event)
         log.terminal = event.terminal
         log.updated_at = time.time()
@@ -81,19 +86,23 @@ class MemoryBroker(Broker):
         self.published += 1
         if self._listener is not None:
             self._listener(eid, event)
-        return PublishResult(eid, event.seq, False, event)
+        return PublishResult(eid, event.seq, False, event, log.epoch)
 
-    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
+    async def history(
+        self, execution_id: str, after: int = 0, limit: int | None = None, *, create: bool = True
+    ) -> HistoryPage:
         """Retained events after ``after``; seqs are contiguous, so slice by offset."""
         log = self._live_log(execution_id)
         if log is None:
-            return HistoryPage()
+            if not create:
+                return HistoryPage()
+            log = self._new_log(execution_id)
         events = log.events
         first = events[0].seq if events else 0
         start = max(0, after + 1 - first) if first else 0
         stop = len(events) if limit is None else min(len(events), start + limit)
         selected = [events[i] for i in range(start, stop)] if start < stop else []
-        return HistoryPage(selected, log.latest_seq, first, log.terminal, log.updated_at)
+        return HistoryPage(selected, log.latest_seq, first, log.terminal, log.updated_at, log.epoch)
 
     async def subscribe(self, execution_id: str) -> None:
         """Nothing to do: every publish already reaches the listener."""

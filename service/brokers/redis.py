@@ -6,10 +6,11 @@ keys live in one slot and one Lua script may touch them all)::
     <prefix>:{<eid>}:stream   Stream, entry id "<seq>-0", fields f (frame),
                               e (event type), t ("1" if terminal);
                               trimmed to exactly RELAY_HISTORY_SIZE entries
-    <prefix>:{<eid>}:meta     Hash: seq (counter), terminal ("0"/"1"),
-                              updated (unix ms of the last event)
+    <prefix>:{<eid>}:meta     Hash: epoch (the stream's epoch), seq (counter),
+                              terminal ("0"/"1"), updated (unix ms of the last event)
     <prefix>:{<eid>}:idem     Hash: idempotency key -> seq
-    <prefix>:{<eid>}:live     pub/sub channel; message "<seq>|<t>|<event>|<frame>"
+    <prefix>:{<eid>}:live     pub/sub channel; message
+                              "<epoch>|<seq>|<t>|<event>|<frame>"
 
 All three keys get ``EXPIRE RELAY_HISTORY_TTL`` on every publish. Assigning
 the seq, appending, recording the idempotency key, refusing events after a
@@ -18,6 +19,19 @@ never assign the same seq and Redis delivers one execution's messages in seq
 order. Because stream ids are the seqs themselves, a history read after
 ``N`` is one ``XRANGE (N+1)-0 +``; exact trimming keeps the retained seqs
 contiguous.
+
+The epoch lives in the meta hash, so it goes wherever the stream goes and is
+lost with it (a flush, a restart without persistence, a failover to a copy
+without the stream, expiry). Whichever script finds the meta without an epoch
+first, the publish or a subscriber's history read, stores the fresh epoch its
+caller offered (:func:`~service.brokers.base.new_epoch`; Lua has no good
+randomness) and, when the meta had no seq either, deletes whatever is left of
+an older stream and its idempotency keys, so a lost epoch's keys never answer
+for the new one and a half-evicted stream never blocks ``XADD 1-0``. A meta
+with a seq but no epoch is a stream written before epochs existed: it keeps
+its history and gets an epoch. History reads return the epoch, and every
+pub/sub message carries it, so a subscriber notices a new stream both live
+and when it re-reads history after a resync.
 
 One pub/sub connection per instance carries the channels of executions that
 have local subscribers. A reader task hands each message to the listener in
@@ -49,7 +63,7 @@ from redis.retry import Retry
 
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
 from ..events import Event, EventDraft
-from .base import Broker, HistoryPage, PublishResult
+from .base import Broker, HistoryPage, PublishResult, new_epoch
 
 __all__ = ["RedisBroker"]
 
@@ -57,15 +71,23 @@ log = logging.getLogger("relay.broker.redis")
 
 # KEYS: stream, meta, idem.
 # ARGV: head, tail, event, terminal ("0"/"1"), idempotency key ("" for none),
-#       history size, ttl seconds, now (unix ms), channel.
-# Returns {1, seq} accepted, {0, seq} duplicate, {-1, 0} execution finished.
+#       history size, ttl seconds, now (unix ms), channel, epoch for a new stream.
+# Returns {1, seq, epoch} accepted, {0, seq, epoch} duplicate, {-1, 0, epoch} execution finished.
 PUBLISH_LUA = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[10]
+  if not redis.call('HGET', KEYS[2], 'seq') then
+    redis.call('DEL', KEYS[1], KEYS[3])
+  end
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
 local key = ARGV[5]
 if key ~= '' then
   local seen = redis.call('HGET', KEYS[3], key)
-  if seen then return {0, tonumber(seen)} end
+  if seen then return {0, tonumber(seen), epoch} end
 end
-if redis.call('HGET', KEYS[2], 'terminal') == '1' then return {-1, 0} end
+if redis.call('HGET', KEYS[2], 'terminal') == '1' then return {-1, 0, epoch} end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local frame = ARGV[1] .. seq .. ARGV[2]
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], seq .. '-0', 'f', frame, 'e', ARGV[3], 't', ARGV[4])
@@ -77,17 +99,30 @@ if key ~= '' then
   redis.call('HSET', KEYS[3], key, seq)
   redis.call('EXPIRE', KEYS[3], ttl)
 end
-redis.call('PUBLISH', ARGV[9], seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
-return {1, seq}
+redis.call('PUBLISH', ARGV[9], epoch .. '|' .. seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
+return {1, seq, epoch}
 """
 
-# KEYS: stream, meta. ARGV: first stream id wanted ("<after+1>-0"), limit (0: no limit).
-# Returns {} for an unknown execution, else
-# {latest_seq, terminal, updated_ms, first_seq, seq1, frame1, event1, t1, seq2, ...}.
+# KEYS: stream, meta, idem. ARGV: first stream id wanted ("<after+1>-0"), limit (0: no limit),
+#       epoch for a new stream ("" : do not create one), ttl seconds.
+# Returns {} for an unknown execution not created, else
+# {latest_seq, terminal, updated_ms, first_seq, epoch, seq1, frame1, event1, t1, seq2, ...}.
 HISTORY_LUA = """
-local meta = redis.call('HMGET', KEYS[2], 'seq', 'terminal', 'updated')
-if not meta[1] then return {} end
-local out = {tonumber(meta[1]), meta[2] or '0', meta[3] or '0', 0}
+local meta = redis.call('HMGET', KEYS[2], 'seq', 'terminal', 'updated', 'epoch')
+local epoch = meta[4]
+if not epoch then
+  if ARGV[3] == '' then
+    if not meta[1] then return {} end
+    epoch = ''
+  else
+    epoch = ARGV[3]
+    if not meta[1] then redis.call('DEL', KEYS[1], KEYS[3]) end
+    redis.call('HSET', KEYS[2], 'epoch', epoch)
+    if not meta[1] then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+  end
+end
+if not meta[1] then return {0, '0', '0', 0, epoch} end
+local out = {tonumber(meta[1]), meta[2] or '0', meta[3] or '0', 0, epoch}
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
 if #first > 0 then out[4] = tonumber(string.match(first[1][1], '^%d+')) end
 local start = ARGV[1]
@@ -108,6 +143,7 @@ return out
 """
 
 _MAX_PIPELINE = 1000  # script calls per round trip
+_MAX_STREAM_SEQ = 2**64 - 1  # the largest stream id Redis takes; a seq never gets near it
 _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
 
 
@@ -232,17 +268,18 @@ class RedisBroker(Broker):
             self.history_ttl,
             int(time.time() * 1000),
             self.channel(draft.execution_id),
+            new_epoch(),
         )
         return self.keys(draft.execution_id), args
 
     def _result(self, draft: EventDraft, reply: Any) -> PublishResult:
-        status, seq = int(reply[0]), int(reply[1])
+        status, seq, epoch = int(reply[0]), int(reply[1]), reply[2]
         if status < 0:
             raise ExecutionFinished()
         if status == 0:
-            return PublishResult(draft.execution_id, seq, True)
+            return PublishResult(draft.execution_id, seq, True, None, epoch)
         self.published += 1
-        return PublishResult(draft.execution_id, seq, False, draft.with_seq(seq))
+        return PublishResult(draft.execution_id, seq, False, draft.with_seq(seq, epoch), epoch)
 
     async def publish(self, draft: EventDraft) -> PublishResult:
         """Run the publish script; the listener gets the event through pub/sub.
@@ -369,21 +406,30 @@ class RedisBroker(Broker):
 
     # -- reading ------------------------------------------------------------------
 
-    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
-        """Retained events after ``after``, read in one script (a consistent snapshot)."""
-        stream, meta, _ = self.keys(execution_id)
+    async def history(
+        self, execution_id: str, after: int = 0, limit: int | None = None, *, create: bool = True
+    ) -> HistoryPage:
+        """Retained events after ``after`` and the epoch, read in one script (a consistent snapshot)."""
+        if after >= _MAX_STREAM_SEQ:  # no stream id that high: XRANGE would refuse the start id
+            page = await self.history(execution_id, 0, 1, create=create)
+            page.events = []
+            return page
         try:
             # The start id is built here: Lua numbers are doubles and would print a large seq as 9.0e+15.
-            reply = await self._history_script(keys=(stream, meta), args=(f"{max(0, after) + 1}-0", limit or 0))
+            reply = await self._history_script(
+                keys=self.keys(execution_id),
+                args=(f"{max(0, after) + 1}-0", limit or 0, new_epoch() if create else "", self.history_ttl),
+            )
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
         if not reply:
             return HistoryPage()
-        latest, terminal, updated, first = int(reply[0]), reply[1] == "1", int(reply[2]), int(reply[3])
+        latest, terminal, updated, first, epoch = int(reply[0]), reply[1] == "1", int(reply[2]), int(reply[3]), reply[4]
         events = [
-            Event(int(reply[i]), reply[i + 2], reply[i + 3] == "1", reply[i + 1]) for i in range(4, len(reply), 4)
+            Event(int(reply[i]), reply[i + 2], reply[i + 3] == "1", reply[i + 1], 0.0, epoch)
+            for i in range(5, len(reply), 4)
         ]
-        return HistoryPage(events, latest, first, terminal, updated / 1000.0)
+        return HistoryPage(events, latest, first, terminal, updated / 1000.0, epoch)
 
     async def ping(self) -> None:
         """PING within ``ping_timeout``; also unready while live delivery is reconnecting."""
@@ -501,8 +547,8 @@ class RedisBroker(Broker):
         if listener is None:
             return
         try:
-            seq, terminal, event, frame = data.split("|", 3)
-            listener(execution_id, Event(int(seq), event, terminal == "1", frame))
+            epoch, seq, terminal, event, frame = data.split("|", 4)
+            listener(execution_id, Event(int(seq), event, terminal == "1", frame, 0.0, epoch))
         except Exception:
             self.dropped_messages += 1
             log.exception("a live event could not be dispatched")

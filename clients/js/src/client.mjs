@@ -6,7 +6,7 @@
 // See docs/client.md.
 import { parseRetryAfter, buildQuery, stripTrailingSlash, toWebSocketBase, safeJsonParse } from './util.mjs';
 import { getGlobal, resolveTransport, transportProblem } from './transport-select.mjs';
-import { ReconnectPolicy, closeVerdict } from './reconnect.mjs';
+import { ReconnectPolicy, closeVerdict, isRefusalClose, refusalMessage } from './reconnect.mjs';
 import { Delivery, isTerminalEvent } from './delivery.mjs';
 import { SessionTimers } from './timers.mjs';
 
@@ -508,7 +508,7 @@ class ProgressRelayClient {
     }
     const verdict = closeVerdict(info, s, this._delivery);
     if (verdict === 'finish') this._finish(null);
-    else if (verdict === 'refused') this._fatal(info.code, info.reason, info.code === 4503 ? 'forbidden' : 'token invalid or revoked');
+    else if (verdict === 'refused') this._fatal(info.code, info.reason, refusalMessage(info.code, info.reason));
     else this[VERDICT_METHODS[verdict]](s, info);
   }
 
@@ -597,7 +597,7 @@ class ProgressRelayClient {
 
   _probeEnded(s, info) {
     const code = info.code;
-    if (code >= 4500 && code <= 4999) {
+    if (isRefusalClose(code)) {
       // the socket is refused for good; polling decides about the token
       this._fallback = false;
       return;

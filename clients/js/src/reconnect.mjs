@@ -5,20 +5,33 @@
 import { computeBackoff } from './util.mjs';
 
 /** Codes that mean "reconnect and resume" before `connected` too. */
-const RETRY_CODES = [1000, 1001, 1008, 1009, 1011, 1012];
+const RETRY_CODES = [1000, 1001, 1011, 1012];
 
 /**
- * 4500-4999: the relay refuses this token or user for good.
+ * 4500-4999: the relay refuses this token or user for good; 1008 / 1009: it
+ * refused what this client sent (a cursor, a frame), which a reconnect would
+ * only send again.
  * @param {number} code
  */
 export function isRefusalClose(code) {
-  return code >= 4500 && code <= 4999;
+  return (code >= 4500 && code <= 4999) || code === 1008 || code === 1009;
+}
+
+/**
+ * The error text for a refusal close.
+ * @param {number} code
+ * @param {string} [reason]
+ */
+export function refusalMessage(code, reason) {
+  if (code === 4503) return 'forbidden';
+  if (code === 1008 || code === 1009) return 'the relay refused a message of this client' + (reason ? ': ' + reason : '');
+  return 'token invalid or revoked';
 }
 
 /**
  * What to do after a socket ended.
  *   finish        the relay's own end of the stream
- *   refused       4500-4999: stop, tell the page
+ *   refused       4500-4999, 1008, 1009: stop, tell the page
  *   refresh       4001: a fresh token first, then resume
  *   check-end     a 1000 that is not the relay's end (WeChat's "interrupted"):
  *                 the state endpoint says whether the execution finished

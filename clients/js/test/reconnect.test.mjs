@@ -33,6 +33,7 @@ test('codes never seen: 4000-4499 reconnect, 4500-4999 stop, anything else befor
   assert.equal(closeVerdict({ code: 4001 }, live, caughtUp()), 'refresh');
   assert.equal(closeVerdict({ code: 4000, local: true }, opening, caughtUp()), 'retry');
   assert.ok(isRefusalClose(4500) && !isRefusalClose(4499) && !isRefusalClose(5000));
+  assert.equal(closeVerdict({ code: 1008, reason: 'cursor not understood' }, opening, caughtUp()), 'refused', 'the same cursor again would be refused again');
 });
 
 test('back-off 3, 6, 12, 24, 48 s, then the fallback; a good connection starts a fresh series', () => {

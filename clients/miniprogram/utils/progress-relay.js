@@ -651,20 +651,33 @@ function transportProblem(t) {
 // the client keeps the timers. See docs/client.md ("Close codes").
 
 /** Codes that mean "reconnect and resume" before `connected` too. */
-const RETRY_CODES = [1000, 1001, 1008, 1009, 1011, 1012];
+const RETRY_CODES = [1000, 1001, 1011, 1012];
 
 /**
- * 4500-4999: the relay refuses this token or user for good.
+ * 4500-4999: the relay refuses this token or user for good; 1008 / 1009: it
+ * refused what this client sent (a cursor, a frame), which a reconnect would
+ * only send again.
  * @param {number} code
  */
 function isRefusalClose(code) {
-  return code >= 4500 && code <= 4999;
+  return (code >= 4500 && code <= 4999) || code === 1008 || code === 1009;
+}
+
+/**
+ * The error text for a refusal close.
+ * @param {number} code
+ * @param {string} [reason]
+ */
+function refusalMessage(code, reason) {
+  if (code === 4503) return 'forbidden';
+  if (code === 1008 || code === 1009) return 'the relay refused a message of this client' + (reason ? ': ' + reason : '');
+  return 'token invalid or revoked';
 }
 
 /**
  * What to do after a socket ended.
  *   finish        the relay's own end of the stream
- *   refused       4500-4999: stop, tell the page
+ *   refused       4500-4999, 1008, 1009: stop, tell the page
  *   refresh       4001: a fresh token first, then resume
  *   check-end     a 1000 that is not the relay's end (WeChat's "interrupted"):
  *                 the state endpoint says whether the execution finished
@@ -1435,7 +1448,7 @@ class ProgressRelayClient {
     }
     const verdict = closeVerdict(info, s, this._delivery);
     if (verdict === 'finish') this._finish(null);
-    else if (verdict === 'refused') this._fatal(info.code, info.reason, info.code === 4503 ? 'forbidden' : 'token invalid or revoked');
+    else if (verdict === 'refused') this._fatal(info.code, info.reason, refusalMessage(info.code, info.reason));
     else this[VERDICT_METHODS[verdict]](s, info);
   }
 
@@ -1524,7 +1537,7 @@ class ProgressRelayClient {
 
   _probeEnded(s, info) {
     const code = info.code;
-    if (code >= 4500 && code <= 4999) {
+    if (isRefusalClose(code)) {
       // the socket is refused for good; polling decides about the token
       this._fallback = false;
       return;

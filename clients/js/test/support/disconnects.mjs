@@ -10,8 +10,8 @@ const FILE = new URL('./disconnects.json', import.meta.url);
 const FALLBACK = [
   { code: 1000, reason: 'execution finished', reconnect: false },
   { code: 1001, reason: 'going away', reconnect: true },
-  { code: 1008, reason: 'bad message', reconnect: true },
-  { code: 1009, reason: 'message too big', reconnect: true },
+  { code: 1008, reason: 'cursor not understood', reconnect: false },
+  { code: 1009, reason: 'message too big', reconnect: false },
   { code: 1011, reason: 'internal error', reconnect: true },
   { code: 1012, reason: 'service restart', reconnect: true },
   { code: 4001, reason: 'token expired', reconnect: true },

@@ -110,13 +110,13 @@ test('toggle to polling (the socket closes, long polls carry the cursor) and bac
   await publish(relay.base, id, 'progress', progress(20, 'ai_fetching', '正在查询通义千问（2/5）'));
   await waitFor(() => page.data.progress === 20, { what: 'progress 20 by polling' });
   const polls = () => wx.requests.slice(requestsBefore).filter((r) => r.url.includes('/events?'));
-  await waitFor(() => polls().some((r) => /after=2&wait=2/.test(r.url)), { what: 'a long poll after seq 2' });
-  assert.match(polls()[0].url, /after=1&wait=0/, 'the first poll catches up at once');
-  assert.ok(polls().some((r) => /after=1&wait=2/.test(r.url)), 'then long polls carrying the cursor');
+  await waitFor(() => polls().some((r) => /after=2&epoch=[\w-]+&wait=2/.test(r.url)), { what: 'a long poll after seq 2 of this epoch' });
+  assert.match(polls()[0].url, /after=1&epoch=[\w-]+&wait=0/, 'the first poll catches up at once');
+  assert.ok(polls().some((r) => /after=1&epoch=[\w-]+&wait=2/.test(r.url)), 'then long polls carrying the cursor');
   assert.ok(polls().every((r) => !r.url.includes('token=') && /^Bearer /.test(r.header.Authorization)));
   page.querySelector('#toggle').dispatchEvent('tap');
   await waitFor(() => page.data.badge.kind === 'connected', { what: 'back on the socket' });
-  assert.match(wx.tasks[wx.tasks.length - 1].url, /last_seq=2/);
+  assert.match(wx.tasks[wx.tasks.length - 1].url, /last_seq=2&epoch=[\w-]+$/);
   await publish(relay.base, id, 'progress', progress(30, 'ai_fetching', '正在查询 Kimi（3/5）'));
   await waitFor(() => page.data.progress === 30, { what: 'progress 30 on the socket' });
   page.instance.onUnload();
@@ -269,6 +269,7 @@ test('a reset (the relay lost the stream: new epoch) clears and rebuilds the pag
     await publish(own.base, id, 'progress', progress(40, 'ai_fetching', '正在查询豆包（4/5）'));
     await publish(own.base, id, 'result', { platform: 'wenxin', platform_name: '文心一言', score: 80 });
     await waitFor(() => page.querySelectorAll('.row').length === 1, { what: 'old row' });
+    const oldEpoch = page.instance.client.getEpoch();
     await own.stop('SIGKILL');
     current = await startRelay({ port: own.port });
     await publish(current.base, id, 'progress', progress(5, 'ai_fetching', '重新开始向 AI 平台提问'));
@@ -276,6 +277,8 @@ test('a reset (the relay lost the stream: new epoch) clears and rebuilds the pag
     await waitFor(() => page.data.progress === 5, { what: 'the new stream from its start' });
     assert.equal(page.querySelectorAll('.row').length, 0, 'the lost stream\'s rows are gone');
     assert.equal(textOf(page, '#status-text'), '重新开始向 AI 平台提问');
+    assert.notEqual(page.instance.client.getEpoch(), oldEpoch, 'a new epoch');
+    assert.equal(textOf(page, '#notice'), '数据已重新同步');
     page.instance.onUnload();
   } finally {
     Object.assign(app.globalData.relay, saved);

@@ -76,7 +76,7 @@ Component({
     _watch(resume) {
       const page = this;
       this.client.connect(this.data.executionId, {
-        onConnected: function (info) { page._render(Object.assign({ notice: '' }, view.modeFields(info.mode))); },
+        onConnected: function (info) { page._render(view.modeFields(info.mode)); },
         onProgress: function (d) { page._render(view.progressFields(d)); },
         onResult: function (d) { page._render({ platforms: view.mergeRow(page._data().platforms, view.resultRow(d)) }); },
         onError: function (d, evt) { page._onError(d, evt); },

@@ -17,12 +17,13 @@ from sanic.response import BaseHTTPResponse, HTTPResponse
 from . import metrics, shutdown
 from .config import Settings, load_settings
 from .errors import RelayError
-from .heartbeat import Heartbeat
 from .http import error_response, json_response
+from .ingest import start_consumers, stop_consumers
 from .limits import ConnectionLimits
 from .logs import redact, request_id
+from .pinger import Pinger
 from .relay import Relay
-from .routes import internal, ops, ws
+from .routes import internal, ops, public, ws
 from .wsproto import RelayWebSocketProtocol, compression_extensions
 
 __all__ = ["SERVER_PROTOCOL", "create_app"]
@@ -43,7 +44,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.config.update(
         {
             "WEBSOCKET_MAX_SIZE": settings.ws_max_message_size,
-            # Keepalive pings come from one Heartbeat task, not one Sanic task per socket.
+            # Protocol pings come from one Pinger task, not one Sanic task per socket.
             "WEBSOCKET_PING_INTERVAL": None,
             "WEBSOCKET_PING_TIMEOUT": None,
             "REQUEST_MAX_SIZE": settings.max_body_size,
@@ -67,23 +68,25 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.blueprint(ops.bp)
     app.blueprint(ws.bp)
     app.blueprint(internal.bp)
-    _add_public_routes(app)
+    app.blueprint(public.bp)
 
     @app.before_server_start
     async def start_relay(app: Sanic[Any, Any]) -> None:
         relay = Relay(settings)
         await relay.start()
         app.ctx.relay = relay
-        app.ctx.heartbeat = Heartbeat(settings.ws_ping_interval, settings.ws_ping_timeout)
-        app.ctx.heartbeat.start()
+        app.ctx.pinger = Pinger(settings.ws_ping_interval, settings.ws_ping_timeout)
+        app.ctx.pinger.start()
         app.ctx.limits = ConnectionLimits(
             settings.max_connections, settings.max_connections_per_execution, settings.max_connections_per_sub
         )
-        await metrics.start(relay)
+        await metrics.start(relay, lambda: relay.hub.executions, relay.broker.stats)
+        app.ctx.ingest = await start_consumers(relay, settings)  # none unless RELAY_AMQP_URL / RELAY_OUTBOX_DSN
 
     @app.after_server_stop
     async def stop_relay(app: Sanic[Any, Any]) -> None:
-        await app.ctx.heartbeat.stop()
+        await stop_consumers(app.ctx.ingest)
+        await app.ctx.pinger.stop()
         await metrics.stop(app.ctx.relay)
         await app.ctx.relay.close()
 
@@ -151,15 +154,6 @@ def _next_request_id() -> str:
 def _request_id(value: str) -> str:
     """A caller's X-Request-ID if it is a plain id (it ends up in every log line of the request)."""
     return value if _REQUEST_ID.fullmatch(value) else ""
-
-
-def _add_public_routes(app: Sanic[Any, Any]) -> None:
-    """Polling, SSE and state routes, when their module is present."""
-    try:
-        from .routes import public
-    except ImportError:
-        return
-    app.blueprint(public.bp)
 
 
 def _relay_error(request: Request, exc: RelayError) -> HTTPResponse:

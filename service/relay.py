@@ -7,15 +7,15 @@ into calls of :class:`Relay` and its results back into responses.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from auth import Claims, PublisherKeys, TokenMinter, TokenVerifier
 
 from . import metrics
-from .brokers import Broker, HistoryPage, PublishResult, create_broker
+from .brokers import Broker, HistoryPage, PublishResult, broker_from_settings
 from .closecodes import TOKEN_REVOKED
 from .config import HMAC_ALGORITHMS, Settings
 from .cursor import Cursor
@@ -52,9 +52,7 @@ class Relay:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self.broker = broker or create_broker(
-            settings.broker_url, settings.history_size, settings.history_ttl, prefix=settings.redis_prefix
-        )
+        self.broker = broker or broker_from_settings(settings)
         metrics.instrument_broker(self.broker)
         self.hub = Hub(self.broker)
         self.broker.set_listener(self.hub.dispatch, self.hub.resync)
@@ -68,7 +66,6 @@ class Relay:
         )
         self.minter = _minter(settings)
         self.publisher_keys = PublisherKeys(settings.publish_keys)
-        self.counters: Counter[str] = Counter()
         self.started_at = time.time()
         self.publishing = 0  # publishes in flight, awaited by a graceful shutdown
 
@@ -97,8 +94,7 @@ class Relay:
         return result
 
     def _accepted(self, draft: EventDraft, result: PublishResult) -> None:
-        """Count one accepted (or duplicate) event in the stats and the metrics."""
-        self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
+        """Count one accepted (or duplicate) event."""
         metrics.published(draft.event, result.duplicate)
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
@@ -148,7 +144,7 @@ class Relay:
             if (kind == "jti" and claims.jti == value) or (
                 kind == "sub" and claims.sub == value and (claims.iat is None or claims.iat <= at)
             ):
-                self.counters["revoked_closes"] += 1
+                metrics.revoked_close()
                 subscriber.close(TOKEN_REVOKED)
 
     async def history(
@@ -193,13 +189,14 @@ class Relay:
             self.hub.remove(execution_id, waiter)
 
     def stats(self) -> dict[str, Any]:
-        """Connections, executions and counters of this instance."""
+        """The instance's figures: the counters and gauges of /metrics, all workers' when several."""
         return {
-            "connections": self.hub.connections,
-            "executions": self.hub.executions,
+            "scope": "instance",
+            "workers": self.settings.workers,
+            "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "broker": self.settings.broker_scheme,
-            "counters": {**self.counters, **self.broker.stats(), "frames_dispatched": self.hub.dispatched},
+            **metrics.snapshot(),
         }
 
 

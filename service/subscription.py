@@ -310,7 +310,6 @@ class Subscription:
             if task is not None and task is not current and not task.done():
                 task.cancel()
         if disconnect is SLOW_CONSUMER:
-            self.relay.counters["slow_consumer_closes"] += 1
             metrics.slow_consumer()
         with contextlib.suppress(Exception):
             self.sink.close_now(disconnect)

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import PUBLISH_KEY, Server, StartServer, make_token, recv_json
+from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token, recv_json
 from tests.redis_util import redis_url  # noqa: F401 - fixture
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
@@ -25,7 +25,8 @@ async def closed_code(ws: ClientConnection) -> int:
 
 
 async def test_revoke_by_jti_closes_that_socket_only_and_refuses_it_again(server: Server) -> None:
-    """Revoking one jti closes sockets using that token with 4500; other tokens of the user go on."""
+    """Revoking one jti closes sockets using that token with 4500 (counted); other tokens of the user go on."""
+    closes = counted("revoked_closes")
     revoked, other = make_token("e1", jti="t-1"), make_token("e1", jti="t-2")
     a, b = await server.connect("e1", token=revoked), await server.connect("e1", token=other)
     await recv_json(a)
@@ -33,6 +34,7 @@ async def test_revoke_by_jti_closes_that_socket_only_and_refuses_it_again(server
     r = await server.http.post("/internal/v1/revocations", json={"jti": "t-1"}, headers=AUTH)
     assert r.status_code == 202, r.text
     assert await closed_code(a) == 4500
+    assert counted("revoked_closes") == closes + 1
     await server.publish("e1")
     assert (await recv_json(b))["seq"] == 1
     again = await server.connect("e1", token=revoked)

@@ -43,7 +43,6 @@ def publisher_only(handler: Handler) -> Handler:
     async def checked(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
         relay: Relay = request.app.ctx.relay
         if not relay.publisher_keys.check(bearer_token(request)):
-            relay.counters["auth_failures_publisher"] += 1
             metrics.auth_failure("publisher_key")
             log.info("publisher refused", extra={"fields": {"reason": "publisher_key", "path": request.path}})
             raise Unauthorized("a valid publisher key is required in Authorization: Bearer", reason="publisher_key")
@@ -202,4 +201,5 @@ async def revoke(request: Request) -> HTTPResponse:
 async def stats(request: Request) -> HTTPResponse:
     """Connections, executions and counters of this instance."""
     relay: Relay = request.app.ctx.relay
-    return json_response(relay.stats())
+    consumers = getattr(request.app.ctx, "ingest", [])
+    return json_response({**relay.stats(), "ingest": [consumer.stats() for consumer in consumers]})

@@ -41,6 +41,7 @@ from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
 from .. import closecodes, metrics
 from ..closecodes import Disconnect
+from ..config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
 from ..cursor import Cursor, parse_cursor, parse_last_event_id
 from ..delivery import connected_message
 from ..demo import simulate
@@ -54,11 +55,6 @@ from ..subscription import Subscription
 from .ws import origin_allowed
 
 __all__ = [
-    "DEFAULT_LIMIT",
-    "KEEPALIVE_INTERVAL",
-    "MAX_LIMIT",
-    "MAX_WAIT",
-    "SSE_RETRY_MS",
     "STATIC_DIR",
     "bp",
     "cors_headers",
@@ -68,14 +64,6 @@ __all__ = [
 log = logging.getLogger("relay.public")
 bp = Blueprint("public")
 
-#: Seconds between ``: keepalive`` comments on an idle SSE stream (proxies cut idle ones).
-KEEPALIVE_INTERVAL = 15.0
-#: Reconnection delay suggested to EventSource clients, in milliseconds.
-SSE_RETRY_MS = 3000
-#: Longest ``wait`` of a long poll, in seconds.
-MAX_WAIT = 30
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 #: Files of the demo page, served under /demo outside production.
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 #: The demo page's API: default and largest pace, simulations at once, ids remembered for tokens.
@@ -112,21 +100,17 @@ def cors_headers(relay: Relay, origin: str | None) -> dict[str, str]:
 def _authorize(request: Request, relay: Relay, execution_id: str) -> Claims:
     """The socket's checks, as HTTP errors: Origin, then the token for this execution."""
     if not origin_allowed(relay, request.headers.get("origin")):
-        relay.counters["http_refused_origin"] += 1
         metrics.auth_failure("origin")
         raise Forbidden("origin not allowed")
     try:
         return relay.verifier.verify(bearer_or_query_token(request), execution_id)
     except TokenExpired:
-        relay.counters["http_refused_expired"] += 1
         metrics.auth_failure("expired")
         raise Unauthorized("token expired; get a fresh token", reason="expired") from None
     except TokenForbidden:
-        relay.counters["http_refused_other_execution"] += 1
         metrics.auth_failure("other_execution")
         raise Forbidden("this token was issued for another execution") from None
     except TokenInvalid as exc:
-        relay.counters[f"http_refused_{exc.reason}"] += 1
         metrics.auth_failure(exc.reason)
         raise Unauthorized(f"token invalid: {exc.message}", reason="invalid") from None
 
@@ -142,7 +126,6 @@ def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResp
         try:
             claims = _authorize(request, relay, execution_id)
             if await relay.is_revoked(claims):
-                relay.counters["http_refused_revoked"] += 1
                 metrics.auth_failure("revoked")
                 raise Unauthorized("token revoked", reason="revoked")
             return await handler(request, execution_id, claims, headers)
@@ -200,9 +183,8 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     """Events with ``seq > after``, oldest first; with ``wait``, a long poll."""
     relay: Relay = request.app.ctx.relay
     cursor = parse_cursor(request.args.get("after"), request.args.get("epoch"), "after")
-    wait = _query_seconds(request, "wait", MAX_WAIT)
-    limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
-    relay.counters["polls"] += 1
+    wait = _query_seconds(request, "wait", LONG_POLL_MAX_WAIT)
+    limit = query_int(request, "limit", POLL_DEFAULT_LIMIT, 1, POLL_MAX_LIMIT) or POLL_DEFAULT_LIMIT
     metrics.fallback_request("long_poll" if wait > 0 else "poll")
     if getattr(request.app.ctx, "draining", False):
         wait = 0.0  # shutting down: answer with what there is; the next poll goes elsewhere
@@ -322,7 +304,6 @@ async def event_stream(
     exceeded = limits.acquire(execution_id, claims.sub)
     if exceeded is not None:
         metrics.limit_exceeded(exceeded)
-        request.app.ctx.relay.counters[f"sse_refused_limit_{exceeded}"] += 1
         raise RateLimited(f"connection limit ({exceeded}); retry later")
     try:
         return await _stream(request, execution_id, claims, headers)
@@ -352,13 +333,14 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         if page.terminal and page.latest_seq <= sub.resume.after:
             # Finished and nothing newer: 204 tells EventSource to stop reconnecting.
             return HTTPResponse(status=204, headers={**headers, **_NO_STORE})
-        connected = connected_message(execution_id, page, cursor, sub.resume, keepalive_interval=KEEPALIVE_INTERVAL)
+        connected = connected_message(
+            execution_id, page, cursor, sub.resume, keepalive_interval=relay.settings.sse_keepalive_interval
+        )
         sink.epoch = page.epoch
         sink.response = await request.respond(
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             content_type="text/event-stream; charset=utf-8",
         )
-        relay.counters["sse_streams"] += 1
         metrics.fallback_request("sse")
         metrics.connection_opened("sse")
         opened = True
@@ -368,7 +350,7 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         sub.start(page, f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
         while not sub.closed.done():
             try:
-                await asyncio.wait_for(asyncio.shield(sub.closed), KEEPALIVE_INTERVAL)
+                await asyncio.wait_for(asyncio.shield(sub.closed), relay.settings.sse_keepalive_interval)
             except TimeoutError:
                 sub.send_control(_KEEPALIVE)  # queued behind events, so it never overtakes one
         await _finish(sink, sub.closed.result(), sub)

@@ -24,21 +24,20 @@ from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
 from .. import closecodes, metrics
 from ..closecodes import Disconnect
+from ..config import WS_WRITE_BUFFER_HIGH
 from ..cursor import Cursor, CursorError, parse_cursor
 from ..delivery import connected_message
 from ..errors import RelayError
 from ..events import dumps, now_iso
-from ..heartbeat import ping_payload
 from ..http import bearer_or_query_token
 from ..limits import ConnectionLimits, FrameRate
+from ..pinger import ping_payload
 from ..relay import Relay
 from ..subscription import Subscription
 
 __all__ = ["bp"]
 
 bp = Blueprint("ws")
-# Above this many bytes waiting in the transport, frames queue instead (asyncio's default high-water mark).
-WRITE_BUFFER_HIGH = 64 * 1024
 log = logging.getLogger("relay.ws")
 
 
@@ -67,7 +66,7 @@ _wire = _WireCache()
 
 
 class WsSink:
-    """Adapts a Sanic websocket to the subscription's sink (and to the heartbeat)."""
+    """Adapts a Sanic websocket to the subscription's sink (and to the pinger)."""
 
     __slots__ = ("ping_sent", "ping_waiter", "ws")
 
@@ -76,7 +75,7 @@ class WsSink:
         self.ping_waiter: asyncio.Future[None] | None = None
         self.ping_sent = time.monotonic()
 
-    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+    def ping_if_due(self, now: float, interval: float, timeout: float) -> None:
         """Send a ping when one is due; fail the peer if the last one is unanswered after ``timeout``."""
         waiter = self.ping_waiter
         if waiter is not None and not waiter.done():
@@ -120,7 +119,7 @@ class WsSink:
             transport is None
             or ws.conn_mutex.locked()
             or proto.state is not State.OPEN
-            or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH
+            or transport.get_write_buffer_size() > WS_WRITE_BUFFER_HIGH
         ):
             return False
         if not proto.extensions and not proto.writes:  # nothing else pending: the shared bytes
@@ -143,7 +142,6 @@ def origin_allowed(relay: Relay, origin: str | None) -> bool:
 
 
 def _refuse(ws: WebsocketImplProtocol, relay: Relay, disconnect: Disconnect, why: str) -> None:
-    relay.counters[f"ws_refused_{why}"] += 1
     log.info("websocket refused", extra={"fields": {"close_code": int(disconnect.code), "reason": why}})
     metrics.ws_closed(int(disconnect.code), "server")
     ws.end_connection(int(disconnect.code), disconnect.reason)
@@ -213,7 +211,6 @@ async def _serve(
         if await relay.is_revoked(claims):
             sub.close(closecodes.TOKEN_REVOKED)
             metrics.auth_failure("revoked")
-            relay.counters["ws_refused_revoked"] += 1
             return
     except RelayError:
         sub.close(closecodes.BROKER_UNAVAILABLE)
@@ -227,7 +224,6 @@ async def _serve(
     connected: dict[str, Any] = connected_message(
         execution_id, page, cursor, sub.resume, heartbeat_interval=relay.settings.heartbeat_interval
     )
-    relay.counters["ws_connections"] += 1
     opened = time.monotonic()
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, claims.exp - time.time()), sub.close, closecodes.TOKEN_EXPIRED
@@ -245,8 +241,8 @@ async def _serve(
         },
     )
     metrics.connection_opened("ws")
-    heartbeat = request.app.ctx.heartbeat
-    heartbeat.sockets.add(sink)
+    pinger = request.app.ctx.pinger
+    pinger.sockets.add(sink)
     try:
         sub.start(page, dumps(connected))
         await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
@@ -254,7 +250,7 @@ async def _serve(
         log.exception("websocket handler failed")
         sub.close(closecodes.INTERNAL_ERROR)
     finally:
-        heartbeat.sockets.discard(sink)
+        pinger.sockets.discard(sink)
         expiry.cancel()
         metrics.connection_closed("ws")
         if sub.closed.done():

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: Python (unit, integration, Redis, browser) and the JavaScript client.
+# The whole test suite: Python (unit, integration, Redis, browser), the JavaScript client
+# and the example mini-program's report page (clients/js: npm test).
 # Installs what it needs: Redis, PostgreSQL and RabbitMQ (if not answering), Node packages,
 # Debian's Chromium, and podman, runc and debootstrap for the container image.
 set -euo pipefail
@@ -9,8 +10,10 @@ PY=${PY:-.venv/bin/python}
 bash scripts/ensure-redis.sh
 bash scripts/ensure-ingest-services.sh
 
+# Node packages for the client's tests (the example mini-program's page tests too:
+# miniprogram-simulate and jsdom), installed again when the lockfile changed.
 if [ -f clients/js/package.json ]; then
-  (cd clients/js && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; })
+  (cd clients/js && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund --loglevel=error; })
 fi
 
 # Debian's Chromium for the browser tests, and CJK fonts so Chinese status texts render.

@@ -41,11 +41,12 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -64,6 +65,7 @@ __all__ = [
     "delivery_failed",
     "fallback_request",
     "flush",
+    "ingest_consumer",
     "instrument_broker",
     "limit_exceeded",
     "multiprocess_dir",
@@ -180,6 +182,35 @@ _GC_SECONDS = Histogram(
     buckets=_GC_BUCKETS,
 )
 
+# Ingest consumers (docs/ingest.md): counts copied from each consumer's own ints at flush time.
+_INGEST_CONSUMED = Counter(
+    "relay_ingest_consumed", "Items published from an ingest source (duplicates included), by source.", ["source"]
+)
+_INGEST_DUPLICATES = Counter(
+    "relay_ingest_duplicates", "Ingested items answered as duplicates of their idempotency key.", ["source"]
+)
+_INGEST_DEAD = Counter(
+    "relay_ingest_dead_lettered", "Ingested items refused for good and moved to the dead letters.", ["source"]
+)
+_INGEST_RETRIES = Counter(
+    "relay_ingest_retries", "Ingest batches kept and retried after a transient failure (broker down).", ["source"]
+)
+_INGEST_UP = Gauge(
+    "relay_ingest_up", "1 while the consumer is connected to its source.", ["source"], multiprocess_mode="livemax"
+)
+_INGEST_LEADER = Gauge(
+    "relay_ingest_leader",
+    "1 while this instance is the one consuming (outbox lock holder, active AMQP consumer).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+_INGEST_LAG = Gauge(
+    "relay_ingest_lag_seconds",
+    "Age of the oldest message or row seen and not yet consumed (0 when none waits).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+
 #: Every metric family this module exports (the dashboard may use only these).
 METRIC_NAMES = frozenset(
     {
@@ -208,6 +239,13 @@ METRIC_NAMES = frozenset(
         "relay_broker_channels_subscribed",
         "relay_broker_connected",
         "relay_broker_executions_retained",
+        "relay_ingest_consumed_total",
+        "relay_ingest_duplicates_total",
+        "relay_ingest_dead_lettered_total",
+        "relay_ingest_retries_total",
+        "relay_ingest_up",
+        "relay_ingest_leader",
+        "relay_ingest_lag_seconds",
         "relay_broker_shard_connections",
         "relay_broker_slot_migrations_total",
         *(
@@ -379,6 +417,46 @@ _sources: dict[int, _Source] = {}  # by id() of the owner given to start()
 _draining: set[int] = set()  # ids of owners draining
 
 
+class IngestFigures(Protocol):
+    """What an ingest consumer (``service.ingest.Consumer``) exposes for export, read at each flush."""
+
+    @property
+    def source(self) -> str:
+        """``amqp`` or ``outbox``."""
+
+    @property
+    def consumed(self) -> int:
+        """Items published (duplicates included)."""
+
+    @property
+    def duplicates(self) -> int:
+        """Items answered as duplicates."""
+
+    @property
+    def dead_lettered(self) -> int:
+        """Items moved to the dead letters."""
+
+    @property
+    def retries(self) -> int:
+        """Batches kept and retried."""
+
+    @property
+    def up(self) -> bool:
+        """Connected to its source."""
+
+    @property
+    def leader(self) -> bool:
+        """The instance consuming."""
+
+    @property
+    def lag(self) -> float:
+        """Age of the oldest unconsumed item, in seconds."""
+
+
+# Each live ingest consumer and the counts of it already exported.
+_ingest: weakref.WeakKeyDictionary[IngestFigures, dict[str, int]] = weakref.WeakKeyDictionary()
+
+
 # -- what the rest of the relay calls ---------------------------------------------------
 
 
@@ -473,6 +551,29 @@ def fallback_request(kind: str) -> None:
     _fallback.add((kind,))
 
 
+def ingest_consumer(consumer: IngestFigures) -> None:
+    """Export ``consumer``'s counts and state (read at every flush while it lives)."""
+    _ingest.setdefault(consumer, {})
+
+
+def _flush_ingest() -> None:
+    for consumer, exported in list(_ingest.items()):
+        source = consumer.source
+        for name, metric in (
+            ("consumed", _INGEST_CONSUMED),
+            ("duplicates", _INGEST_DUPLICATES),
+            ("dead_lettered", _INGEST_DEAD),
+            ("retries", _INGEST_RETRIES),
+        ):
+            value = getattr(consumer, name)
+            if value != exported.get(name, 0):
+                metric.labels(source).inc(value - exported.get(name, 0))
+                exported[name] = value
+        _INGEST_UP.labels(source).set(1 if consumer.up else 0)
+        _INGEST_LEADER.labels(source).set(1 if consumer.leader else 0)
+        _INGEST_LAG.labels(source).set(consumer.lag)
+
+
 def set_draining(owner: object, draining: bool) -> None:
     """Export whether ``owner`` (the relay given to :func:`start`) is draining."""
     if draining:
@@ -532,6 +633,7 @@ def flush() -> None:
     _EXECUTIONS.set(sum(source.executions() for source in sources))
     _DRAINING.set(1 if _draining else 0)
     _flush_broker(sources)
+    _flush_ingest()
 
 
 def _flush_broker(sources: tuple[_Source, ...]) -> None:

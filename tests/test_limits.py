@@ -40,7 +40,10 @@ async def test_connections_per_sub_limit_and_release(start_server: StartServer) 
     assert await refused_code(server, "e3", make_token("e3", sub="alice")) == 4029
     await recv_json(await server.connect("e3", token=make_token("e3", sub="bob")))
     await first.close()
-    await asyncio.sleep(0.2)
+    limits = server.app.ctx.limits
+    async with asyncio.timeout(5):
+        while limits._by_sub.get("alice") != 1:  # the server has seen the close and released the slot
+            await asyncio.sleep(0.01)
     assert (await recv_json(await server.connect("e3", token=make_token("e3", sub="alice"))))["type"] == "connected"
 
 

@@ -29,8 +29,15 @@ waits for every client to receive its terminal event and checks:
   with the same payload; every error or non-2xx answer was retried to a 2xx;
   no seq was given to two different events.
 
+The outbox variant (``SoakConfig.outbox_dsn``, ``python -m tests.chaos.soak
+--outbox``): the publishers commit rows to a PostgreSQL outbox instead of
+POSTing, both instances run the outbox consumer (one holds the lock at a
+time, the other takes over when it is killed), and every committed row must
+reach every client of its execution exactly once, in order; the outbox and
+its dead-letter table must be empty at the end.
+
 ``python -m tests.chaos.soak`` runs a long soak; ``tests/chaos/test_soak.py``
-a short one in the normal test run.
+a short one of each kind in the normal test run.
 """
 
 from __future__ import annotations
@@ -84,6 +91,9 @@ class SoakConfig:
     seed: int | None = None
     redis_binary: str = "/usr/bin/redis-server"
     verbose: bool = False
+    # The outbox variant: publishers insert rows into a PostgreSQL outbox (this DSN) instead of
+    # POSTing, and both instances run the outbox consumer (one at a time holds the lock).
+    outbox_dsn: str | None = None
     # "single": one redis-server with AOF; "sentinel": a primary, a replica and three Sentinels
     # (RELAY_REDIS_MIN_REPLICAS=1), where the big faults add primary kill -9 (failover) and replica pauses;
     # "cluster": a 3-master Redis Cluster, where they add slot migrations of subscribed executions.
@@ -488,6 +498,7 @@ class Posted:
     seq: int | None = None
     duplicate: bool = False
     refused: str | None = None  # a 4xx: the event can never be accepted (a failure of the test)
+    committed: bool = False  # outbox variant: the row is committed (its seq is learnt from the clients)
 
 
 # -- the soak --------------------------------------------------------------------------------------------
@@ -540,6 +551,8 @@ class Soak:
         self.redis_down = False
         self.big_faults_skipped = 0
         self.load_over = asyncio.Event()  # set when the fault phase ends: publishers and small faults stop
+        self.outbox_table = f"chaos_outbox_{uuid.uuid4().hex[:10]}"
+        self.pg: Any = None  # asyncpg pool of the outbox variant
 
     def log(self, message: str) -> None:
         """Note a fault (printed with -v)."""
@@ -569,6 +582,18 @@ class Soak:
             "RELAY_HEARTBEAT_INTERVAL": "5",
             "RELAY_LOG_LEVEL": "WARNING",
         }
+        if self.config.outbox_dsn:
+            import asyncpg
+
+            from service.ingest.outbox import outbox_ddl
+
+            self.pg = await asyncpg.create_pool(self.config.outbox_dsn, min_size=2, max_size=10)
+            await self.pg.execute(outbox_ddl(self.outbox_table))
+            env.update(
+                RELAY_OUTBOX_DSN=self.config.outbox_dsn,
+                RELAY_OUTBOX_TABLE=self.outbox_table,
+                RELAY_OUTBOX_POLL_INTERVAL="0.2",
+            )
         if self.sentinel is not None:
             env["RELAY_REDIS_MIN_REPLICAS"] = "1"  # acknowledged means on the replica: a failover loses none
             env["RELAY_REDIS_MIN_REPLICAS_TIMEOUT"] = "0.5"
@@ -604,6 +629,11 @@ class Soak:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(inst.kill)
         self.redis.close()
+        if self.pg is not None:
+            t = self.outbox_table
+            with contextlib.suppress(Exception):
+                await self.pg.execute(f'DROP TABLE IF EXISTS "{t}", "{t}_dead"; DROP FUNCTION IF EXISTS "{t}_notify"()')
+            await self.pg.close()
         if self.sentinel is not None:
             self.sentinel.close()
         if self.cluster is not None:
@@ -628,8 +658,29 @@ class Soak:
 
     # -- publishing -----------------------------------------------------------------------------------------
 
+    async def insert(self, record: Posted, deadline: float) -> None:
+        """Outbox variant: insert the event's row (committed) until PostgreSQL takes it."""
+        from service.publisher import outbox_insert
+
+        sql, params = outbox_insert(
+            record.execution_id, record.event, record.data, record.key, table=self.outbox_table, paramstyle="numeric"
+        )
+        while time.monotonic() < deadline:
+            try:
+                await self.pg.execute(sql, *params)
+            except Exception as exc:  # asyncpg errors, a lost connection: the row was not committed
+                record.attempts.append(type(exc).__name__)
+                await asyncio.sleep(0.1)
+                continue
+            record.attempts.append("committed")
+            record.committed = True
+            return
+
     async def post(self, record: Posted, prefer: int, deadline: float) -> None:
         """POST until a 2xx, alternating instances; connection errors, timeouts and 5xx are retried."""
+        if self.pg is not None:
+            await self.insert(record, deadline)
+            return
         assert self.http is not None
         index = prefer
         delay = 0.05
@@ -691,7 +742,7 @@ class Soak:
                 record = self.make_event(execution_id, next(counter), which)
                 self.posted.append(record)
                 await self.post(record, which, deadline)
-                if record.seq is None:
+                if record.seq is None and not record.committed:
                     return  # refused or out of time: reported by verify()
                 await asyncio.sleep(random.uniform(*self.config.post_every))
 
@@ -907,13 +958,37 @@ class Soak:
         self.check_alive()
         for task in self.tasks:
             task.cancel()
-        report = self.verify(injector_errors)
+        outbox_left = await self.resolve_outbox() if self.pg is not None else []
+        report = self.verify(injector_errors + outbox_left)
         report.figures["fault phase (s)"] = round(fault_phase, 1)
         report.figures["drain after the last complete (s)"] = round(drain, 1)
         report.figures["total (s)"] = round(time.monotonic() - began, 1)
         return report
 
     # -- verification ----------------------------------------------------------------------------------------------
+
+    async def resolve_outbox(self) -> list[str]:
+        """Outbox variant: learn each committed row's seq from what the clients received; check the tables.
+
+        A row is identified by its payload (every payload carries a nonce). Rows no client
+        received keep no seq and are reported by verify() as never delivered.
+        """
+        seen: dict[tuple[str, str, str], int] = {}
+        for client in self.clients:
+            for seq, event, data in client.received:
+                seen[(client.execution_id, event, json.dumps(data, sort_keys=True))] = seq
+        for record in self.posted:
+            if record.committed:
+                record.seq = seen.get((record.execution_id, record.event, json.dumps(record.data, sort_keys=True)))
+        failures = []
+        t = self.outbox_table
+        left = await self.pg.fetchval(f'SELECT count(*) FROM "{t}"')
+        dead = await self.pg.fetch(f'SELECT id, error FROM "{t}_dead" LIMIT 5')
+        if left:
+            failures.append(f"{left} outbox rows were never consumed")
+        if dead:
+            failures.append(f"outbox rows dead-lettered: {[(r['id'], r['error']) for r in dead]}")
+        return failures
 
     def verify(self, injector_errors: list[str]) -> SoakReport:
         """Check every client's stream and every publisher's answers; compute the figures."""
@@ -931,14 +1006,14 @@ class Soak:
                 failures.append(f"{record.execution_id}: {record.event} {record.key} refused with {record.refused}")
                 continue
             if record.seq is None:
+                what = "was committed to the outbox but never delivered" if record.committed else "never got a 2xx"
                 failures.append(
-                    f"{record.execution_id}: {record.event} {record.key} never got a 2xx "
-                    f"(attempts {record.attempts[-8:]})"
+                    f"{record.execution_id}: {record.event} {record.key} {what} (attempts {record.attempts[-8:]})"
                 )
                 continue
             if record.duplicate:
                 duplicate_answers += 1
-                if len(record.attempts) == 1:
+                if len(record.attempts) == 1:  # (an outbox row's answer is never seen: duplicate stays False)
                     failures.append(f"{record.key}: duplicate: true on the first attempt")
             other = by_execution[record.execution_id].get(record.seq)
             if other is not None:
@@ -1040,7 +1115,7 @@ class Soak:
             cuts.update(proxy.cuts)
             refused += proxy.refused
         events = sum(len(v) for v in by_execution.values())
-        not_2xx = {k: v for k, v in attempts.items() if not (k.isdigit() and 200 <= int(k) < 300)}
+        not_2xx = {k: v for k, v in attempts.items() if not (k == "committed" or (k.isdigit() and 200 <= int(k) < 300))}
         figures: dict[str, Any] = {
             "clients": len(self.clients),
             "executions": len(by_execution) or len({c.execution_id for c in self.clients}),

@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    parser.add_argument(
+        "--outbox",
+        metavar="DSN",
+        nargs="?",
+        const="postgresql://postgres@127.0.0.1:5432/test",
+        help="publishers write to a PostgreSQL outbox (default DSN: the test database) instead of POSTing",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print each instance kill / Redis restart")
     parser.add_argument(
         "--topology",
@@ -67,6 +74,7 @@ def config_from(args: argparse.Namespace) -> SoakConfig:
         seed=args.seed,
         redis_binary=binary,
         verbose=args.verbose,
+        outbox_dsn=args.outbox,
         topology=args.topology,
         workers=tuple(int(w) for w in (args.workers or ("1,1" if args.topology == "single" else "1,1,2,2")).split(",")),
     )

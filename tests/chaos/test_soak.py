@@ -42,6 +42,25 @@ async def test_short_chaos_soak_loses_and_doubles_nothing() -> None:
     assert figures["reconnects (resumed with last_seq)"] >= 100, figures
 
 
+async def test_short_chaos_soak_with_outbox_publishers_loses_and_doubles_nothing() -> None:
+    """The outbox variant: publishers commit rows, both instances consume in turn through kills and Redis restarts."""
+    from tests.ingest_util import PG_DSN, require_postgres
+
+    binary = redis_server_binary()
+    await require_postgres()
+    config = SoakConfig(
+        clients=60, executions=10, fault_seconds=15.0, big_faults=2, redis_binary=binary, outbox_dsn=PG_DSN
+    )
+    report = await run_soak(config)
+    print("\nshort chaos soak, outbox publishers:")
+    print("\n".join(report.lines()))
+    figures = report.figures
+    assert report.ok, "\n".join(report.failures[:40])
+    assert figures["events lost"] == 0 and figures["duplicates"] == 0
+    assert figures["faults injected"].get("instance_kill9", 0) >= 1, figures["faults injected"]
+    assert figures["events accepted (distinct seqs)"] >= 50, figures
+
+
 async def test_short_chaos_soak_on_sentinel_with_a_failover_loses_and_doubles_nothing() -> None:
     """Sentinel-managed Redis with RELAY_REDIS_MIN_REPLICAS=1, two instances (one with two workers): instance kill,
     primary kill -9 (failover), instance kill, replica pause, client drops and cuts; events lost 0, duplicates 0.

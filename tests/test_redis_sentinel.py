@@ -135,9 +135,18 @@ async def test_primary_killed_under_load_fails_over_and_keeps_every_acknowledged
 
 
 def _wait_role(server: TopologyServer, role: str) -> None:
+    """Wait until ``server`` reports ``role`` (the Sentinels kill clients while they reconfigure it: retried)."""
+    import redis
+
     from tests.redis_topology import wait_until
 
-    wait_until(lambda: server.info("replication").get("role") == role, 20, f"port {server.port} role {role}")
+    def has_role() -> bool:
+        try:
+            return server.info("replication").get("role") == role
+        except redis.RedisError:
+            return False
+
+    wait_until(has_role, 20, f"port {server.port} role {role}")
 
 
 async def test_pointed_at_a_replica_is_not_ready_and_says_why(

@@ -98,6 +98,7 @@ def test_min_replicas_settings() -> None:
         (TimeoutError("Timeout reading from socket"), "timeout"),
         (ConnectionError("Error 111 connecting"), "connection"),
         (OSError("reset"), "connection"),
+        (AttributeError("'NoneType' object has no attribute 'writelines'"), "connection"),  # redis-py, torn down
         (ResponseError("ERR something else"), "other"),
     ],
 )

@@ -68,7 +68,8 @@ from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
 from ..events import Event, EventDraft
 from . import redis_errors
 from .base import Broker, HistoryPage, PublishResult, new_epoch
-from .redis_errors import PUBLISH, READ, SUBSCRIBE, WRITE, ReplicasUnavailable, failure
+from .redis_errors import BROKEN as _BROKEN
+from .redis_errors import BROKEN_OR_LATE, PUBLISH, READ, SUBSCRIBE, WRITE, ReplicasUnavailable, failure
 from .redis_url import RedisTarget, parse_redis_url
 
 __all__ = ["RedisBroker"]
@@ -437,7 +438,7 @@ class RedisBroker(Broker):
             retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             try:
                 await self._load_scripts([calls[i] for i in retry])
-            except (RedisError, OSError) as exc:
+            except _BROKEN as exc:
                 error = failure(exc, PUBLISH)
                 again: list[Any] = [error] * len(retry)
             else:
@@ -485,7 +486,7 @@ class RedisBroker(Broker):
             payload += _pack(("WAIT", self.min_replicas, max(1, int(self.min_replicas_timeout * 1000))))
         try:
             connection = await acquire()
-        except (RedisError, OSError) as exc:
+        except _BROKEN as exc:
             return [failure(exc, PUBLISH)] * len(calls)
         try:
             await connection.send_packed_command(payload, check_health=False)
@@ -505,7 +506,7 @@ class RedisBroker(Broker):
                 if acknowledged < self.min_replicas:
                     replies = self._unreplicated(replies, acknowledged)
             return replies
-        except (RedisError, OSError) as exc:
+        except _BROKEN as exc:
             await connection.disconnect(nowait=True)
             return [failure(exc, PUBLISH)] * len(calls)
         except BaseException:
@@ -542,7 +543,7 @@ class RedisBroker(Broker):
                 keys=self.keys(execution_id),
                 args=(f"{max(0, after) + 1}-0", limit or 0, new_epoch() if create else "", self.history_ttl),
             )
-        except (RedisError, OSError) as exc:
+        except _BROKEN as exc:
             raise failure(exc, READ) from None
         if not reply:
             return HistoryPage()
@@ -562,7 +563,7 @@ class RedisBroker(Broker):
         """
         try:
             problem = await asyncio.wait_for(self._server_problem(), self.ping_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except BROKEN_OR_LATE as exc:
             raise failure(exc, NOT_READY) from None
         if problem != self.not_ready_reason:
             if problem:
@@ -729,7 +730,7 @@ class RedisBroker(Broker):
         try:
             await self._redis.set(self._revocation_key(kind, value), repr(at), px=ttl_ms)
             await self._announce(f"revoke|{kind}|{at!r}|{value}")
-        except (RedisError, OSError) as exc:
+        except _BROKEN as exc:
             raise failure(exc, WRITE) from None
 
     async def _announce(self, message: str) -> None:
@@ -744,7 +745,7 @@ class RedisBroker(Broker):
                 if jti is not None:
                     pipe.get(self._revocation_key("jti", jti))
                 replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except _BROKEN as exc:
             raise failure(exc, REVOCATION) from None
         if len(replies) > 1 and replies[1] is not None:
             return True

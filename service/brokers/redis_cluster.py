@@ -48,7 +48,8 @@ from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 
 from ..errors import BrokerUnavailable
 from .redis import NOT_READY, PUBLISH_LUA, RedisBroker, _Call
-from .redis_errors import SUBSCRIBE, failure
+from .redis_errors import BROKEN as _BROKEN
+from .redis_errors import BROKEN_OR_LATE, SUBSCRIBE, failure
 
 __all__ = ["RedisClusterBroker"]
 
@@ -138,7 +139,7 @@ class RedisClusterBroker(RedisBroker):
         for _ in range(_REDIRECTS):
             try:
                 groups = await self._group(calls, pending, asking)
-            except (RedisError, OSError) as exc:
+            except _BROKEN as exc:
                 error = failure(exc, "the event was not accepted, retry later")
                 for i in pending:
                     replies[i] = error
@@ -212,7 +213,7 @@ class RedisClusterBroker(RedisBroker):
         """Ready while the cluster answers ``cluster_state:ok`` and every needed channel is subscribed."""
         try:
             info = await asyncio.wait_for(self._cluster.cluster_info(), self.ping_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except BROKEN_OR_LATE as exc:
             raise failure(exc, NOT_READY) from None
         state = info.get("cluster_state") if isinstance(info, dict) else None
         if state != "ok":

@@ -43,6 +43,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -52,7 +53,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import metrics
 from ..errors import BrokerUnavailable
 
-__all__ = ["KINDS", "PUBLISH", "READ", "SUBSCRIBE", "WRITE", "ReplicasUnavailable", "classify", "counted", "failure"]
+__all__ = [
+    "BROKEN",
+    "KINDS",
+    "PUBLISH",
+    "READ",
+    "SUBSCRIBE",
+    "WRITE",
+    "ReplicasUnavailable",
+    "classify",
+    "counted",
+    "failure",
+]
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -87,6 +99,13 @@ _MEANING = {
     "connection": "the event broker (Redis) is unreachable",
     "other": "the event broker (Redis) failed",
 }
+
+#: What a Redis call may raise when Redis fails. AttributeError: redis-py (8.1) using a
+#: connection that another task tore down meanwhile ("'NoneType' object has no attribute
+#: 'writelines'"), seen under node failures in the cluster soak; it is a broken connection.
+BROKEN: tuple[type[BaseException], ...] = (RedisError, OSError, AttributeError)
+#: The same, plus a timeout of our own (asyncio.wait_for around a readiness check).
+BROKEN_OR_LATE: tuple[type[BaseException], ...] = (*BROKEN, TimeoutError)
 
 #: What the caller was doing, as the second half of the sentence.
 PUBLISH = "the event was not accepted, retry later"
@@ -133,7 +152,7 @@ def classify(exc: BaseException) -> str:
         return "readonly"  # redis-py's Sentinel connection turns READONLY into this, after disconnecting
     if isinstance(exc, RedisTimeoutError | asyncio.TimeoutError | TimeoutError):
         return "timeout"
-    if isinstance(exc, RedisConnectionError | OSError | RedisClusterException):
+    if isinstance(exc, RedisConnectionError | OSError | RedisClusterException | AttributeError):
         return "connection"
     return "other"
 

@@ -940,6 +940,113 @@ class SessionTimers {
   }
 }
 
+// ---- src/session.mjs
+// What one watched execution holds besides its cursor: the subscriber token
+// (asked once, again only when refused, one request at a time) and the HTTP
+// requests in flight (all aborted at once on pause or disconnect).
+
+/** An error for a request that was aborted on purpose (not a failure). */
+function abortedError() {
+  const e = new Error('aborted');
+  /** @type {any} */ (e).aborted = true;
+  return e;
+}
+
+/** The subscriber token of one session. */
+class TokenSource {
+  /**
+   * @param {(ctx: {executionId: string, reason: string}) => any} getToken the page's getToken
+   * @param {string} executionId
+   */
+  constructor(getToken, executionId) {
+    this.getToken = getToken;
+    this.executionId = executionId;
+    /** @type {string | null} */
+    this.token = null;
+    /** @type {Promise<string> | null} */
+    this.pending = null;
+  }
+
+  /**
+   * The token: the one held, or a fresh one when `force` (after a refusal).
+   * Concurrent callers share one getToken call.
+   * @param {boolean} force
+   * @returns {Promise<string>}
+   */
+  get(force) {
+    if (!force && this.token) return Promise.resolve(this.token);
+    if (this.pending) return this.pending;
+    const self = this;
+    const p = Promise.resolve()
+      .then(function () { return self.getToken({ executionId: self.executionId, reason: force ? 'refresh' : 'initial' }); })
+      .then(function (tok) {
+        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
+        self.token = tok;
+        return tok;
+      });
+    this.pending = p;
+    const clear = function () { if (self.pending === p) self.pending = null; };
+    p.then(clear, clear);
+    return p;
+  }
+
+  /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
+  refresh() {
+    const old = this.token;
+    return this.get(true).then(function (tok) { return tok !== old; });
+  }
+}
+
+/** The HTTP requests of one session, each with the session's token. */
+class SessionRequests {
+  /**
+   * @param {import('./types').Transport} transport
+   * @param {string} baseUrl
+   * @param {TokenSource} tokens
+   */
+  constructor(transport, baseUrl, tokens) {
+    this.transport = transport;
+    this.baseUrl = baseUrl;
+    this.tokens = tokens;
+    /** @type {any[]} */
+    this.inFlight = [];
+  }
+
+  /**
+   * GET `path` with `query`; the promise rejects with `err.aborted` when
+   * aborted, and with an error when there is no HTTP transport here.
+   * @param {string} path
+   * @param {Record<string, any> | null} query
+   * @param {number} timeout ms
+   */
+  get(path, query, timeout) {
+    const self = this;
+    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
+    this.inFlight.push(handle);
+    const done = function () {
+      const i = self.inFlight.indexOf(handle);
+      if (i >= 0) self.inFlight.splice(i, 1);
+    };
+    const promise = this.tokens.get(false).then(function (token) {
+      if (handle.aborted) throw abortedError();
+      if (!self.transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
+      handle.inner = self.transport.request({ url: self.baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
+      return handle.inner.promise;
+    });
+    promise.then(done, done);
+    return { promise: promise, abort: handle.abort };
+  }
+
+  /** Aborts every request in flight. */
+  abortAll() {
+    const pending = this.inFlight.slice();
+    this.inFlight = [];
+    for (let i = 0; i < pending.length; i++) {
+      try { pending[i].abort(); } catch (e) { /* ignore */ }
+    }
+  }
+}
+
 // ---- src/client.mjs
 // progress-relay client: one execution's events, exactly once and in order,
 // over a WebSocket that resumes after every drop, or over polling when the
@@ -1015,13 +1122,6 @@ function mergeOptions(options) {
   return opts;
 }
 
-/** An error for a request that was aborted on purpose (not a failure). */
-function abortedError() {
-  const e = new Error('aborted');
-  /** @type {any} */ (e).aborted = true;
-  return e;
-}
-
 class ProgressRelayClient {
   /**
    * @param {any} options
@@ -1039,25 +1139,26 @@ class ProgressRelayClient {
     const self = this;
     this._timers = new SessionTimers(function () { return self._sid; });
     this._policy = new ReconnectPolicy(opts, this._random);
-    /** @type {any[]} */
-    this._http = [];
     /** @type {import('../index').State} */
     this._state = 'idle';
     this._preferPolling = !opts.ENABLE_WEBSOCKET || !this._transport.openSocket;
     /** @type {import('../index').Mode} */
     this._mode = this._preferPolling ? 'polling' : 'websocket';
-    this._resetSession(undefined);
+    this._resetSession(undefined, '');
   }
 
-  /** @param {any} resume */
-  _resetSession(resume) {
+  /**
+   * @param {any} resume
+   * @param {string} executionId
+   */
+  _resetSession(resume, executionId) {
     this._active = false;
-    this._executionId = '';
+    this._executionId = executionId;
     /** @type {any} */
     this._handlers = {};
     this._delivery = new Delivery(resume);
-    this._token = null;
-    this._tokenPromise = null;
+    this._tokens = new TokenSource(this.options.getToken, this._executionId);
+    this._requests = new SessionRequests(this._transport, this._baseUrl, this._tokens);
     this._policy.reset();
     this._pollErrors = 0;
     this._fallback = false;
@@ -1091,10 +1192,9 @@ class ProgressRelayClient {
       throw new TypeError('connect: executionId is required');
     }
     if (this._active || this._state !== 'idle') this._teardown();
-    this._resetSession(resume);
+    this._resetSession(resume, String(executionId));
     this._sid++;
     this._active = true;
-    this._executionId = String(executionId);
     this._handlers = handlers || {};
     const problem = transportProblem(this._transport);
     if (problem) {
@@ -1211,11 +1311,7 @@ class ProgressRelayClient {
     this._closeSocket(1000, 'client closing');
     this._stopPolling();
     this._checkGen++;
-    const pending = this._http.slice();
-    this._http = [];
-    for (let i = 0; i < pending.length; i++) {
-      try { pending[i].abort(); } catch (e) { /* ignore */ }
-    }
+    this._requests.abortAll();
     this._timers.clearAll();
   }
 
@@ -1238,52 +1334,14 @@ class ProgressRelayClient {
     this._setState('done', { event: evt ? evt.event : null });
   }
 
-  // token -----------------------------------------------------------------------
+  // token and HTTP --------------------------------------------------------------
 
-  _getToken(force) {
-    if (!force && this._token) return Promise.resolve(this._token);
-    if (this._tokenPromise) return this._tokenPromise;
-    const self = this;
-    const sid = this._sid;
-    const executionId = this._executionId;
-    const p = Promise.resolve()
-      .then(function () { return self.options.getToken({ executionId: executionId, reason: force ? 'refresh' : 'initial' }); })
-      .then(function (tok) {
-        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
-        if (sid === self._sid) self._token = tok;
-        return tok;
-      });
-    this._tokenPromise = p;
-    const clear = function () { if (self._tokenPromise === p) self._tokenPromise = null; };
-    p.then(clear, clear);
-    return p;
-  }
+  _getToken(force) { return this._tokens.get(force); }
 
   /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
-  _refreshToken() {
-    const old = this._token;
-    return this._getToken(true).then(function (tok) { return tok !== old; });
-  }
+  _refreshToken() { return this._tokens.refresh(); }
 
-  // HTTP ------------------------------------------------------------------------
-
-  _httpGet(path, query, timeout) {
-    const self = this;
-    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
-    this._http.push(handle);
-    const done = function () {
-      const i = self._http.indexOf(handle);
-      if (i >= 0) self._http.splice(i, 1);
-    };
-    const promise = this._getToken(false).then(function (token) {
-      if (handle.aborted) throw abortedError();
-      if (!self._transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
-      handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
-      return handle.inner.promise;
-    });
-    promise.then(done, done);
-    return { promise: promise, abort: handle.abort };
-  }
+  _httpGet(path, query, timeout) { return this._requests.get(path, query, timeout); }
 
   /**
    * GET of the state endpoint; `then(res)` runs only while this check is

@@ -5,6 +5,7 @@
 // (reconnect.mjs) and delivery (delivery.mjs: cursor, epochs, resets).
 // See docs/client.md.
 import { parseRetryAfter, buildQuery, stripTrailingSlash, toWebSocketBase, safeJsonParse } from './util.mjs';
+import { TokenSource, SessionRequests } from './session.mjs';
 import { getGlobal, resolveTransport, transportProblem } from './transport-select.mjs';
 import { ReconnectPolicy, closeVerdict, isRefusalClose, refusalMessage } from './reconnect.mjs';
 import { Delivery, isTerminalEvent } from './delivery.mjs';
@@ -77,13 +78,6 @@ function mergeOptions(options) {
   return opts;
 }
 
-/** An error for a request that was aborted on purpose (not a failure). */
-function abortedError() {
-  const e = new Error('aborted');
-  /** @type {any} */ (e).aborted = true;
-  return e;
-}
-
 class ProgressRelayClient {
   /**
    * @param {any} options
@@ -101,25 +95,26 @@ class ProgressRelayClient {
     const self = this;
     this._timers = new SessionTimers(function () { return self._sid; });
     this._policy = new ReconnectPolicy(opts, this._random);
-    /** @type {any[]} */
-    this._http = [];
     /** @type {import('../index').State} */
     this._state = 'idle';
     this._preferPolling = !opts.ENABLE_WEBSOCKET || !this._transport.openSocket;
     /** @type {import('../index').Mode} */
     this._mode = this._preferPolling ? 'polling' : 'websocket';
-    this._resetSession(undefined);
+    this._resetSession(undefined, '');
   }
 
-  /** @param {any} resume */
-  _resetSession(resume) {
+  /**
+   * @param {any} resume
+   * @param {string} executionId
+   */
+  _resetSession(resume, executionId) {
     this._active = false;
-    this._executionId = '';
+    this._executionId = executionId;
     /** @type {any} */
     this._handlers = {};
     this._delivery = new Delivery(resume);
-    this._token = null;
-    this._tokenPromise = null;
+    this._tokens = new TokenSource(this.options.getToken, this._executionId);
+    this._requests = new SessionRequests(this._transport, this._baseUrl, this._tokens);
     this._policy.reset();
     this._pollErrors = 0;
     this._fallback = false;
@@ -153,10 +148,9 @@ class ProgressRelayClient {
       throw new TypeError('connect: executionId is required');
     }
     if (this._active || this._state !== 'idle') this._teardown();
-    this._resetSession(resume);
+    this._resetSession(resume, String(executionId));
     this._sid++;
     this._active = true;
-    this._executionId = String(executionId);
     this._handlers = handlers || {};
     const problem = transportProblem(this._transport);
     if (problem) {
@@ -273,11 +267,7 @@ class ProgressRelayClient {
     this._closeSocket(1000, 'client closing');
     this._stopPolling();
     this._checkGen++;
-    const pending = this._http.slice();
-    this._http = [];
-    for (let i = 0; i < pending.length; i++) {
-      try { pending[i].abort(); } catch (e) { /* ignore */ }
-    }
+    this._requests.abortAll();
     this._timers.clearAll();
   }
 
@@ -300,52 +290,14 @@ class ProgressRelayClient {
     this._setState('done', { event: evt ? evt.event : null });
   }
 
-  // token -----------------------------------------------------------------------
+  // token and HTTP --------------------------------------------------------------
 
-  _getToken(force) {
-    if (!force && this._token) return Promise.resolve(this._token);
-    if (this._tokenPromise) return this._tokenPromise;
-    const self = this;
-    const sid = this._sid;
-    const executionId = this._executionId;
-    const p = Promise.resolve()
-      .then(function () { return self.options.getToken({ executionId: executionId, reason: force ? 'refresh' : 'initial' }); })
-      .then(function (tok) {
-        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
-        if (sid === self._sid) self._token = tok;
-        return tok;
-      });
-    this._tokenPromise = p;
-    const clear = function () { if (self._tokenPromise === p) self._tokenPromise = null; };
-    p.then(clear, clear);
-    return p;
-  }
+  _getToken(force) { return this._tokens.get(force); }
 
   /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
-  _refreshToken() {
-    const old = this._token;
-    return this._getToken(true).then(function (tok) { return tok !== old; });
-  }
+  _refreshToken() { return this._tokens.refresh(); }
 
-  // HTTP ------------------------------------------------------------------------
-
-  _httpGet(path, query, timeout) {
-    const self = this;
-    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
-    this._http.push(handle);
-    const done = function () {
-      const i = self._http.indexOf(handle);
-      if (i >= 0) self._http.splice(i, 1);
-    };
-    const promise = this._getToken(false).then(function (token) {
-      if (handle.aborted) throw abortedError();
-      if (!self._transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
-      handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
-      return handle.inner.promise;
-    });
-    promise.then(done, done);
-    return { promise: promise, abort: handle.abort };
-  }
+  _httpGet(path, query, timeout) { return this._requests.get(path, query, timeout); }
 
   /**
    * GET of the state endpoint; `then(res)` runs only while this check is

@@ -1047,6 +1047,83 @@ class SessionRequests {
   }
 }
 
+// ---- src/presence.mjs
+// Whether the watching page can be reached: the app in the foreground (with a
+// grace period after it goes to the background, since share sheets and image
+// pickers hide the app too and WeChat cuts connections only ~5 s after
+// hiding) and the device online. Pure: it answers what to do, the client
+// keeps the timer.
+
+/** The app's visibility and the network, for one session. */
+class Presence {
+  constructor() {
+    /** the app is in the background (after the grace) */
+    this.hidden = false;
+    /** the device has no network */
+    this.offline = false;
+    /** hidden, but the grace has not run out yet */
+    this.hiding = false;
+  }
+
+  /** Whether the connection must stay closed now. */
+  paused() {
+    return this.hidden || this.offline;
+  }
+
+  /**
+   * The app went to the background.
+   * @param {number} graceMs HIDE_GRACE
+   * @returns {'grace' | 'pause' | null} wait graceMs then call graceOver(), pause now, or nothing new
+   */
+  hide(graceMs) {
+    if (this.hidden || this.hiding) return null;
+    if (graceMs > 0) {
+      this.hiding = true;
+      return 'grace';
+    }
+    this.hidden = true;
+    return 'pause';
+  }
+
+  /** @returns {'pause' | null} the grace ran out while still hidden */
+  graceOver() {
+    if (!this.hiding) return null;
+    this.hiding = false;
+    this.hidden = true;
+    return 'pause';
+  }
+
+  /**
+   * The app came back.
+   * @returns {'stay' | 'resume' | null} stay: back within the grace (nothing was closed)
+   */
+  show() {
+    if (this.hiding) {
+      this.hiding = false;
+      return 'stay';
+    }
+    if (!this.hidden) return null;
+    this.hidden = false;
+    return this.offline ? null : 'resume';
+  }
+
+  /** @returns {'pause'} the network is gone: pause at once (a pending grace ends as hidden) */
+  goOffline() {
+    if (this.hiding) {
+      this.hiding = false;
+      this.hidden = true;
+    }
+    this.offline = true;
+    return 'pause';
+  }
+
+  /** @returns {'resume' | null} the network is back (resume unless hidden) */
+  goOnline() {
+    this.offline = false;
+    return this.hidden ? null : 'resume';
+  }
+}
+
 // ---- src/client.mjs
 // progress-relay client: one execution's events, exactly once and in order,
 // over a WebSocket that resumes after every drop, or over polling when the
@@ -1171,8 +1248,7 @@ class ProgressRelayClient {
     this._pollGen = 0;
     this._checkGen = 0;
     this._pollAnnounced = false;
-    this._hidden = false;
-    this._offline = false;
+    this._presence = new Presence();
     /** @type {null | (() => void)} */
     this._unsubscribe = null;
   }
@@ -1291,7 +1367,7 @@ class ProgressRelayClient {
 
   _clearTimer(name) { this._timers.clear(name); }
 
-  _paused() { return this._hidden || this._offline; }
+  _paused() { return this._presence.paused(); }
 
   /** Whether session `sid` is still the active one. */
   _current(sid) { return sid === this._sid && this._active; }
@@ -1842,41 +1918,30 @@ class ProgressRelayClient {
   }
 
   _onHide() {
-    if (this._hidden || this._timers.has('hide-grace')) return;
     const grace = this.options.HIDE_GRACE;
-    if (grace > 0) {
-      this._setTimer('hide-grace', this._hideNow, grace);
-      return;
-    }
-    this._hideNow();
+    const action = this._presence.hide(grace);
+    if (action === 'grace') this._setTimer('hide-grace', this._graceOver, grace);
+    else if (action === 'pause') this._pause('hidden');
   }
 
-  _hideNow() {
-    this._hidden = true;
-    this._pause('hidden');
+  _graceOver() {
+    if (this._presence.graceOver()) this._pause('hidden');
   }
 
   _onShow() {
-    if (this._timers.has('hide-grace')) {
-      // back before the grace ran out: the connection was never closed
-      this._clearTimer('hide-grace');
-      return;
-    }
-    if (!this._hidden) return;
-    this._hidden = false;
-    this._resume('shown');
+    const action = this._presence.show();
+    // back within the grace: the connection was never closed
+    if (action === 'stay') this._clearTimer('hide-grace');
+    else if (action === 'resume') this._resume('shown');
   }
 
   _onOffline() {
-    // hidden already, only waiting for the grace to run out
-    if (this._timers.has('hide-grace')) this._hidden = true;
-    this._offline = true;
+    this._presence.goOffline();
     this._pause('offline');
   }
 
   _onOnline() {
-    this._offline = false;
-    this._resume('online');
+    if (this._presence.goOnline()) this._resume('online');
   }
 }
 

@@ -10,6 +10,7 @@ import { getGlobal, resolveTransport, transportProblem } from './transport-selec
 import { ReconnectPolicy, closeVerdict, isRefusalClose, refusalMessage } from './reconnect.mjs';
 import { Delivery, isTerminalEvent } from './delivery.mjs';
 import { SessionTimers } from './timers.mjs';
+import { Presence } from './presence.mjs';
 
 /** Defaults from the product specification; every one can be overridden. */
 export const DEFAULT_OPTIONS = Object.freeze({
@@ -127,8 +128,7 @@ class ProgressRelayClient {
     this._pollGen = 0;
     this._checkGen = 0;
     this._pollAnnounced = false;
-    this._hidden = false;
-    this._offline = false;
+    this._presence = new Presence();
     /** @type {null | (() => void)} */
     this._unsubscribe = null;
   }
@@ -247,7 +247,7 @@ class ProgressRelayClient {
 
   _clearTimer(name) { this._timers.clear(name); }
 
-  _paused() { return this._hidden || this._offline; }
+  _paused() { return this._presence.paused(); }
 
   /** Whether session `sid` is still the active one. */
   _current(sid) { return sid === this._sid && this._active; }
@@ -798,41 +798,30 @@ class ProgressRelayClient {
   }
 
   _onHide() {
-    if (this._hidden || this._timers.has('hide-grace')) return;
     const grace = this.options.HIDE_GRACE;
-    if (grace > 0) {
-      this._setTimer('hide-grace', this._hideNow, grace);
-      return;
-    }
-    this._hideNow();
+    const action = this._presence.hide(grace);
+    if (action === 'grace') this._setTimer('hide-grace', this._graceOver, grace);
+    else if (action === 'pause') this._pause('hidden');
   }
 
-  _hideNow() {
-    this._hidden = true;
-    this._pause('hidden');
+  _graceOver() {
+    if (this._presence.graceOver()) this._pause('hidden');
   }
 
   _onShow() {
-    if (this._timers.has('hide-grace')) {
-      // back before the grace ran out: the connection was never closed
-      this._clearTimer('hide-grace');
-      return;
-    }
-    if (!this._hidden) return;
-    this._hidden = false;
-    this._resume('shown');
+    const action = this._presence.show();
+    // back within the grace: the connection was never closed
+    if (action === 'stay') this._clearTimer('hide-grace');
+    else if (action === 'resume') this._resume('shown');
   }
 
   _onOffline() {
-    // hidden already, only waiting for the grace to run out
-    if (this._timers.has('hide-grace')) this._hidden = true;
-    this._offline = true;
+    this._presence.goOffline();
     this._pause('offline');
   }
 
   _onOnline() {
-    this._offline = false;
-    this._resume('online');
+    if (this._presence.goOnline()) this._resume('online');
   }
 }
 

@@ -350,6 +350,16 @@ class Settings:
     handshake_timeout: float = setting(
         "RELAY_HANDSHAKE_TIMEOUT", 10.0, "Seconds to send a complete request; idle keep-alive too.", low=0.1, high=600
     )
+    ws_max_frames_per_message: int = setting(
+        "RELAY_WS_MAX_FRAMES_PER_MESSAGE", 16, "Frames one client message may be split into.", low=1, high=100_000
+    )
+    max_connections_per_ip: int = setting(
+        "RELAY_MAX_CONNECTIONS_PER_IP",
+        1000,
+        "Open TCP connections per client address (0: no cap).",
+        low=0,
+        high=10_000_000,
+    )
 
     # -- operations
     metrics_allowlist: tuple[str, ...] = setting(

@@ -632,8 +632,8 @@ def flush() -> None:
     sources = tuple(_sources.values())
     _EXECUTIONS.set(sum(source.executions() for source in sources))
     _DRAINING.set(1 if _draining else 0)
-    _flush_ingest()
     _flush_broker(sources)
+    _flush_ingest()
 
 
 def _flush_broker(sources: tuple[_Source, ...]) -> None:

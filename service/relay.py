@@ -124,11 +124,14 @@ class Relay:
         """Revoke a token (``jti``) and/or every token of a user issued until now (``sub``), for ``ttl`` s.
 
         Every instance closes its live sockets opened with such a token (4500).
+        "Until now" includes the leeway: a token whose ``iat`` is up to
+        ``RELAY_JWT_LEEWAY`` s in the future is accepted, so it is covered too.
         """
         now = time.time()
+        covers = {"jti": now, "sub": now + self.settings.jwt_leeway}
         for kind, value in (("jti", jti), ("sub", sub)):
             if value is not None:
-                await self.broker.revoke(kind, value, now, now + ttl)
+                await self.broker.revoke(kind, value, covers[kind], now + ttl)
 
     async def is_revoked(self, claims: Claims) -> bool:
         """Whether ``claims`` belong to a revoked token."""

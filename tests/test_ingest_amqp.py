@@ -120,8 +120,12 @@ async def test_a_redis_outage_leaves_messages_unacknowledged_until_it_recovers(
         redis_server.stop()
         for n in range(20):
             await producer.send("outage", "progress", {"progress": n, "stage": "s"})
-        await until(lambda: consumer(server).retries >= 2, what="retries while Redis is down")
-        assert consumer(server).consumed == 0 and consumer(server).in_hand == 20
+        await until(
+            lambda: consumer(server).retries >= 2 and consumer(server).in_hand == 20,
+            what="all 20 in hand, unacknowledged, and retried while Redis is down",
+        )
+        assert consumer(server).consumed == 0
+        assert await producer.count(amqp_queue) == 0  # none is ready in the queue: all are held, unacked
         redis_server.start()
         await until(lambda: consumer(server).consumed == 20, timeout=20, what="delivered after recovery")
         got = frames(await server.relay.history("outage"))

@@ -13,6 +13,7 @@ import pytest
 from service.publisher import AsyncRelayPublisher, PublishError, RelayPublisher, amqp_message, outbox_insert
 from tests.conftest import PUBLISH_KEY, Server, StartServer, recv_json
 from tests.ingest_util import until
+from tests.redis_util import free_port
 
 
 class Proxy:
@@ -184,3 +185,111 @@ def test_amqp_message_carries_the_key_as_message_id() -> None:
     assert message.properties["delivery_mode"] == 2 and message.properties["content_type"] == "application/json"
     assert message.routing_key == "q"
     assert amqp_message("e", "complete", {}, "fixed").properties["message_id"] == "fixed"
+
+
+class Scripted:
+    """A real HTTP server on a free port answering each request with the next canned response."""
+
+    def __init__(self, *responses: bytes) -> None:
+        self.responses = list(responses)
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def base(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> Scripted:
+        """Start serving."""
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop serving."""
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while self.responses:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                self.requests.append(head + await reader.readexactly(length))
+                response = self.responses.pop(0)
+                writer.write(response)
+                await writer.drain()
+                if b"connection: close" in response.lower() or b"HTTP/1.0" in response[:9]:
+                    break
+        writer.close()
+
+
+ACCEPTED = b'{"execution_id":"x","seq":1,"duplicate":false}'
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_5xx_is_retried_with_the_same_key_and_http_framings_are_read(native: bool) -> None:
+    """A 503 is retried with the same body; chunked, HTTP/1.0 and Connection: close answers are all read."""
+    async with Scripted(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 202 Accepted\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + b"%x\r\n" % 10
+        + ACCEPTED[:10]
+        + b"\r\n"
+        + b"%x;ext=1\r\n" % (len(ACCEPTED) - 10)
+        + ACCEPTED[10:]
+        + b"\r\n0\r\n\r\n",
+        b"HTTP/1.0 202 Accepted\r\n\r\n" + ACCEPTED,
+    ) as server:
+        if native:
+            pub: Any = AsyncRelayPublisher(server.base, "k", backoff=0.01)
+            first = await pub.send_result("x", {"a": 1})
+            second = await pub.send_error("x", "boom", "timeout", {"p": 1}, recoverable=True)
+        else:
+            pub = RelayPublisher(server.base, "k", backoff=0.01)
+            first = await asyncio.to_thread(pub.send_result, "x", {"a": 1})
+            second = await asyncio.to_thread(pub.send_error, "x", "boom", "timeout", {"p": 1}, True)
+        assert first == second == json.loads(ACCEPTED)
+        bodies = [json.loads(r.split(b"\r\n\r\n", 1)[1]) for r in server.requests]
+        assert bodies[0] == bodies[1]  # the retry after 503 sent the same event, key included
+        assert bodies[2]["data"] == {
+            "error": "boom",
+            "recoverable": True,
+            "error_type": "timeout",
+            "error_details": {"p": 1},
+        }
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_giving_up_after_retries_and_refusing_a_bad_url(native: bool) -> None:
+    """An always-503 relay raises PublishError(503) after the retries; a non-HTTP URL is refused at once."""
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"
+    async with Scripted(answer, answer, answer) as server:
+        if native:
+            with pytest.raises(PublishError) as exc:
+                await AsyncRelayPublisher(server.base, "k", retries=2, backoff=0.01).send_complete("x", {"s": 1})
+        else:
+            with pytest.raises(PublishError) as exc:
+                pub = RelayPublisher(server.base, "k", retries=2, backoff=0.01)
+                await asyncio.to_thread(pub.send_complete, "x", {"s": 1})
+        assert exc.value.status == 503 and len(server.requests) == 3
+    with pytest.raises(ValueError, match="base_url"):
+        (AsyncRelayPublisher if native else RelayPublisher)("ftp://relay", "k")
+    if native:
+        with pytest.raises(PublishError, match="unreachable"):
+            await AsyncRelayPublisher(f"http://127.0.0.1:{free_port()}", "k", retries=1, backoff=0.01).send_complete(
+                "x"
+            )
+
+
+async def test_sync_publisher_context_manager_closes_its_connections(server: Server) -> None:
+    """RelayPublisher as a context manager: mint a token, publish, and close the kept connection."""
+
+    def run() -> RelayPublisher:
+        with RelayPublisher(server.base, PUBLISH_KEY) as pub:
+            assert pub.mint_token("cm", "user-1")["token"]
+            assert pub.send_complete("cm")["seq"] == 1
+            assert len(pub._idle) == 1
+        return pub
+
+    assert (await asyncio.to_thread(run))._idle == []

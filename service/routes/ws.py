@@ -255,6 +255,8 @@ async def _serve(
         metrics.connection_closed("ws")
         if sub.closed.done():
             metrics.ws_closed(sub.close_code, "server")
+        elif (sent := getattr(ws.ws_proto, "close_sent", None)) is not None:  # the frame guard closed it
+            metrics.ws_closed(sent.code, "server")
         else:  # the client left (or the server stops): record what it sent, if anything
             received = getattr(ws.ws_proto, "close_rcvd", None)
             metrics.ws_closed(received.code if received is not None else None, "client")

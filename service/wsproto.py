@@ -43,6 +43,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter, Subprotocol
 
+from .gcpolicy import policy as gc_policy
+
 __all__ = ["RelayWebSocketProtocol", "compression_extensions"]
 
 _DATA = (Opcode.TEXT, Opcode.BINARY)
@@ -230,6 +232,23 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         can_write.set()
         self._can_write = can_write
         self._data_received = _lean_event()
+
+    def connection_made(self, transport: Any) -> None:
+        """Sanic's, counted for the collection policy."""
+        gc_policy.connection_opened()
+        super().connection_made(transport)  # type: ignore[no-untyped-call]  # Sanic leaves it untyped
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Sanic's, counted for the collection policy; no more timeout checks.
+
+        Sanic's ``close()`` cancels its timeout timer, a lost connection kept it: the
+        timer held the closed connection's objects for up to half the handshake
+        timeout, past the compaction that should reclaim them (service/gcpolicy.py).
+        """
+        super().connection_lost(exc)  # type: ignore[no-untyped-call]  # Sanic leaves it untyped
+        if self._callback_check_timeouts:
+            self._callback_check_timeouts.cancel()
+        gc_policy.connection_closed()
 
     async def websocket_handshake(
         self, request: Any, subprotocols: Sequence[str] | None = None

@@ -14,7 +14,7 @@ import pytest
 
 from service.demo import Step, diagnosis_script
 from service.routes import public
-from tests.conftest import PUBLISH_KEY, Server, make_token, recv_json, recv_until_closed
+from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token, recv_json, recv_until_closed
 
 Events = list[dict[str, Any]]
 
@@ -101,14 +101,22 @@ async def sse(
 
 
 def sse_events(messages: list[dict[str, str]]) -> Events:
-    """The event objects of SSE messages, checking that ``id`` and ``event`` match each one."""
+    """The event objects of SSE messages, checking that ``id`` (``<epoch>:<seq>``) and ``event`` match each one."""
     events = []
+    epochs = {json.loads(m["data"])["epoch"] for m in messages if m.get("event") == "connected"}
     for m in messages:
         if "id" in m:
             event = json.loads(m["data"])
-            assert m["id"] == str(event["seq"]) and m["event"] == event["event"]
+            epoch, _, seq = m["id"].rpartition(":")
+            assert seq == str(event["seq"]) and m["event"] == event["event"]
+            assert epoch and (not epochs or epoch in epochs), (epoch, epochs)
             events.append(event)
     return events
+
+
+def last_event_id(messages: list[dict[str, str]]) -> str:
+    """The id of the last event message (what EventSource sends back as Last-Event-ID)."""
+    return [m["id"] for m in messages if "id" in m][-1]
 
 
 async def poll(server: Server, execution_id: str, timeout: float = 10.0, **params: Any) -> httpx.Response:
@@ -154,13 +162,16 @@ async def test_sse_returns_what_the_socket_received(server: Server) -> None:
     response, messages = await sse(server, "exec-sse")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     assert messages[0]["event"] == "connected"
-    assert json.loads(messages[0]["data"]) == {
+    connected = json.loads(messages[0]["data"])
+    assert connected == {
         "type": "connected",
         "execution_id": "exec-sse",
         "latest_seq": len(received),
+        "epoch": connected["epoch"],
         "resumed": False,
-        "keepalive_interval": public.KEEPALIVE_INTERVAL,
+        "keepalive_interval": server.app.ctx.settings.sse_keepalive_interval,
     }
+    assert connected["epoch"] and messages[1]["id"] == f"{connected['epoch']}:1"
     assert messages[0]["retry"] == str(public.SSE_RETRY_MS)
     assert sse_events(messages) == received
     assert "id" in messages[-1] and messages[-1]["event"] == "complete"
@@ -318,10 +329,12 @@ async def test_long_poll_waits_for_an_execution_not_started_yet(server: Server) 
         "execution_id": "exec-new",
         "events": [],
         "latest_seq": 0,
+        "epoch": body["epoch"],
         "terminal": False,
         "next_after": 0,
         "has_more": False,
     }
+    assert body["epoch"]  # created by the first subscriber: the first publish uses it
     task = asyncio.create_task(poll(server, "exec-new", after=0, wait=20, timeout=30))
     async with asyncio.timeout(5):
         while server.relay.hub.subscribers("exec-new") < 1:
@@ -347,15 +360,18 @@ async def test_poll_reports_a_gap_when_history_was_trimmed(start_server: Callabl
 # -- SSE details ----------------------------------------------------------------------------
 
 
-async def test_sse_sends_keepalive_comments_while_idle(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An idle stream gets ': keepalive' comment lines at the configured interval, then the events."""
-    monkeypatch.setattr(public, "KEEPALIVE_INTERVAL", 0.05)
-    task = asyncio.create_task(sse(server, "exec-ka"))
-    await asyncio.sleep(0.3)
-    await server.publish("exec-ka", "complete", {"report": {"ok": True}})
-    _, messages = await task
-    assert {"comment": "keepalive"} in messages
-    assert [e["seq"] for e in sse_events(messages)] == [1]
+async def test_sse_sends_keepalive_comments_while_idle(start_server: StartServer) -> None:
+    """An idle stream gets ': keepalive' comment lines every RELAY_SSE_KEEPALIVE_INTERVAL, then the events."""
+    server = await start_server(RELAY_SSE_KEEPALIVE_INTERVAL="0.05")
+    params = {"token": make_token("exec-ka")}
+    async with asyncio.timeout(10), server.http.stream("GET", "/v1/executions/exec-ka/stream", params=params) as r:
+        lines = r.aiter_lines()
+        async for line in lines:  # the stream is idle until a keepalive arrives
+            if line == ": keepalive":
+                break
+        await server.publish("exec-ka", "complete", {"report": {"ok": True}})
+        rest = [line async for line in lines]
+    assert "event: complete" in rest and json.loads(rest[rest.index("event: complete") + 1][6:])["seq"] == 1
 
 
 async def test_sse_on_a_finished_caught_up_execution_answers_204(server: Server) -> None:
@@ -372,7 +388,12 @@ async def test_sse_tells_the_reader_when_its_token_expires(server: Server) -> No
     token = make_token("exec-exp", ttl=1)  # accepted within the leeway, expires during the stream
     _, messages = await sse(server, "exec-exp", token=token)
     assert messages[-1]["event"] == "close"
-    assert json.loads(messages[-1]["data"]) == {"type": "close", "code": 4001, "reason": "token expired"}
+    assert json.loads(messages[-1]["data"]) == {
+        "type": "close",
+        "code": 4001,
+        "reason": "token expired",
+        "reconnect": True,
+    }
 
 
 async def test_sse_readers_are_told_to_reconnect_when_the_server_stops(server: Server) -> None:
@@ -542,6 +563,7 @@ async def test_demo_page_is_not_served_in_production(
 async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_server: Callable[..., Any]) -> None:
     """An SSE reader that stops reading overflows its bounded queue and is cut off; publishing never waits."""
     server = await start_server(RELAY_SEND_QUEUE_SIZE="4")
+    closes = counted("slow_consumer_closes")
     token = make_token("exec-slow")
     _reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(f"GET /v1/executions/exec-slow/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -557,7 +579,7 @@ async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_
     async with asyncio.timeout(5):
         while server.relay.hub.subscribers("exec-slow") > 0:
             await asyncio.sleep(0.01)
-    assert server.relay.counters["slow_consumer_closes"] == 1
+    assert counted("slow_consumer_closes") == closes + 1
     writer.close()
 
 
@@ -610,4 +632,9 @@ async def test_sse_tells_the_reader_when_its_token_is_revoked(server: Server) ->
     )
     assert r.status_code == 202
     _, messages = await task
-    assert json.loads(messages[-1]["data"]) == {"type": "close", "code": 4500, "reason": "token revoked"}
+    assert json.loads(messages[-1]["data"]) == {
+        "type": "close",
+        "code": 4500,
+        "reason": "token revoked",
+        "reconnect": False,
+    }

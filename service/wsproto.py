@@ -50,6 +50,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter, Subprotocol
 
 from . import metrics
+from .gcpolicy import policy as gc_policy
 from .hardening import LINGER, RelayHttp
 from .limits import FrameGuard, PeerLimit
 
@@ -389,6 +390,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
 
     def connection_made(self, transport: Any) -> None:
         """Accept the connection, or answer 429 and close when its address has too many open."""
+        gc_policy.connection_opened()
         super().connection_made(transport)  # type: ignore[no-untyped-call]
         self.head_started = time.monotonic()  # the first head is timed from the accept
         peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
@@ -404,12 +406,20 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the connection in the per-address count, then let Sanic clean up."""
+        """Forget the connection in the per-address count, then let Sanic clean up; no more timeout checks.
+
+        Sanic's ``close()`` cancels its timeout timer, a lost connection kept it: the
+        timer held the closed connection's objects for up to half the handshake
+        timeout, past the compaction that should reclaim them (service/gcpolicy.py).
+        """
         address, self.peer_address = self.peer_address, None
         peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
         if address is not None and peers is not None:
             peers.release(address)
         super().connection_lost(exc)  # type: ignore[no-untyped-call]
+        if self._callback_check_timeouts:
+            self._callback_check_timeouts.cancel()
+        gc_policy.connection_closed()
 
     def check_timeouts(self) -> None:
         """Sanic's timeouts, with a request head timed from a fixed start instead of its last byte."""

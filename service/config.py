@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import typing
 from collections.abc import Callable, Mapping
@@ -44,6 +45,7 @@ from urllib.parse import urlsplit
 __all__ = [
     "DEFAULTS",
     "LONG_POLL_MAX_WAIT",
+    "OUTBOX_TABLE_RE",
     "POLL_DEFAULT_LIMIT",
     "POLL_MAX_LIMIT",
     "REDIS_RECONNECT_MAX",
@@ -103,14 +105,21 @@ def setting(
 
 
 def _broker_url(name: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "memory":
+    scheme = url.partition("://")[0].lower()
+    if scheme == "memory":
         return url
-    if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ConfigError(f"{name} must name a host, got {url.split('@')[-1]!r}.")
-        return url
-    raise ConfigError(f"{name} must start with memory://, redis:// or rediss://.")
+    from .brokers.redis_url import SCHEMES, parse_redis_url
+
+    if scheme not in SCHEMES:
+        raise ConfigError(
+            f"{name} must start with memory://, redis://, rediss://, redis+sentinel://, "
+            "rediss+sentinel://, redis+cluster:// or rediss+cluster://."
+        )
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}.") from None
+    return url
 
 
 def _networks(name: str, items: tuple[str, ...]) -> tuple[str, ...]:
@@ -124,6 +133,57 @@ def _networks(name: str, items: tuple[str, ...]) -> tuple[str, ...]:
 
 def _origins(name: str, items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(o.rstrip("/") for o in items)
+
+
+# -- ingest (docs/ingest.md) --
+
+_AMQP_QUEUE_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+#: An outbox table name: lower case, optionally schema-qualified, with room for ``_dead``.
+OUTBOX_TABLE_RE = re.compile(r"(?:[a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,57}")
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any password replaced, for error messages."""
+    return re.sub(r"(//[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
+def _url_of(schemes: tuple[str, ...]) -> Callable[[str, str], str]:
+    """A check for an optional URL (empty: off) with one of ``schemes`` and a host."""
+
+    def check(name: str, url: str) -> str:
+        if not url:
+            return url
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+        except ValueError:
+            raise ConfigError(f"{name} is not a valid URL: {_without_password(url)!r}.") from None
+        if parts.scheme not in schemes:
+            prefixes = " or ".join(s + "://" for s in schemes)
+            raise ConfigError(f"{name} must start with {prefixes}, got {_without_password(url)!r}.")
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError(f"{name} must name a host, got {_without_password(url)!r}.")
+        return url
+
+    return check
+
+
+def _amqp_queue(name: str, queue: str) -> str:
+    if not _AMQP_QUEUE_RE.fullmatch(queue) or queue.startswith("amq."):
+        raise ConfigError(
+            f"{name} must be 1-200 characters of A-Za-z0-9._:- and not start with amq. "
+            f"(reserved by RabbitMQ), got {queue!r}."
+        )
+    return queue
+
+
+def _outbox_table(name: str, table: str) -> str:
+    if not OUTBOX_TABLE_RE.fullmatch(table):
+        raise ConfigError(
+            f"{name} must be a lower-case table name, optionally schema-qualified "
+            f"([schema.]name of a-z0-9_, at most 58 characters, so that <name>_dead fits), got {table!r}."
+        )
+    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +208,10 @@ class Settings:
 
     # -- broker
     broker_url: str = setting(
-        "RELAY_BROKER_URL", "memory://", "memory://, redis:// or rediss:// URL of the broker.", check=_broker_url
+        "RELAY_BROKER_URL",
+        "memory://",
+        "memory://, or a redis://, redis+sentinel:// or redis+cluster:// URL (rediss+ for TLS).",
+        check=_broker_url,
     )
     redis_prefix: str = setting("RELAY_REDIS_PREFIX", "relay", "Prefix of every Redis key and channel.")
     redis_max_connections: int = setting(
@@ -181,6 +244,21 @@ class Settings:
         "Seconds of pub/sub silence before a PING (3x: reconnect).",
         low=0.01,
         high=3600,
+    )
+    # Redis topologies (issue 14): replicas that must have each publish before it is acknowledged.
+    redis_min_replicas: int = setting(
+        "RELAY_REDIS_MIN_REPLICAS",
+        0,
+        "Replicas that must have an event before its publish is acknowledged (WAIT); too few: 503.",
+        low=0,
+        high=16,
+    )
+    redis_min_replicas_timeout: float = setting(
+        "RELAY_REDIS_MIN_REPLICAS_TIMEOUT",
+        0.5,
+        "Seconds to wait for RELAY_REDIS_MIN_REPLICAS replicas before answering 503.",
+        low=0.001,
+        high=60,
     )
     history_size: int = setting("RELAY_HISTORY_SIZE", 1000, "Events kept per execution.", low=1, high=1_000_000)
     history_ttl: int = setting(
@@ -272,6 +350,16 @@ class Settings:
     handshake_timeout: float = setting(
         "RELAY_HANDSHAKE_TIMEOUT", 10.0, "Seconds to send a complete request; idle keep-alive too.", low=0.1, high=600
     )
+    ws_max_frames_per_message: int = setting(
+        "RELAY_WS_MAX_FRAMES_PER_MESSAGE", 16, "Frames one client message may be split into.", low=1, high=100_000
+    )
+    max_connections_per_ip: int = setting(
+        "RELAY_MAX_CONNECTIONS_PER_IP",
+        1000,
+        "Open TCP connections per client address (0: no cap).",
+        low=0,
+        high=10_000_000,
+    )
 
     # -- operations
     metrics_allowlist: tuple[str, ...] = setting(
@@ -289,6 +377,49 @@ class Settings:
         default_from=lambda s: s.shutdown_timeout / 2,
     )
 
+    # -- ingest from the scheduler's own infrastructure (docs/ingest.md); empty URL/DSN: off
+    amqp_url: str = setting(
+        "RELAY_AMQP_URL",
+        "",
+        "amqp:// or amqps:// URL to consume RELAY_AMQP_QUEUE from.",
+        check=_url_of(("amqp", "amqps")),
+        secret=True,
+    )
+    amqp_queue: str = setting(
+        "RELAY_AMQP_QUEUE",
+        "progress-relay.events",
+        "Durable queue consumed; <queue>.dead gets refusals.",
+        check=_amqp_queue,
+    )
+    amqp_prefetch: int = setting(
+        "RELAY_AMQP_PREFETCH", 100, "Unacknowledged messages in hand (also the largest batch).", low=1, high=1000
+    )
+    outbox_dsn: str = setting(
+        "RELAY_OUTBOX_DSN",
+        "",
+        "postgresql:// DSN to consume RELAY_OUTBOX_TABLE from.",
+        check=_url_of(("postgres", "postgresql")),
+        secret=True,
+    )
+    outbox_table: str = setting(
+        "RELAY_OUTBOX_TABLE", "relay_outbox", "Outbox table; <table>_dead gets refusals.", check=_outbox_table
+    )
+    outbox_batch_size: int = setting("RELAY_OUTBOX_BATCH_SIZE", 500, "Rows published per batch.", low=1, high=1000)
+    outbox_poll_interval: float = setting(
+        "RELAY_OUTBOX_POLL_INTERVAL",
+        1.0,
+        "Seconds between polls without NOTIFY, and between standby lock attempts.",
+        low=0.05,
+        high=60,
+    )
+    outbox_hole_timeout: float = setting(
+        "RELAY_OUTBOX_HOLE_TIMEOUT",
+        10.0,
+        "Seconds rows wait behind ids of a transaction still open.",
+        low=0,
+        high=3600,
+    )
+
     # -- derived at load, not variables of their own
     # (kid, secret-or-PEM) pairs from RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEYS; the first one signs.
     jwt_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -304,7 +435,7 @@ class Settings:
 
     @property
     def broker_scheme(self) -> str:
-        """The URL scheme of the broker: ``memory``, ``redis`` or ``rediss``."""
+        """The URL scheme of the broker: ``memory``, ``redis``, ``rediss+sentinel``, ``redis+cluster``, ..."""
         return urlsplit(self.broker_url).scheme
 
 
@@ -473,6 +604,8 @@ def _check_together(settings: Settings) -> None:
         raise ConfigError("RELAY_SHUTDOWN_CLOSE_WINDOW must be below RELAY_SHUTDOWN_TIMEOUT.")
     if settings.token_ttl > settings.token_max_ttl:
         raise ConfigError("RELAY_TOKEN_TTL must not exceed RELAY_TOKEN_MAX_TTL.")
+    if settings.redis_min_replicas and not settings.broker_scheme.startswith("redis"):
+        raise ConfigError("RELAY_REDIS_MIN_REPLICAS is above 0 but RELAY_BROKER_URL is not a Redis URL.")
 
 
 def _with_keys(settings: Settings) -> Settings:

@@ -41,11 +41,12 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -57,12 +58,14 @@ __all__ = [
     "MULTIPROC_ENV",
     "address_allowed",
     "auth_failure",
+    "broker_error",
     "connection_closed",
     "connection_opened",
     "delivered",
     "delivery_failed",
     "fallback_request",
     "flush",
+    "ingest_consumer",
     "instrument_broker",
     "limit_exceeded",
     "multiprocess_dir",
@@ -122,6 +125,12 @@ _REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying ret
 _REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
 _GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
 _LIMITS = Counter("relay_limit_exceeded", "Connections or frames refused by a configured limit, by limit.", ["limit"])
+_BROKER_ERRORS = Counter(
+    "relay_broker_errors",
+    "Failed broker (Redis) commands, by kind: moved, ask, tryagain, clusterdown, readonly, noscript, oom, "
+    "auth, loading, timeout, connection, replicas, other.",
+    ["kind"],
+)
 _FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
 _OPENED = Counter("relay_connections_opened", "Subscriber connections opened, by transport.", ["transport"])
 _REVOKED = Counter("relay_revoked_closes", "Live subscribers closed with 4500 because their token was revoked.")
@@ -135,6 +144,14 @@ _BROKER_CONNECTED = Gauge(
     "relay_broker_connected",
     "1 while the broker's live delivery is connected (the memory broker always is).",
     multiprocess_mode="livemin",
+)
+_BROKER_SHARDS = Gauge(
+    "relay_broker_shard_connections",
+    "Redis Cluster: sharded pub/sub connections, one per node owning a channel this process needs.",
+    multiprocess_mode="livesum",
+)
+_BROKER_MIGRATIONS = Counter(
+    "relay_broker_slot_migrations", "Redis Cluster: subscribed channels whose slot moved (resubscribed and resynced)."
 )
 _BROKER_RETAINED = Gauge(
     "relay_broker_executions_retained",
@@ -165,6 +182,35 @@ _GC_SECONDS = Histogram(
     buckets=_GC_BUCKETS,
 )
 
+# Ingest consumers (docs/ingest.md): counts copied from each consumer's own ints at flush time.
+_INGEST_CONSUMED = Counter(
+    "relay_ingest_consumed", "Items published from an ingest source (duplicates included), by source.", ["source"]
+)
+_INGEST_DUPLICATES = Counter(
+    "relay_ingest_duplicates", "Ingested items answered as duplicates of their idempotency key.", ["source"]
+)
+_INGEST_DEAD = Counter(
+    "relay_ingest_dead_lettered", "Ingested items refused for good and moved to the dead letters.", ["source"]
+)
+_INGEST_RETRIES = Counter(
+    "relay_ingest_retries", "Ingest batches kept and retried after a transient failure (broker down).", ["source"]
+)
+_INGEST_UP = Gauge(
+    "relay_ingest_up", "1 while the consumer is connected to its source.", ["source"], multiprocess_mode="livemax"
+)
+_INGEST_LEADER = Gauge(
+    "relay_ingest_leader",
+    "1 while this instance is the one consuming (outbox lock holder, active AMQP consumer).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+_INGEST_LAG = Gauge(
+    "relay_ingest_lag_seconds",
+    "Age of the oldest message or row seen and not yet consumed (0 when none waits).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+
 #: Every metric family this module exports (the dashboard may use only these).
 METRIC_NAMES = frozenset(
     {
@@ -184,6 +230,7 @@ METRIC_NAMES = frozenset(
         "relay_replay_gaps_total",
         "relay_fallback_requests_total",
         "relay_limit_exceeded_total",
+        "relay_broker_errors_total",
         "relay_connections_opened_total",
         "relay_revoked_closes_total",
         "relay_broker_reconnects_total",
@@ -192,6 +239,15 @@ METRIC_NAMES = frozenset(
         "relay_broker_channels_subscribed",
         "relay_broker_connected",
         "relay_broker_executions_retained",
+        "relay_ingest_consumed_total",
+        "relay_ingest_duplicates_total",
+        "relay_ingest_dead_lettered_total",
+        "relay_ingest_retries_total",
+        "relay_ingest_up",
+        "relay_ingest_leader",
+        "relay_ingest_lag_seconds",
+        "relay_broker_shard_connections",
+        "relay_broker_slot_migrations_total",
         *(
             f"{h}_{s}"
             for h in (
@@ -276,6 +332,7 @@ _fallback = _Tally(_FALLBACK)
 _limits = _Tally(_LIMITS)
 _opened = _Tally(_OPENED)
 _revoked = _Tally(_REVOKED)
+_broker_errors = _Tally(_BROKER_ERRORS)
 _publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
 _broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
 _delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
@@ -294,6 +351,7 @@ _TALLIES = (
     _limits,
     _opened,
     _revoked,
+    _broker_errors,
 )
 _gc_seconds = _Buckets(_GC_SECONDS, _GC_BUCKETS)
 _HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds, _gc_seconds)
@@ -341,11 +399,13 @@ class _Source:
 _BROKER_GAUGES = {
     "redis_channels_subscribed": _BROKER_CHANNELS,
     "executions_retained": _BROKER_RETAINED,
+    "redis_cluster_shard_connections": _BROKER_SHARDS,
 }
 _BROKER_COUNTERS = {
     "redis_pubsub_reconnect_attempts": _BROKER_RECONNECTS,
     "redis_resyncs": _BROKER_RESYNCS,
     "redis_messages_dropped": _BROKER_DROPPED,
+    "redis_cluster_slot_migrations": _BROKER_MIGRATIONS,
 }
 #: relay_broker_connected: the lowest over relays; relay_events_accepted counts events_accepted already.
 _BROKER_CONNECTED_KEY = "redis_pubsub_connected"
@@ -355,6 +415,46 @@ BROKER_STATS = frozenset({*_BROKER_GAUGES, *_BROKER_COUNTERS, _BROKER_CONNECTED_
 _state = _State()
 _sources: dict[int, _Source] = {}  # by id() of the owner given to start()
 _draining: set[int] = set()  # ids of owners draining
+
+
+class IngestFigures(Protocol):
+    """What an ingest consumer (``service.ingest.Consumer``) exposes for export, read at each flush."""
+
+    @property
+    def source(self) -> str:
+        """``amqp`` or ``outbox``."""
+
+    @property
+    def consumed(self) -> int:
+        """Items published (duplicates included)."""
+
+    @property
+    def duplicates(self) -> int:
+        """Items answered as duplicates."""
+
+    @property
+    def dead_lettered(self) -> int:
+        """Items moved to the dead letters."""
+
+    @property
+    def retries(self) -> int:
+        """Batches kept and retried."""
+
+    @property
+    def up(self) -> bool:
+        """Connected to its source."""
+
+    @property
+    def leader(self) -> bool:
+        """The instance consuming."""
+
+    @property
+    def lag(self) -> float:
+        """Age of the oldest unconsumed item, in seconds."""
+
+
+# Each live ingest consumer and the counts of it already exported.
+_ingest: weakref.WeakKeyDictionary[IngestFigures, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 # -- what the rest of the relay calls ---------------------------------------------------
@@ -441,9 +541,37 @@ def revoked_close() -> None:
     _revoked.add()
 
 
+def broker_error(kind: str) -> None:
+    """One broker command failed, classified by kind (see ``brokers/redis_errors.py``)."""
+    _broker_errors.add((kind,))
+
+
 def fallback_request(kind: str) -> None:
     """A polling (``poll``, ``long_poll``), ``state`` or ``sse`` request arrived."""
     _fallback.add((kind,))
+
+
+def ingest_consumer(consumer: IngestFigures) -> None:
+    """Export ``consumer``'s counts and state (read at every flush while it lives)."""
+    _ingest.setdefault(consumer, {})
+
+
+def _flush_ingest() -> None:
+    for consumer, exported in list(_ingest.items()):
+        source = consumer.source
+        for name, metric in (
+            ("consumed", _INGEST_CONSUMED),
+            ("duplicates", _INGEST_DUPLICATES),
+            ("dead_lettered", _INGEST_DEAD),
+            ("retries", _INGEST_RETRIES),
+        ):
+            value = getattr(consumer, name)
+            if value != exported.get(name, 0):
+                metric.labels(source).inc(value - exported.get(name, 0))
+                exported[name] = value
+        _INGEST_UP.labels(source).set(1 if consumer.up else 0)
+        _INGEST_LEADER.labels(source).set(1 if consumer.leader else 0)
+        _INGEST_LAG.labels(source).set(consumer.lag)
 
 
 def set_draining(owner: object, draining: bool) -> None:
@@ -505,6 +633,7 @@ def flush() -> None:
     _EXECUTIONS.set(sum(source.executions() for source in sources))
     _DRAINING.set(1 if _draining else 0)
     _flush_broker(sources)
+    _flush_ingest()
 
 
 def _flush_broker(sources: tuple[_Source, ...]) -> None:

@@ -16,8 +16,10 @@ from auth import Claims, PublisherKeys, TokenMinter, TokenVerifier
 
 from . import metrics
 from .brokers import Broker, HistoryPage, PublishResult, broker_from_settings
-from .closecodes import CloseCode
+from .closecodes import TOKEN_REVOKED
 from .config import HMAC_ALGORITHMS, Settings
+from .cursor import Cursor
+from .delivery import Resume, resume
 from .errors import RelayError
 from .events import Event, EventDraft
 from .hub import Hub
@@ -114,7 +116,7 @@ class Relay:
                 metrics.publish_rejected(result.code)
         return results
 
-    def subscription(self, execution_id: str, cursor: int, sink: Sink, claims: Claims | None = None) -> Subscription:
+    def subscription(self, execution_id: str, cursor: Cursor, sink: Sink, claims: Claims | None = None) -> Subscription:
         """A new subscription after ``cursor``; call ``open`` then ``start`` on it."""
         return Subscription(self, execution_id, cursor, sink, self.settings.send_queue_size, claims)
 
@@ -122,11 +124,14 @@ class Relay:
         """Revoke a token (``jti``) and/or every token of a user issued until now (``sub``), for ``ttl`` s.
 
         Every instance closes its live sockets opened with such a token (4500).
+        "Until now" includes the leeway: a token whose ``iat`` is up to
+        ``RELAY_JWT_LEEWAY`` s in the future is accepted, so it is covered too.
         """
         now = time.time()
+        covers = {"jti": now, "sub": now + self.settings.jwt_leeway}
         for kind, value in (("jti", jti), ("sub", sub)):
             if value is not None:
-                await self.broker.revoke(kind, value, now, now + ttl)
+                await self.broker.revoke(kind, value, covers[kind], now + ttl)
 
     async def is_revoked(self, claims: Claims) -> bool:
         """Whether ``claims`` belong to a revoked token."""
@@ -143,34 +148,46 @@ class Relay:
                 kind == "sub" and claims.sub == value and (claims.iat is None or claims.iat <= at)
             ):
                 metrics.revoked_close()
-                subscriber.close(CloseCode.TOKEN_INVALID, "token revoked")
+                subscriber.close(TOKEN_REVOKED)
 
-    async def history(self, execution_id: str, after: int = 0, limit: int | None = None) -> HistoryPage:
-        """Retained events after ``after``."""
-        return await self.broker.history(execution_id, after, limit)
+    async def history(
+        self, execution_id: str, after: int = 0, limit: int | None = None, *, create: bool = True
+    ) -> HistoryPage:
+        """Retained events after ``after`` (``create=False``: an unknown stream stays unknown)."""
+        return await self.broker.history(execution_id, after, limit, create=create)
+
+    async def _read(self, execution_id: str, cursor: Cursor, limit: int | None) -> tuple[HistoryPage, Resume]:
+        """Events after ``cursor``, from the start of the current epoch when the cursor's is not it."""
+        page = await self.broker.history(execution_id, cursor.seq, limit)
+        verdict = resume(page, cursor)
+        if verdict.reset:
+            page = await self.broker.history(execution_id, 0, limit)
+            verdict = resume(page, cursor)
+        return page, verdict
 
     async def wait_for_events(
-        self, execution_id: str, after: int, timeout: float, limit: int | None = None
-    ) -> HistoryPage:
-        """Events after ``after``; if none yet, wait up to ``timeout`` s for one.
+        self, execution_id: str, cursor: Cursor, timeout: float, limit: int | None = None
+    ) -> tuple[HistoryPage, Resume]:
+        """Events after ``cursor`` and how it resumed; if there are none yet, wait up to ``timeout`` s for one.
 
-        One future per waiting request, woken by the hub: no polling loop.
+        A reset answers at once (the client must learn it). One future per
+        waiting request, woken by the hub: no polling loop.
         """
-        page = await self.broker.history(execution_id, after, limit)
-        if page.events or page.terminal or timeout <= 0:
-            return page
+        page, verdict = await self._read(execution_id, cursor, limit)
+        if page.events or page.terminal or verdict.reset or timeout <= 0:
+            return page, verdict
         waiter = _Waiter()
         await self.hub.add(execution_id, waiter)
         try:
             # Registered first, then re-read: an event published in between is not missed.
-            page = await self.broker.history(execution_id, after, limit)
-            if page.events or page.terminal:
-                return page
+            page, verdict = await self._read(execution_id, cursor, limit)
+            if page.events or page.terminal or verdict.reset:
+                return page, verdict
             try:
                 await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
             except TimeoutError:
-                return page
-            return await self.broker.history(execution_id, after, limit)
+                return page, verdict
+            return await self._read(execution_id, cursor, limit)
         finally:
             self.hub.remove(execution_id, waiter)
 

@@ -33,7 +33,7 @@ from typing import Any
 from sanic import Sanic
 
 from . import metrics
-from .closecodes import CloseCode
+from .closecodes import SERVER_RESTARTING
 from .relay import Relay
 from .subscription import Subscription
 
@@ -74,7 +74,7 @@ async def close_in_batches(subscriptions: Sequence[Subscription], window: float)
     for delay, start, stop in schedule(len(subscriptions), window):
         await asyncio.sleep(max(0.0, started + delay - loop.time()))
         for sub in subscriptions[start:stop]:
-            sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+            sub.close(SERVER_RESTARTING)
 
 
 async def drain(app: Sanic[Any, Any], *_: Any) -> None:
@@ -114,7 +114,7 @@ async def drain(app: Sanic[Any, Any], *_: Any) -> None:
     # A socket that was being opened when draining began may have registered since.
     late = [s for s in relay.hub.all_subscribers() if isinstance(s, Subscription)]
     for sub in late:
-        sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+        sub.close(SERVER_RESTARTING)
 
     # Polled: publishes in flight and Sanic's handler count have no event to wait on.
     while (relay.publishing or _handlers(app)) and loop.time() < deadline:  # noqa: ASYNC110

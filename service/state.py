@@ -42,6 +42,7 @@ class ExecutionState:
     """What the events of one execution say so far."""
 
     execution_id: str
+    epoch: str = ""  # the stream epoch the events came from
     latest_seq: int = 0  # seq of the last event folded in
     event: str | None = None  # type of that event
     progress: int | None = None
@@ -94,6 +95,7 @@ class ExecutionState:
         return {
             "execution_id": self.execution_id,
             "latest_seq": self.latest_seq,
+            "epoch": self.epoch,
             "event": self.event,
             "progress": self.progress,
             "stage": self.stage,
@@ -133,13 +135,14 @@ class StateCache:
         cached = self._states.get(execution_id)
         after = cached.latest_seq if cached is not None else 0
         page = await self._history(execution_id, after)
-        if not page.exists or page.latest_seq < after:
-            # Unknown, expired, or expired and started again: forget what we knew.
+        if not page.exists or (cached is not None and page.epoch != cached.epoch) or page.latest_seq < after:
+            # Unknown, expired, or lost and started again (a new epoch): forget what we knew.
             self._states.pop(execution_id, None)
             if not page.exists:
                 return None
             cached, page = None, await self._history(execution_id, 0)
         state = fold(execution_id, page.events, cached)
+        state.epoch = page.epoch
         state.updated_at = page.updated_at
         # The history holds the truth on termination even if its terminal event was trimmed.
         state.terminal = state.terminal or page.terminal

@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import metrics
 from .brokers.base import HistoryPage
-from .closecodes import CloseCode
+from .closecodes import FINISHED, SEND_FAILED, SLOW_CONSUMER, STREAM_RESET, Disconnect
+from .cursor import Cursor
+from .delivery import Resume, resume
 from .errors import RelayError
 from .events import Event
 
@@ -60,7 +62,7 @@ class Sink(Protocol):
     async def send(self, frame: str) -> None:
         """Write one frame; may wait for the peer to read."""
 
-    def close_now(self, code: int, reason: str) -> None:
+    def close_now(self, disconnect: Disconnect) -> None:
         """Close without waiting on the peer (it may not be reading)."""
 
     # Optional: ``try_write(frame) -> bool`` writes at once if the peer's buffer has
@@ -79,30 +81,36 @@ class Subscription:
         "_try_write",
         "_writer",
         "claims",
-        "close_code",
         "closed",
         "cursor",
+        "disconnect",
+        "epoch",
         "execution_id",
         "queue_size",
         "relay",
         "replayed_to",
+        "requested",
+        "resume",
         "sent",
         "sink",
     )
 
     def __init__(
-        self, relay: Relay, execution_id: str, cursor: int, sink: Sink, queue_size: int, claims: Claims | None = None
+        self, relay: Relay, execution_id: str, cursor: Cursor, sink: Sink, queue_size: int, claims: Claims | None = None
     ) -> None:
         self.relay = relay
         self.claims = claims  # whose token opened it: revoking that token closes it
         self.execution_id = execution_id
-        self.cursor = cursor
+        self.requested = cursor
+        self.cursor = cursor.seq
+        self.epoch = ""  # the stream's epoch, known once open() read history
+        self.resume = Resume(cursor.seq)
         self.sink = sink
         self.queue_size = queue_size
         self.sent = 0
-        self.replayed_to = cursor  # events up to this seq came from history (no delivery latency)
-        self.close_code: int | None = None
-        self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.replayed_to = cursor.seq  # events up to this seq came from history (no delivery latency)
+        self.disconnect: Disconnect | None = None
+        self.closed: asyncio.Future[Disconnect] = asyncio.get_running_loop().create_future()
         self._state = _BUFFERING
         self._buffer: list[Event] = []
         self._queue: deque[Event | str] = deque()
@@ -112,13 +120,25 @@ class Subscription:
         self._finished = False  # history says terminal: close once the queue is written
 
     async def open(self) -> HistoryPage:
-        """Register for live events, then read history after the cursor."""
+        """Register for live events, then read history after the cursor (from the start after a reset)."""
         await self.relay.hub.add(self.execution_id, self)
         try:
-            return await self.relay.broker.history(self.execution_id, after=self.cursor)
+            page = await self.relay.broker.history(self.execution_id, after=self.cursor)
+            self.resume = resume(page, self.requested)
+            if self.resume.reset:
+                page = await self.relay.broker.history(self.execution_id)
+                self.resume = resume(page, self.requested)
         except BaseException:
             self.relay.hub.remove(self.execution_id, self)
             raise
+        self.epoch = page.epoch
+        self.cursor = self.replayed_to = self.resume.after
+        return page
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the subscription ended with (None while open)."""
+        return int(self.disconnect.code) if self.disconnect is not None else None
 
     def start(self, page: HistoryPage, first_frame: str | None = None) -> None:
         """Queue ``first_frame``, the history and the buffered events; go live."""
@@ -129,7 +149,7 @@ class Subscription:
         replay = [e for e in page.events if e.seq > self.cursor]
         if replay:
             self.replayed_to = replay[-1].seq
-        metrics.replayed(len(replay), page.gap_after(self.cursor))
+        metrics.replayed(len(replay), self.resume.gap)
         # Already finished: close once what is queued is written, even if nothing newer.
         self._finished = page.terminal
         self._merge(page.events)
@@ -142,6 +162,9 @@ class Subscription:
 
     def offer(self, event: Event) -> None:
         """Take a live event: queue it, buffer it, or ignore a duplicate."""
+        if event.epoch and event.epoch != self.epoch and self.epoch:
+            self.close(STREAM_RESET)  # the stream was lost and started again underneath us
+            return
         if self._state == _LIVE:
             if event.seq <= self.cursor:
                 return
@@ -154,7 +177,7 @@ class Subscription:
         if self._state == _BUFFERING:
             self._buffer.append(event)
             if len(self._buffer) > self.queue_size:
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+                self.close(SLOW_CONSUMER)
 
     def resync(self) -> None:
         """Live events may have been lost: re-read history from the cursor."""
@@ -172,7 +195,7 @@ class Subscription:
             self._written(item)
             return
         if len(self._queue) >= self.queue_size:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            self.close(SLOW_CONSUMER)
             return
         self._queue.append(item)
         if self._writer is None:
@@ -186,6 +209,9 @@ class Subscription:
                 self._queue.append(event)  # replay is bounded by the history size
         pending = sorted(self._buffer, key=lambda e: e.seq)
         self._buffer = []
+        if any(e.epoch and e.epoch != self.epoch for e in pending):
+            self.close(STREAM_RESET)  # buffered while the stream was lost and started again
+            return
         for i, event in enumerate(pending):
             if event.seq <= self.cursor:
                 continue
@@ -197,7 +223,7 @@ class Subscription:
             self._queue.append(event)
         self._state = _LIVE
         if len(self._queue) > self.queue_size + self.relay.broker.history_size:
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            self.close(SLOW_CONSUMER)
             return
         self._flush()
 
@@ -213,7 +239,7 @@ class Subscription:
             if self._written(item):
                 return
         if not queue and self._writer is None and self._finished:
-            self.close(CloseCode.NORMAL, "execution finished")
+            self.close(FINISHED)
 
     def _written(self, item: Event | str) -> bool:
         """Account for a written frame; return True when that ended the stream."""
@@ -222,7 +248,7 @@ class Subscription:
         self.sent += 1
         metrics.delivered(item.accepted_at if item.seq > self.replayed_to else 0.0)
         if item.terminal:
-            self.close(CloseCode.NORMAL, "execution finished")
+            self.close(FINISHED)
             return True
         return False
 
@@ -239,6 +265,12 @@ class Subscription:
                 await asyncio.sleep(delay)  # broker down: keep buffering, try again
                 delay = min(delay * 2, 2.0)
                 continue
+            if page.epoch != self.epoch:
+                self.close(STREAM_RESET)  # found on re-reading: the stream was lost while we were not listening
+                return
+            if page.gap_after(self.cursor):
+                self.close(SLOW_CONSUMER)  # history moved past us: resuming says gap, never a silent skip
+                return
             self._merge(page.events)
             return
 
@@ -258,18 +290,18 @@ class Subscription:
         except Exception:
             log.debug("writing to a subscriber failed", exc_info=True)
             metrics.delivery_failed()
-            self.close(CloseCode.INTERNAL_ERROR, "send failed")
+            self.close(SEND_FAILED)
             return
         self._writer = None
         if self._finished and self._state != _CLOSED:
-            self.close(CloseCode.NORMAL, "execution finished")
+            self.close(FINISHED)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, disconnect: Disconnect) -> None:
         """Stop delivering, unregister, and close the sink without waiting (idempotent)."""
         if self._state == _CLOSED:
             return
         self._state = _CLOSED
-        self.close_code = code
+        self.disconnect = disconnect
         self._queue.clear()
         self._buffer = []
         self.relay.hub.remove(self.execution_id, self)
@@ -277,9 +309,9 @@ class Subscription:
         for task in (self._writer, self._catch_up):
             if task is not None and task is not current and not task.done():
                 task.cancel()
-        if code == CloseCode.SLOW_CONSUMER:
+        if disconnect is SLOW_CONSUMER:
             metrics.slow_consumer()
         with contextlib.suppress(Exception):
-            self.sink.close_now(code, reason)
+            self.sink.close_now(disconnect)
         if not self.closed.done():
-            self.closed.set_result(code)
+            self.closed.set_result(disconnect)

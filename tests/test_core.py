@@ -11,6 +11,8 @@ import pytest
 
 from auth import PublisherKeys, TokenExpired, TokenForbidden, TokenInvalid, TokenMinter, TokenVerifier
 from service.brokers.memory import MemoryBroker
+from service.closecodes import Disconnect
+from service.cursor import Cursor
 from service.errors import ExecutionFinished, ValidationFailed
 from service.events import EventDraft, parse_draft
 from service.relay import Relay
@@ -30,8 +32,8 @@ class ListSink:
         await self.gate.wait()
         self.frames.append(frame)
 
-    def close_now(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
+    def close_now(self, disconnect: Disconnect) -> None:
+        self.closed = (int(disconnect.code), disconnect.reason)
 
     def seqs(self) -> list[int]:
         return [json.loads(f)["seq"] for f in self.frames if '"seq"' in f]
@@ -133,7 +135,7 @@ async def test_subscription_merges_replay_and_buffered_live_events_without_dupli
     for i in range(3):
         await relay.publish(progress("e", i))
     sink = ListSink()
-    sub = relay.subscription("e", 1, sink)
+    sub = relay.subscription("e", Cursor(1), sink)
     page = await sub.open()
     # Published after history was read but before going live: buffered, and seq 3 is in both.
     await relay.publish(progress("e", 3))
@@ -150,7 +152,7 @@ async def test_subscription_rereads_history_on_a_seq_hole() -> None:
     """A live event that skips seqs makes the subscription re-read history instead of losing events."""
     relay = await relay_with()
     sink = ListSink()
-    sub = relay.subscription("e", 0, sink)
+    sub = relay.subscription("e", Cursor(0), sink)
     sub.start(await sub.open())
     relay.hub.remove("e", sub)  # simulate a lost live channel: publishes do not reach it
     for i in range(3):
@@ -166,7 +168,7 @@ async def test_resync_recovers_events_missed_without_a_later_event() -> None:
     """After resync (a broker reconnected), a subscription fetches what it missed, terminal included."""
     relay = await relay_with()
     sink = ListSink()
-    sub = relay.subscription("e", 0, sink)
+    sub = relay.subscription("e", Cursor(0), sink)
     sub.start(await sub.open())
     relay.hub.remove("e", sub)
     await relay.publish(progress("e", 1))
@@ -187,7 +189,7 @@ async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None
     stalled.gate.clear()
     subs = []
     for sink in (stalled, healthy):
-        sub = relay.subscription("e", 0, sink)
+        sub = relay.subscription("e", Cursor(0), sink)
         sub.start(await sub.open())
         subs.append(sub)
     for i in range(10):
@@ -203,13 +205,13 @@ async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None
 async def test_long_poll_wakes_on_publish_and_times_out_empty() -> None:
     """wait_for_events returns as soon as an event is published, or an empty page at the timeout."""
     relay = await relay_with()
-    waiter = asyncio.create_task(relay.wait_for_events("e", 0, timeout=10))
+    waiter = asyncio.create_task(relay.wait_for_events("e", Cursor(0), timeout=10))
     await settle()
     assert not waiter.done()
     await relay.publish(progress("e", 1))
-    page = await asyncio.wait_for(waiter, 1)
+    page, _ = await asyncio.wait_for(waiter, 1)
     assert [e.seq for e in page.events] == [1]
-    empty = await relay.wait_for_events("e", 1, timeout=0.05)
+    empty, _ = await relay.wait_for_events("e", Cursor(1), timeout=0.05)
     assert empty.events == [] and empty.latest_seq == 1
     assert relay.hub.executions == 0  # waiters unregister
     await relay.close()

@@ -19,9 +19,11 @@ async def test_full_flow_delivers_events_in_order_and_closes_1000(server: Server
         "type": "connected",
         "execution_id": "exec-1",
         "latest_seq": 0,
+        "epoch": hello["epoch"],
         "resumed": False,
         "heartbeat_interval": 30,
     }
+    assert hello["epoch"]
     assert (await server.publish("exec-1", "progress", {"progress": 50, "stage": "ai_fetching"})).status_code == 202
     assert (await server.publish("exec-1", "result", {"platform": "x", "score": 3})).status_code == 202
     r = await server.publish("exec-1", "complete", {"report": {"ok": True}})

@@ -208,3 +208,29 @@ def test_the_log_guard_sees_relay_records_and_flags_a_credential(no_credentials_
         assert guard.checked == checked + 1 and len(guard.leaks) == leaks + 1
     finally:
         del guard.leaks[leaks:]  # the planted leak is not the session's
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/x\x01y?token=abc",
+        '/v1/e?token=abc"}',
+        "/v1/e?a=1&access_token=abc\\",
+        "/v1/e?token=" + make_token("x") + "\x7f",
+        "/\udcff?token=abc",  # a byte Sanic decoded with surrogateescape
+    ],
+)
+def test_every_line_is_one_json_object_whatever_the_request_bytes(path: str) -> None:
+    """Control bytes, quotes, backslashes and undecodable bytes next to a token: one JSON line, token gone."""
+    try:
+        raise ValueError(f"Bad URL: {path}")
+    except ValueError:
+        record = logging.LogRecord("sanic.error", logging.ERROR, __file__, 1, "failed on %s", (path,), sys.exc_info())
+    record.fields = {"path": path, "nested": [path]}  # type: ignore[attr-defined]
+    line = JsonFormatter().format(record)
+    line.encode()  # writable as UTF-8
+    assert "\n" not in line
+    entry = json.loads(line)
+    for text in (entry["msg"], entry["exc"], entry["path"], entry["nested"][0]):
+        assert "abc" not in text and "eyJ" not in text
+        assert "[redacted]" in text

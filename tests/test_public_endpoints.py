@@ -101,14 +101,22 @@ async def sse(
 
 
 def sse_events(messages: list[dict[str, str]]) -> Events:
-    """The event objects of SSE messages, checking that ``id`` and ``event`` match each one."""
+    """The event objects of SSE messages, checking that ``id`` (``<epoch>:<seq>``) and ``event`` match each one."""
     events = []
+    epochs = {json.loads(m["data"])["epoch"] for m in messages if m.get("event") == "connected"}
     for m in messages:
         if "id" in m:
             event = json.loads(m["data"])
-            assert m["id"] == str(event["seq"]) and m["event"] == event["event"]
+            epoch, _, seq = m["id"].rpartition(":")
+            assert seq == str(event["seq"]) and m["event"] == event["event"]
+            assert epoch and (not epochs or epoch in epochs), (epoch, epochs)
             events.append(event)
     return events
+
+
+def last_event_id(messages: list[dict[str, str]]) -> str:
+    """The id of the last event message (what EventSource sends back as Last-Event-ID)."""
+    return [m["id"] for m in messages if "id" in m][-1]
 
 
 async def poll(server: Server, execution_id: str, timeout: float = 10.0, **params: Any) -> httpx.Response:
@@ -154,13 +162,16 @@ async def test_sse_returns_what_the_socket_received(server: Server) -> None:
     response, messages = await sse(server, "exec-sse")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     assert messages[0]["event"] == "connected"
-    assert json.loads(messages[0]["data"]) == {
+    connected = json.loads(messages[0]["data"])
+    assert connected == {
         "type": "connected",
         "execution_id": "exec-sse",
         "latest_seq": len(received),
+        "epoch": connected["epoch"],
         "resumed": False,
         "keepalive_interval": server.app.ctx.settings.sse_keepalive_interval,
     }
+    assert connected["epoch"] and messages[1]["id"] == f"{connected['epoch']}:1"
     assert messages[0]["retry"] == str(public.SSE_RETRY_MS)
     assert sse_events(messages) == received
     assert "id" in messages[-1] and messages[-1]["event"] == "complete"
@@ -318,10 +329,12 @@ async def test_long_poll_waits_for_an_execution_not_started_yet(server: Server) 
         "execution_id": "exec-new",
         "events": [],
         "latest_seq": 0,
+        "epoch": body["epoch"],
         "terminal": False,
         "next_after": 0,
         "has_more": False,
     }
+    assert body["epoch"]  # created by the first subscriber: the first publish uses it
     task = asyncio.create_task(poll(server, "exec-new", after=0, wait=20, timeout=30))
     async with asyncio.timeout(5):
         while server.relay.hub.subscribers("exec-new") < 1:
@@ -375,7 +388,12 @@ async def test_sse_tells_the_reader_when_its_token_expires(server: Server) -> No
     token = make_token("exec-exp", ttl=1)  # accepted within the leeway, expires during the stream
     _, messages = await sse(server, "exec-exp", token=token)
     assert messages[-1]["event"] == "close"
-    assert json.loads(messages[-1]["data"]) == {"type": "close", "code": 4001, "reason": "token expired"}
+    assert json.loads(messages[-1]["data"]) == {
+        "type": "close",
+        "code": 4001,
+        "reason": "token expired",
+        "reconnect": True,
+    }
 
 
 async def test_sse_readers_are_told_to_reconnect_when_the_server_stops(server: Server) -> None:
@@ -614,4 +632,9 @@ async def test_sse_tells_the_reader_when_its_token_is_revoked(server: Server) ->
     )
     assert r.status_code == 202
     _, messages = await task
-    assert json.loads(messages[-1]["data"]) == {"type": "close", "code": 4500, "reason": "token revoked"}
+    assert json.loads(messages[-1]["data"]) == {
+        "type": "close",
+        "code": 4500,
+        "reason": "token revoked",
+        "reconnect": False,
+    }

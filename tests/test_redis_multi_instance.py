@@ -191,7 +191,7 @@ async def test_long_poll_and_sse_on_b_wake_up_for_events_published_on_a(
     await publish(http, a, "x4")
     await publish(http, a, "x4", "complete")
     await asyncio.wait_for(sse, 10)
-    ids = [int(line[4:]) for line in sse_lines if line.startswith("id: ")]
+    ids = [int(line[4:].rpartition(":")[2]) for line in sse_lines if line.startswith("id: ")]
     assert ids == [1, 2, 3]
 
 

@@ -41,17 +41,34 @@ async def test_revoke_by_jti_closes_that_socket_only_and_refuses_it_again(server
     assert await closed_code(again) == 4500
 
 
-async def test_revoke_by_sub_covers_tokens_issued_before_not_after(server: Server) -> None:
+async def test_revoke_by_sub_covers_tokens_issued_before_not_after(start_server: StartServer) -> None:
     """Revoking a sub closes its live sockets and refuses its older tokens; a token issued later works."""
+    server = await start_server(RELAY_JWT_LEEWAY="1")
     old = make_token("e1", sub="mallory", iat=int(time.time()) - 10)
     ws = await server.connect("e1", token=old)
     await recv_json(ws)
+    revoked_at = time.time()
     r = await server.http.post("/internal/v1/revocations", json={"sub": "mallory", "ttl_seconds": 600}, headers=AUTH)
     assert r.status_code == 202
     assert await closed_code(ws) == 4500
     assert await closed_code(await server.connect("e1", token=old)) == 4500
-    fresh = make_token("e1", sub="mallory", iat=int(time.time()) + 2)
+    # Issued after the revocation and its 1 s leeway; valid once the clock reaches iat - leeway.
+    issued = int(revoked_at) + 3
+    while time.time() < issued - 1:
+        await asyncio.sleep(0.05)
+    fresh = make_token("e1", sub="mallory", iat=issued)
     assert (await recv_json(await server.connect("e1", token=fresh)))["type"] == "connected"
+
+
+async def test_revoke_by_sub_covers_tokens_issued_ahead_within_the_leeway(server: Server) -> None:
+    """A token whose iat is ahead of the revocation by less than the leeway (still accepted) is revoked too."""
+    ahead = make_token("e1", sub="mallory", iat=int(time.time()) + 8)  # the default leeway is 10 s
+    ws = await server.connect("e1", token=ahead)
+    assert (await recv_json(ws))["type"] == "connected"
+    r = await server.http.post("/internal/v1/revocations", json={"sub": "mallory", "ttl_seconds": 600}, headers=AUTH)
+    assert r.status_code == 202
+    assert await closed_code(ws) == 4500
+    assert await closed_code(await server.connect("e1", token=ahead)) == 4500
 
 
 @pytest.mark.parametrize(

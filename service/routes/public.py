@@ -39,9 +39,11 @@ from sanic.response import BaseHTTPResponse, HTTPResponse, file, redirect
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
-from .. import metrics
-from ..closecodes import CloseCode
+from .. import closecodes, metrics
+from ..closecodes import Disconnect
 from ..config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
+from ..cursor import Cursor, parse_cursor, parse_last_event_id
+from ..delivery import connected_message
 from ..demo import simulate
 from ..errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
 from ..events import decode_frame, dumps
@@ -62,8 +64,6 @@ __all__ = [
 log = logging.getLogger("relay.public")
 bp = Blueprint("public")
 
-#: Largest seq a client may name (JavaScript's safe integers).
-MAX_SEQ = 2**53 - 1
 #: Files of the demo page, served under /demo outside production.
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 #: The demo page's API: default and largest pace, simulations at once, ids remembered for tokens.
@@ -174,16 +174,6 @@ def _query_seconds(request: Request, name: str, high: float) -> float:
     return value
 
 
-def _seq_value(raw: str | None, name: str) -> int | None:
-    if raw is None or raw.strip() == "":
-        return None
-    raw = raw.strip()  # a header value may carry spaces; inside it only ASCII digits
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 20 else -1
-    if not 0 <= value <= MAX_SEQ:
-        raise ValidationFailed([{"field": name, "message": "must be a non-negative integer (a seq)"}])
-    return value
-
-
 # -- polling ----------------------------------------------------------------------
 
 
@@ -192,22 +182,22 @@ def _seq_value(raw: str | None, name: str) -> int | None:
 async def poll_events(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse:
     """Events with ``seq > after``, oldest first; with ``wait``, a long poll."""
     relay: Relay = request.app.ctx.relay
-    after = query_int(request, "after", 0, 0, MAX_SEQ) or 0
+    cursor = parse_cursor(request.args.get("after"), request.args.get("epoch"), "after")
     wait = _query_seconds(request, "wait", LONG_POLL_MAX_WAIT)
     limit = query_int(request, "limit", POLL_DEFAULT_LIMIT, 1, POLL_MAX_LIMIT) or POLL_DEFAULT_LIMIT
     metrics.fallback_request("long_poll" if wait > 0 else "poll")
     if getattr(request.app.ctx, "draining", False):
         wait = 0.0  # shutting down: answer with what there is; the next poll goes elsewhere
-    page = await relay.wait_for_events(execution_id, after, wait, limit)
-    next_after = page.events[-1].seq if page.events else after
+    page, verdict = await relay.wait_for_events(execution_id, cursor, wait, limit)
+    next_after = page.events[-1].seq if page.events else verdict.after
     tail: dict[str, Any] = {
         "latest_seq": page.latest_seq,
+        "epoch": page.epoch,
         "terminal": page.terminal,
         "next_after": next_after,
         "has_more": next_after < page.latest_seq,
+        **verdict.fields(),
     }
-    if page.gap_after(after):
-        tail["gap"] = True
     # The frames are JSON already: splice them in rather than decode and re-encode.
     body = "".join(
         (
@@ -231,7 +221,7 @@ def _states(app: Sanic[Any, Any]) -> StateCache:
     states: StateCache | None = getattr(app.ctx, "public_states", None)
     if states is None:
         relay: Relay = app.ctx.relay
-        states = app.ctx.public_states = StateCache(lambda eid, after: relay.history(eid, after))
+        states = app.ctx.public_states = StateCache(lambda eid, after: relay.history(eid, after, create=False))
     return states
 
 
@@ -249,15 +239,15 @@ async def execution_state(request: Request, execution_id: str, claims: Claims, h
 # -- server-sent events -----------------------------------------------------------
 
 
-def sse_message(frame: str) -> str:
-    """The SSE message for one event frame: ``id`` its seq, ``event`` its type."""
+def sse_message(frame: str, epoch: str) -> str:
+    """The SSE message for one event frame: ``id`` its ``<epoch>:<seq>``, ``event`` its type."""
     match = _FRAME_HEAD.match(frame)
     if match is not None:
         seq, kind = match.group(1), match.group(2)
     else:  # not the relay's own head (cannot happen today): read it the slow way
         value = decode_frame(frame)
         seq, kind = str(value["seq"]), str(value["event"])
-    return f"id: {seq}\nevent: {kind}\ndata: {frame}\n\n"
+    return f"id: {epoch}:{seq}\nevent: {kind}\ndata: {frame}\n\n"
 
 
 class SseSink:
@@ -267,32 +257,31 @@ class SseSink:
     SSE (the opening message, keep-alive comments) and is written as it is.
     """
 
-    __slots__ = ("request", "response")
+    __slots__ = ("epoch", "request", "response")
 
     def __init__(self, request: Request) -> None:
         self.request = request
+        self.epoch = ""  # the stream's epoch, for message ids (a new epoch ends the stream with 4009)
         self.response: HTTPResponse | None = None  # set once the stream's headers are sent
 
     async def send(self, frame: str) -> None:
         """Write one message (waits for the transport to drain)."""
         assert self.response is not None
-        await self.response.send(sse_message(frame) if frame.startswith("{") else frame)
+        await self.response.send(sse_message(frame, self.epoch) if frame.startswith("{") else frame)
 
-    def close_now(self, code: int, reason: str) -> None:
+    def close_now(self, disconnect: Disconnect) -> None:
         """Drop a reader that fell behind (or broke) at once; other endings are written by the handler."""
-        if code in (CloseCode.SLOW_CONSUMER, CloseCode.INTERNAL_ERROR):
+        if disconnect.code in (closecodes.CloseCode.SLOW_CONSUMER, closecodes.CloseCode.INTERNAL_ERROR):
             with contextlib.suppress(Exception):
                 # Sanic types it as its TransportProtocol; it is the loop's asyncio transport.
                 cast(asyncio.Transport, self.request.transport).abort()
 
 
-def _sse_cursor(request: Request) -> tuple[int, bool]:
-    """Where to resume: ``Last-Event-ID`` (sent by EventSource on reconnect) wins over ``?last_seq=``."""
-    header = _seq_value(request.headers.get("last-event-id"), "Last-Event-ID")
-    if header is not None:
-        return header, True
-    query = _seq_value(request.args.get("last_seq"), "last_seq")
-    return (query, True) if query is not None else (0, False)
+def _sse_cursor(request: Request) -> Cursor:
+    """Where to resume: ``Last-Event-ID`` (sent by EventSource on reconnect) wins over ``?last_seq=&epoch=``."""
+    query = parse_cursor(request.args.get("last_seq"), request.args.get("epoch"))
+    header = parse_last_event_id(request.headers.get("last-event-id"))
+    return header if header is not None else query
 
 
 def _streams(app: Sanic[Any, Any]) -> set[Subscription]:
@@ -324,13 +313,13 @@ async def event_stream(
 
 async def _stream(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse | None:
     relay: Relay = request.app.ctx.relay
-    cursor, resumed = _sse_cursor(request)
+    cursor = _sse_cursor(request)
     if getattr(request.app.ctx, "draining", False):
         # Shutting down: like the socket's 1012, tell EventSource to come back (to another instance).
         response = await request.respond(
             headers={**headers, "cache-control": "no-cache"}, content_type="text/event-stream; charset=utf-8"
         )
-        await response.send(f"retry: {SSE_RETRY_MS}\n" + _close_message(CloseCode.SERVICE_RESTART))
+        await response.send(f"retry: {SSE_RETRY_MS}\n" + _close_message(closecodes.SERVER_RESTARTING))
         await response.eof()
         return None
     sink = SseSink(request)
@@ -341,18 +330,13 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
     expiry: asyncio.TimerHandle | None = None
     opened = False
     try:
-        if page.terminal and page.latest_seq <= cursor:
+        if page.terminal and page.latest_seq <= sub.resume.after:
             # Finished and nothing newer: 204 tells EventSource to stop reconnecting.
             return HTTPResponse(status=204, headers={**headers, **_NO_STORE})
-        connected: dict[str, Any] = {
-            "type": "connected",
-            "execution_id": execution_id,
-            "latest_seq": page.latest_seq,
-            "resumed": resumed,
-            "keepalive_interval": relay.settings.sse_keepalive_interval,
-        }
-        if page.gap_after(cursor):
-            connected["gap"] = True
+        connected = connected_message(
+            execution_id, page, cursor, sub.resume, keepalive_interval=relay.settings.sse_keepalive_interval
+        )
+        sink.epoch = page.epoch
         sink.response = await request.respond(
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             content_type="text/event-stream; charset=utf-8",
@@ -361,7 +345,7 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         metrics.connection_opened("sse")
         opened = True
         expiry = asyncio.get_running_loop().call_later(
-            max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"
+            max(0.0, claims.exp - time.time()), sub.close, closecodes.TOKEN_EXPIRED
         )
         sub.start(page, f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
         while not sub.closed.done():
@@ -377,37 +361,38 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         if opened:
             metrics.connection_closed("sse")
         streams.discard(sub)
-        sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
+        sub.close(closecodes.GOING_AWAY)  # no-op if already closed; unregisters
 
 
-_CLOSE_REASONS: dict[int, str] = {
-    CloseCode.TOKEN_EXPIRED: "token expired",
-    CloseCode.TOKEN_INVALID: "token revoked",  # the only way a stream's checked token turns invalid
-    CloseCode.SERVICE_RESTART: "server restarting",
-}
+def _close_message(disconnect: Disconnect) -> str:
+    """The last message of a stream that did not end with the terminal event: the socket's code and reason.
 
-
-def _close_message(code: int) -> str:
-    """The last message of a stream that did not end with the terminal event, with the socket's close code.
-
-    4001: get a fresh token and resume; 4500: stop; 1012: reconnect and resume (EventSource does so by itself).
+    4001: get a fresh token and resume; 4009: resume into the reset; 4500: stop; 1012: reconnect and
+    resume (EventSource does so by itself). ``reconnect`` is the disconnect table's advice.
     """
-    reason = _CLOSE_REASONS.get(code, "closed")
-    return f"event: close\ndata: {dumps({'type': 'close', 'code': int(code), 'reason': reason})}\n\n"
+    body = {
+        "type": "close",
+        "code": int(disconnect.code),
+        "reason": disconnect.reason,
+        "reconnect": disconnect.reconnect,
+    }
+    return f"event: close\ndata: {dumps(body)}\n\n"
 
 
-async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
+async def _finish(sink: SseSink, disconnect: Disconnect, sub: Subscription) -> None:
     """End the stream: after the terminal event plainly, otherwise with a ``close`` message."""
     response = sink.response
     assert response is not None
-    if code in (CloseCode.SLOW_CONSUMER, CloseCode.INTERNAL_ERROR):
+    code = disconnect.code
+    if code in (closecodes.CloseCode.SLOW_CONSUMER, closecodes.CloseCode.INTERNAL_ERROR):
         return  # the transport is aborted already
     with contextlib.suppress(Exception):
-        if code != CloseCode.NORMAL:
-            await asyncio.wait_for(response.send(_close_message(code)), 1.0)
+        if code != closecodes.CloseCode.NORMAL:
+            await asyncio.wait_for(response.send(_close_message(disconnect)), 1.0)
         await asyncio.wait_for(response.eof(), 1.0)
     log.debug(
-        "sse stream ended", extra={"fields": {"execution_id": sub.execution_id, "code": code, "frames_sent": sub.sent}}
+        "sse stream ended",
+        extra={"fields": {"execution_id": sub.execution_id, "code": int(code), "frames_sent": sub.sent}},
     )
 
 
@@ -415,7 +400,7 @@ async def _finish(sink: SseSink, code: int, sub: Subscription) -> None:
 async def close_streams(app: Sanic[Any, Any]) -> None:
     """Ask SSE readers to reconnect elsewhere (1012) and stop demo runs before the server stops."""
     for sub in tuple(_streams(app)):
-        sub.close(CloseCode.SERVICE_RESTART, "server restarting")
+        sub.close(closecodes.SERVER_RESTARTING)
     for task in tuple(_demo_runs(app)):
         task.cancel()
 

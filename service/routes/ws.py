@@ -1,4 +1,4 @@
-"""WebSocket edge: ``GET /ws/executions/{execution_id}[?last_seq=N]``.
+"""WebSocket edge: ``GET /ws/executions/{execution_id}[?last_seq=N&epoch=E]``.
 
 The token is verified before the socket is registered for anything and
 before any frame is sent; a refusal closes with the contract's code. Events
@@ -22,9 +22,11 @@ from websockets.protocol import State
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
-from .. import metrics
-from ..closecodes import CloseCode
+from .. import closecodes, metrics
+from ..closecodes import Disconnect
 from ..config import WS_WRITE_BUFFER_HIGH
+from ..cursor import Cursor, CursorError, parse_cursor
+from ..delivery import connected_message
 from ..errors import RelayError
 from ..events import dumps, now_iso
 from ..http import bearer_or_query_token
@@ -78,7 +80,8 @@ class WsSink:
         waiter = self.ping_waiter
         if waiter is not None and not waiter.done():
             if now - self.ping_sent > timeout:
-                self.ws.fail_connection(1011, "keepalive ping timeout")
+                timeout_ = closecodes.KEEPALIVE_TIMEOUT
+                self.ws.fail_connection(timeout_.code, timeout_.reason)
             return
         if now - self.ping_sent < interval:
             return
@@ -127,9 +130,9 @@ class WsSink:
             transport.write(data)
         return True
 
-    def close_now(self, code: int, reason: str) -> None:
+    def close_now(self, disconnect: Disconnect) -> None:
         """Send a close frame without waiting; Sanic aborts a peer that never answers."""
-        self.ws.end_connection(code, reason)
+        self.ws.end_connection(int(disconnect.code), disconnect.reason)
 
 
 def origin_allowed(relay: Relay, origin: str | None) -> bool:
@@ -138,39 +141,30 @@ def origin_allowed(relay: Relay, origin: str | None) -> bool:
     return not allowed or not origin or origin.rstrip("/") in allowed
 
 
-def _refuse(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
-    log.info("websocket refused", extra={"fields": {"close_code": int(code), "reason": why}})
-    metrics.ws_closed(int(code), "server")
-    ws.end_connection(int(code), reason)
+def _refuse(ws: WebsocketImplProtocol, relay: Relay, disconnect: Disconnect, why: str) -> None:
+    log.info("websocket refused", extra={"fields": {"close_code": int(disconnect.code), "reason": why}})
+    metrics.ws_closed(int(disconnect.code), "server")
+    ws.end_connection(int(disconnect.code), disconnect.reason)
 
 
-def _auth_refused(ws: WebsocketImplProtocol, relay: Relay, code: CloseCode, reason: str, why: str) -> None:
+def _auth_refused(ws: WebsocketImplProtocol, relay: Relay, disconnect: Disconnect, why: str) -> None:
     metrics.auth_failure(why)
-    _refuse(ws, relay, code, reason, why)
+    _refuse(ws, relay, disconnect, why)
 
 
 def _authorize(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str) -> Claims | None:
     if not origin_allowed(relay, request.headers.get("origin")):
-        _auth_refused(ws, relay, CloseCode.FORBIDDEN, "origin not allowed", "origin")
+        _auth_refused(ws, relay, closecodes.ORIGIN_FORBIDDEN, "origin")
         return None
     try:
         return relay.verifier.verify(bearer_or_query_token(request), execution_id)
     except TokenExpired:
-        _auth_refused(ws, relay, CloseCode.TOKEN_EXPIRED, "token expired", "expired")
+        _auth_refused(ws, relay, closecodes.TOKEN_EXPIRED, "expired")
     except TokenForbidden:
-        _auth_refused(ws, relay, CloseCode.FORBIDDEN, "token is for another execution", "other_execution")
+        _auth_refused(ws, relay, closecodes.OTHER_EXECUTION, "other_execution")
     except TokenInvalid as exc:
-        _auth_refused(ws, relay, CloseCode.TOKEN_INVALID, "token invalid", exc.reason)
+        _auth_refused(ws, relay, closecodes.TOKEN_INVALID, exc.reason)
     return None
-
-
-def _last_seq(request: Request) -> int | None:
-    raw = request.args.get("last_seq")
-    if raw is None or raw == "":
-        return None
-    if not raw.isascii() or not raw.isdigit():  # int() would also take " 7", "1_0", "-1", "\u0663"
-        raise ValueError("not a non-negative integer")
-    return int(raw)
 
 
 async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:
@@ -178,24 +172,24 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     execution_id = unquote(execution_id)  # a client may percent-encode ids ("a%3Ab" is "a:b")
     relay: Relay = request.app.ctx.relay
     if request.app.ctx.draining:
-        _refuse(ws, relay, CloseCode.SERVICE_RESTART, "server restarting", "draining")
+        _refuse(ws, relay, closecodes.SERVER_RESTARTING, "draining")
         return
     claims = _authorize(request, ws, relay, execution_id)
     if claims is None:
         return
     try:
-        last_seq = _last_seq(request)
-    except ValueError:
-        _refuse(ws, relay, CloseCode.BAD_MESSAGE, "last_seq must be a non-negative integer", "bad_last_seq")
+        cursor = parse_cursor(request.args.get("last_seq"), request.args.get("epoch"))
+    except CursorError as exc:
+        _refuse(ws, relay, closecodes.BAD_CURSOR.because(exc.detail), "bad_cursor")
         return
     limits: ConnectionLimits = request.app.ctx.limits
     exceeded = limits.acquire(execution_id, claims.sub)
     if exceeded is not None:
         metrics.limit_exceeded(exceeded)
-        _refuse(ws, relay, CloseCode.RATE_LIMITED, f"connection limit ({exceeded})", f"limit_{exceeded}")
+        _refuse(ws, relay, closecodes.CONNECTION_LIMIT.because(f"connection limit ({exceeded})"), f"limit_{exceeded}")
         return
     try:
-        await _serve(request, ws, relay, execution_id, claims, last_seq)
+        await _serve(request, ws, relay, execution_id, claims, cursor)
     finally:
         limits.release(execution_id, claims.sub)
 
@@ -206,39 +200,33 @@ bp.add_websocket_route(execution_socket, "/ws/executions/<execution_id>")
 
 
 async def _serve(
-    request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str, claims: Claims, last_seq: int | None
+    request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str, claims: Claims, cursor: Cursor
 ) -> None:
     """Replay and stream to an authorized socket until either side ends it."""
     sink = WsSink(ws)
-    sub = relay.subscription(execution_id, last_seq or 0, sink, claims)
+    sub = relay.subscription(execution_id, cursor, sink, claims)
     try:
         # Registered first, then checked: a revocation made meanwhile still reaches this socket.
         page = await sub.open()
         if await relay.is_revoked(claims):
-            sub.close(CloseCode.TOKEN_INVALID, "token revoked")
+            sub.close(closecodes.TOKEN_REVOKED)
             metrics.auth_failure("revoked")
             return
     except RelayError:
-        sub.close(CloseCode.INTERNAL_ERROR, "broker unavailable")
-        _refuse(ws, relay, CloseCode.INTERNAL_ERROR, "broker unavailable", "broker")
+        sub.close(closecodes.BROKER_UNAVAILABLE)
+        _refuse(ws, relay, closecodes.BROKER_UNAVAILABLE, "broker")
         return
     except Exception:  # a bug, not the client: say 1011 (Sanic would close with 1000)
         log.exception("opening a subscription failed")
-        sub.close(CloseCode.INTERNAL_ERROR, "internal error")
-        _refuse(ws, relay, CloseCode.INTERNAL_ERROR, "internal error", "internal")
+        sub.close(closecodes.INTERNAL_ERROR)
+        _refuse(ws, relay, closecodes.INTERNAL_ERROR, "internal")
         return
-    connected: dict[str, Any] = {
-        "type": "connected",
-        "execution_id": execution_id,
-        "latest_seq": page.latest_seq,
-        "resumed": last_seq is not None,
-        "heartbeat_interval": relay.settings.heartbeat_interval,
-    }
-    if page.gap_after(last_seq or 0):
-        connected["gap"] = True
+    connected: dict[str, Any] = connected_message(
+        execution_id, page, cursor, sub.resume, heartbeat_interval=relay.settings.heartbeat_interval
+    )
     opened = time.monotonic()
     expiry = asyncio.get_running_loop().call_later(
-        max(0.0, claims.exp - time.time()), sub.close, CloseCode.TOKEN_EXPIRED, "token expired"
+        max(0.0, claims.exp - time.time()), sub.close, closecodes.TOKEN_EXPIRED
     )
     log.info(
         "websocket opened",
@@ -246,8 +234,9 @@ async def _serve(
             "fields": {
                 "execution_id": execution_id,
                 "sub": claims.sub,
-                "last_seq": last_seq,
+                "last_seq": cursor.seq if cursor.given else None,
                 "latest_seq": page.latest_seq,
+                "reset": sub.resume.reset,
             }
         },
     )
@@ -259,17 +248,19 @@ async def _serve(
         await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
     except Exception:
         log.exception("websocket handler failed")
-        sub.close(CloseCode.INTERNAL_ERROR, "internal error")
+        sub.close(closecodes.INTERNAL_ERROR)
     finally:
         pinger.sockets.discard(sink)
         expiry.cancel()
         metrics.connection_closed("ws")
         if sub.closed.done():
             metrics.ws_closed(sub.close_code, "server")
+        elif (sent := getattr(ws.ws_proto, "close_sent", None)) is not None:  # the frame guard closed it
+            metrics.ws_closed(sent.code, "server")
         else:  # the client left (or the server stops): record what it sent, if anything
             received = getattr(ws.ws_proto, "close_rcvd", None)
             metrics.ws_closed(received.code if received is not None else None, "client")
-        sub.close(CloseCode.GOING_AWAY, "")  # no-op if already closed; unregisters
+        sub.close(closecodes.GOING_AWAY)  # no-op if already closed; unregisters
         log.info(
             "websocket closed",
             extra={
@@ -294,15 +285,15 @@ async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: Frame
             return
         if not rate.allow():
             metrics.limit_exceeded("frame_rate")
-            sub.close(CloseCode.RATE_LIMITED, "too many frames")
+            sub.close(closecodes.FRAME_RATE)
             return
         if isinstance(message, bytes | bytearray | memoryview):
-            sub.close(CloseCode.BAD_MESSAGE, "binary frames are not accepted")
+            sub.close(closecodes.BINARY_FRAME)
             return
         try:
             frame = ujson.loads(message)
         except ValueError:
-            sub.close(CloseCode.BAD_MESSAGE, "malformed JSON")
+            sub.close(closecodes.MALFORMED_JSON)
             return
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "ping":

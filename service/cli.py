@@ -209,7 +209,11 @@ def _worker_app(name: str) -> Any:
 
     settings = load_settings()
     setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
-    return create_app(settings, name=name)
+    app = create_app(settings, name=name)
+    from .gcpolicy import policy
+
+    policy.install()  # a served process: full collections skip long-lived connection objects
+    return app
 
 
 def _defer_manager_shutdown() -> None:

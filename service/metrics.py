@@ -34,14 +34,22 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 if TYPE_CHECKING:
     from .brokers.base import Broker
-    from .relay import Relay
+
+
+class Relay(Protocol):
+    """What the metrics read of a relay (a protocol, so that this module does not import service.relay)."""
+
+    @property
+    def executions(self) -> int:
+        """Executions with at least one local subscriber."""
+
 
 __all__ = [
     "CONTENT_TYPE",
@@ -441,7 +449,7 @@ def flush() -> None:
         histogram.flush()
     for transport in ("ws", "sse", *_state.connections):
         _CONNECTIONS.labels(transport).set(max(0, _state.connections.get(transport, 0)))
-    _EXECUTIONS.set(sum(relay.hub.executions for relay in tuple(_relays)))
+    _EXECUTIONS.set(sum(relay.executions for relay in tuple(_relays)))
     _DRAINING.set(1 if _draining else 0)
 
 

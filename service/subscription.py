@@ -27,22 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
+
+from auth import Claims
 
 from . import metrics
-from .brokers.base import HistoryPage
-from .closecodes import SEND_FAILED, SLOW_CONSUMER, Disconnect
+from .brokers.base import Broker, HistoryPage
+from .closecodes import SEND_FAILED, SLOW_CONSUMER, TOKEN_EXPIRED, Disconnect
 from .cursor import Cursor
-from .delivery import NOTHING, Delivery, Frame, Resume, Step
+from .delivery import NOTHING, Delivery, Frame, Resume, Step, connected_message
 from .errors import RelayError
 from .events import Event
-
-if TYPE_CHECKING:
-    from auth import Claims
-
-    from .relay import Relay
+from .hub import Hub
 
 __all__ = ["Sink", "Subscription"]
 
@@ -72,8 +71,11 @@ class Subscription:
     """Delivers one execution's events after a cursor to one sink, exactly once."""
 
     __slots__ = (
+        "_broker",
         "_catch_up",
         "_delivery",
+        "_expiry",
+        "_hub",
         "_queue",
         "_try_write",
         "_writer",
@@ -81,23 +83,35 @@ class Subscription:
         "closed",
         "disconnect",
         "execution_id",
-        "relay",
+        "on_slow_consumer",
+        "page",
         "sent",
         "sink",
     )
 
     def __init__(
-        self, relay: Relay, execution_id: str, cursor: Cursor, sink: Sink, queue_size: int, claims: Claims | None = None
+        self,
+        hub: Hub,
+        broker: Broker,
+        execution_id: str,
+        cursor: Cursor,
+        sink: Sink,
+        queue_size: int,
+        claims: Claims | None = None,
     ) -> None:
-        self.relay = relay
-        self.claims = claims  # whose token opened it: revoking that token closes it
+        self._hub = hub
+        self._broker = broker
+        self.claims = claims  # whose token opened it: revoking that token closes it (and its exp ends it)
         self.execution_id = execution_id
         self.sink = sink
         self.sent = 0
+        self.page = HistoryPage()  # the opening page, once open() returned
         self.disconnect: Disconnect | None = None
         self.closed: asyncio.Future[Disconnect] = asyncio.get_running_loop().create_future()
+        self.on_slow_consumer: Callable[[], None] | None = None
         # The replay at the start may exceed the queue bound by up to one history.
-        self._delivery = Delivery(cursor, queue_size, relay.broker.history_size)
+        self._delivery = Delivery(cursor, queue_size, broker.history_size)
+        self._expiry: asyncio.TimerHandle | None = None
         self._queue: deque[Frame] = deque()
         self._writer: asyncio.Task[None] | None = None  # exists only while frames wait
         self._try_write: Callable[[str], bool] = getattr(sink, "try_write", _cannot_write_now)
@@ -120,21 +134,31 @@ class Subscription:
 
     async def open(self) -> HistoryPage:
         """Register for live events, then read history after the cursor (from the start after a reset)."""
-        await self.relay.hub.add(self.execution_id, self)
+        await self._hub.add(self.execution_id, self)
         try:
             after = self._delivery.read_from
-            page = await self.relay.broker.history(self.execution_id, after=after)
+            page = await self._broker.history(self.execution_id, after=after)
             again = self._delivery.opened(page, after)
             if again is not None:
-                page = await self.relay.broker.history(self.execution_id, after=again)
+                page = await self._broker.history(self.execution_id, after=again)
                 self._delivery.opened(page, again)
         except BaseException:
-            self.relay.hub.remove(self.execution_id, self)
+            self._hub.remove(self.execution_id, self)
             raise
+        self.page = page
         return page
 
-    def start(self, page: HistoryPage, first_frame: str | None = None) -> None:
-        """Write ``first_frame``, the history and the buffered events; go live."""
+    def connected_message(self, **intervals: float) -> dict[str, Any]:
+        """The ``connected`` frame for this stream (``intervals``: the transport's own heartbeat or keep-alive)."""
+        return connected_message(self.execution_id, self.page, self._delivery.requested, self.resume, **intervals)
+
+    def start(self, first_frame: str | None = None) -> None:
+        """Write ``first_frame``, the history and the buffered events; go live; end at the token's expiry."""
+        page = self.page
+        if self.claims is not None and self.disconnect is None:
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, self.claims.exp - time.time()), self.close, TOKEN_EXPIRED
+            )
         after = self._delivery.resume.after
         metrics.replayed(sum(1 for e in page.events if e.seq > after), self._delivery.resume.gap)
         self._apply(self._delivery.start(page, first_frame))
@@ -190,7 +214,7 @@ class Subscription:
         delay = 0.05
         while not self._delivery.closed:
             try:
-                page = await self.relay.broker.history(self.execution_id, after=after)
+                page = await self._broker.history(self.execution_id, after=after)
             except RelayError:
                 await asyncio.sleep(delay)  # broker down: the machine keeps buffering; try again
                 delay = min(delay * 2, 2.0)
@@ -237,13 +261,16 @@ class Subscription:
             return
         self.disconnect = disconnect
         self._queue.clear()
-        self.relay.hub.remove(self.execution_id, self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._hub.remove(self.execution_id, self)
         current = asyncio.current_task()
         for task in (self._writer, self._catch_up):
             if task is not None and task is not current and not task.done():
                 task.cancel()
         if disconnect is SLOW_CONSUMER:
-            self.relay.counters["slow_consumer_closes"] += 1
+            if self.on_slow_consumer is not None:
+                self.on_slow_consumer()
             metrics.slow_consumer()
         with contextlib.suppress(Exception):
             self.sink.close_now(disconnect)

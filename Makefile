@@ -9,7 +9,7 @@ STAMP   = $(VENV)/.installed-$(HASH)
 # Installed with the service's own dependencies only (what `make run` needs).
 RUN_STAMP = $(VENV)/.installed-run-$(HASH)
 
-.PHONY: run test install bench clean check
+.PHONY: run test install bench clean check image
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ test: $(STAMP)
 ## The quality gates: ruff (lint, format), mypy --strict, ESLint and tsc on clients/js.
 check: $(STAMP)
 	bash scripts/check.sh
+
+# The container image: podman when installed, else docker (podman with --format docker,
+# which keeps the HEALTHCHECK). BASE_IMAGE (default python:3.11-slim, see the
+# Dockerfile) is only passed when set.
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE  ?= progress-relay:$(VERSION)
+ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+
+## Build the container image (IMAGE=name:tag, ENGINE=podman|docker, BASE_IMAGE=..., IMAGE_BUILD_FLAGS=...).
+image:
+	$(ENGINE) build $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \
+	  $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(IMAGE_BUILD_FLAGS) --tag $(IMAGE) .
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -183,8 +183,16 @@ class TokenVerifier:
         return payload
 
 
+#: RFC 7519 NumericDate claims: JSON numbers. PyJWT also takes a numeric string ("exp": "99999999999").
+_DATES = ("exp", "nbf", "iat")
+
+
 def _claims(payload: dict[str, Any]) -> Claims:
     sub, execution_id, jti = (payload.get(k) for k in ("sub", "execution_id", "jti"))
+    for name in _DATES:
+        value = payload.get(name)
+        if name in payload and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise TokenInvalid("claim_type", f"token {name!r} must be a JSON number (NumericDate)")
     exp = payload["exp"]  # required by _decode's options, and checked there by PyJWT
     if not isinstance(sub, str) or not sub:
         raise TokenInvalid("claim_type", "token 'sub' must be a non-empty string")
@@ -198,7 +206,7 @@ def _claims(payload: dict[str, Any]) -> Claims:
         execution_id=execution_id,
         exp=int(exp),
         jti=jti,
-        iat=int(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None,
+        iat=int(iat) if iat is not None else None,
     )
 
 

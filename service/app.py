@@ -11,18 +11,19 @@ from typing import Any
 
 from sanic import Request, Sanic
 from sanic.compat import Header
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
 from . import metrics, shutdown
 from .config import Settings, load_settings
 from .errors import RelayError
-from .heartbeat import Heartbeat
 from .http import error_response, json_response
-from .limits import ConnectionLimits
+from .ingest import start_consumers, stop_consumers
+from .limits import ConnectionLimits, PeerLimit
 from .logs import redact, request_id
+from .pinger import Pinger
 from .relay import Relay
-from .routes import internal, ops, ws
+from .routes import internal, ops, public, ws
 from .wsproto import RelayWebSocketProtocol, compression_extensions
 
 __all__ = ["SERVER_PROTOCOL", "create_app"]
@@ -34,6 +35,8 @@ log = logging.getLogger("relay.app")
 access = logging.getLogger("relay.access")
 _names = itertools.count()
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+#: Largest body of a request outside /internal (the demo page's API takes the most, a few hundred bytes).
+PUBLIC_BODY_LIMIT = 16384
 
 
 def create_app(settings: Settings | None = None, name: str | None = None) -> Sanic[Any, Any]:
@@ -43,10 +46,13 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.config.update(
         {
             "WEBSOCKET_MAX_SIZE": settings.ws_max_message_size,
-            # Keepalive pings come from one Heartbeat task, not one Sanic task per socket.
+            # Protocol pings come from one Pinger task, not one Sanic task per socket.
             "WEBSOCKET_PING_INTERVAL": None,
             "WEBSOCKET_PING_TIMEOUT": None,
-            "REQUEST_MAX_SIZE": settings.max_body_size,
+            # Bodies Sanic reads before any handler runs (every route but /internal, whose
+            # routes stream: the publisher key is checked first, then up to RELAY_MAX_BODY_SIZE
+            # is read). Nothing public takes more than a few hundred bytes.
+            "REQUEST_MAX_SIZE": PUBLIC_BODY_LIMIT,
             # Room for an over-long token to reach the verifier and get its 4500.
             "REQUEST_MAX_HEADER_SIZE": 16384,
             "ACCESS_LOG": False,  # ours below redacts tokens
@@ -64,29 +70,33 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         settings.ws_compression, settings.ws_compression_min_size, settings.ws_compression_context_takeover
     )
     app.ctx.draining = False
+    app.ctx.peers = PeerLimit(settings.max_connections_per_ip)
     app.blueprint(ops.bp)
     app.blueprint(ws.bp)
     app.blueprint(internal.bp)
-    _add_public_routes(app)
+    app.blueprint(public.bp)
 
     @app.before_server_start
     async def start_relay(app: Sanic[Any, Any]) -> None:
         relay = Relay(settings)
         await relay.start()
         app.ctx.relay = relay
-        app.ctx.heartbeat = Heartbeat(settings.ws_ping_interval, settings.ws_ping_timeout)
-        app.ctx.heartbeat.start()
+        app.ctx.pinger = Pinger(settings.ws_ping_interval, settings.ws_ping_timeout)
+        app.ctx.pinger.start()
         app.ctx.limits = ConnectionLimits(
             settings.max_connections, settings.max_connections_per_execution, settings.max_connections_per_sub
         )
-        await metrics.start(relay)
+        await metrics.start(relay, lambda: relay.executions, relay.broker_stats)
+        app.ctx.ingest = await start_consumers(relay, settings)  # none unless RELAY_AMQP_URL / RELAY_OUTBOX_DSN
 
     @app.after_server_stop
     async def stop_relay(app: Sanic[Any, Any]) -> None:
-        await app.ctx.heartbeat.stop()
+        await stop_consumers(app.ctx.ingest)
+        await app.ctx.pinger.stop()
         await metrics.stop(app.ctx.relay)
         await app.ctx.relay.close()
 
+    app.error_handler.add(RequestCancelled, _client_gone)
     app.error_handler.add(RelayError, _relay_error)
     app.error_handler.add(SanicException, _sanic_error)
     app.error_handler.add(Exception, _unexpected_error)
@@ -153,13 +163,15 @@ def _request_id(value: str) -> str:
     return value if _REQUEST_ID.fullmatch(value) else ""
 
 
-def _add_public_routes(app: Sanic[Any, Any]) -> None:
-    """Polling, SSE and state routes, when their module is present."""
-    try:
-        from .routes import public
-    except ImportError:
-        return
-    app.blueprint(public.bp)
+#: What the access log says of a request whose client went away before the answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+def _client_gone(request: Request, exc: BaseException) -> HTTPResponse:
+    """The client closed the connection mid-request: not a server error (no 500, no error line)."""
+    return json_response(
+        {"error": "client_closed_request", "message": "client closed the connection"}, CLIENT_CLOSED_REQUEST
+    )
 
 
 def _relay_error(request: Request, exc: RelayError) -> HTTPResponse:
@@ -172,7 +184,10 @@ def _sanic_error(request: Request, exc: SanicException) -> HTTPResponse:
     message = str(exc) if status < 500 else "internal error"
     if status >= 500:
         log.error("server error on %s", redact(request.path), exc_info=exc)
-    return json_response({"error": codes.get(status, "error"), "message": redact(message)}, status=status)
+    headers = getattr(exc, "headers", None) or None  # e.g. Sec-WebSocket-Version on a refused handshake
+    return json_response(
+        {"error": codes.get(status, "error"), "message": redact(message)}, status=status, headers=headers
+    )
 
 
 def _unexpected_error(request: Request, exc: Exception) -> HTTPResponse:

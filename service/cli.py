@@ -1,4 +1,4 @@
-"""The ``progress-relay`` command: serve, token, publish, demo."""
+"""The ``progress-relay`` command: serve, token, publish, demo, outbox."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .config import ConfigError, Settings, load_settings
+from .config import DEFAULTS, ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -43,10 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--execution-id", default=None, help="id of the (first) execution")
     _client_args(demo)
 
+    outbox = commands.add_parser("outbox", help="the PostgreSQL outbox (docs/ingest.md)")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    init = outbox_commands.add_parser("init", help="print the outbox DDL, or run it with --apply")
+    init.add_argument("--apply", action="store_true", help="run the DDL against the database instead of printing it")
+    init.add_argument("--table", default=None, help="table name (default RELAY_OUTBOX_TABLE, else relay_outbox)")
+    init.add_argument("--dsn", default=None, help="database for --apply (default RELAY_OUTBOX_DSN)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
             return serve()
+        if args.command == "outbox":
+            return outbox_init(args)
         if args.command == "token":
             return mint(args)
         if args.command == "publish":
@@ -64,8 +73,8 @@ def _client_args(parser: argparse.ArgumentParser) -> None:
 
 def _client(args: argparse.Namespace) -> tuple[str, str]:
     env = {**_env_file(), **os.environ}
-    host = env.get("RELAY_HOST", "127.0.0.1") or "127.0.0.1"
-    url = args.url or f"http://{host}:{env.get('RELAY_PORT', '8765') or '8765'}"
+    host = env.get("RELAY_HOST") or DEFAULTS.host
+    url = args.url or f"http://{host}:{env.get('RELAY_PORT') or DEFAULTS.port}"
     key = args.key or (env.get("RELAY_PUBLISH_KEYS", "").split(",")[0].strip())
     if not key:
         raise ConfigError("RELAY_PUBLISH_KEYS is not set; pass --key with the key the service printed.")
@@ -114,6 +123,43 @@ def publish_one(args: argparse.Namespace) -> int:
         print(f"progress-relay: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result))
+    return 0
+
+
+def outbox_init(args: argparse.Namespace) -> int:
+    """Print the outbox DDL, or run it against the database with ``--apply``."""
+    from .config import OUTBOX_TABLE_RE
+
+    env = {**_env_file(), **os.environ}
+    table = args.table or env.get("RELAY_OUTBOX_TABLE", "").strip() or "relay_outbox"
+    if not OUTBOX_TABLE_RE.fullmatch(table):
+        raise ConfigError(f"the outbox table must be a lower-case [schema.]name of a-z0-9_, got {table!r}.")
+    from .ingest.outbox import outbox_ddl
+
+    ddl = outbox_ddl(table)
+    if not args.apply:
+        print(ddl, end="")
+        return 0
+    dsn = args.dsn or env.get("RELAY_OUTBOX_DSN", "").strip()
+    if not dsn:
+        raise ConfigError("RELAY_OUTBOX_DSN is not set; pass --dsn postgresql://... to apply the DDL.")
+    import asyncio
+
+    import asyncpg
+
+    async def apply() -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(ddl)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(apply())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"progress-relay: applying the outbox DDL failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"progress-relay: outbox {table} and {table}_dead are ready", file=sys.stderr)
     return 0
 
 
@@ -199,6 +245,11 @@ def _defer_manager_shutdown() -> None:
 def serve() -> int:
     """Run the server in the foreground until SIGINT/SIGTERM."""
     settings = load_settings()
+    from .brokers import check_broker_url
+
+    problem = check_broker_url(settings.broker_url)
+    if problem:
+        raise ConfigError(f"{problem}.")
     if settings.dev_secrets:
         # Workers re-read the environment: hand them the same throwaway secrets.
         os.environ["RELAY_JWT_SECRET"] = settings.jwt_keys[0][1]

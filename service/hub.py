@@ -136,7 +136,7 @@ class Hub:
             channel.ready.set_result(None)
 
     async def _unsubscribe(self, execution_id: str, channel: _Channel) -> None:
-        _wait(channel.ready)
+        _mark_retrieved(channel.ready)
         async with self._lock():
             if execution_id in self._channels:
                 return  # someone subscribed again meanwhile
@@ -151,7 +151,7 @@ class Hub:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _wait(future: asyncio.Future[None]) -> None:
+def _mark_retrieved(future: asyncio.Future[None]) -> None:
     """Silence 'exception never retrieved' on a channel nobody awaits any more."""
     if future.done() and not future.cancelled():
         future.exception()

@@ -6,9 +6,13 @@ longer, then reconnect), never a silent drop.
 
 from __future__ import annotations
 
+import codecs
 import time
+from collections.abc import Iterable
 
-__all__ = ["ConnectionLimits", "FrameRate"]
+from websockets.frames import Frame, Opcode
+
+__all__ = ["ConnectionLimits", "FrameGuard", "FrameRate", "PeerLimit"]
 
 
 class ConnectionLimits:
@@ -65,3 +69,83 @@ class FrameRate:
             return False
         self.allowance -= 1
         return True
+
+
+class PeerLimit:
+    """Open TCP connections per client address; ``limit`` 0 turns the cap off."""
+
+    __slots__ = ("by_address", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.by_address: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        """Count one more connection from ``address``; False (nothing counted) past the limit."""
+        count = self.by_address.get(address, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self.by_address[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        """Forget one connection counted by :meth:`acquire`."""
+        left = self.by_address.get(address, 1) - 1
+        if left > 0:
+            self.by_address[address] = left
+        else:
+            self.by_address.pop(address, None)
+
+
+_UTF8 = codecs.getincrementaldecoder("utf-8")
+_CONTROL = (Opcode.PING, Opcode.PONG, Opcode.CLOSE)
+
+
+class FrameGuard:
+    """Every frame a client sends, checked before anything acts on it (no I/O here).
+
+    Counts *every* received frame, control and continuation frames included,
+    against one token bucket (``rate`` a second, bursts of twice that), caps the
+    frames of one message, and checks text messages for valid UTF-8 frame by
+    frame. :meth:`check` returns ``(close code, reason)`` for the first frame
+    that breaks a rule; the connection must then be closed, so the partial
+    message is never delivered (nor spliced onto the next one).
+    """
+
+    __slots__ = ("decoder", "in_message", "max_frames_per_message", "rate")
+
+    def __init__(self, rate: float, max_frames_per_message: int) -> None:
+        self.rate = FrameRate(rate)
+        self.max_frames_per_message = max_frames_per_message
+        self.in_message = 0  # frames of the message being received; 0 between messages
+        self.decoder: codecs.IncrementalDecoder | None = None  # set while a text message is open
+
+    def check(self, frames: Iterable[object]) -> tuple[int, int, str, str] | None:
+        """``(index, code, reason, why)`` for the first frame that breaks a rule, else None.
+
+        ``index`` is the frame's position in ``frames`` (those before it passed);
+        ``why`` is a short word for counters and metrics.
+        """
+        for index, frame in enumerate(frames):
+            if not isinstance(frame, Frame):
+                continue
+            if not self.rate.allow():
+                return index, 4029, "too many frames", "frame_rate"
+            opcode = frame.opcode
+            if opcode in _CONTROL:
+                continue
+            if opcode is not Opcode.CONT:  # TEXT or BINARY: a new message
+                self.in_message = 0
+                self.decoder = _UTF8() if opcode is Opcode.TEXT else None
+            self.in_message += 1
+            if self.in_message > self.max_frames_per_message:
+                return index, 1008, "too many frames in one message", "frames_per_message"
+            if self.decoder is not None:
+                try:
+                    self.decoder.decode(frame.data, frame.fin)
+                except UnicodeDecodeError:
+                    return index, 1007, "invalid UTF-8 in a text message", "invalid_utf8"
+            if frame.fin:
+                self.in_message = 0
+                self.decoder = None
+        return None

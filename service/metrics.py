@@ -15,8 +15,20 @@ reads them all. Counters and histograms are summed; the gauges use
 ``livesum`` (the sum over live workers; a stopping worker removes its files
 with :func:`stop`).
 
-Nothing here imports Sanic: the ``/metrics`` route lives in
-``routes/ops.py``, and callers hand plain values in.
+This is the relay's one counting system: ``GET /internal/v1/stats`` is
+:func:`snapshot`, the same families read from the same registry as
+``/metrics`` (the multiprocess directory with several workers, so both speak
+for the whole instance), turned into JSON. Nothing else keeps a count.
+
+The broker's own figures (``Broker.stats()``: pub/sub reconnects, resyncs,
+dropped messages, channels) are read at each flush and exported as
+``relay_broker_*``; a broker that reports a new key must be given a family in
+``_BROKER_GAUGES`` / ``_BROKER_COUNTERS`` (tests/test_metrics.py checks that
+every key of both brokers is mapped).
+
+Nothing here imports Sanic, nor the relay or the brokers (no import cycle,
+not even for types): the ``/metrics`` route lives in ``routes/ops.py``,
+callers hand plain values in, and :func:`start` is given callables to read.
 """
 
 from __future__ import annotations
@@ -31,39 +43,29 @@ import tempfile
 import time
 import weakref
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-if TYPE_CHECKING:
-    from .brokers.base import Broker
-
-
-class Relay(Protocol):
-    """What the metrics read of a relay (a protocol, so that this module does not import service.relay)."""
-
-    @property
-    def executions(self) -> int:
-        """Executions with at least one local subscriber."""
-
-
 __all__ = [
+    "BROKER_STATS",
     "CONTENT_TYPE",
     "METRIC_NAMES",
     "MULTIPROC_ENV",
     "address_allowed",
     "auth_failure",
-    "connection",
+    "broker_error",
     "connection_closed",
     "connection_opened",
     "delivered",
     "delivery_failed",
     "fallback_request",
     "flush",
+    "ingest_consumer",
     "instrument_broker",
     "limit_exceeded",
     "multiprocess_dir",
@@ -75,8 +77,10 @@ __all__ = [
     "remove_multiprocess_dir",
     "render",
     "replayed",
+    "revoked_close",
     "set_draining",
     "slow_consumer",
+    "snapshot",
     "start",
     "stop",
     "ws_closed",
@@ -121,7 +125,39 @@ _REPLAYS = Counter("relay_replays", "Subscriptions that started by replaying ret
 _REPLAYED = Counter("relay_replayed_events", "Events sent from history when a subscription started.")
 _GAPS = Counter("relay_replay_gaps", "Subscriptions whose history no longer reached back to their last_seq.")
 _LIMITS = Counter("relay_limit_exceeded", "Connections or frames refused by a configured limit, by limit.", ["limit"])
+_BROKER_ERRORS = Counter(
+    "relay_broker_errors",
+    "Failed broker (Redis) commands, by kind: moved, ask, tryagain, clusterdown, readonly, noscript, oom, "
+    "auth, loading, timeout, connection, replicas, other.",
+    ["kind"],
+)
 _FALLBACK = Counter("relay_fallback_requests", "Polling, long-polling, state and SSE requests, by kind.", ["kind"])
+_OPENED = Counter("relay_connections_opened", "Subscriber connections opened, by transport.", ["transport"])
+_REVOKED = Counter("relay_revoked_closes", "Live subscribers closed with 4500 because their token was revoked.")
+_BROKER_RECONNECTS = Counter("relay_broker_reconnects", "Attempts to rebuild the broker's pub/sub connection.")
+_BROKER_RESYNCS = Counter("relay_broker_resyncs", "Times live delivery re-read history after a pub/sub reconnect.")
+_BROKER_DROPPED = Counter("relay_broker_messages_dropped", "Pub/sub messages that could not be dispatched.")
+_BROKER_CHANNELS = Gauge(
+    "relay_broker_channels_subscribed", "Broker channels subscribed for local subscribers.", multiprocess_mode="livesum"
+)
+_BROKER_CONNECTED = Gauge(
+    "relay_broker_connected",
+    "1 while the broker's live delivery is connected (the memory broker always is).",
+    multiprocess_mode="livemin",
+)
+_BROKER_SHARDS = Gauge(
+    "relay_broker_shard_connections",
+    "Redis Cluster: sharded pub/sub connections, one per node owning a channel this process needs.",
+    multiprocess_mode="livesum",
+)
+_BROKER_MIGRATIONS = Counter(
+    "relay_broker_slot_migrations", "Redis Cluster: subscribed channels whose slot moved (resubscribed and resynced)."
+)
+_BROKER_RETAINED = Gauge(
+    "relay_broker_executions_retained",
+    "Executions whose history this process holds (memory broker).",
+    multiprocess_mode="livesum",
+)
 _PUBLISH_SECONDS = Histogram(
     "relay_publish_duration_seconds",
     "Time to accept a publish (one event, or one batch), broker included.",
@@ -146,6 +182,35 @@ _GC_SECONDS = Histogram(
     buckets=_GC_BUCKETS,
 )
 
+# Ingest consumers (docs/ingest.md): counts copied from each consumer's own ints at flush time.
+_INGEST_CONSUMED = Counter(
+    "relay_ingest_consumed", "Items published from an ingest source (duplicates included), by source.", ["source"]
+)
+_INGEST_DUPLICATES = Counter(
+    "relay_ingest_duplicates", "Ingested items answered as duplicates of their idempotency key.", ["source"]
+)
+_INGEST_DEAD = Counter(
+    "relay_ingest_dead_lettered", "Ingested items refused for good and moved to the dead letters.", ["source"]
+)
+_INGEST_RETRIES = Counter(
+    "relay_ingest_retries", "Ingest batches kept and retried after a transient failure (broker down).", ["source"]
+)
+_INGEST_UP = Gauge(
+    "relay_ingest_up", "1 while the consumer is connected to its source.", ["source"], multiprocess_mode="livemax"
+)
+_INGEST_LEADER = Gauge(
+    "relay_ingest_leader",
+    "1 while this instance is the one consuming (outbox lock holder, active AMQP consumer).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+_INGEST_LAG = Gauge(
+    "relay_ingest_lag_seconds",
+    "Age of the oldest message or row seen and not yet consumed (0 when none waits).",
+    ["source"],
+    multiprocess_mode="livemax",
+)
+
 #: Every metric family this module exports (the dashboard may use only these).
 METRIC_NAMES = frozenset(
     {
@@ -165,6 +230,24 @@ METRIC_NAMES = frozenset(
         "relay_replay_gaps_total",
         "relay_fallback_requests_total",
         "relay_limit_exceeded_total",
+        "relay_broker_errors_total",
+        "relay_connections_opened_total",
+        "relay_revoked_closes_total",
+        "relay_broker_reconnects_total",
+        "relay_broker_resyncs_total",
+        "relay_broker_messages_dropped_total",
+        "relay_broker_channels_subscribed",
+        "relay_broker_connected",
+        "relay_broker_executions_retained",
+        "relay_ingest_consumed_total",
+        "relay_ingest_duplicates_total",
+        "relay_ingest_dead_lettered_total",
+        "relay_ingest_retries_total",
+        "relay_ingest_up",
+        "relay_ingest_leader",
+        "relay_ingest_lag_seconds",
+        "relay_broker_shard_connections",
+        "relay_broker_slot_migrations_total",
         *(
             f"{h}_{s}"
             for h in (
@@ -247,6 +330,9 @@ _replayed = _Tally(_REPLAYED)
 _gaps = _Tally(_GAPS)
 _fallback = _Tally(_FALLBACK)
 _limits = _Tally(_LIMITS)
+_opened = _Tally(_OPENED)
+_revoked = _Tally(_REVOKED)
+_broker_errors = _Tally(_BROKER_ERRORS)
 _publish_seconds = _Buckets(_PUBLISH_SECONDS, _FAST_BUCKETS)
 _broker_seconds = _Buckets(_BROKER_SECONDS, _FAST_BUCKETS)
 _delivery_seconds = _Buckets(_DELIVERY_SECONDS, _DELIVERY_BUCKETS)
@@ -263,6 +349,9 @@ _TALLIES = (
     _gaps,
     _fallback,
     _limits,
+    _opened,
+    _revoked,
+    _broker_errors,
 )
 _gc_seconds = _Buckets(_GC_SECONDS, _GC_BUCKETS)
 _HISTOGRAMS = (_publish_seconds, _broker_seconds, _delivery_seconds, _gc_seconds)
@@ -295,9 +384,77 @@ class _State:
         self.frames_flushed = 0
 
 
+class _Source:
+    """What a flush reads from one running relay: its executions and its broker's figures."""
+
+    __slots__ = ("broker_stats", "executions", "last")
+
+    def __init__(self, executions: Callable[[], int], broker_stats: Callable[[], Mapping[str, int]]) -> None:
+        self.executions = executions
+        self.broker_stats = broker_stats
+        self.last: dict[str, int] = {}  # broker counters as of the previous flush
+
+
+#: Broker.stats() keys exported as gauges (summed over relays) and as counters (their increments).
+_BROKER_GAUGES = {
+    "redis_channels_subscribed": _BROKER_CHANNELS,
+    "executions_retained": _BROKER_RETAINED,
+    "redis_cluster_shard_connections": _BROKER_SHARDS,
+}
+_BROKER_COUNTERS = {
+    "redis_pubsub_reconnect_attempts": _BROKER_RECONNECTS,
+    "redis_resyncs": _BROKER_RESYNCS,
+    "redis_messages_dropped": _BROKER_DROPPED,
+    "redis_cluster_slot_migrations": _BROKER_MIGRATIONS,
+}
+#: relay_broker_connected: the lowest over relays; relay_events_accepted counts events_accepted already.
+_BROKER_CONNECTED_KEY = "redis_pubsub_connected"
+#: Every Broker.stats() key this module knows what to do with.
+BROKER_STATS = frozenset({*_BROKER_GAUGES, *_BROKER_COUNTERS, _BROKER_CONNECTED_KEY, "events_accepted"})
+
 _state = _State()
-_relays: weakref.WeakSet[Relay] = weakref.WeakSet()
-_draining: weakref.WeakSet[Relay] = weakref.WeakSet()
+_sources: dict[int, _Source] = {}  # by id() of the owner given to start()
+_draining: set[int] = set()  # ids of owners draining
+
+
+class IngestFigures(Protocol):
+    """What an ingest consumer (``service.ingest.Consumer``) exposes for export, read at each flush."""
+
+    @property
+    def source(self) -> str:
+        """``amqp`` or ``outbox``."""
+
+    @property
+    def consumed(self) -> int:
+        """Items published (duplicates included)."""
+
+    @property
+    def duplicates(self) -> int:
+        """Items answered as duplicates."""
+
+    @property
+    def dead_lettered(self) -> int:
+        """Items moved to the dead letters."""
+
+    @property
+    def retries(self) -> int:
+        """Batches kept and retried."""
+
+    @property
+    def up(self) -> bool:
+        """Connected to its source."""
+
+    @property
+    def leader(self) -> bool:
+        """The instance consuming."""
+
+    @property
+    def lag(self) -> float:
+        """Age of the oldest unconsumed item, in seconds."""
+
+
+# Each live ingest consumer and the counts of it already exported.
+_ingest: weakref.WeakKeyDictionary[IngestFigures, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 # -- what the rest of the relay calls ---------------------------------------------------
@@ -371,6 +528,7 @@ def ws_closed(code: int | None, initiator: str) -> None:
 def connection_opened(transport: str) -> None:
     """A subscriber connection (``ws`` or ``sse``) opened."""
     _state.connections[transport] = _state.connections.get(transport, 0) + 1
+    _opened.add((transport,))
 
 
 def connection_closed(transport: str) -> None:
@@ -378,14 +536,14 @@ def connection_closed(transport: str) -> None:
     _state.connections[transport] = _state.connections.get(transport, 0) - 1
 
 
-@contextlib.contextmanager
-def connection(transport: str) -> Iterator[None]:
-    """Count an open connection for the duration of the block."""
-    connection_opened(transport)
-    try:
-        yield
-    finally:
-        connection_closed(transport)
+def revoked_close() -> None:
+    """A live subscriber was closed because its token was revoked."""
+    _revoked.add()
+
+
+def broker_error(kind: str) -> None:
+    """One broker command failed, classified by kind (see ``brokers/redis_errors.py``)."""
+    _broker_errors.add((kind,))
 
 
 def fallback_request(kind: str) -> None:
@@ -393,32 +551,54 @@ def fallback_request(kind: str) -> None:
     _fallback.add((kind,))
 
 
-def set_draining(relay: Relay, draining: bool) -> None:
-    """Export whether ``relay``'s instance is draining."""
+def ingest_consumer(consumer: IngestFigures) -> None:
+    """Export ``consumer``'s counts and state (read at every flush while it lives)."""
+    _ingest.setdefault(consumer, {})
+
+
+def _flush_ingest() -> None:
+    for consumer, exported in list(_ingest.items()):
+        source = consumer.source
+        for name, metric in (
+            ("consumed", _INGEST_CONSUMED),
+            ("duplicates", _INGEST_DUPLICATES),
+            ("dead_lettered", _INGEST_DEAD),
+            ("retries", _INGEST_RETRIES),
+        ):
+            value = getattr(consumer, name)
+            if value != exported.get(name, 0):
+                metric.labels(source).inc(value - exported.get(name, 0))
+                exported[name] = value
+        _INGEST_UP.labels(source).set(1 if consumer.up else 0)
+        _INGEST_LEADER.labels(source).set(1 if consumer.leader else 0)
+        _INGEST_LAG.labels(source).set(consumer.lag)
+
+
+def set_draining(owner: object, draining: bool) -> None:
+    """Export whether ``owner`` (the relay given to :func:`start`) is draining."""
     if draining:
-        _draining.add(relay)
+        _draining.add(id(owner))
     else:
-        _draining.discard(relay)
+        _draining.discard(id(owner))
     _DRAINING.set(1 if _draining else 0)
 
 
 _BROKER_OPERATIONS = ("publish", "publish_many", "history", "subscribe", "unsubscribe", "ping")
 
 
-def instrument_broker(broker: Broker) -> Broker:
+def instrument_broker(broker: object) -> None:
     """Time every operation of a remote ``broker`` into the broker-operation histogram (in place).
 
     The memory broker is left alone: its operations are a few dictionary lookups, and
     timing them cost more than they do (about 3 µs of a publish's ~130 µs).
     """
-    if not broker.remote:
-        return broker
+    if not getattr(broker, "remote", False):
+        return
     for name in _BROKER_OPERATIONS:
         method = getattr(broker, name)
         if getattr(method, "_relay_timed", False):
             continue
         setattr(broker, name, _timed(method, (name,)))
-    return broker
 
 
 def _timed(method: Any, labels: tuple[str, ...]) -> Any:
@@ -449,8 +629,27 @@ def flush() -> None:
         histogram.flush()
     for transport in ("ws", "sse", *_state.connections):
         _CONNECTIONS.labels(transport).set(max(0, _state.connections.get(transport, 0)))
-    _EXECUTIONS.set(sum(relay.executions for relay in tuple(_relays)))
+    sources = tuple(_sources.values())
+    _EXECUTIONS.set(sum(source.executions() for source in sources))
     _DRAINING.set(1 if _draining else 0)
+    _flush_broker(sources)
+    _flush_ingest()
+
+
+def _flush_broker(sources: tuple[_Source, ...]) -> None:
+    """Export the brokers' own figures: gauges as they are, counters by their increments."""
+    figures = [(source, source.broker_stats()) for source in sources]
+    for key, gauge in _BROKER_GAUGES.items():
+        gauge.set(sum(stats.get(key, 0) for _, stats in figures))
+    _BROKER_CONNECTED.set(
+        min((stats[_BROKER_CONNECTED_KEY] for _, stats in figures if _BROKER_CONNECTED_KEY in stats), default=1)
+    )
+    for source, stats in figures:
+        for key, counter in _BROKER_COUNTERS.items():
+            value = stats.get(key, 0)
+            if value > source.last.get(key, 0):
+                counter.inc(value - source.last.get(key, 0))
+            source.last[key] = value
 
 
 def multiprocess_dir() -> str | None:
@@ -458,37 +657,95 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+def _registry() -> CollectorRegistry:
+    """The registry of this process, or with several workers one that reads them all."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return prometheus_client.REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)
+    return registry
+
+
 def render() -> bytes:
     """The Prometheus text exposition of every metric (all workers' when several)."""
     flush()
-    directory = multiprocess_dir()
-    if directory is None:
-        return generate_latest(prometheus_client.REGISTRY)
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=directory)
-    return generate_latest(registry)
+    return generate_latest(_registry())
+
+
+def snapshot() -> dict[str, Any]:
+    """The relay's metrics as JSON, from the same registry ``/metrics`` renders (all workers' when several).
+
+    ``{"connections", "executions", "counters", "gauges", "histograms"}``: each family by its
+    name without ``relay_`` and ``_total``; a labelled family nests one level per label, in
+    label order (``counters["ws_closes"]["4008"]["server"]``); a histogram gives its ``count``
+    and ``sum``. With several workers, the other workers' figures are as of their last flush
+    (at most a second old).
+    """
+    flush()
+    kinds: dict[str, dict[str, Any]] = {"counter": {}, "gauge": {}, "histogram": {}}
+    for family in _registry().collect():
+        tree = kinds.get(family.type)
+        if tree is None or not family.name.startswith("relay_"):
+            continue
+        name = family.name.removeprefix("relay_")
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(family.name)
+            if family.type == "histogram":
+                if suffix not in ("_count", "_sum"):
+                    continue
+                path = [name, *sample.labels.values(), suffix[1:]]
+            elif suffix in ("", "_total"):
+                path = [name, *sample.labels.values()]
+            else:
+                continue
+            _put(tree, path, sample.value)
+    gauges = kinds["gauge"]
+    connections = gauges.get("connections_open", {})
+    return {
+        "connections": int(sum(connections.values())),
+        "executions": int(gauges.get("executions_subscribed", 0)),
+        "counters": kinds["counter"],
+        "gauges": gauges,
+        "histograms": kinds["histogram"],
+    }
+
+
+def _put(tree: dict[str, Any], path: list[str], value: float) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = tree.get(path[-1], 0) + (int(value) if float(value).is_integer() else round(value, 6))
 
 
 _flusher: asyncio.Task[None] | None = None
 
 
-async def start(relay: Relay, interval: float = 1.0) -> None:
-    """Count ``relay``'s executions; with several workers, flush every ``interval`` seconds."""
+async def start(
+    owner: object,
+    executions: Callable[[], int],
+    broker_stats: Callable[[], Mapping[str, int]],
+    interval: float = 1.0,
+) -> None:
+    """Read ``owner``'s (a relay's) executions and broker figures at every flush until :func:`stop`.
+
+    With several workers, flush every ``interval`` seconds.
+    """
     global _flusher
-    _relays.add(relay)
+    _sources[id(owner)] = _Source(executions, broker_stats)
     _time_collections()
     flush()
     if multiprocess_dir() is not None and (_flusher is None or _flusher.done()):
         _flusher = asyncio.get_running_loop().create_task(_flush_forever(interval))
 
 
-async def stop(relay: Relay) -> None:
-    """Stop counting ``relay``; a worker process also withdraws its live gauges."""
+async def stop(owner: object) -> None:
+    """Stop reading ``owner``; a worker process also withdraws its live gauges."""
     global _flusher
-    _relays.discard(relay)
-    _draining.discard(relay)
+    flush()  # its last broker figures
+    _sources.pop(id(owner), None)
+    _draining.discard(id(owner))
     flush()
-    if _flusher is not None and not _relays:
+    if _flusher is not None and not _sources:
         _flusher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await _flusher

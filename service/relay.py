@@ -19,15 +19,15 @@ private parts.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from auth import Claims, PublisherKeys, TokenExpired, TokenForbidden, TokenInvalid, TokenMinter, TokenVerifier
 
 from . import closecodes, metrics
-from .brokers import Broker, HistoryPage, PublishResult, create_broker
+from .brokers import Broker, HistoryPage, PublishResult, broker_from_settings
 from .closecodes import Disconnect
 from .config import HMAC_ALGORITHMS, Settings
 from .cursor import Cursor
@@ -75,9 +75,7 @@ class Relay:
 
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
-        self._broker = broker or create_broker(
-            settings.broker_url, settings.history_size, settings.history_ttl, prefix=settings.redis_prefix
-        )
+        self._broker = broker or broker_from_settings(settings)
         metrics.instrument_broker(self._broker)
         self._hub = Hub(self._broker)
         self._broker.set_listener(self._hub.dispatch, self._hub.resync)
@@ -92,7 +90,6 @@ class Relay:
         self._minter = _minter(settings)
         self._publisher_keys = PublisherKeys(settings.publish_keys)
         self._states = StateCache(lambda eid, after: self._broker.history(eid, after, create=False))
-        self.counters: Counter[str] = Counter()
         self.started_at = time.time()
         self.publishing = 0  # publishes in flight, awaited by a graceful shutdown
 
@@ -146,7 +143,6 @@ class Relay:
         (revoked) or the broker's :class:`~service.errors.RelayError`.
         """
         sub = Subscription(self._hub, self._broker, execution_id, cursor, sink, self.settings.send_queue_size, claims)
-        sub.on_slow_consumer = self._count_slow_consumer
         await sub.open()
         try:
             revoked = await self._broker.is_revoked(claims.jti, claims.sub, claims.iat)
@@ -157,9 +153,6 @@ class Relay:
             sub.close(closecodes.TOKEN_REVOKED)
             raise _refused_revoked()
         return sub
-
-    def _count_slow_consumer(self) -> None:
-        self.counters["slow_consumer_closes"] += 1
 
     async def poll(
         self, execution_id: str, cursor: Cursor, wait: float, limit: int | None = None
@@ -237,8 +230,7 @@ class Relay:
         return result
 
     def _accepted(self, draft: EventDraft, result: PublishResult) -> None:
-        """Count one accepted (or duplicate) event in the stats and the metrics."""
-        self.counters["duplicates" if result.duplicate else f"events_{draft.event}"] += 1
+        """Count one accepted (or duplicate) event."""
         metrics.published(draft.event, result.duplicate)
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
@@ -264,11 +256,14 @@ class Relay:
         """Revoke a token (``jti``) and/or every token of a user issued until now (``sub``), for ``ttl`` s.
 
         Every instance closes its live sockets opened with such a token (4500).
+        "Until now" includes the leeway: a token whose ``iat`` is up to
+        ``RELAY_JWT_LEEWAY`` s in the future is accepted, so it is covered too.
         """
         now = time.time()
+        covers = {"jti": now, "sub": now + self.settings.jwt_leeway}
         for kind, value in (("jti", jti), ("sub", sub)):
             if value is not None:
-                await self._broker.revoke(kind, value, now, now + ttl)
+                await self._broker.revoke(kind, value, covers[kind], now + ttl)
 
     def _close_revoked(self, kind: str, value: str, at: float) -> None:
         """Close local subscriptions whose token a revocation (from any instance) covers."""
@@ -280,7 +275,7 @@ class Relay:
             if (kind == "jti" and claims.jti == value) or (
                 kind == "sub" and claims.sub == value and (claims.iat is None or claims.iat <= at)
             ):
-                self.counters["revoked_closes"] += 1
+                metrics.revoked_close()
                 subscriber.close(closecodes.TOKEN_REVOKED)
 
     # -- operators ----------------------------------------------------------------------
@@ -304,14 +299,24 @@ class Relay:
         """Executions with at least one local subscriber (stream or poll)."""
         return self._hub.executions
 
+    def broker_stats(self) -> dict[str, int]:
+        """The broker's own figures (channels, pub/sub state, reconnects), for the metrics."""
+        return self._broker.stats()
+
+    @property
+    def connections(self) -> int:
+        """Local subscribers in all: sockets, SSE streams and waiting long polls."""
+        return self._hub.connections
+
     def stats(self) -> dict[str, Any]:
-        """Connections, executions and counters of this instance."""
+        """The instance's figures: the counters and gauges of /metrics, all workers' when several."""
         return {
-            "connections": self._hub.connections,
-            "executions": self._hub.executions,
+            "scope": "instance",
+            "workers": self.settings.workers,
+            "pid": os.getpid(),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "broker": self.settings.broker_scheme,
-            "counters": {**self.counters, **self._broker.stats(), "frames_dispatched": self._hub.dispatched},
+            **metrics.snapshot(),
         }
 
 

@@ -83,7 +83,6 @@ class Subscription:
         "closed",
         "disconnect",
         "execution_id",
-        "on_slow_consumer",
         "page",
         "sent",
         "sink",
@@ -108,7 +107,6 @@ class Subscription:
         self.page = HistoryPage()  # the opening page, once open() returned
         self.disconnect: Disconnect | None = None
         self.closed: asyncio.Future[Disconnect] = asyncio.get_running_loop().create_future()
-        self.on_slow_consumer: Callable[[], None] | None = None
         # The replay at the start may exceed the queue bound by up to one history.
         self._delivery = Delivery(cursor, queue_size, broker.history_size)
         self._expiry: asyncio.TimerHandle | None = None
@@ -269,8 +267,6 @@ class Subscription:
             if task is not None and task is not current and not task.done():
                 task.cancel()
         if disconnect is SLOW_CONSUMER:
-            if self.on_slow_consumer is not None:
-                self.on_slow_consumer()
             metrics.slow_consumer()
         with contextlib.suppress(Exception):
             self.sink.close_now(disconnect)

@@ -27,21 +27,31 @@ Messages shorter than ``RELAY_WS_COMPRESSION_MIN_SIZE`` go uncompressed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from sanic.exceptions import SanicException
+from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeader
 from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter, Subprotocol
+
+from . import metrics
+from .hardening import LINGER, RelayHttp
+from .limits import FrameGuard, PeerLimit
 
 __all__ = ["RelayWebSocketProtocol", "compression_extensions"]
 
@@ -53,6 +63,17 @@ COMPRESS_MEM_LEVEL = 5  # websockets' own choice for servers: a 4 KB hash table 
 # (progress, result, ...), so the frame before the last matters too: for the demo execution,
 # the last frame alone gives 2.6 KB, 2 KB of them 1.5 KB, a real 32 KB context 1.4 KB.
 DICTIONARY_SIZE = 2048
+# A client refused for what it sent gets a close frame; if it does not read it (its
+# buffer is this full, or the frame is still unsent after CLOSE_GRACE s) it is aborted.
+WRITE_BUFFER_HIGH = 64 * 1024
+CLOSE_GRACE = 1.0
+PARSE_SLICE = 4096  # bytes of client data parsed before its frames are checked
+_TOO_MANY_BODY = b'{"error":"rate_limited","message":"too many connections from this address; retry later"}'
+_TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+log = logging.getLogger("relay.ws")
 
 
 class _MinSizeDeflate(PerMessageDeflate):
@@ -209,20 +230,112 @@ def _lean_event() -> asyncio.Event:
     return cast(asyncio.Event, LeanEvent())
 
 
-class _LeanImpl(WebsocketImplProtocol):
-    """Sanic's WebSocket implementation with lighter per-connection objects."""
+Refused = Callable[[int, str], None]
+_tasks: set[asyncio.Task[Any]] = set()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    """Hold a reference to ``task`` until it is done (the loop keeps only a weak one)."""
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+class _LeanImpl(WebsocketImplProtocol):
+    """Sanic's WebSocket implementation with lighter per-connection objects and a frame guard.
+
+    Every frame the client sends goes through a :class:`~service.limits.FrameGuard`
+    before Sanic acts on it. Sanic answers pings and assembles messages in tasks
+    it starts per read, unthrottled, and its assembler raises inside such a task
+    on invalid UTF-8 (a traceback per frame, and the partial message left behind
+    to be spliced onto the next one; see docs/reliability.md). A frame the guard
+    refuses closes the connection with its code at once, and nothing in that read
+    reaches Sanic.
+    """
+
+    def __init__(self, *args: Any, guard: FrameGuard | None = None, refused: Refused | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         assembler = self.assembler
         assembler.message_complete = _lean_event()
         assembler.message_fetched = _lean_event()
         # Created by Sanic, never used: dropping it frees the queue.
         assembler.completed_queue = None  # type: ignore[assignment]  # Sanic types it Queue, never reads it
+        self.guard = guard
+        self.refused = refused
+        self.closing_by_guard = False
+
+    def data_received(self, data: bytes) -> None:
+        """Parse ``data``, check every frame in it, and hand it to Sanic only if all pass."""
+        guard = self.guard
+        if guard is None:
+            super().data_received(data)  # type: ignore[no-untyped-call]
+            return
+        if self.closing_by_guard:
+            return  # refused: whatever else arrives is dropped unread
+        proto = self.ws_proto
+        events: list[Any] = []
+        refusal = None
+        # Parsed a slice at a time: a flood read in one go (hundreds of KB of tiny frames)
+        # is refused after its first slice, not parsed whole first (a stall for everyone).
+        for start in range(0, len(data), PARSE_SLICE):
+            proto.receive_data(data[start : start + PARSE_SLICE])
+            parsed = proto.events_received()
+            refusal = guard.check(parsed) if parsed else None
+            if refusal is not None:
+                index, code, reason, why = refusal
+                refusal = (len(events) + index, code, reason, why)
+                events.extend(parsed)
+                break
+            events.extend(parsed)
+        loop = asyncio.get_running_loop()
+        if refusal is None:
+            data_to_send = proto.data_to_send()
+            if data_to_send or events:
+                _keep(loop.create_task(self.async_data_received(data_to_send, events)))  # type: ignore[no-untyped-call]
+            return
+        # Refused: read nothing more, answer none of this read's pings (a flood can hold thousands),
+        # let the frames before the refused one be handled (briefly), then close.
+        index, code, reason, why = refusal
+        self.closing_by_guard = True
+        if proto.state is State.OPEN:  # else websockets already failed it: keep its close frame
+            proto.data_to_send()
+        if self.io_proto is not None and self.io_proto.transport is not None:
+            self.io_proto.transport.pause_reading()
+        _keep(loop.create_task(self._handle_then_refuse(events[:index], code, reason, why)))
+
+    async def _handle_then_refuse(self, events: list[Any], code: int, reason: str, why: str) -> None:
+        """Hand the frames that passed to Sanic (for at most ``CLOSE_GRACE`` s), then close with ``code``."""
+        if events:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.process_events(events), CLOSE_GRACE)
+        self._refuse(code, reason, why)
+
+    def _refuse(self, code: int, reason: str, why: str) -> None:
+        """Close with ``code`` now, without waiting on the peer; abort a peer that does not read."""
+        proto = self.ws_proto
+        if proto.state is State.OPEN:
+            proto.send_close(code, reason)
+        if self.refused is not None:
+            self.refused(code, why)
+        io = self.io_proto
+        transport = io.transport if io is not None else None
+        if transport is None:
+            return
+        for chunk in proto.data_to_send():
+            if chunk:
+                transport.write(chunk)
+        transport.pause_reading()
+        if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            transport.abort()
+            return
+        transport.close()  # sends what is buffered (the close frame), then FIN
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)  # no-op once closed
 
 
 class RelayWebSocketProtocol(WebSocketProtocol):
-    """Sanic's protocol with extension negotiation in the opening handshake."""
+    """Sanic's protocol with extension negotiation, a frame guard, a per-address cap and a head deadline."""
+
+    HTTP_CLASS = RelayHttp
+    __slots__ = ("discarding", "head_started", "linger", "peer_address", "served")  # no __dict__ (Sanic's metaclass)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -230,6 +343,63 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         can_write.set()
         self._can_write = can_write
         self._data_received = _lean_event()
+        self.head_started: float | None = None  # when the awaited request head started (None: none awaited)
+        self.served = False  # a head was read on this connection (the next ones start with their first byte)
+        self.peer_address: str | None = None  # counted in the app's PeerLimit while connected
+        self.linger = False  # set by hardening.refuse_body: close gently, the peer may still be sending
+        self.discarding = False
+
+    def data_received(self, data: bytes) -> None:
+        """Sanic's, except while lingering after a refused body (input discarded); starts a head's deadline."""
+        if self.discarding:
+            return
+        http = getattr(self, "_http", None) if self.websocket is None else None
+        if http is not None and self.head_started is None and http.stage is Stage.IDLE:
+            self.head_started = time.monotonic()  # the first byte of the next request (or of a drained body)
+        super().data_received(data)  # type: ignore[no-untyped-call]
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close, or after a refused body linger: half-close now, close after ``LINGER`` s."""
+        transport = self.transport
+        if self.linger and transport is not None and not transport.is_closing() and transport.can_write_eof():
+            self.linger = False
+            self.discarding = True
+            transport.write_eof()
+            self.loop.call_later(LINGER, super().close)
+            return
+        super().close(timeout)
+
+    def connection_made(self, transport: Any) -> None:
+        """Accept the connection, or answer 429 and close when its address has too many open."""
+        super().connection_made(transport)  # type: ignore[no-untyped-call]
+        self.head_started = time.monotonic()  # the first head is timed from the accept
+        peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        if peers is None or not isinstance(address, str):
+            return
+        if peers.acquire(address):
+            self.peer_address = address
+            return
+        metrics.limit_exceeded("connections_per_ip")
+        transport.write(_TOO_MANY_CONNECTIONS)
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection in the per-address count, then let Sanic clean up."""
+        address, self.peer_address = self.peer_address, None
+        peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
+        if address is not None and peers is not None:
+            peers.release(address)
+        super().connection_lost(exc)  # type: ignore[no-untyped-call]
+
+    def check_timeouts(self) -> None:
+        """Sanic's timeouts, with a request head timed from a fixed start instead of its last byte."""
+        started = self.head_started
+        if started is not None and self._time > started:
+            # Sanic times a waiting head from ``_time``, which every received byte moves forward.
+            self._time = started
+        super().check_timeouts()  # type: ignore[no-untyped-call]
 
     async def websocket_handshake(
         self, request: Any, subprotocols: Sequence[str] | None = None
@@ -244,7 +414,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
                 state=State.OPEN,
                 logger=websockets_logger,
             )
-            resp = ws_proto.accept(self.sanic_request_to_ws_request(request))
+            resp = ws_proto.accept(_ws_request(request))
         except InvalidHeader as exc:
             # A header websockets cannot hold (a non-ASCII byte, say): the client's fault, not
             # ours. Name the header only: its value may be a token.
@@ -252,7 +422,9 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         except Exception:
             raise SanicException("Failed to open a WebSocket connection.", status_code=500) from None
         if not 100 <= resp.status_code <= 299:
-            raise SanicException(bytes(resp.body), resp.status_code)
+            raise SanicException(
+                bytes(resp.body).decode(errors="replace"), resp.status_code, headers=_refusal_headers(ws_proto, resp)
+            )
         head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
         await self.send(head.encode())
@@ -261,6 +433,8 @@ class RelayWebSocketProtocol(WebSocketProtocol):
             ping_interval=self.websocket_ping_interval,
             ping_timeout=self.websocket_ping_timeout,
             close_timeout=self.websocket_timeout,
+            guard=_guard(self.app),
+            refused=_refused_counter(self.app),
         )
         loop = getattr(getattr(request, "transport", None), "loop", None)
         await self.websocket.connection_made(self, loop=loop)
@@ -270,3 +444,53 @@ class RelayWebSocketProtocol(WebSocketProtocol):
             self.websocket_peer = f"{ip}:{self._http.request.port}"
         self.log_websocket("OPEN")
         return self.websocket
+
+
+def _guard(app: Any) -> FrameGuard | None:
+    settings = getattr(app.ctx, "settings", None)
+    if settings is None:
+        return None
+    return FrameGuard(settings.ws_max_frames_per_second, settings.ws_max_frames_per_message)
+
+
+def _refused_counter(app: Any) -> Refused:
+    """Counts and logs a socket the frame guard closed (a client's doing: info, not error).
+
+    Every such close is counted in ``relay_ws_closes_total{code, initiator="server"}`` when
+    the handler ends; a broken limit also in ``relay_limit_exceeded_total{limit}``.
+    """
+
+    def refused(code: int, why: str) -> None:
+        if why != "invalid_utf8":
+            metrics.limit_exceeded(why)
+        log.info("websocket refused", extra={"fields": {"close_code": code, "reason": why}})
+
+    return refused
+
+
+def _ws_request(request: Any) -> Request:
+    """The handshake request for websockets, every header line kept.
+
+    Sanic's own conversion keeps only the first value of a repeated header (each
+    ``Connection`` line reads as the first), so ``Connection: keep-alive`` and
+    ``Connection: Upgrade`` on two lines were refused with 426, and extensions
+    offered on a second line were declined. RFC 9110 section 5.3: repeated lines
+    are one comma-separated list.
+    """
+    headers = Headers()
+    for name, value in request.headers.items():
+        headers[name] = value
+    return Request(path=request.path, headers=headers)
+
+
+def _refusal_headers(ws_proto: ServerProtocol, response: Any) -> dict[str, str]:
+    """Headers of a refused handshake: websockets' (``Upgrade`` on a 426), and the versions we speak.
+
+    RFC 6455 section 4.4: a server that does not speak the client's version answers
+    with ``Sec-WebSocket-Version`` listing the ones it does.
+    """
+    headers = {k: v for k, v in response.headers.raw_items() if k.lower() in ("upgrade", "sec-websocket-version")}
+    failure = ws_proto.handshake_exc
+    if isinstance(failure, InvalidHeader) and failure.name.lower() == "sec-websocket-version":
+        headers["Sec-WebSocket-Version"] = "13"
+    return headers

@@ -20,6 +20,7 @@ import jwt
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from service import metrics
 from service.app import SERVER_PROTOCOL, create_app
 from service.config import Settings, load_settings
 from tests.log_guard import no_credentials_in_logs  # noqa: F401  (session-wide: no credential in a log line)
@@ -111,6 +112,15 @@ class Server:
         return await self.http.post(
             f"/internal/v1/executions/{execution_id}/events", json=body, headers={"Authorization": f"Bearer {key}"}
         )
+
+
+def counted(name: str, *labels: str) -> int:
+    """A counter as /metrics and /internal/v1/stats report it (0 when never counted), for before/after checks."""
+    node: Any = metrics.snapshot()["counters"].get(name, 0)
+    for label in labels:
+        node = node.get(label, 0) if isinstance(node, dict) else 0
+    assert isinstance(node, int), f"{name}{list(labels)} is not one counter: {node!r}"
+    return node
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:

@@ -43,6 +43,7 @@ __all__ = [
     "redis_server",
     "redis_url",
     "require_redis",
+    "wait_until",
 ]
 
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -118,7 +119,8 @@ def free_port() -> int:
         return port
 
 
-def _wait_until(check: Any, timeout: float, what: str) -> None:
+def wait_until(check: Any, timeout: float, what: str) -> None:
+    """Call ``check`` until it is true; fail after ``timeout`` seconds naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
         if check():
@@ -192,7 +194,7 @@ class RedisServer:
                 raise RuntimeError(f"redis-server exited with {proc.returncode}")
             return self._ping()
 
-        _wait_until(ready, timeout, f"redis-server on port {self.port}")
+        wait_until(ready, timeout, f"redis-server on port {self.port}")
 
     def stop(self, save: bool = False) -> None:
         """Stop the server: ``SHUTDOWN SAVE`` when ``save``, else ``kill -9``."""
@@ -293,7 +295,7 @@ class ServiceProcess:
             except httpx.HTTPError:
                 return False
 
-        _wait_until(ready, timeout, f"service on port {self.port}")
+        wait_until(ready, timeout, f"service on port {self.port}")
         return self
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:

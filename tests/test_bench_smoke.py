@@ -122,3 +122,27 @@ def check_product(entry):
     assert modes["ws_deflate"]["vs_polling_pct"] < 100
     assert modes["poll_state"]["vs_polling_pct"] == 100
     assert entry["summary"]["deflate_negotiated"] == 1 and entry["summary"]["lost"] == 0
+
+
+@pytest.mark.slow
+def test_ingest_bench_smoke_reports_every_publisher_and_source():
+    """bench/ingest.py --smoke runs every publisher and every source end to end and prints both tables."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for row in (
+        "| v1 client (connection per event) |",
+        "| RelayPublisher (kept alive) |",
+        "| AsyncRelayPublisher (native) |",
+        "| RelayPublisher.publish_batch (1000/request) |",
+        "| raw keep-alive client (http.client) |",
+        "| http |",
+        "| outbox |",
+        "| amqp |",
+    ):
+        assert row in proc.stdout, proc.stdout

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, Settings, load_settings
+from service.brokers import broker_from_settings
+from service.brokers.redis import RedisBroker
+from service.config import DEFAULTS, ConfigError, Settings, load_settings, specs
 
 STRONG = "s" * 32
 
@@ -103,13 +107,95 @@ def test_lists_and_key_sets_are_parsed() -> None:
     assert [k for k, _ in s.jwt_keys] == ["new", "old"]
 
 
-def test_env_example_lists_every_setting() -> None:
-    """Every RELAY_ variable the config module reads is listed in .env.example, and the reverse."""
-    import re
+ROOT = Path(__file__).parent.parent
 
-    source = (Path(__file__).parent.parent / "service" / "config.py").read_text()
-    read = set(re.findall(r'"(RELAY_[A-Z_]+)"', source))
-    example = (Path(__file__).parent.parent / ".env.example").read_text()
-    listed = set(re.findall(r"^(RELAY_[A-Z_]+)=", example, re.MULTILINE))
-    assert read - listed == set(), "read but not documented"
-    assert listed - read == set(), "documented but never read"
+
+def env_example() -> dict[str, str]:
+    """``RELAY_NAME`` -> the value written in .env.example."""
+    text = (ROOT / ".env.example").read_text()
+    return dict(re.findall(r"^(RELAY_[A-Z0-9_]+)=(.*)$", text, re.MULTILINE))
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    """Every declared setting is in .env.example with the same default, and .env.example lists nothing else."""
+    declared = {d.spec.env: d.default_text for d in specs()}
+    listed = env_example()
+    missing = [f"{name}={text}" for name, text in declared.items() if name not in listed]
+    assert not missing, f"declared in service/config.py, missing from .env.example: {missing}"
+    assert sorted(listed.keys() - declared.keys()) == [], "in .env.example but not declared in service/config.py"
+    differ = {name: (listed[name], text) for name, text in declared.items() if listed[name] != text}
+    assert differ == {}, f".env.example default differs from the declaration, {{name: (example, declared)}}: {differ}"
+
+
+def test_every_relay_variable_named_in_the_code_is_declared() -> None:
+    """A RELAY_ name in a string of service/ or auth/ (a read, an error message; not a docstring) is declared."""
+    declared = {d.spec.env for d in specs()}
+    named: set[str] = set()
+    for path in [*ROOT.joinpath("service").rglob("*.py"), *ROOT.joinpath("auth").rglob("*.py")]:
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                named |= set(re.findall(r"\b(RELAY_[A-Z0-9_]*[A-Z0-9])\b(?!_)", node.value))
+    assert named, "the scan found nothing: the pattern is broken"
+    assert sorted(named - declared) == []
+
+
+def test_the_declared_defaults_are_what_loading_nothing_gives() -> None:
+    """Loading an empty environment gives every declared default (secrets aside, which dev mode generates)."""
+    loaded = load()
+    for d in specs():
+        if d.spec.env not in ("RELAY_PUBLISH_KEYS", "RELAY_SHUTDOWN_CLOSE_WINDOW"):
+            assert getattr(loaded, d.attr) == getattr(DEFAULTS, d.attr) == d.default, d.spec.env
+    assert loaded.shutdown_close_window == loaded.shutdown_timeout / 2
+
+
+def _wrong_values() -> list[tuple[str, str]]:
+    """One wrong value per declared setting that can be wrong on its own (type, range or choice)."""
+    cases: list[tuple[str, str]] = []
+    for d in specs():
+        if d.kind is bool:
+            cases.append((d.spec.env, "maybe"))
+        elif d.kind is int or d.kind is float:
+            cases.append((d.spec.env, "many"))
+            if d.spec.high is not None:
+                cases.append((d.spec.env, str(int(d.spec.high) + 1)))
+            if d.spec.low is not None:
+                cases.append((d.spec.env, str(int(d.spec.low) - 1)))
+        elif d.spec.choices:
+            cases.append((d.spec.env, "nonsense"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "value"), _wrong_values())
+def test_every_declared_setting_refuses_a_wrong_value_naming_itself(name: str, value: str) -> None:
+    """Type, range and choice errors are derived from the declaration: one sentence that starts with the name."""
+    with pytest.raises(ConfigError) as exc:
+        load(**{name: value})
+    message = str(exc.value)
+    assert message.startswith(name + " must be") and message.endswith(".") and "\n" not in message
+
+
+def test_secrets_stay_out_of_the_repr() -> None:
+    """repr(settings) (a log line, a traceback) shows neither the JWT secret nor the publisher keys."""
+    s = load(RELAY_JWT_SECRET="jwt-secret-value-0123456789abcdef", RELAY_PUBLISH_KEYS="publisher-key-value")
+    assert "jwt-secret-value" not in repr(s) and "publisher-key-value" not in repr(s) and "broker_url" in repr(s)
+
+
+def test_redis_pool_and_timeouts_reach_the_broker() -> None:
+    """RELAY_REDIS_* settings configure the Redis broker's pool size and timeouts (nothing is connected)."""
+    s = load(
+        RELAY_BROKER_URL="redis://127.0.0.1:1/0",
+        RELAY_REDIS_MAX_CONNECTIONS="7",
+        RELAY_REDIS_CONNECT_TIMEOUT="0.5",
+        RELAY_REDIS_COMMAND_TIMEOUT="3",
+        RELAY_REDIS_PING_TIMEOUT="0.25",
+        RELAY_REDIS_KEEPALIVE_INTERVAL="2",
+    )
+    broker = broker_from_settings(s)
+    assert isinstance(broker, RedisBroker)
+    pool = broker._redis.connection_pool
+    assert pool.max_connections == 7 and pool.timeout == 3.0
+    assert pool.connection_kwargs["socket_connect_timeout"] == 0.5
+    assert pool.connection_kwargs["socket_timeout"] == 3.0
+    assert (broker.connect_timeout, broker.ping_timeout, broker.keepalive_interval) == (0.5, 0.25, 2.0)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,9 +112,8 @@ class Relay:
         return str(body["token"])
 
 
-@pytest.fixture(scope="module")
-def relay() -> Iterator[Relay]:
-    port = _free_port()
+def _start_service(port: int) -> subprocess.Popen[bytes]:
+    """``python -m service`` on ``port`` (memory broker), once it answers /healthz."""
     env = {
         **os.environ,
         "RELAY_ENV": "dev",
@@ -130,31 +130,43 @@ def relay() -> Iterator[Relay]:
         [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode("utf-8", "replace") if proc.stdout else ""
+            pytest.fail(f"the service exited at start:\n{out}")
+        try:
+            if _http("GET", f"{base}/healthz")[0] == 200:
+                return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop_service(proc)
+            pytest.fail("the service did not answer /healthz within 30 s")
+        time.sleep(0.1)
+
+
+def _stop_service(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode("utf-8", "replace") if proc.stdout else ""
-                pytest.fail(f"the service exited at start:\n{out}")
-            try:
-                if _http("GET", f"{base}/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the service did not answer /healthz within 30 s")
-            time.sleep(0.1)
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def relay() -> Iterator[Relay]:
+    port = _free_port()
+    proc = _start_service(port)
+    base = f"http://127.0.0.1:{port}"
+    try:
         status, page = _http("GET", f"{base}/demo/")
         if status != 200 or "app.js" not in str(page):
             pytest.skip(f"the service does not serve the demo page at /demo/ yet (HTTP {status})")
         yield Relay(base)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop_service(proc)
 
 
 class TcpProxy:
@@ -403,3 +415,31 @@ def test_chromium_decodes_compressed_frames_with_context(relay: Relay, browser: 
     assert [f["data"]["text"] for f in frames if f.get("event") == "result"] == texts
     assert frames[-1]["event"] == "complete" and frames[-1]["data"]["report"]["summary"] == "完成"
     page.close()
+
+
+def test_demo_page_clears_and_rebuilds_after_a_stream_reset(browser: Any) -> None:
+    """A memory relay restarted under the page: onReset clears it, the new epoch's events rebuild it."""
+    port = _free_port()
+    proc = _start_service(port)
+    relay = Relay(f"http://127.0.0.1:{port}")
+    execution_id = f"demo-page-{os.getpid()}-reset"
+    page = browser.new_page()
+    try:
+        token = relay.token(execution_id)
+        relay.publish(execution_id, "progress", {"progress": 40, "stage": "ai_fetching", "status_text": "旧数据流"})
+        relay.publish(execution_id, "result", {"platform": "kimi", "platform_name": "Kimi", "score": 80})
+        page.goto(f"{relay.base}/demo/?execution_id={execution_id}&token={token}")
+        _wait_log(page, 2)
+        _stop_service(proc, signal.SIGKILL)
+        proc = _start_service(port)
+        relay.publish(execution_id, "progress", {"progress": 5, "stage": "queued", "status_text": "新数据流"})
+        page.wait_for_function("document.querySelector('#event-log li.reset') !== null", timeout=30_000)
+        _wait_log(page, 1)
+        page.wait_for_function("document.getElementById('status-text').textContent === '新数据流'", timeout=10_000)
+        assert _log_seqs(page) == [1], "the old stream's lines are gone, the new one starts at 1"
+        assert "数据流已重置" in page.inner_text("[data-testid=event-log]")
+        assert page.inner_text("#progress-pct") == "5%"
+        assert page.eval_on_selector_all("#results tbody tr", "rows => rows.length") == 0
+    finally:
+        page.close()
+        _stop_service(proc)

@@ -31,13 +31,15 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join([*anchor, base]) if base else ".".join(anchor)
-            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            # ``from pkg import mod`` imports the module; ``from pkg import name`` the package.
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
         else:
             continue
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]
-            if target and target != name:
+            # A module's own packages are imported before it by Python itself: not an edge of the design.
+            if target and target != name and not name.startswith(target + "."):
                 found.add(target)
     return found
 

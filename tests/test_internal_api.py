@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PUBLISH_KEY, SECRET, Server, make_token, recv_json
 
@@ -282,15 +283,51 @@ async def test_mint_token_validation(server: Server, body: dict[str, Any], expec
 
 
 async def test_stats_counts_connections_and_events(server: Server) -> None:
-    """GET /internal/v1/stats reports open connections, executions and accepted events."""
+    """GET /internal/v1/stats reports open connections, executions and accepted events, for the instance."""
+    before = (await server.http.get("/internal/v1/stats", headers=AUTH)).json()
     ws = await server.connect("e1")
     await recv_json(ws)
     await post(server, "/internal/v1/executions/e1/events", {"event": "result", "data": {}})
     r = await server.http.get("/internal/v1/stats", headers=AUTH)
     assert r.status_code == 200
     stats = r.json()
-    assert stats["connections"] == 1 and stats["executions"] == 1
-    assert stats["counters"]["events_result"] == 1
+    assert (stats["scope"], stats["workers"], stats["broker"]) == ("instance", 1, "memory")
+    assert stats["connections"] == before["connections"] + 1 and stats["executions"] == before["executions"] + 1
+    accepted = stats["counters"]["events_accepted"]["result"]
+    assert accepted == before["counters"].get("events_accepted", {}).get("result", 0) + 1
+    opened = stats["counters"]["connections_opened"]["ws"]
+    assert opened == before["counters"].get("connections_opened", {}).get("ws", 0) + 1
+    assert (
+        stats["gauges"]["connections_open"]["ws"] == stats["connections"] - stats["gauges"]["connections_open"]["sse"]
+    )
+
+
+async def test_stats_and_metrics_report_the_same_numbers(server: Server) -> None:
+    """Every counter in /internal/v1/stats is the /metrics sample of the same name and labels, and the reverse."""
+    body = {"event": "progress", "data": {"progress": 1, "stage": "a"}}
+    await post(server, "/internal/v1/executions/same/events", body)
+    stats = (await server.http.get("/internal/v1/stats", headers=AUTH)).json()
+    text = (await server.http.get("/metrics")).text
+    scraped = {
+        (family.name, tuple(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.type == "counter" and family.name.startswith("relay_")
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+    def leaves(node: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Any]]:
+        if isinstance(node, dict):
+            return [leaf for key, child in node.items() for leaf in leaves(child, (*path, key))]
+        return [(path, node)]
+
+    reported = {
+        (f"relay_{path[0]}", path[1:]): number
+        for name, node in stats["counters"].items()
+        for path, number in leaves(node, (name,))
+    }
+    assert reported[("relay_events_accepted", ("progress",))] >= 1
+    assert reported == scraped
 
 
 async def test_unknown_route_and_method_are_json_errors(server: Server) -> None:

@@ -17,6 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.test_image import RUN_FLAGS_FILE, run_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 KUSTOMIZATION = K8S / "kustomization.yaml"
@@ -519,10 +521,13 @@ def test_redis_is_reachable_only_from_relay_pods():
 
 
 def test_dockerfile_uses_slim_python_311_and_a_non_root_user():
-    """The Dockerfile builds on python:3.11-slim and switches to a non-root USER before running."""
+    """The Dockerfile builds on BASE_IMAGE, python:3.11-slim by default, and switches to a non-root USER."""
     instr = dockerfile_instructions()
     froms = [a for i, a in instr if i == "FROM"]
-    assert froms and all(re.match(r"python:3\.11(\.\d+)?-slim", a.split()[0]) for a in froms), froms
+    assert froms == ["${BASE_IMAGE}"], "the base image is the build argument BASE_IMAGE"
+    args = dict(a.partition("=")[::2] for i, a in instr if i == "ARG")
+    assert re.fullmatch(r"python:3\.11(\.\d+)?-slim", args.get("BASE_IMAGE", "")), args
+    assert instr[0][0] == "ARG", "BASE_IMAGE is declared before the first FROM"
     users = [a for i, a in instr if i == "USER"]
     assert users, "no USER: the image would run as root"
     user = users[-1].split(":")[0]
@@ -569,3 +574,135 @@ def test_dockerignore_excludes_local_state_but_not_the_sources():
         assert needed in entries, needed
     for kept in ("pyproject.toml", "README.md", "service", "auth", "service/", "auth/", "*"):
         assert kept not in entries, kept
+
+
+def test_dockerfile_assumes_nothing_only_one_base_has():
+    """Only `python3` and `python3 -m pip`: both python:3.11-slim and the Debian base CI builds on have them.
+
+    A bare `python`, a bare `pip` or a /usr/local path exists in the registry image only.
+    """
+    instr = dockerfile_instructions()
+    commands = [a for i, a in instr if i in ("RUN", "CMD", "HEALTHCHECK", "ENTRYPOINT")]
+    assert any("python3 -m pip install" in c for c in commands)
+    for command in commands:
+        words = re.findall(r"[\w./-]+", command)
+        assert "python" not in words, command
+        bare_pip = re.search(r"(^|[\s;&|\"])pip3?\s", command.replace("python3 -m pip", ""))
+        assert not bare_pip, f"call pip as `python3 -m pip`: {command}"
+        assert "/usr/local" not in command, command
+
+
+def test_dockerfile_copies_whole_packages_not_single_modules():
+    """COPY names directories (service/, auth/), never a module: files may move inside the packages."""
+    copies = [a for i, a in dockerfile_instructions() if i == "COPY"]
+    for copy_args in copies:
+        assert not re.search(r"\.py\b", copy_args), copy_args
+
+
+def parse_run_flags(flags: list[str]) -> dict:
+    """The security-relevant parts of `podman run` flags written as --name=value (or a bare --name)."""
+    out: dict = {"read_only": False, "tmpfs": {}, "cap_drop": [], "cap_add": [], "security_opt": [], "user": None}
+    for flag in flags:
+        name, _, value = flag.partition("=")
+        if name == "--read-only":
+            out["read_only"] = value in ("", "true")
+        elif name == "--tmpfs":
+            path, _, options = value.partition(":")
+            out["tmpfs"][path] = dict(o.partition("=")[::2] for o in options.split(",") if o)
+        elif name == "--cap-drop":
+            out["cap_drop"].append(value)
+        elif name == "--cap-add":
+            out["cap_add"].append(value)
+        elif name == "--security-opt":
+            out["security_opt"].append(value)
+        elif name == "--user":
+            out["user"] = value
+        else:
+            out.setdefault("other", []).append(flag)
+    return out
+
+
+def mebibytes(size: str) -> float:
+    """A Kubernetes quantity (64Mi) or a tmpfs size (64m) in MiB."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|k|m|g)?", size)
+    assert m, size
+    factor = {"Ki": 1 / 1024, "k": 1 / 1024, "Mi": 1, "m": 1, "Gi": 1024, "g": 1024, None: 1 / 1024**2}
+    return int(m.group(1)) * factor[m.group(2)]
+
+
+def security_mismatches(flags: list[str], pod: dict, container: dict) -> list[str]:
+    """Where `podman run` flags and the pod's security context disagree (empty when they match)."""
+    f = parse_run_flags(flags)
+    sc, psc = container["securityContext"], pod["securityContext"]
+    wrong = []
+    if f.get("other"):
+        wrong.append(f"flags not part of a security context: {f['other']}")
+    if f["read_only"] != sc.get("readOnlyRootFilesystem", False):
+        wrong.append("--read-only vs readOnlyRootFilesystem")
+    caps = sc.get("capabilities", {})
+    if f["cap_drop"] != caps.get("drop", []) or f["cap_add"] != caps.get("add", []):
+        wrong.append("--cap-drop/--cap-add vs capabilities")
+    no_new_privs = {"no-new-privileges", "no-new-privileges=true", "no-new-privileges:true"} & set(f["security_opt"])
+    if bool(no_new_privs) != (sc.get("allowPrivilegeEscalation") is False):
+        wrong.append("no-new-privileges vs allowPrivilegeEscalation")
+    if any(o.startswith(("seccomp=", "seccomp:", "apparmor=unconfined", "label=disable")) for o in f["security_opt"]):
+        wrong.append("the engine's default profiles must stay (seccompProfile: RuntimeDefault)")
+    user = sc.get("runAsUser", psc.get("runAsUser"))
+    group = sc.get("runAsGroup", psc.get("runAsGroup"))
+    if f["user"] != f"{user}:{group}":
+        wrong.append(f"--user={f['user']} vs runAsUser:runAsGroup {user}:{group}")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+    if set(f["tmpfs"]) != set(mounts):
+        wrong.append(f"--tmpfs {sorted(f['tmpfs'])} vs volumeMounts {sorted(mounts)}")
+    for path, volume in mounts.items():
+        limit = volume.get("emptyDir", {}).get("sizeLimit")
+        size = f["tmpfs"].get(path, {}).get("size")
+        if limit is None or size is None or mebibytes(limit) != mebibytes(size):
+            wrong.append(f"--tmpfs {path} size={size} vs emptyDir sizeLimit {limit}")
+    return wrong
+
+
+def test_the_image_smoke_test_runs_with_the_deployments_security_context():
+    """scripts/image-run-flags, which tests/test_image.py runs the image with, is the relay container's securityContext.
+
+    Read-only root, tmpfs /tmp of the emptyDir's size, all capabilities dropped, no privilege
+    escalation, the default seccomp profile, uid and gid 10001 (the Dockerfile's USER too).
+    """
+    pod = relay_deployment()["spec"]["template"]["spec"]
+    flags = run_flags()
+    assert flags, f"{RUN_FLAGS_FILE} holds no flag"
+    assert security_mismatches(flags, pod, relay_container()) == []
+    users = [a for i, a in dockerfile_instructions() if i == "USER"]
+    assert parse_run_flags(flags)["user"] == users[-1]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda flags: [f for f in flags if f != "--read-only"],
+        lambda flags: [f for f in flags if not f.startswith("--cap-drop")],
+        lambda flags: [*flags, "--cap-add=NET_BIND_SERVICE"],
+        lambda flags: [f for f in flags if not f.startswith("--security-opt")],
+        lambda flags: [*flags, "--security-opt=seccomp=unconfined"],
+        lambda flags: [f.replace("10001:10001", "0:0") for f in flags],
+        lambda flags: [f.replace("size=64m", "size=1g") for f in flags],
+        lambda flags: [f for f in flags if not f.startswith("--tmpfs")],
+        lambda flags: [*flags, "--privileged"],
+    ],
+    ids=[
+        "writable-root",
+        "caps-kept",
+        "cap-added",
+        "escalation",
+        "seccomp-off",
+        "root",
+        "tmp-size",
+        "no-tmp",
+        "privileged",
+    ],
+)
+def test_the_security_context_comparison_notices_a_difference(change):
+    """Each way the smoke test's flags could drift from k8s/ is reported."""
+    pod = relay_deployment()["spec"]["template"]["spec"]
+    assert security_mismatches(change(run_flags()), pod, relay_container())

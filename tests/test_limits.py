@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import Server, StartServer, make_token, recv_json
+from tests.conftest import Server, StartServer, counted, make_token, recv_json
 
 
 async def refused_code(server: Server, execution_id: str, token: str) -> int:
@@ -23,11 +23,12 @@ async def refused_code(server: Server, execution_id: str, token: str) -> int:
 async def test_connections_per_execution_limit_closes_4029(start_server: StartServer) -> None:
     """Past RELAY_MAX_CONNECTIONS_PER_EXECUTION, a new socket of that execution gets 4029; others are fine."""
     server = await start_server(RELAY_MAX_CONNECTIONS_PER_EXECUTION="2")
+    refused = counted("limit_exceeded", "per_execution")
     for i in range(2):
         assert (await recv_json(await server.connect("e1", token=make_token("e1", sub=f"u{i}"))))["type"] == "connected"
     assert await refused_code(server, "e1", make_token("e1", sub="u9")) == 4029
     assert (await recv_json(await server.connect("e2", token=make_token("e2"))))["type"] == "connected"
-    assert server.relay.counters["ws_refused_limit_per_execution"] == 1
+    assert counted("limit_exceeded", "per_execution") == refused + 1
 
 
 async def test_connections_per_sub_limit_and_release(start_server: StartServer) -> None:
@@ -39,7 +40,10 @@ async def test_connections_per_sub_limit_and_release(start_server: StartServer) 
     assert await refused_code(server, "e3", make_token("e3", sub="alice")) == 4029
     await recv_json(await server.connect("e3", token=make_token("e3", sub="bob")))
     await first.close()
-    await asyncio.sleep(0.2)
+    limits = server.app.ctx.limits
+    async with asyncio.timeout(5):
+        while limits._by_sub.get("alice") != 1:  # the server has seen the close and released the slot
+            await asyncio.sleep(0.01)
     assert (await recv_json(await server.connect("e3", token=make_token("e3", sub="alice"))))["type"] == "connected"
 
 

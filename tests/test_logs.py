@@ -23,7 +23,8 @@ from websockets.exceptions import ConnectionClosed
 
 from service.logs import JsonFormatter, redact, request_id
 from tests.conftest import PUBLISH_KEY, SECRET, make_token
-from tests.redis_util import ServiceProcess
+from tests.log_guard import LogGuard
+from tests.redis_util import ServiceProcess, free_port, wait_until
 
 FORGED = make_token("log-exec", secret="a-different-secret-0123456789-abcdefgh")
 EXPIRED = make_token("log-exec", ttl=-120)
@@ -136,11 +137,19 @@ async def test_server_logs_are_json_without_credentials() -> None:
 
 
 async def test_log_level_comes_from_configuration() -> None:
-    """RELAY_LOG_LEVEL=WARNING keeps the per-connection info lines out."""
-    service = ServiceProcess(RELAY_LOG_LEVEL="WARNING").start()
+    """RELAY_LOG_LEVEL=WARNING keeps the per-connection info lines out, and still writes the warnings and errors."""
+    # An unreachable Redis makes the server log an error at start: proof that the log is written at all,
+    # so that "no info line" cannot pass on an empty log.
+    service = ServiceProcess(
+        RELAY_LOG_LEVEL="WARNING",
+        RELAY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        RELAY_REDIS_CONNECT_TIMEOUT="0.2",
+    ).spawn()
     try:
+        wait_until(lambda: healthy(service), 30, "the service to answer /healthz")
         async with connect(service.ws_url("lvl", make_token("lvl"))) as ws:
-            await ws.recv()
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()  # refused (broker unavailable), which is logged at info
         assert service.proc is not None
         os.kill(service.proc.pid, signal.SIGTERM)
         assert await asyncio.to_thread(service.proc.wait, 10) == 0
@@ -148,7 +157,16 @@ async def test_log_level_comes_from_configuration() -> None:
     finally:
         service.stop()
     entries = lines_of(text)
+    assert any(e["level"] == "error" and "unreachable" in e["msg"] for e in entries), text[-2000:]
     assert all(e["level"] in ("warning", "error", "critical") for e in entries), entries
+
+
+def healthy(service: ServiceProcess) -> bool:
+    """Whether the service answers /healthz."""
+    try:
+        return httpx.get(f"{service.base}/healthz", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_formatter_adds_request_id_and_redacts() -> None:
@@ -179,3 +197,40 @@ def test_error_lines_carry_a_redacted_traceback() -> None:
     entry = json.loads(line)
     assert entry["level"] == "error" and "RuntimeError" in entry["exc"]
     assert token not in line and token.split(".")[-1] not in line
+
+
+def test_the_log_guard_sees_relay_records_and_flags_a_credential(no_credentials_in_logs: LogGuard) -> None:
+    """The session-wide guard receives relay records and flags a key in one, so its silence means something."""
+    guard = no_credentials_in_logs
+    checked, leaks = guard.checked, len(guard.leaks)
+    logging.getLogger("relay.test").info("publisher key %s", PUBLISH_KEY)
+    try:
+        assert guard.checked == checked + 1 and len(guard.leaks) == leaks + 1
+    finally:
+        del guard.leaks[leaks:]  # the planted leak is not the session's
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/x\x01y?token=abc",
+        '/v1/e?token=abc"}',
+        "/v1/e?a=1&access_token=abc\\",
+        "/v1/e?token=" + make_token("x") + "\x7f",
+        "/\udcff?token=abc",  # a byte Sanic decoded with surrogateescape
+    ],
+)
+def test_every_line_is_one_json_object_whatever_the_request_bytes(path: str) -> None:
+    """Control bytes, quotes, backslashes and undecodable bytes next to a token: one JSON line, token gone."""
+    try:
+        raise ValueError(f"Bad URL: {path}")
+    except ValueError:
+        record = logging.LogRecord("sanic.error", logging.ERROR, __file__, 1, "failed on %s", (path,), sys.exc_info())
+    record.fields = {"path": path, "nested": [path]}  # type: ignore[attr-defined]
+    line = JsonFormatter().format(record)
+    line.encode()  # writable as UTF-8
+    assert "\n" not in line
+    entry = json.loads(line)
+    for text in (entry["msg"], entry["exc"], entry["path"], entry["nested"][0]):
+        assert "abc" not in text and "eyJ" not in text
+        assert "[redacted]" in text

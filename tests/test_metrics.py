@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service import metrics
 from service.metrics import _Buckets
-from tests.conftest import Server, make_settings, make_token, recv_json, recv_until_closed
+from tests.conftest import Server, counted, make_settings, make_token, recv_json, recv_until_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "k8s" / "grafana-dashboard.json"
@@ -336,9 +336,7 @@ def test_prepare_multiprocess_gives_workers_an_empty_directory(tmp_path: Path, m
 @pytest.mark.redis
 @pytest.mark.slow
 def test_two_workers_report_the_same_totals() -> None:
-    """With RELAY_WORKERS=2 on Redis, every scrape (whichever worker answers) reports all workers' events."""
-    if not (ROOT / "service" / "brokers" / "redis.py").is_file():
-        pytest.skip("the Redis broker is not there yet")
+    """With RELAY_WORKERS=2 on Redis, /metrics and /internal/v1/stats, whichever worker answers, report all workers'."""
     from tests.redis_util import ServiceProcess, delete_prefix, require_redis
 
     url = require_redis()
@@ -356,16 +354,68 @@ def test_two_workers_report_the_same_totals() -> None:
                 timeout=5,
             )
             assert r.status_code == 202, r.text
-        time.sleep(2.5)  # every worker flushes once a second
+        # Every worker flushes once a second: wait until a scrape has all 20, then every scrape must.
+        deadline = time.monotonic() + 10
+        while (
+            value(
+                parse(httpx.get(f"{service.base}/metrics", timeout=5).text),
+                "relay_events_accepted_total",
+                event="progress",
+            )
+            < 20
+        ):
+            assert time.monotonic() < deadline, "the workers' counts never added up to 20"
         for _ in range(6):
             samples = parse(httpx.get(f"{service.base}/metrics", timeout=5).text)
             assert value(samples, "relay_events_accepted_total", event="progress") == 20
             assert value(samples, "relay_publish_duration_seconds_count", mode="single") == 20
             assert value(samples, "relay_publish_duration_seconds_bucket", mode="single", le="+Inf") == 20
             assert value(samples, "relay_broker_operation_duration_seconds_count", operation="publish") == 20
+        # /internal/v1/stats speaks for the instance too: both workers answer with the same total.
+        answered: set[int] = set()
+        for _ in range(200):
+            stats = httpx.get(f"{service.base}/internal/v1/stats", headers=headers, timeout=5).json()
+            assert (stats["scope"], stats["workers"]) == ("instance", 2)
+            assert stats["counters"]["events_accepted"]["progress"] == 20, stats
+            answered.add(stats["pid"])
+            if len(answered) == 2:
+                break
+        assert len(answered) == 2, "one worker answered 200 new connections"
     finally:
         service.stop()
         delete_prefix(url, prefix)
+
+
+def test_every_broker_figure_is_exported() -> None:
+    """Each key of both brokers' stats() has a relay_broker_* family (or is counted elsewhere), so none is lost."""
+    from service.brokers.memory import MemoryBroker
+    from service.brokers.redis import RedisBroker
+
+    keys = set(MemoryBroker(10, 60).stats()) | set(RedisBroker("redis://127.0.0.1:1/0", 10, 60).stats())
+    assert "redis_resyncs" in keys and keys <= metrics.BROKER_STATS
+
+
+async def test_broker_figures_reach_metrics_and_stats() -> None:
+    """A relay's broker figures are read at each flush: counters by their increments, gauges as they are."""
+    figures = {"redis_resyncs": 0, "redis_channels_subscribed": 3, "redis_pubsub_connected": 1}
+    owner = object()
+    resyncs = counted("broker_resyncs")
+    await metrics.start(owner, lambda: 0, lambda: figures)
+    try:
+        figures["redis_resyncs"] = 2
+        snapshot = metrics.snapshot()
+        assert snapshot["counters"]["broker_resyncs"] == resyncs + 2
+        assert snapshot["gauges"]["broker_channels_subscribed"] >= 3
+        figures["redis_resyncs"] = 3
+        figures["redis_pubsub_connected"] = 0
+        assert counted("broker_resyncs") == resyncs + 3
+        assert metrics.snapshot()["gauges"]["broker_connected"] == 0
+        samples = parse(metrics.render().decode())
+        assert value(samples, "relay_broker_resyncs_total") == resyncs + 3
+        assert value(samples, "relay_broker_connected") == 0
+    finally:
+        await metrics.stop(owner)
+    assert metrics.snapshot()["gauges"]["broker_connected"] == 1
 
 
 # -- the dashboard ------------------------------------------------------------------------
@@ -405,8 +455,6 @@ async def test_dashboard_uses_only_exported_metric_names(start_server: Callable[
 
 async def test_polling_state_and_sse_requests_are_counted(start_server: Callable[..., Any]) -> None:
     """Polls, long polls, state reads and SSE streams count by kind; their refused tokens by reason."""
-    if not (ROOT / "service" / "routes" / "public.py").is_file():
-        pytest.skip("the polling and SSE routes are not there yet")
     server = await start_server()
     eid = "metrics-fallback"
     assert (await server.publish(eid, "complete", data={})).status_code == 202

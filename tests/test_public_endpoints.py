@@ -14,7 +14,7 @@ import pytest
 
 from service.demo import Step, diagnosis_script
 from service.routes import public
-from tests.conftest import PUBLISH_KEY, Server, make_token, recv_json, recv_until_closed
+from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token, recv_json, recv_until_closed
 
 Events = list[dict[str, Any]]
 
@@ -169,7 +169,7 @@ async def test_sse_returns_what_the_socket_received(server: Server) -> None:
         "latest_seq": len(received),
         "epoch": connected["epoch"],
         "resumed": False,
-        "keepalive_interval": public.KEEPALIVE_INTERVAL,
+        "keepalive_interval": server.app.ctx.settings.sse_keepalive_interval,
     }
     assert connected["epoch"] and messages[1]["id"] == f"{connected['epoch']}:1"
     assert messages[0]["retry"] == str(public.SSE_RETRY_MS)
@@ -185,7 +185,7 @@ async def test_every_transport_sees_the_same_live_execution(server: Server) -> N
     sse_task = asyncio.create_task(sse(server, eid, timeout=20))
     poll_task = asyncio.create_task(poll_until_terminal(server, eid))
     async with asyncio.timeout(5):
-        while server.relay.stats()["connections"] < 3:  # socket, stream and the waiting poll
+        while server.relay.connections < 3:  # socket, stream and the waiting poll
             await asyncio.sleep(0.01)
     await publish_steps(server, eid, demo_steps(eid), pause=0.005)
     received = await recv_until_closed(ws)
@@ -291,7 +291,7 @@ async def test_long_poll_wakes_up_on_publish_before_its_wait_ends(server: Server
     started = time.monotonic()
     task = asyncio.create_task(poll(server, "exec-lp", after=1, wait=20, timeout=30))
     async with asyncio.timeout(5):
-        while server.relay.stats()["connections"] < 1:  # the poll is parked on its waiter
+        while server.relay.connections < 1:  # the poll is parked on its waiter
             await asyncio.sleep(0.01)
     assert not task.done()
     r = await server.publish("exec-lp", "progress", {"progress": 20, "stage": "ai_fetching"})
@@ -300,7 +300,7 @@ async def test_long_poll_wakes_up_on_publish_before_its_wait_ends(server: Server
     assert [e["seq"] for e in body["events"]] == [r.json()["seq"]] == [2]
     assert body["events"][0]["data"] == {"progress": 20, "stage": "ai_fetching"}
     assert elapsed < 10  # answered by the publish, not by the end of the 20 s wait
-    assert server.relay.stats()["connections"] == 0
+    assert server.relay.connections == 0
 
 
 async def test_long_poll_ends_empty_when_the_wait_ends(server: Server) -> None:
@@ -337,7 +337,7 @@ async def test_long_poll_waits_for_an_execution_not_started_yet(server: Server) 
     assert body["epoch"]  # created by the first subscriber: the first publish uses it
     task = asyncio.create_task(poll(server, "exec-new", after=0, wait=20, timeout=30))
     async with asyncio.timeout(5):
-        while server.relay.stats()["connections"] < 1:
+        while server.relay.connections < 1:
             await asyncio.sleep(0.01)
     await server.publish("exec-new", "progress")
     assert [e["seq"] for e in (await task).json()["events"]] == [1]
@@ -360,15 +360,18 @@ async def test_poll_reports_a_gap_when_history_was_trimmed(start_server: Callabl
 # -- SSE details ----------------------------------------------------------------------------
 
 
-async def test_sse_sends_keepalive_comments_while_idle(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An idle stream gets ': keepalive' comment lines at the configured interval, then the events."""
-    monkeypatch.setattr(public, "KEEPALIVE_INTERVAL", 0.05)
-    task = asyncio.create_task(sse(server, "exec-ka"))
-    await asyncio.sleep(0.3)
-    await server.publish("exec-ka", "complete", {"report": {"ok": True}})
-    _, messages = await task
-    assert {"comment": "keepalive"} in messages
-    assert [e["seq"] for e in sse_events(messages)] == [1]
+async def test_sse_sends_keepalive_comments_while_idle(start_server: StartServer) -> None:
+    """An idle stream gets ': keepalive' comment lines every RELAY_SSE_KEEPALIVE_INTERVAL, then the events."""
+    server = await start_server(RELAY_SSE_KEEPALIVE_INTERVAL="0.05")
+    params = {"token": make_token("exec-ka")}
+    async with asyncio.timeout(10), server.http.stream("GET", "/v1/executions/exec-ka/stream", params=params) as r:
+        lines = r.aiter_lines()
+        async for line in lines:  # the stream is idle until a keepalive arrives
+            if line == ": keepalive":
+                break
+        await server.publish("exec-ka", "complete", {"report": {"ok": True}})
+        rest = [line async for line in lines]
+    assert "event: complete" in rest and json.loads(rest[rest.index("event: complete") + 1][6:])["seq"] == 1
 
 
 async def test_sse_on_a_finished_caught_up_execution_answers_204(server: Server) -> None:
@@ -560,12 +563,13 @@ async def test_demo_page_is_not_served_in_production(
 async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_server: Callable[..., Any]) -> None:
     """An SSE reader that stops reading overflows its bounded queue and is cut off; publishing never waits."""
     server = await start_server(RELAY_SEND_QUEUE_SIZE="4")
+    closes = counted("slow_consumer_closes")
     token = make_token("exec-slow")
     _reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(f"GET /v1/executions/exec-slow/stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await writer.drain()
     async with asyncio.timeout(5):
-        while server.relay.stats()["connections"] < 1:
+        while server.relay.connections < 1:
             await asyncio.sleep(0.01)
     big = {"platform": "x", "blob": "字" * 100_000}  # about 300 kB a frame; the reader never reads
     started = time.monotonic()
@@ -573,9 +577,9 @@ async def test_a_stalled_sse_reader_is_dropped_without_delaying_publishes(start_
         assert (await server.publish("exec-slow", "result", big)).status_code == 202
     assert time.monotonic() - started < 20
     async with asyncio.timeout(5):
-        while server.relay.stats()["connections"] > 0:
+        while server.relay.connections > 0:
             await asyncio.sleep(0.01)
-    assert server.relay.counters["slow_consumer_closes"] == 1
+    assert counted("slow_consumer_closes") == closes + 1
     writer.close()
 
 
@@ -621,7 +625,7 @@ async def test_sse_tells_the_reader_when_its_token_is_revoked(server: Server) ->
     token = make_token("exec-rev", jti="sse-rev-1")
     task = asyncio.create_task(sse(server, "exec-rev", token=token))
     async with asyncio.timeout(5):
-        while server.relay.stats()["connections"] < 1:
+        while server.relay.connections < 1:
             await asyncio.sleep(0.01)
     r = await server.http.post(
         "/internal/v1/revocations", json={"jti": "sse-rev-1"}, headers={"Authorization": f"Bearer {PUBLISH_KEY}"}

@@ -75,6 +75,14 @@ async def publish(
     return await http.post(f"{proc.base}/internal/v1/executions/{execution_id}/events", json=body, headers=AUTH)
 
 
+async def until_stats(http: httpx.AsyncClient, proc: ServiceProcess, check: Any, timeout: float = 10) -> None:
+    """Wait until ``check`` holds for the instance's /internal/v1/stats."""
+    headers = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+    async with asyncio.timeout(timeout):
+        while not check((await http.get(f"{proc.base}/internal/v1/stats", headers=headers)).json()):
+            await asyncio.sleep(0.02)
+
+
 async def subscribe(
     proc: ServiceProcess, execution_id: str, last_seq: int | None = None
 ) -> tuple[ClientConnection, dict[str, Any]]:
@@ -171,7 +179,11 @@ async def test_long_poll_and_sse_on_b_wake_up_for_events_published_on_a(
                 sse_lines.append(line)
 
     sse = asyncio.create_task(read_sse())
-    await asyncio.sleep(0.5)  # both are waiting on B
+
+    def waiting_on_b(stats: dict[str, Any]) -> bool:
+        return stats["gauges"]["connections_open"].get("sse") == 1 and stats["executions"] == 1
+
+    await until_stats(http, b, waiting_on_b)  # the stream is registered on B, and so is the poll or about to
     assert not poll.done()
     await publish(http, a, "x4")
     response = await asyncio.wait_for(poll, 10)  # far less than wait=20: woken, not timed out
@@ -222,7 +234,8 @@ async def test_kill_9_of_an_instance_loses_nothing(
         raise AssertionError(f"never finished; got {seqs}")
 
     subscribers = [asyncio.create_task(subscriber(a)) for _ in range(3)] + [asyncio.create_task(subscriber(b))]
-    await asyncio.sleep(0.3)  # let them connect
+    for proc, sockets in ((a, 3), (b, 1)):
+        await until_stats(http, proc, lambda stats, n=sockets: stats["gauges"]["connections_open"].get("ws") == n)
     pub = asyncio.create_task(publisher())
     await asyncio.wait_for(progress.wait(), 10)
     a.kill()

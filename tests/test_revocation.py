@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import PUBLISH_KEY, Server, StartServer, make_token, recv_json
+from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token, recv_json
 from tests.redis_util import redis_url  # noqa: F401 - fixture
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
@@ -25,7 +25,8 @@ async def closed_code(ws: ClientConnection) -> int:
 
 
 async def test_revoke_by_jti_closes_that_socket_only_and_refuses_it_again(server: Server) -> None:
-    """Revoking one jti closes sockets using that token with 4500; other tokens of the user go on."""
+    """Revoking one jti closes sockets using that token with 4500 (counted); other tokens of the user go on."""
+    closes = counted("revoked_closes")
     revoked, other = make_token("e1", jti="t-1"), make_token("e1", jti="t-2")
     a, b = await server.connect("e1", token=revoked), await server.connect("e1", token=other)
     await recv_json(a)
@@ -33,23 +34,41 @@ async def test_revoke_by_jti_closes_that_socket_only_and_refuses_it_again(server
     r = await server.http.post("/internal/v1/revocations", json={"jti": "t-1"}, headers=AUTH)
     assert r.status_code == 202, r.text
     assert await closed_code(a) == 4500
+    assert counted("revoked_closes") == closes + 1
     await server.publish("e1")
     assert (await recv_json(b))["seq"] == 1
     again = await server.connect("e1", token=revoked)
     assert await closed_code(again) == 4500
 
 
-async def test_revoke_by_sub_covers_tokens_issued_before_not_after(server: Server) -> None:
+async def test_revoke_by_sub_covers_tokens_issued_before_not_after(start_server: StartServer) -> None:
     """Revoking a sub closes its live sockets and refuses its older tokens; a token issued later works."""
+    server = await start_server(RELAY_JWT_LEEWAY="1")
     old = make_token("e1", sub="mallory", iat=int(time.time()) - 10)
     ws = await server.connect("e1", token=old)
     await recv_json(ws)
+    revoked_at = time.time()
     r = await server.http.post("/internal/v1/revocations", json={"sub": "mallory", "ttl_seconds": 600}, headers=AUTH)
     assert r.status_code == 202
     assert await closed_code(ws) == 4500
     assert await closed_code(await server.connect("e1", token=old)) == 4500
-    fresh = make_token("e1", sub="mallory", iat=int(time.time()) + 2)
+    # Issued after the revocation and its 1 s leeway; valid once the clock reaches iat - leeway.
+    issued = int(revoked_at) + 3
+    while time.time() < issued - 1:
+        await asyncio.sleep(0.05)
+    fresh = make_token("e1", sub="mallory", iat=issued)
     assert (await recv_json(await server.connect("e1", token=fresh)))["type"] == "connected"
+
+
+async def test_revoke_by_sub_covers_tokens_issued_ahead_within_the_leeway(server: Server) -> None:
+    """A token whose iat is ahead of the revocation by less than the leeway (still accepted) is revoked too."""
+    ahead = make_token("e1", sub="mallory", iat=int(time.time()) + 8)  # the default leeway is 10 s
+    ws = await server.connect("e1", token=ahead)
+    assert (await recv_json(ws))["type"] == "connected"
+    r = await server.http.post("/internal/v1/revocations", json={"sub": "mallory", "ttl_seconds": 600}, headers=AUTH)
+    assert r.status_code == 202
+    assert await closed_code(ws) == 4500
+    assert await closed_code(await server.connect("e1", token=ahead)) == 4500
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service.shutdown import LEAD, MIN_CLOSE_RATE, TICK, schedule
 from tests.conftest import PUBLISH_KEY, make_settings, make_token
-from tests.redis_util import ROOT, ServiceProcess, delete_prefix, require_redis
+from tests.redis_util import ServiceProcess, delete_prefix, require_redis
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
 
@@ -188,8 +188,6 @@ async def test_sigterm_without_clients_exits_at_once() -> None:
 @pytest.mark.slow
 async def test_clients_resume_on_the_other_instance_without_loss() -> None:
     """Two instances on Redis: SIGTERM one mid-stream; its clients resume on the other and miss no event."""
-    if not (ROOT / "service" / "brokers" / "redis.py").is_file():
-        pytest.skip("the Redis broker is not there yet")
     url = require_redis()
     prefix = f"relaytest-shutdown-{os.getpid()}"
     env = {
@@ -204,6 +202,8 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
         eids = [f"roll-{i}" for i in range(4)]
         received: dict[tuple[str, int], list[int]] = {}
         codes: list[int | None] = []
+        on_a: list[tuple[str, int]] = []
+        all_on_a, midway = asyncio.Event(), asyncio.Event()
 
         async def subscriber(eid: str, n: int) -> None:
             seqs = received.setdefault((eid, n), [])
@@ -217,6 +217,10 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
                             frame = json.loads(message)
                             if frame.get("type") == "diagnosis_update":
                                 seqs.append(frame["seq"])
+                            elif frame.get("type") == "connected" and current is a:
+                                on_a.append((eid, n))
+                                if len(on_a) == len(eids) * 5:
+                                    all_on_a.set()
                     except ConnectionClosed:
                         pass
                     codes.append(ws.close_code)
@@ -226,7 +230,7 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
                 current = b  # resume on the instance that stays
 
         subscribers = [asyncio.create_task(subscriber(eid, n)) for eid in eids for n in range(5)]
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(all_on_a.wait(), 15)
 
         async def publisher() -> None:
             async with httpx.AsyncClient(timeout=5) as http:
@@ -236,10 +240,12 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
                         data = {"report": {}} if seq == total else {"progress": 1, "stage": "s"}
                         r = await publish(b.base, eid, event, http, **data)
                         assert r.status_code == 202 and r.json()["seq"] == seq
-                    await asyncio.sleep(0.04)
+                    if seq == 10:
+                        midway.set()
+                    await asyncio.sleep(0.04)  # a steady stream, still flowing when A drains
 
         publishing = asyncio.create_task(publisher())
-        await asyncio.sleep(0.8)
+        await asyncio.wait_for(midway.wait(), 15)  # events are flowing: SIGTERM mid-stream
         code, elapsed = await asyncio.to_thread(wait_exit, a, 10)
         assert code == 0, a.output()
         assert elapsed < 6
@@ -259,8 +265,6 @@ async def test_clients_resume_on_the_other_instance_without_loss() -> None:
 @pytest.mark.parametrize("target", ["main", "group"])
 async def test_sigterm_drains_every_worker(target: str) -> None:
     """RELAY_WORKERS=2: SIGTERM to the main process (or to the whole group) drains each worker in time."""
-    if not (ROOT / "service" / "brokers" / "redis.py").is_file():
-        pytest.skip("the Redis broker is not there yet")
     url = require_redis()
     prefix = f"relaytest-workers-{os.getpid()}-{target}"
     service = ServiceProcess(
@@ -322,17 +326,17 @@ async def test_drain_waits_for_publishes_in_flight_and_ends_long_polls(start_ser
     relay._broker.publish = slow_publish
     pending = asyncio.create_task(server.publish("inflight"))
     for _ in range(200):
-        if relay.publishing and relay.stats()["connections"]:
+        if relay.publishing and relay.connections:
             break
         await asyncio.sleep(0.01)
-    assert relay.publishing == 1 and relay.stats()["connections"] == 1
+    assert relay.publishing == 1 and relay.connections == 1
     started = time.monotonic()
     drain = asyncio.create_task(shutdown.drain(server.app))
     r = await asyncio.wait_for(poll, 2)
     assert r.status_code == 200 and r.json()["events"] == []  # answered now, not after 20 s
     assert (await server.http.get("/readyz")).status_code == 503
-    await asyncio.sleep(0.3)
-    assert not drain.done(), "the drain must wait for the publish in flight"
+    done, _ = await asyncio.wait({drain}, timeout=0.3)
+    assert not done, "the drain must wait for the publish in flight"
     gate.set()
     assert (await pending).status_code == 202
     await asyncio.wait_for(drain, 3)

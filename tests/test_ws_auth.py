@@ -86,6 +86,20 @@ async def test_not_yet_valid_tokens_close_4500(server: Server) -> None:
     assert await closed_with(server, make_token(iat=later)) == 4500
 
 
+# exp: true is left out: PyJWT reads it as 1 and refuses it as expired (4001) before any type check.
+_NOT_NUMBERS = [(c, k) for c in ("exp", "nbf", "iat") for k in ("string", "boolean", "null", "list")]
+
+
+@pytest.mark.parametrize(("claim", "kind"), [p for p in _NOT_NUMBERS if p != ("exp", "boolean")])
+async def test_date_claims_must_be_json_numbers(server: Server, claim: str, kind: str) -> None:
+    """``exp``, ``nbf`` and ``iat`` given as anything but a JSON number (RFC 7519 NumericDate) close with 4500."""
+    number = int(time.time()) + (600 if claim == "exp" else -5)
+    value = {"string": str(number), "boolean": True, "null": None, "list": [number]}[kind]
+    payload = {"sub": "u", "execution_id": "exec-1", "aud": "progress-relay", "exp": int(time.time()) + 600}
+    payload[claim] = value
+    assert await closed_with(server, jwt.encode(payload, SECRET, algorithm="HS256")) == 4500
+
+
 async def test_wrong_issuer_closes_4500(start_server: StartServer) -> None:
     """With RELAY_JWT_ISSUER set, a token from another issuer (or none) is refused."""
     server = await start_server(RELAY_JWT_ISSUER="https://backend.example")

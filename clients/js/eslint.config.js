@@ -25,9 +25,12 @@ module.exports = [
     },
   },
   {
-    // The library runs in browsers and mini-programs; never Node-only APIs.
+    // The library runs in browsers and mini-programs; never Node-only APIs,
+    // and ES2015 syntax only (older mini-program base libraries run the
+    // client untranspiled: no `?.`, `**`, async, object spread or class fields).
     files: ['src/**/*.mjs'],
-    languageOptions: { globals: { ...globals.browser, ...wechat } },
+    // (globalThis is read only behind a typeof check.)
+    languageOptions: { ecmaVersion: 2015, globals: { ...globals.browser, ...wechat, globalThis: 'readonly' } },
   },
   {
     files: ['scripts/**/*.mjs'],

@@ -37,7 +37,8 @@ export interface ErrorData {
 
 /** What onError receives when the client itself gives up (token refused...). */
 export interface ConnectionErrorData extends ErrorData {
-  error_type: 'CONNECTION_REFUSED';
+  /** CONNECTION_REFUSED: the relay refused the token or user; NO_TRANSPORT: nothing here can reach it */
+  error_type: 'CONNECTION_REFUSED' | 'NO_TRANSPORT';
   /** close code (4500, 4503...), 1006 when the state check refused the token, or the HTTP status */
   code: number;
   reason: string;
@@ -63,11 +64,15 @@ export interface ConnectedInfo {
   executionId: string;
   /** newest seq the server has (null when it did not say) */
   latestSeq: number | null;
-  /** last seq this client delivered */
+  /** last seq this client delivered (within `epoch`) */
   lastSeq: number;
+  /** the stream epoch (null from a relay without epochs) */
+  epoch: string | null;
   resumed: boolean;
   /** the server's history no longer reached back to lastSeq + 1 */
   gap: boolean;
+  /** the stream was reset under the cursor (onReset was called just before) */
+  reset: boolean;
 }
 
 export interface StateChangeInfo {
@@ -88,11 +93,20 @@ export interface FallbackInfo {
   attempts: number;
 }
 
+/**
+ * The relay lost the stream's history (a restarted memory relay, a flushed
+ * Redis...): what was shown belongs to a stream that no longer exists. The
+ * new epoch's events follow from its start, each once.
+ */
 export interface ResetInfo {
-  /** seq this client had reached */
+  /** epoch this client had reached (null when it knew none) */
+  previousEpoch: string | null;
+  /** the new epoch (null from a relay without epochs) */
+  epoch: string | null;
+  /** seq this client had reached in previousEpoch */
   previousSeq: number;
-  /** newest seq the server has now (its history was lost, e.g. a restart with the memory broker) */
-  latestSeq: number;
+  /** newest seq of the new epoch, when the relay said */
+  latestSeq: number | null;
 }
 
 export interface Handlers {
@@ -106,6 +120,7 @@ export interface Handlers {
   onStateChange?(state: State, info: StateChangeInfo): void;
   /** every event, before the per-type callback */
   onEvent?(event: RelayEvent): void;
+  /** the stream was reset: clear what was shown; the new epoch's events follow */
   onReset?(info: ResetInfo): void;
 }
 
@@ -124,8 +139,10 @@ export interface ClientOptions {
   wsUrl?: string;
   /** 'wx' is picked automatically when a global `wx` exists */
   platform?: 'auto' | 'browser' | 'wx';
-  /** the WeChat API object (defaults to the global `wx`) */
+  /** the WeChat API object (defaults to the global, or free-variable, `wx`) */
   wx?: any;
+  /** offer permessage-deflate on wx.connectSocket (base library >= 2.8.0); default true */
+  perMessageDeflate?: boolean;
   /** a WebSocket constructor (defaults to the global one; under Node 20 pass `ws`) */
   WebSocket?: any;
   fetch?: (input: any, init?: any) => Promise<any>;
@@ -150,11 +167,13 @@ export interface ClientOptions {
   POLL_MIN_INTERVAL?: number;
   BACKGROUND_RETRY_INTERVAL?: number;
   RATE_LIMIT_INTERVAL?: number;
+  HIDE_GRACE?: number;
 }
 
 export interface Transport {
   name: string;
-  openSocket(req: {
+  /** null: no socket can be opened here */
+  openSocket: null | ((req: {
     url: string;
     token: string;
     timeout: number;
@@ -162,26 +181,30 @@ export interface Transport {
     onMessage(text: string): void;
     onClose(info: { code: number; reason: string }): void;
     onError(err: unknown): void;
-  }): { send(text: string): boolean; close(code?: number, reason?: string): void };
-  request(req: { url: string; token?: string; timeout: number }): {
+  }) => { send(text: string): boolean; close(code?: number, reason?: string): void });
+  /** null: no HTTP request can be made here */
+  request: null | ((req: { url: string; token?: string; timeout: number }) => {
     promise: Promise<{ status: number; body: any; header(name: string): string | undefined }>;
     abort(): void;
-  };
+  });
   lifecycle(cb: { hide(): void; show(): void; online(): void; offline(): void }): () => void;
 }
 
 export declare class ProgressRelayClient {
   constructor(options: ClientOptions);
-  readonly options: Required<Omit<ClientOptions, 'wsUrl' | 'platform' | 'wx' | 'WebSocket' | 'fetch' | 'window' | 'transport' | 'random' | 'logger'>> & ClientOptions;
+  readonly options: Required<Omit<ClientOptions, 'wsUrl' | 'platform' | 'wx' | 'perMessageDeflate' | 'WebSocket' | 'fetch' | 'window' | 'transport' | 'random' | 'logger'>> & ClientOptions;
   /** Starts watching one execution (disconnecting any previous one). */
-  connect(executionId: string, handlers?: Handlers, resume?: { lastSeq?: number }): this;
+  connect(executionId: string, handlers?: Handlers, resume?: { lastSeq?: number; epoch?: string | null }): this;
   /** Manual switch; idempotent; no event lost or repeated across it. */
   setMode(mode: Mode): this;
   /** Closes the socket, aborts requests, clears every timer. */
   disconnect(): this;
   getState(): State;
   getMode(): Mode;
+  /** the last seq delivered, within getEpoch() */
   getLastSeq(): number;
+  /** the stream epoch of getLastSeq(); null until the relay named one */
+  getEpoch(): string | null;
   /** names of the timers still pending (empty after disconnect) */
   pendingTimers(): string[];
 }
@@ -201,7 +224,11 @@ export declare const DEFAULT_OPTIONS: Readonly<{
   POLL_MIN_INTERVAL: 1000;
   BACKGROUND_RETRY_INTERVAL: 60000;
   RATE_LIMIT_INTERVAL: 30000;
+  HIDE_GRACE: 3000;
 }>;
+
+/** The reason the relay gives when it closes a socket with 1000 at the end of the stream. */
+export declare const END_OF_STREAM_REASON: string;
 
 export declare function resolveTransport(options: Partial<ClientOptions>): Transport;
 

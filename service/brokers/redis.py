@@ -53,17 +53,23 @@ import random
 import re
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool, SSLConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
+from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
 from ..events import Event, EventDraft
+from . import redis_errors
 from .base import Broker, HistoryPage, PublishResult, new_epoch
+from .redis_errors import PUBLISH, READ, SUBSCRIBE, WRITE, ReplicasUnavailable, failure
+from .redis_url import RedisTarget, parse_redis_url
 
 __all__ = ["RedisBroker"]
 
@@ -142,15 +148,72 @@ end
 return out
 """
 
+CLUSTER_NODE = (
+    "RELAY_BROKER_URL names one node of a Redis Cluster; use redis+cluster://host:port[,host:port...] "
+    "so that the relay follows the cluster's slots"
+)
+NOT_READY = "the instance is not ready"
+REVOCATION = "token revocation could not be checked, retry later"
 _MAX_PIPELINE = 1000  # script calls per round trip
+_Call = tuple[tuple[str, str, str], tuple[Any, ...]]  # a publish script call: keys, args
 _MAX_STREAM_SEQ = 2**64 - 1  # the largest stream id Redis takes; a seq never gets near it
 _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection, as the plain pool does.
+
+    Every new connection asks the Sentinels for the current primary; a READONLY
+    reply disconnects (redis-py raises ConnectionError "... is now a slave"), so
+    the next connection finds the promoted replica.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+
+
+def connection_pool(
+    target: RedisTarget,
+    *,
+    max_connections: int,
+    command_timeout: float,
+    connect_timeout: float,
+    client_name: str,
+) -> ConnectionPool:
+    """The pool for a standalone server or a Sentinel-managed primary (never resends a command)."""
+    common: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": command_timeout,
+        "decode_responses": True,
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": command_timeout,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),  # a lost reply may hide an applied publish: never resend
+        "client_name": client_name,  # CLIENT LIST shows us
+        **target.connection_kwargs(),
+    }
+    if target.kind == "sentinel":
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": connect_timeout,
+            "password": target.options.get("sentinel_password") or None,
+        }
+        if target.tls:
+            sentinel_kwargs.update({k: v for k, v in common.items() if k.startswith("ssl")})
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+        return _BlockingSentinelPool(target.master, sentinel, **common)
+    host, port = target.hosts[0]
+    if common.pop("ssl", False):
+        common["connection_class"] = SSLConnection
+    return BlockingConnectionPool(host=host, port=port, **common)
 
 
 class RedisBroker(Broker):
     """History in Redis Streams, live events over one pub/sub connection."""
 
     remote = True
+    #: The publish script (the cluster broker's uses SPUBLISH).
+    publish_source: ClassVar[str] = PUBLISH_LUA
 
     def __init__(
         self,
@@ -159,17 +222,22 @@ class RedisBroker(Broker):
         history_ttl: int,
         prefix: str = "relay",
         *,
-        connect_timeout: float = 2.0,
-        command_timeout: float = 5.0,
-        ping_timeout: float = 1.0,
-        keepalive_interval: float = 5.0,
-        reconnect_min: float = 0.1,
-        reconnect_max: float = 5.0,
-        max_connections: int = 64,
+        connect_timeout: float = DEFAULTS.redis_connect_timeout,
+        command_timeout: float = DEFAULTS.redis_command_timeout,
+        ping_timeout: float = DEFAULTS.redis_ping_timeout,
+        keepalive_interval: float = DEFAULTS.redis_keepalive_interval,
+        reconnect_min: float = REDIS_RECONNECT_MIN,
+        reconnect_max: float = REDIS_RECONNECT_MAX,
+        max_connections: int = DEFAULTS.redis_max_connections,
         coalesce: bool = True,
+        min_replicas: int = 0,
+        min_replicas_timeout: float = 0.5,
     ) -> None:
         super().__init__(history_size, history_ttl)
         self.url = url
+        self.target = parse_redis_url(url)
+        self.min_replicas = min_replicas
+        self.min_replicas_timeout = min_replicas_timeout
         self.prefix = prefix
         self.connect_timeout = connect_timeout
         self.ping_timeout = ping_timeout
@@ -179,23 +247,17 @@ class RedisBroker(Broker):
         self.coalesce = coalesce
         self._queued: list[tuple[EventDraft, asyncio.Future[PublishResult | RelayError]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        if self.target.kind == "sentinel":
+            # The Sentinels are asked on every reconnect: no need to wait long between tries.
+            self.reconnect_max = min(reconnect_max, 1.0)
+        self._client_name = "progress-relay:" + re.sub(r"[^A-Za-z0-9._:-]", "_", prefix)[:64]
         # Blocking pool: a burst of publishes waits for a free connection
         # instead of failing with "too many connections".
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=command_timeout,
-            decode_responses=True,
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=command_timeout,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),  # a lost reply may hide an applied publish: never resend
-            client_name="progress-relay:" + re.sub(r"[^A-Za-z0-9._:-]", "_", prefix)[:64],  # CLIENT LIST shows us
-        )
-        self._redis: Redis = Redis.from_pool(pool)
-        self._publish_script = self._redis.register_script(PUBLISH_LUA)
+        self._redis: Redis = self._make_client(max_connections, command_timeout, connect_timeout)
+        self._publish_script = self._redis.register_script(self.publish_source)
         self._history_script = self._redis.register_script(HISTORY_LUA)
-        self._control = f"{prefix}:control"  # always subscribed: the connection is live even with no executions
+        # Always subscribed (the connection is live even with no executions); carries revocations.
+        self._control = f"{{{prefix}:control}}:live"
         self._channels: dict[str, str] = {}  # channel -> execution_id, for executions with local subscribers
         self._confirm: dict[str, asyncio.Future[None]] = {}  # channels waiting for their SUBSCRIBE reply
         self._pubsub: PubSub | None = None
@@ -207,6 +269,18 @@ class RedisBroker(Broker):
         self.reconnect_attempts = 0
         self.dropped_messages = 0
         self.resyncs = 0
+        self.not_ready_reason: str | None = None  # set when the server is a replica or a cluster node
+        self._cluster_enabled: bool | None = None
+
+    def _make_client(self, max_connections: int, command_timeout: float, connect_timeout: float) -> Any:
+        pool = connection_pool(
+            self.target,
+            max_connections=max_connections,
+            command_timeout=command_timeout,
+            connect_timeout=connect_timeout,
+            client_name=self._client_name,
+        )
+        return Redis.from_pool(pool)
 
     # -- naming ---------------------------------------------------------------
 
@@ -233,8 +307,12 @@ class RedisBroker(Broker):
             await asyncio.wait_for(asyncio.shield(self._first_connect), self.connect_timeout + 1.0)
         except TimeoutError:
             log.error(
-                "Redis at %s is unreachable; starting anyway and reconnecting in the background", _safe_url(self.url)
+                "Redis at %s is unreachable; starting anyway and reconnecting in the background",
+                self.target.describe(),
             )
+            return
+        with contextlib.suppress(BrokerUnavailable):
+            await self.ping()  # logs a replica or a cluster node as the reason for not being ready
 
     async def close(self) -> None:
         """Stop the reader and close every connection (queued publishes answer 503)."""
@@ -257,7 +335,7 @@ class RedisBroker(Broker):
 
     # -- publishing -------------------------------------------------------------
 
-    def _script_args(self, draft: EventDraft) -> tuple[tuple[str, str, str], tuple[Any, ...]]:
+    def _script_args(self, draft: EventDraft) -> _Call:
         args = (
             draft.head,
             draft.tail,
@@ -290,12 +368,10 @@ class RedisBroker(Broker):
         of stopping at one event per round trip.
         """
         if not self.coalesce:
-            keys, args = self._script_args(draft)
-            try:
-                reply = await self._publish_script(keys=keys, args=args)
-            except (RedisError, OSError) as exc:
-                raise _unavailable(exc) from None
-            return self._result(draft, reply)
+            (result,) = await self._pipeline([draft])
+            if isinstance(result, RelayError):
+                raise result
+            return result
         future: asyncio.Future[PublishResult | RelayError] = asyncio.get_running_loop().create_future()
         self._queued.append((draft, future))
         if self._flusher is None or self._flusher.done():
@@ -340,30 +416,41 @@ class RedisBroker(Broker):
         if not drafts:
             return []
         calls = [self._script_args(draft) for draft in drafts]
-        replies = await self._send_pipeline(calls)
-        if replies is not None and any(isinstance(r, NoScriptError) for r in replies):
+        replies = await self._send_calls(calls)
+        return await self._finish(drafts, calls, replies)
+
+    async def _send_calls(self, calls: list[_Call]) -> list[Any]:
+        """Send the calls (overridden by the cluster broker, which groups them by node)."""
+        pool = self._redis.connection_pool
+        return await self._send_pipeline(calls, pool.get_connection, pool.release)
+
+    async def _finish(
+        self, drafts: Sequence[EventDraft], calls: list[_Call], replies: list[Any]
+    ) -> list[PublishResult | RelayError]:
+        """Turn the replies into results, after resending the items Redis answered NOSCRIPT."""
+        if any(isinstance(r, NoScriptError) for r in replies):
             # After a restart, failover or SCRIPT FLUSH. A NOSCRIPT item did not run, so
             # it is safe to send again (only those: the others ran). Normally every item
             # is NOSCRIPT and the order is kept; a flush in the middle of a pipeline
             # could let a resent item take its seq after a later one.
+            redis_errors.counted("noscript", "the scripts are loaded again")
             retry = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-            again: list[Any] | None = None
             try:
-                self._publish_script.sha = await self._redis.script_load(PUBLISH_LUA)
-                again = await self._send_pipeline([calls[i] for i in retry])
+                await self._load_scripts([calls[i] for i in retry])
             except (RedisError, OSError) as exc:
-                _unavailable(exc)
+                error = failure(exc, PUBLISH)
+                again: list[Any] = [error] * len(retry)
+            else:
+                again = await self._send_calls([calls[i] for i in retry])
             for n, i in enumerate(retry):
-                replies[i] = again[n] if again is not None else BrokerUnavailable(_UNREACHABLE)
-        if replies is None:
-            return [BrokerUnavailable(_UNREACHABLE) for _ in drafts]
+                replies[i] = again[n]
         results: list[PublishResult | RelayError] = []
         for draft, reply in zip(drafts, replies, strict=True):
             if isinstance(reply, RelayError):
                 results.append(reply)
                 continue
             if isinstance(reply, Exception):  # an error reply (OOM, READONLY, ...)
-                results.append(_unavailable(reply))
+                results.append(failure(reply, PUBLISH))
                 continue
             try:
                 results.append(self._result(draft, reply))
@@ -371,38 +458,73 @@ class RedisBroker(Broker):
                 results.append(exc)
         return results
 
-    async def _send_pipeline(self, calls: list[tuple[tuple[str, str, str], tuple[Any, ...]]]) -> list[Any] | None:
-        """Run the EVALSHA calls in one round trip; None if the connection failed.
+    async def _load_scripts(self, calls: list[_Call]) -> None:
+        """SCRIPT LOAD the publish script where ``calls`` go (one server here)."""
+        self._publish_script.sha = await self._redis.script_load(self.publish_source)
+
+    async def _send_pipeline(self, calls: list[_Call], acquire: Any, release: Any, asking: bool = False) -> list[Any]:
+        """Run the EVALSHA calls in one round trip on one connection; one reply (or error) per call.
 
         The calls are packed here, in one pass, rather than through redis-py's
         pipeline, whose per-argument encoding was most of a publish's CPU time.
-        Per-call error replies (NOSCRIPT) come back as exceptions in the list.
+        Per-call error replies (NOSCRIPT, MOVED, READONLY) come back as exceptions
+        in the list; a failed connection makes every item a BrokerUnavailable
+        (never resent: a lost reply may hide an applied publish).
+
+        With ``RELAY_REDIS_MIN_REPLICAS``, ``WAIT`` follows in the same round trip
+        (after an ``EXPIRE``, a write, so that ``WAIT`` also covers what a
+        duplicate's first publish wrote), and every accepted event becomes
+        :class:`ReplicasUnavailable` when too few replicas acknowledged in time.
+        ``asking`` sends ``ASKING`` before each call (a cluster slot being imported).
         """
-        payload = _pack_evalsha(self._publish_script.sha, calls)
-        pool = self._redis.connection_pool
+        payload = _pack_evalsha(self._publish_script.sha, calls, asking)
+        waiting = self.min_replicas > 0
+        if waiting:
+            meta = calls[-1][0][1]
+            payload += _pack(("EXPIRE", meta, self.history_ttl))
+            payload += _pack(("WAIT", self.min_replicas, max(1, int(self.min_replicas_timeout * 1000))))
         try:
-            connection = await pool.get_connection()
+            connection = await acquire()
         except (RedisError, OSError) as exc:
-            _unavailable(exc)
-            return None
+            return [failure(exc, PUBLISH)] * len(calls)
         try:
             await connection.send_packed_command(payload, check_health=False)
             replies: list[Any] = []
             for _ in calls:
+                if asking:
+                    with contextlib.suppress(ResponseError):
+                        await connection.read_response()  # +OK to ASKING
                 try:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:  # an error reply; the connection is fine
                     replies.append(exc)
+            if waiting:
+                with contextlib.suppress(ResponseError):
+                    await connection.read_response()  # EXPIRE
+                acknowledged = int(await connection.read_response())
+                if acknowledged < self.min_replicas:
+                    replies = self._unreplicated(replies, acknowledged)
             return replies
         except (RedisError, OSError) as exc:
             await connection.disconnect(nowait=True)
-            _unavailable(exc)
-            return None
+            return [failure(exc, PUBLISH)] * len(calls)
         except BaseException:
             await connection.disconnect(nowait=True)  # replies may be pending: never reuse it
             raise
         finally:
-            await pool.release(connection)
+            await release(connection)
+
+    def _unreplicated(self, replies: list[Any], acknowledged: int) -> list[Any]:
+        """Replace every accepted (or duplicate) reply by a 503: too few replicas have it."""
+        message = (
+            f"the event is on the Redis primary, but only {acknowledged} of the {self.min_replicas} replicas "
+            f"required by RELAY_REDIS_MIN_REPLICAS acknowledged it within {self.min_replicas_timeout:g} s, so it "
+            "was not acknowledged; retry with the same idempotency_key (the retry is answered as a duplicate, "
+            "never stored twice)"
+        )
+        redis_errors.counted("replicas", f"{acknowledged} of {self.min_replicas} replicas acknowledged")
+        error = ReplicasUnavailable(message)
+        return [r if isinstance(r, Exception) or int(r[0]) < 0 else error for r in replies]
 
     # -- reading ------------------------------------------------------------------
 
@@ -421,7 +543,7 @@ class RedisBroker(Broker):
                 args=(f"{max(0, after) + 1}-0", limit or 0, new_epoch() if create else "", self.history_ttl),
             )
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise failure(exc, READ) from None
         if not reply:
             return HistoryPage()
         latest, terminal, updated, first, epoch = int(reply[0]), reply[1] == "1", int(reply[2]), int(reply[3]), reply[4]
@@ -432,13 +554,45 @@ class RedisBroker(Broker):
         return HistoryPage(events, latest, first, terminal, updated / 1000.0, epoch)
 
     async def ping(self) -> None:
-        """PING within ``ping_timeout``; also unready while live delivery is reconnecting."""
+        """Ready only on a primary that answers ``ROLE`` within ``ping_timeout``, with live delivery up.
+
+        A replica (a failover demoted it, or the URL names one) and a cluster node
+        reached through a plain URL are not ready; the reason is in the error
+        (the ``/readyz`` body) and logged once when it appears.
+        """
         try:
-            await asyncio.wait_for(self._redis.ping(), self.ping_timeout)
+            problem = await asyncio.wait_for(self._server_problem(), self.ping_timeout)
         except (RedisError, OSError, TimeoutError) as exc:
-            raise _unavailable(exc) from None
+            raise failure(exc, NOT_READY) from None
+        if problem != self.not_ready_reason:
+            if problem:
+                log.error("not ready: %s", problem)
+            elif self.not_ready_reason:
+                log.info("ready again: the Redis server is a primary")
+            self.not_ready_reason = problem
+        if problem:
+            raise BrokerUnavailable(problem)
         if not self._connected:
             raise BrokerUnavailable("Redis answers, but the pub/sub connection for live events is reconnecting")
+
+    async def _server_problem(self) -> str | None:
+        """Why the server cannot take publishes (a replica, a cluster node), or None."""
+        pool = self._redis.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.get_master_address()  # also drops idle connections to a primary that was replaced
+        if self._cluster_enabled is None:
+            info = await self._redis.info("cluster")
+            self._cluster_enabled = bool(int(info.get("cluster_enabled", 0)))
+        if self._cluster_enabled:
+            return CLUSTER_NODE
+        role = await self._redis.execute_command("ROLE")
+        if role and role[0] != "master":
+            where = f" of {role[1]}:{role[2]}" if len(role) > 2 else ""
+            return (
+                f"the Redis server is a read-only replica{where}, so publishes would fail; point "
+                "RELAY_BROKER_URL at the primary, or use redis+sentinel:// to follow failovers"
+            )
+        return None
 
     # -- live delivery --------------------------------------------------------------
 
@@ -464,7 +618,7 @@ class RedisBroker(Broker):
                 confirmed.cancel()
             # AttributeError: redis-py writing to a connection torn down meanwhile (Redis restarting).
             if isinstance(exc, RedisError | OSError | TimeoutError | AttributeError):
-                raise _unavailable(exc) from None
+                raise failure(exc, SUBSCRIBE) from None
             raise
 
     async def unsubscribe(self, execution_id: str) -> None:
@@ -565,16 +719,22 @@ class RedisBroker(Broker):
     # -- revocation ---------------------------------------------------------------
 
     def _revocation_key(self, kind: str, value: str) -> str:
-        return f"{self.prefix}:revoked:{kind}:{value}"
+        # Hash-tagged like the control channel: on a cluster, every revocation and its
+        # announcement live in one slot, so a token check is one node's round trip.
+        return f"{{{self.prefix}:control}}:revoked:{kind}:{value}"
 
     async def revoke(self, kind: str, value: str, at: float, until: float) -> None:
         """Store the revocation with an expiry, then announce it to every instance."""
         ttl_ms = max(1, int((until - time.time()) * 1000))
         try:
             await self._redis.set(self._revocation_key(kind, value), repr(at), px=ttl_ms)
-            await self._redis.publish(self._control, f"revoke|{kind}|{at!r}|{value}")
+            await self._announce(f"revoke|{kind}|{at!r}|{value}")
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise failure(exc, WRITE) from None
+
+    async def _announce(self, message: str) -> None:
+        """Publish on the control channel (sharded on a cluster)."""
+        await self._redis.publish(self._control, message)
 
     async def is_revoked(self, jti: str | None, sub: str, iat: int | None) -> bool:
         """Look up the token's jti and sub revocations (two keys, any slot)."""
@@ -585,7 +745,7 @@ class RedisBroker(Broker):
                     pipe.get(self._revocation_key("jti", jti))
                 replies = await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from None
+            raise failure(exc, REVOCATION) from None
         if len(replies) > 1 and replies[1] is not None:
             return True
         return replies[0] is not None and (iat is None or iat <= float(replies[0]))
@@ -602,9 +762,23 @@ class RedisBroker(Broker):
             self._on_resync()
 
     async def _keepalive(self, pubsub: PubSub) -> None:
-        """PING the pub/sub connection when idle; drop it if Redis stops answering."""
+        """PING the pub/sub connection when idle; drop it if Redis stops answering.
+
+        Under Sentinel, also drop it once the primary has changed (a command
+        connection or ``/readyz`` learnt the new address): a demoted primary still
+        relays PUBLISH from its new primary, but the reconnect must resync.
+        """
+        pool = self._redis.connection_pool
         while True:
             await asyncio.sleep(self.keepalive_interval)
+            connection = pubsub.connection
+            if isinstance(pool, SentinelConnectionPool) and connection is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await pool.get_master_address()
+                if pool.master_address not in (None, (connection.host, connection.port)):
+                    log.warning("the Redis primary moved to %s:%s; reconnecting live delivery", *pool.master_address)
+                    await connection.disconnect(nowait=True)
+                    return
             idle = time.monotonic() - self._last_seen
             if idle > 3 * self.keepalive_interval:
                 log.warning("Redis pub/sub connection silent for %.0f s; reconnecting", idle)
@@ -634,11 +808,22 @@ class RedisBroker(Broker):
         }
 
 
-def _pack_evalsha(sha: str, calls: list[tuple[tuple[str, str, str], tuple[Any, ...]]]) -> bytes:
+def _pack(command: tuple[Any, ...]) -> bytes:
+    """RESP for one command."""
+    parts = [b"*%d\r\n" % len(command)]
+    for item in command:
+        data = item.encode() if isinstance(item, str) else str(item).encode()
+        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def _pack_evalsha(sha: str, calls: list[_Call], asking: bool = False) -> bytes:
     """RESP for ``EVALSHA sha 3 k1 k2 k3 a1 ...`` per call, concatenated."""
     head = f"EVALSHA\r\n${len(sha)}\r\n{sha}\r\n$1\r\n3\r\n"
     parts: list[bytes] = []
     for keys, args in calls:
+        if asking:
+            parts.append(b"*1\r\n$6\r\nASKING\r\n")
         parts.append(f"*{3 + len(keys) + len(args)}\r\n$7\r\n{head}".encode())
         for item in (*keys, *args):
             data = item.encode() if isinstance(item, str) else str(item).encode()
@@ -648,16 +833,3 @@ def _pack_evalsha(sha: str, calls: list[tuple[tuple[str, str, str], tuple[Any, .
 
 def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
-
-
-def _unavailable(exc: BaseException) -> BrokerUnavailable:
-    log.warning("Redis command failed: %s", _describe(exc))
-    return BrokerUnavailable(_UNREACHABLE)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -40,6 +40,7 @@ from auth import Claims
 
 from .. import closecodes, metrics
 from ..closecodes import Disconnect
+from ..config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
 from ..cursor import Cursor, parse_cursor, parse_last_event_id
 from ..demo import simulate
 from ..errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
@@ -50,11 +51,6 @@ from ..relay import Refused, Relay
 from ..subscription import Subscription
 
 __all__ = [
-    "DEFAULT_LIMIT",
-    "KEEPALIVE_INTERVAL",
-    "MAX_LIMIT",
-    "MAX_WAIT",
-    "SSE_RETRY_MS",
     "STATIC_DIR",
     "bp",
     "cors_headers",
@@ -64,14 +60,6 @@ __all__ = [
 log = logging.getLogger("relay.public")
 bp = Blueprint("public")
 
-#: Seconds between ``: keepalive`` comments on an idle SSE stream (proxies cut idle ones).
-KEEPALIVE_INTERVAL = 15.0
-#: Reconnection delay suggested to EventSource clients, in milliseconds.
-SSE_RETRY_MS = 3000
-#: Longest ``wait`` of a long poll, in seconds.
-MAX_WAIT = 30
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 #: Files of the demo page, served under /demo outside production.
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 #: The demo page's API: default and largest pace, simulations at once, ids remembered for tokens.
@@ -119,7 +107,6 @@ def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResp
                     bearer_or_query_token(request), request.headers.get("origin"), execution_id
                 )
             except Refused as refused:
-                relay.counters[f"http_refused_{refused.why}"] += 1
                 raise refused.error from None
             return await handler(request, execution_id, claims, headers)
         except RelayError as exc:
@@ -176,9 +163,8 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     """Events with ``seq > after``, oldest first; with ``wait``, a long poll."""
     relay: Relay = request.app.ctx.relay
     cursor = parse_cursor(request.args.get("after"), request.args.get("epoch"), "after")
-    wait = _query_seconds(request, "wait", MAX_WAIT)
-    limit = query_int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT) or DEFAULT_LIMIT
-    relay.counters["polls"] += 1
+    wait = _query_seconds(request, "wait", LONG_POLL_MAX_WAIT)
+    limit = query_int(request, "limit", POLL_DEFAULT_LIMIT, 1, POLL_MAX_LIMIT) or POLL_DEFAULT_LIMIT
     metrics.fallback_request("long_poll" if wait > 0 else "poll")
     if getattr(request.app.ctx, "draining", False):
         wait = 0.0  # shutting down: answer with what there is; the next poll goes elsewhere
@@ -290,7 +276,6 @@ async def event_stream(
     exceeded = limits.acquire(execution_id, claims.sub)
     if exceeded is not None:
         metrics.limit_exceeded(exceeded)
-        request.app.ctx.relay.counters[f"sse_refused_limit_{exceeded}"] += 1
         raise RateLimited(f"connection limit ({exceeded}); retry later")
     try:
         return await _stream(request, execution_id, claims, headers)
@@ -313,7 +298,6 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
     try:
         sub = await relay.open_stream(execution_id, cursor, sink, claims)
     except Refused as refused:  # revoked since the request was authorized
-        relay.counters[f"http_refused_{refused.why}"] += 1
         raise refused.error from None
     page = sub.page
     streams = _streams(request.app)
@@ -323,20 +307,19 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         if page.terminal and page.latest_seq <= sub.resume.after:
             # Finished and nothing newer: 204 tells EventSource to stop reconnecting.
             return HTTPResponse(status=204, headers={**headers, **_NO_STORE})
-        connected = sub.connected_message(keepalive_interval=KEEPALIVE_INTERVAL)
+        connected = sub.connected_message(keepalive_interval=relay.settings.sse_keepalive_interval)
         sink.epoch = page.epoch
         sink.response = await request.respond(
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
             content_type="text/event-stream; charset=utf-8",
         )
-        relay.counters["sse_streams"] += 1
         metrics.fallback_request("sse")
         metrics.connection_opened("sse")
         opened = True
         sub.start(f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
         while not sub.closed.done():
             try:
-                await asyncio.wait_for(asyncio.shield(sub.closed), KEEPALIVE_INTERVAL)
+                await asyncio.wait_for(asyncio.shield(sub.closed), relay.settings.sse_keepalive_interval)
             except TimeoutError:
                 sub.send_control(_KEEPALIVE)  # queued behind events, so it never overtakes one
         await _finish(sink, sub.closed.result(), sub)

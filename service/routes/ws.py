@@ -23,20 +23,19 @@ from auth import Claims
 
 from .. import closecodes, metrics
 from ..closecodes import Disconnect
+from ..config import WS_WRITE_BUFFER_HIGH
 from ..cursor import Cursor, CursorError, parse_cursor
 from ..errors import RelayError
 from ..events import dumps, now_iso
-from ..heartbeat import ping_payload
 from ..http import bearer_or_query_token
 from ..limits import ConnectionLimits, FrameRate
+from ..pinger import ping_payload
 from ..relay import Refused, Relay
 from ..subscription import Subscription
 
 __all__ = ["bp"]
 
 bp = Blueprint("ws")
-# Above this many bytes waiting in the transport, frames queue instead (asyncio's default high-water mark).
-WRITE_BUFFER_HIGH = 64 * 1024
 log = logging.getLogger("relay.ws")
 
 
@@ -65,7 +64,7 @@ _wire = _WireCache()
 
 
 class WsSink:
-    """Adapts a Sanic websocket to the subscription's sink (and to the heartbeat)."""
+    """Adapts a Sanic websocket to the subscription's sink (and to the pinger)."""
 
     __slots__ = ("ping_sent", "ping_waiter", "ws")
 
@@ -74,7 +73,7 @@ class WsSink:
         self.ping_waiter: asyncio.Future[None] | None = None
         self.ping_sent = time.monotonic()
 
-    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+    def ping_if_due(self, now: float, interval: float, timeout: float) -> None:
         """Send a ping when one is due; fail the peer if the last one is unanswered after ``timeout``."""
         waiter = self.ping_waiter
         if waiter is not None and not waiter.done():
@@ -118,7 +117,7 @@ class WsSink:
             transport is None
             or ws.conn_mutex.locked()
             or proto.state is not State.OPEN
-            or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH
+            or transport.get_write_buffer_size() > WS_WRITE_BUFFER_HIGH
         ):
             return False
         if not proto.extensions and not proto.writes:  # nothing else pending: the shared bytes
@@ -135,7 +134,6 @@ class WsSink:
 
 
 def _refuse(ws: WebsocketImplProtocol, relay: Relay, disconnect: Disconnect, why: str) -> None:
-    relay.counters[f"ws_refused_{why}"] += 1
     log.info("websocket refused", extra={"fields": {"close_code": int(disconnect.code), "reason": why}})
     metrics.ws_closed(int(disconnect.code), "server")
     ws.end_connection(int(disconnect.code), disconnect.reason)
@@ -194,7 +192,6 @@ async def _serve(
         return
     page = sub.page
     connected = sub.connected_message(heartbeat_interval=relay.settings.heartbeat_interval)
-    relay.counters["ws_connections"] += 1
     opened = time.monotonic()
     log.info(
         "websocket opened",
@@ -209,8 +206,8 @@ async def _serve(
         },
     )
     metrics.connection_opened("ws")
-    heartbeat = request.app.ctx.heartbeat
-    heartbeat.sockets.add(sink)
+    pinger = request.app.ctx.pinger
+    pinger.sockets.add(sink)
     try:
         sub.start(dumps(connected))
         await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
@@ -218,10 +215,12 @@ async def _serve(
         log.exception("websocket handler failed")
         sub.close(closecodes.INTERNAL_ERROR)
     finally:
-        heartbeat.sockets.discard(sink)
+        pinger.sockets.discard(sink)
         metrics.connection_closed("ws")
         if sub.closed.done():
             metrics.ws_closed(sub.close_code, "server")
+        elif (sent := getattr(ws.ws_proto, "close_sent", None)) is not None:  # the frame guard closed it
+            metrics.ws_closed(sent.code, "server")
         else:  # the client left (or the server stops): record what it sent, if anything
             received = getattr(ws.ws_proto, "close_rcvd", None)
             metrics.ws_closed(received.code if received is not None else None, "client")

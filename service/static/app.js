@@ -233,6 +233,13 @@ export function watch(executionId, token, mode) {
       $('status-text').textContent = '诊断完成';
       showReport(d.report);
     },
+    onReset: (info) => {
+      // the relay lost this execution's history (a restarted in-memory relay,
+      // a flushed Redis): what is shown belongs to a stream that no longer
+      // exists. Clear it; the new stream's events follow from its start.
+      resetView(executionId);
+      logLine(`${time()} — 数据流已重置（服务端丢失了此前的历史，新纪元 ${info.epoch || '—'}）：旧内容已清除，从新数据流的开头重新加载`, 'sys reset');
+    },
     onFallback: () => logLine(`${time()} — WebSocket 多次连接失败，已自动降级为轮询`, 'sys'),
     onStateChange: (state, info) => {
       showState(state, info);

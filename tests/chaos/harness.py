@@ -29,8 +29,15 @@ waits for every client to receive its terminal event and checks:
   with the same payload; every error or non-2xx answer was retried to a 2xx;
   no seq was given to two different events.
 
+The outbox variant (``SoakConfig.outbox_dsn``, ``python -m tests.chaos.soak
+--outbox``): the publishers commit rows to a PostgreSQL outbox instead of
+POSTing, both instances run the outbox consumer (one holds the lock at a
+time, the other takes over when it is killed), and every committed row must
+reach every client of its execution exactly once, in order; the outbox and
+its dead-letter table must be empty at the end.
+
 ``python -m tests.chaos.soak`` runs a long soak; ``tests/chaos/test_soak.py``
-a short one in the normal test run.
+a short one of each kind in the normal test run.
 """
 
 from __future__ import annotations
@@ -57,11 +64,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import PUBLISH_KEY, make_token
+from tests.redis_topology import ClusterSetup, SentinelSetup, TopologyServer
 from tests.redis_util import RedisServer, ServiceProcess
 
 __all__ = ["PersistentRedis", "Proxy", "SoakConfig", "SoakReport", "run_soak"]
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+NAMES = "ABCDEFGH"  # instance names in logs
 STATUS_TEXTS = ("正在查询 AI 平台", "分析数据中", "生成报告", "collecting sources", "ranking answers")
 
 
@@ -82,6 +91,14 @@ class SoakConfig:
     seed: int | None = None
     redis_binary: str = "/usr/bin/redis-server"
     verbose: bool = False
+    # The outbox variant: publishers insert rows into a PostgreSQL outbox (this DSN) instead of
+    # POSTing, and both instances run the outbox consumer (one at a time holds the lock).
+    outbox_dsn: str | None = None
+    # "single": one redis-server with AOF; "sentinel": a primary, a replica and three Sentinels
+    # (RELAY_REDIS_MIN_REPLICAS=1), where the big faults add primary kill -9 (failover) and replica pauses;
+    # "cluster": a 3-master Redis Cluster, where they add slot migrations of subscribed executions.
+    topology: str = "single"
+    workers: tuple[int, ...] = (1, 1)  # one instance per item, with that many RELAY_WORKERS
 
 
 # -- Redis with append-only persistence ---------------------------------------------------------------
@@ -322,7 +339,7 @@ class Client:
         self.execution_id = execution_id
         self.token = make_token(execution_id, sub=self.name, ttl=6 * 3600)
         self.soak = soak
-        self.instance = index % 2
+        self.instance = index % len(soak.instances)
         self.compression: str | None = "deflate" if index % 3 else None
         self.received: list[tuple[int, str, Any]] = []  # every event frame, in arrival order (duplicates too)
         self.last_seq = 0
@@ -361,7 +378,7 @@ class Client:
             if self.done or time.monotonic() > deadline:
                 return
             proxy = self.soak.proxies[self.instance]
-            self.instance ^= 1  # the next attempt goes to the other instance
+            self.instance = (self.instance + 1) % len(self.soak.proxies)  # the next attempt: the next instance
             url = f"ws://127.0.0.1:{proxy.port}/ws/executions/{self.execution_id}?token={self.token}"
             if self.ever_connected:
                 url += f"&last_seq={self.last_seq}"
@@ -481,6 +498,7 @@ class Posted:
     seq: int | None = None
     duplicate: bool = False
     refused: str | None = None  # a 4xx: the event can never be accepted (a failure of the test)
+    committed: bool = False  # outbox variant: the row is committed (its seq is learnt from the clients)
 
 
 # -- the soak --------------------------------------------------------------------------------------------
@@ -514,6 +532,10 @@ class Soak:
         self.config = config
         self.prefix = f"chaos-{uuid.uuid4().hex[:10]}"
         self.redis = PersistentRedis(config.redis_binary)
+        self.sentinel = SentinelSetup(config.redis_binary) if config.topology == "sentinel" else None
+        self.cluster = ClusterSetup(config.redis_binary) if config.topology == "cluster" else None
+        self.single = self.sentinel is None and self.cluster is None
+        self.executions: list[str] = []
         self.instances: list[ServiceProcess] = []
         self.proxies: list[Proxy] = []
         self.clients: list[Client] = []
@@ -529,6 +551,8 @@ class Soak:
         self.redis_down = False
         self.big_faults_skipped = 0
         self.load_over = asyncio.Event()  # set when the fault phase ends: publishers and small faults stop
+        self.outbox_table = f"chaos_outbox_{uuid.uuid4().hex[:10]}"
+        self.pg: Any = None  # asyncpg pool of the outbox variant
 
     def log(self, message: str) -> None:
         """Note a fault (printed with -v)."""
@@ -540,23 +564,46 @@ class Soak:
     # -- lifecycle ----------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Redis, two instances, two proxies."""
-        await asyncio.to_thread(self.redis.start)
+        """Redis (one server, or primary + replica + Sentinels), the instances, one proxy each."""
+        if self.sentinel is not None:
+            await asyncio.to_thread(self.sentinel.start)
+            url = self.sentinel.url
+        elif self.cluster is not None:
+            await asyncio.to_thread(self.cluster.start)
+            url = self.cluster.url
+        else:
+            await asyncio.to_thread(self.redis.start)
+            url = self.redis.url
         env = {
-            "RELAY_BROKER_URL": self.redis.url,
+            "RELAY_BROKER_URL": url,
             "RELAY_REDIS_PREFIX": self.prefix,
             "RELAY_HISTORY_SIZE": "1000000",  # nothing is trimmed: a gap would be a loss
             "RELAY_MAX_CONNECTIONS_PER_SUB": "1000",
             "RELAY_HEARTBEAT_INTERVAL": "5",
             "RELAY_LOG_LEVEL": "WARNING",
         }
-        self.instances = [ServiceProcess(**env) for _ in range(2)]
+        if self.config.outbox_dsn:
+            import asyncpg
+
+            from service.ingest.outbox import outbox_ddl
+
+            self.pg = await asyncpg.create_pool(self.config.outbox_dsn, min_size=2, max_size=10)
+            await self.pg.execute(outbox_ddl(self.outbox_table))
+            env.update(
+                RELAY_OUTBOX_DSN=self.config.outbox_dsn,
+                RELAY_OUTBOX_TABLE=self.outbox_table,
+                RELAY_OUTBOX_POLL_INTERVAL="0.2",
+            )
+        if self.sentinel is not None:
+            env["RELAY_REDIS_MIN_REPLICAS"] = "1"  # acknowledged means on the replica: a failover loses none
+            env["RELAY_REDIS_MIN_REPLICAS_TIMEOUT"] = "0.5"
+        self.instances = [ServiceProcess(**env, RELAY_WORKERS=str(w)) for w in self.config.workers]
         for inst in self.instances:
             inst.spawn()
         for inst in self.instances:
             await asyncio.to_thread(inst.wait_ready, 60.0)
         for i, inst in enumerate(self.instances):
-            proxy = Proxy("AB"[i], inst.port)
+            proxy = Proxy(NAMES[i], inst.port)
             await proxy.start()
             self.proxies.append(proxy)
         self.http = httpx.AsyncClient(
@@ -582,6 +629,15 @@ class Soak:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(inst.kill)
         self.redis.close()
+        if self.pg is not None:
+            t = self.outbox_table
+            with contextlib.suppress(Exception):
+                await self.pg.execute(f'DROP TABLE IF EXISTS "{t}", "{t}_dead"; DROP FUNCTION IF EXISTS "{t}_notify"()')
+            await self.pg.close()
+        if self.sentinel is not None:
+            self.sentinel.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
     def remove_logs(self) -> None:
         """Delete the instances' log files."""
@@ -602,8 +658,29 @@ class Soak:
 
     # -- publishing -----------------------------------------------------------------------------------------
 
+    async def insert(self, record: Posted, deadline: float) -> None:
+        """Outbox variant: insert the event's row (committed) until PostgreSQL takes it."""
+        from service.publisher import outbox_insert
+
+        sql, params = outbox_insert(
+            record.execution_id, record.event, record.data, record.key, table=self.outbox_table, paramstyle="numeric"
+        )
+        while time.monotonic() < deadline:
+            try:
+                await self.pg.execute(sql, *params)
+            except Exception as exc:  # asyncpg errors, a lost connection: the row was not committed
+                record.attempts.append(type(exc).__name__)
+                await asyncio.sleep(0.1)
+                continue
+            record.attempts.append("committed")
+            record.committed = True
+            return
+
     async def post(self, record: Posted, prefer: int, deadline: float) -> None:
         """POST until a 2xx, alternating instances; connection errors, timeouts and 5xx are retried."""
+        if self.pg is not None:
+            await self.insert(record, deadline)
+            return
         assert self.http is not None
         index = prefer
         delay = 0.05
@@ -629,7 +706,7 @@ class Soak:
                 if response.status_code < 500 and response.status_code != 429:
                     record.refused = f"{response.status_code} {response.text[:200]}"
                     return
-            index ^= 1  # retry on the other instance
+            index = (index + 1) % len(self.instances)  # retry on the next instance
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
@@ -665,7 +742,7 @@ class Soak:
                 record = self.make_event(execution_id, next(counter), which)
                 self.posted.append(record)
                 await self.post(record, which, deadline)
-                if record.seq is None:
+                if record.seq is None and not record.committed:
                     return  # refused or out of time: reported by verify()
                 await asyncio.sleep(random.uniform(*self.config.post_every))
 
@@ -716,7 +793,11 @@ class Soak:
                     self.big_faults_skipped = count - i
                     return
                 if i % 2 == 0:
-                    await self.kill_instance((i // 2) % 2)
+                    await self.kill_instance((i // 2) % len(self.instances))
+                elif self.sentinel is not None:
+                    await (self.failover() if (i // 2) % 2 == 0 else self.pause_replica())
+                elif self.cluster is not None:
+                    await self.migrate_slot()
                 else:
                     await self.restart_redis(signal.SIGTERM if (i // 2) % 2 == 0 else signal.SIGKILL)
             await asyncio.sleep(max(0.0, until - time.monotonic()))
@@ -730,12 +811,12 @@ class Soak:
         self.expected_down.add(index)
         await asyncio.to_thread(inst.kill)
         self.faults["instance_kill9"] += 1
-        self.log(f"kill -9 instance {'AB'[index]}")
+        self.log(f"kill -9 instance {NAMES[index]}")
         await asyncio.sleep(random.uniform(0.3, 1.5))
         inst.spawn()
         await asyncio.to_thread(inst.wait_ready, 60.0)
         self.expected_down.discard(index)
-        self.log(f"instance {'AB'[index]} ready again")
+        self.log(f"instance {NAMES[index]} ready again")
 
     async def restart_redis(self, sig: int) -> None:
         """Stop Redis with ``sig``, start it again on its port with its AOF, wait until both instances are ready."""
@@ -750,6 +831,51 @@ class Soak:
         self.log("redis started again")
         await self.wait_ready(60.0)
         self.log("both instances ready")
+
+    def _roles(self) -> tuple[TopologyServer, TopologyServer]:
+        """The current primary and replica (they swap at each failover)."""
+        assert self.sentinel is not None
+        port = self.sentinel.master_port()
+        first, second = self.sentinel.primary, self.sentinel.replica
+        return (first, second) if first.port == port else (second, first)
+
+    async def failover(self) -> None:
+        """``kill -9`` the primary; the Sentinels promote the replica; the old primary comes back empty as replica."""
+        assert self.sentinel is not None
+        primary, replica = await asyncio.to_thread(self._roles)
+        self.check_alive()
+        await asyncio.to_thread(primary.stop)  # kill -9
+        self.faults["primary_kill9_failover"] += 1
+        self.log(f"kill -9 primary on port {primary.port}")
+        await asyncio.to_thread(self.sentinel.wait_promoted, replica, 30.0)
+        self.log(f"replica on port {replica.port} promoted")
+        for name in ("dump.rdb", "appendonly.aof"):
+            Path(primary.dir, name).unlink(missing_ok=True)
+        await asyncio.to_thread(primary.start)  # the Sentinels make it the new primary's replica
+        await self.wait_ready(60.0)
+        self.log("old primary back (empty) as a replica; instances ready")
+
+    async def migrate_slot(self) -> None:
+        """Move the slot of a random execution (its subscribers are live) to another master, keys and all."""
+        assert self.cluster is not None
+        cluster = self.cluster
+        eid = random.choice(self.executions)
+        slot = await asyncio.to_thread(cluster.keyslot, f"{self.prefix}:{{{eid}}}:meta")
+        source = await asyncio.to_thread(cluster.owner, slot)
+        target = random.choice([n for n in cluster.nodes if n is not source])
+        await asyncio.to_thread(cluster.migrate, slot, target)
+        self.faults["slot_migration"] += 1
+        self.log(f"slot {slot} ({eid}) moved from port {source.port} to {target.port}")
+
+    async def pause_replica(self) -> None:
+        """SIGSTOP the replica for a second: publishes 503 (RELAY_REDIS_MIN_REPLICAS=1) and are retried."""
+        _, replica = await asyncio.to_thread(self._roles)
+        replica.pause()
+        self.faults["replica_pause"] += 1
+        self.log(f"replica on port {replica.port} paused")
+        await asyncio.sleep(random.uniform(0.5, 1.5))
+        replica.resume()
+        self.log("replica resumed")
 
     async def wait_ready(self, timeout: float) -> None:
         """Until both instances answer /readyz 200."""
@@ -768,9 +894,9 @@ class Soak:
         """Record an instance or Redis that died without being killed (a crash)."""
         for i, inst in enumerate(self.instances):
             if i not in self.expected_down and inst.proc is not None and inst.proc.poll() is not None:
-                self.crashes.append(f"instance {'AB'[i]} exited by itself with {inst.proc.returncode}")
+                self.crashes.append(f"instance {NAMES[i]} exited by itself with {inst.proc.returncode}")
                 self.expected_down.add(i)
-        if not self.redis_down and not self.redis.alive():
+        if self.single and not self.redis_down and not self.redis.alive():
             self.crashes.append("redis-server exited by itself")
             self.redis_down = True
 
@@ -781,6 +907,7 @@ class Soak:
         cfg = self.config
         began = time.monotonic()
         executions = [f"soak-{uuid.uuid4().hex[:6]}-{i}" for i in range(cfg.executions)]
+        self.executions = executions
         self.clients = [Client(i, executions[i % len(executions)], self) for i in range(cfg.clients)]
         fault_end = time.monotonic() + cfg.fault_seconds
         fault_limit = fault_end + cfg.fault_seconds + 60.0  # slow restarts may stretch the phase up to this
@@ -817,7 +944,7 @@ class Soak:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(inst.wait_ready, 60.0)
                 self.expected_down.discard(i)
-        if not self.redis.alive():
+        if self.single and not self.redis.alive():
             await asyncio.to_thread(self.redis.start)
             self.redis_down = False
         with contextlib.suppress(TimeoutError):
@@ -831,13 +958,37 @@ class Soak:
         self.check_alive()
         for task in self.tasks:
             task.cancel()
-        report = self.verify(injector_errors)
+        outbox_left = await self.resolve_outbox() if self.pg is not None else []
+        report = self.verify(injector_errors + outbox_left)
         report.figures["fault phase (s)"] = round(fault_phase, 1)
         report.figures["drain after the last complete (s)"] = round(drain, 1)
         report.figures["total (s)"] = round(time.monotonic() - began, 1)
         return report
 
     # -- verification ----------------------------------------------------------------------------------------------
+
+    async def resolve_outbox(self) -> list[str]:
+        """Outbox variant: learn each committed row's seq from what the clients received; check the tables.
+
+        A row is identified by its payload (every payload carries a nonce). Rows no client
+        received keep no seq and are reported by verify() as never delivered.
+        """
+        seen: dict[tuple[str, str, str], int] = {}
+        for client in self.clients:
+            for seq, event, data in client.received:
+                seen[(client.execution_id, event, json.dumps(data, sort_keys=True))] = seq
+        for record in self.posted:
+            if record.committed:
+                record.seq = seen.get((record.execution_id, record.event, json.dumps(record.data, sort_keys=True)))
+        failures = []
+        t = self.outbox_table
+        left = await self.pg.fetchval(f'SELECT count(*) FROM "{t}"')
+        dead = await self.pg.fetch(f'SELECT id, error FROM "{t}_dead" LIMIT 5')
+        if left:
+            failures.append(f"{left} outbox rows were never consumed")
+        if dead:
+            failures.append(f"outbox rows dead-lettered: {[(r['id'], r['error']) for r in dead]}")
+        return failures
 
     def verify(self, injector_errors: list[str]) -> SoakReport:
         """Check every client's stream and every publisher's answers; compute the figures."""
@@ -855,14 +1006,14 @@ class Soak:
                 failures.append(f"{record.execution_id}: {record.event} {record.key} refused with {record.refused}")
                 continue
             if record.seq is None:
+                what = "was committed to the outbox but never delivered" if record.committed else "never got a 2xx"
                 failures.append(
-                    f"{record.execution_id}: {record.event} {record.key} never got a 2xx "
-                    f"(attempts {record.attempts[-8:]})"
+                    f"{record.execution_id}: {record.event} {record.key} {what} (attempts {record.attempts[-8:]})"
                 )
                 continue
             if record.duplicate:
                 duplicate_answers += 1
-                if len(record.attempts) == 1:
+                if len(record.attempts) == 1:  # (an outbox row's answer is never seen: duplicate stays False)
                     failures.append(f"{record.key}: duplicate: true on the first attempt")
             other = by_execution[record.execution_id].get(record.seq)
             if other is not None:
@@ -964,7 +1115,7 @@ class Soak:
             cuts.update(proxy.cuts)
             refused += proxy.refused
         events = sum(len(v) for v in by_execution.values())
-        not_2xx = {k: v for k, v in attempts.items() if not (k.isdigit() and 200 <= int(k) < 300)}
+        not_2xx = {k: v for k, v in attempts.items() if not (k == "committed" or (k.isdigit() and 200 <= int(k) < 300))}
         figures: dict[str, Any] = {
             "clients": len(self.clients),
             "executions": len(by_execution) or len({c.execution_id for c in self.clients}),
@@ -1003,7 +1154,7 @@ async def run_soak(config: SoakConfig, on_start: Callable[[Soak], None] | None =
         report = await soak.run()
         if not report.ok:
             kept = Path(tempfile.mkdtemp(prefix=f"relay-{soak.prefix}-"))
-            for name, text in zip("AB", soak.instance_logs(), strict=True):
+            for name, text in zip(NAMES, soak.instance_logs(), strict=False):
                 (kept / f"instance-{name}.log").write_text(text)
             with contextlib.suppress(OSError):
                 shutil.copy(Path(soak.redis.dir, "redis.log"), kept / "redis.log")

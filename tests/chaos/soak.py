@@ -33,7 +33,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH as JSON")
+    parser.add_argument(
+        "--outbox",
+        metavar="DSN",
+        nargs="?",
+        const="postgresql://postgres@127.0.0.1:5432/test",
+        help="publishers write to a PostgreSQL outbox (default DSN: the test database) instead of POSTing",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print each instance kill / Redis restart")
+    parser.add_argument(
+        "--topology",
+        choices=("single", "sentinel", "cluster"),
+        default="single",
+        help="single: one redis-server with AOF (default); sentinel: primary + replica + 3 Sentinels with "
+        "RELAY_REDIS_MIN_REPLICAS=1, faults adding primary kill -9 (failover) and replica pauses; cluster: "
+        "3 masters, faults adding slot migrations",
+    )
+    parser.add_argument(
+        "--workers",
+        default=None,
+        help="RELAY_WORKERS of each instance, comma-separated (default 1,1; sentinel, cluster: 1,1,2,2)",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,6 +74,9 @@ def config_from(args: argparse.Namespace) -> SoakConfig:
         seed=args.seed,
         redis_binary=binary,
         verbose=args.verbose,
+        outbox_dsn=args.outbox,
+        topology=args.topology,
+        workers=tuple(int(w) for w in (args.workers or ("1,1" if args.topology == "single" else "1,1,2,2")).split(",")),
     )
 
 

@@ -42,6 +42,69 @@ async def test_short_chaos_soak_loses_and_doubles_nothing() -> None:
     assert figures["reconnects (resumed with last_seq)"] >= 100, figures
 
 
+async def test_short_chaos_soak_with_outbox_publishers_loses_and_doubles_nothing() -> None:
+    """The outbox variant: publishers commit rows, both instances consume in turn through kills and Redis restarts."""
+    from tests.ingest_util import PG_DSN, require_postgres
+
+    binary = redis_server_binary()
+    await require_postgres()
+    config = SoakConfig(
+        clients=60, executions=10, fault_seconds=15.0, big_faults=2, redis_binary=binary, outbox_dsn=PG_DSN
+    )
+    report = await run_soak(config)
+    print("\nshort chaos soak, outbox publishers:")
+    print("\n".join(report.lines()))
+    figures = report.figures
+    assert report.ok, "\n".join(report.failures[:40])
+    assert figures["events lost"] == 0 and figures["duplicates"] == 0
+    assert figures["faults injected"].get("instance_kill9", 0) >= 1, figures["faults injected"]
+    assert figures["events accepted (distinct seqs)"] >= 50, figures
+
+
+async def test_short_chaos_soak_on_sentinel_with_a_failover_loses_and_doubles_nothing() -> None:
+    """Sentinel-managed Redis with RELAY_REDIS_MIN_REPLICAS=1, two instances (one with two workers): instance kill,
+    primary kill -9 (failover), instance kill, replica pause, client drops and cuts; events lost 0, duplicates 0.
+    """
+    binary = redis_server_binary()
+    config = SoakConfig(
+        clients=80,
+        executions=10,
+        fault_seconds=20.0,
+        big_faults=4,
+        redis_binary=binary,
+        topology="sentinel",
+        workers=(1, 2),
+    )
+    report = await run_soak(config)
+    print("\nshort chaos soak on Sentinel:")
+    print("\n".join(report.lines()))
+    figures = report.figures
+    assert report.ok, "\n".join(report.failures[:40])
+    assert figures["events lost"] == 0 and figures["duplicates"] == 0
+    faults = figures["faults injected"]
+    for kind in ("instance_kill9", "primary_kill9_failover", "replica_pause", "proxy_cut_mid_frame"):
+        assert faults.get(kind, 0) >= 1, f"no {kind} fault was injected: {faults}"
+
+
+async def test_short_chaos_soak_on_a_cluster_with_slot_migrations_loses_and_doubles_nothing() -> None:
+    """A 3-master Redis Cluster, two instances: instance kills and slot migrations of live executions between
+    them, client drops and cuts; events lost 0, duplicates 0.
+    """
+    binary = redis_server_binary()
+    config = SoakConfig(
+        clients=60, executions=8, fault_seconds=15.0, big_faults=4, redis_binary=binary, topology="cluster"
+    )
+    report = await run_soak(config)
+    print("\nshort chaos soak on a cluster:")
+    print("\n".join(report.lines()))
+    figures = report.figures
+    assert report.ok, "\n".join(report.failures[:40])
+    assert figures["events lost"] == 0 and figures["duplicates"] == 0
+    faults = figures["faults injected"]
+    for kind in ("instance_kill9", "slot_migration", "proxy_cut_mid_frame"):
+        assert faults.get(kind, 0) >= 1, f"no {kind} fault was injected: {faults}"
+
+
 def test_frame_tracker_finds_cut_points_inside_frames_only() -> None:
     """The proxy's cut points fall strictly inside a WebSocket frame, never on a boundary or in the handshake."""
     handshake = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"

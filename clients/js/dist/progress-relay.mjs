@@ -109,14 +109,26 @@ function frameToText(data) {
 }
 
 /**
- * The bytes of an ArrayBuffer or a typed array / Buffer; null for anything else.
+ * Whether `value` is an ArrayBuffer, from this realm or another one (a
+ * mini-program's SocketTask, a vm context, an iframe): `instanceof` alone
+ * misses buffers made by another realm's constructor.
+ * @param {any} value
+ */
+function isArrayBuffer(value) {
+  if (value === null || typeof value !== 'object') return false;
+  if (typeof ArrayBuffer !== 'undefined' && value instanceof ArrayBuffer) return true;
+  return Object.prototype.toString.call(value) === '[object ArrayBuffer]';
+}
+
+/**
+ * The bytes of an ArrayBuffer or a typed array / Buffer (of any realm); null for anything else.
  * @param {any} data
  * @returns {Uint8Array | null}
  */
 function frameBytes(data) {
-  if (typeof ArrayBuffer === 'undefined') return null;
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  if (data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
+  if (typeof Uint8Array === 'undefined') return null;
+  if (isArrayBuffer(data)) return new Uint8Array(data);
+  if (isArrayBuffer(data.buffer) && typeof data.byteLength === 'number') {
     return new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
   }
   return null;
@@ -312,9 +324,12 @@ const ERROR_WITHOUT_CLOSE_MS = 1000;
  * so one client never holds more than one socket (old base libraries allow
  * only one, newer ones five per mini-program).
  * @param {WechatMiniprogram.Wx} wxApi
+ * @param {{perMessageDeflate?: boolean}} [settings] perMessageDeflate: offer
+ *   compression (default true; false for a device where it misbehaves)
  * @returns {import('../types').OpenSocket}
  */
-function createWxSocketOpener(wxApi) {
+function createWxSocketOpener(wxApi, settings) {
+  const deflate = !settings || settings.perMessageDeflate !== false;
   /** @type {{ close: (code?: number, reason?: string) => void } | null} */
   let current = null;
 
@@ -351,7 +366,7 @@ function createWxSocketOpener(wxApi) {
       header: { Authorization: 'Bearer ' + req.token },
       // Offer permessage-deflate (base library >= 2.8.0; older ones ignore it): the relay
       // answers with context takeover, and event frames shrink to about a third.
-      perMessageDeflate: true,
+      perMessageDeflate: deflate,
       fail: function (err) {
         // connectSocket itself failed (bad domain, too many sockets...).
         if (ended) return;
@@ -512,10 +527,426 @@ function createWxLifecycle(wxApi) {
   };
 }
 
+// ---- src/transport-select.mjs
+// Transport selection: WeChat's `wx` when there is one (given, global, or a
+// free variable of the module scope), else the standard WebSocket / fetch /
+// window, else a custom transport; and a clear verdict when none can work.
+
+/**
+ * The global object, on engines without `globalThis` too (older iOS
+ * JavaScriptCore in WeChat); an empty object when none is reachable.
+ * @returns {any}
+ */
+function getGlobal() {
+  if (typeof globalThis !== 'undefined') return globalThis;
+  if (typeof self !== 'undefined') return self;
+  if (typeof window !== 'undefined') return window;
+  return {};
+}
+
+/**
+ * `wx` as a free variable: WeChat hands it to every module of a mini-program
+ * even where the global object does not show it.
+ * @returns {any}
+ */
+function freeWx() {
+  return typeof wx !== 'undefined' ? wx : null;
+}
+
+/**
+ * The `wx` object to use: the one given, else the global or free `wx` when it
+ * can open sockets (and the page did not ask for the browser transports).
+ * @param {any} options
+ * @param {any} g
+ */
+function findWx(options, g) {
+  if (options.wx) return options.wx;
+  if (options.platform === 'browser') return null;
+  const candidates = [g.wx, freeWx()];
+  for (let i = 0; i < candidates.length; i++) {
+    const c = candidates[i];
+    if (c && typeof c.connectSocket === 'function') return c;
+  }
+  return null;
+}
+
+/**
+ * @param {any} wxApi
+ * @param {any} options
+ * @returns {import('./types').Transport}
+ */
+function wxTransport(wxApi, options) {
+  return {
+    name: 'wx',
+    openSocket: createWxSocketOpener(wxApi, { perMessageDeflate: options.perMessageDeflate !== false }),
+    request: typeof wxApi.request === 'function' ? createWxRequester(wxApi) : null,
+    lifecycle: createWxLifecycle(wxApi)
+  };
+}
+
+/**
+ * @param {any} options
+ * @param {any} g
+ * @returns {import('./types').Transport}
+ */
+function browserTransport(options, g) {
+  const WS = options.WebSocket || g.WebSocket;
+  const fetchImpl = options.fetch || (typeof g.fetch === 'function' ? function (/** @type {any} */ u, /** @type {any} */ i) { return g.fetch(u, i); } : null);
+  return {
+    name: 'browser',
+    openSocket: WS ? createBrowserSocketOpener(WS) : null,
+    request: fetchImpl ? createFetchRequester(fetchImpl) : null,
+    lifecycle: createBrowserLifecycle(options.window || (typeof g.addEventListener === 'function' ? g : null))
+  };
+}
+
+/**
+ * A partial custom transport, completed from the detected one (a part given
+ * as null stays null: that transport is not available).
+ * @param {any} custom
+ * @param {import('./types').Transport} base
+ * @returns {import('./types').Transport}
+ */
+function withCustomTransport(custom, base) {
+  return {
+    name: custom.name || 'custom',
+    openSocket: custom.openSocket !== undefined ? custom.openSocket : base.openSocket,
+    request: custom.request !== undefined ? custom.request : base.request,
+    lifecycle: custom.lifecycle || function () { return function () {}; }
+  };
+}
+
+/**
+ * Picks the transports: an explicit `transport`, else WeChat's `wx` when it is
+ * given or present, else the standard WebSocket / fetch / window. A part that
+ * cannot work here is null (see transportProblem).
+ * @param {any} options
+ * @returns {import('./types').Transport}
+ */
+function resolveTransport(options) {
+  const g = getGlobal();
+  const wxApi = findWx(options, g);
+  const base = wxApi ? wxTransport(wxApi, options) : browserTransport(options, g);
+  return options.transport ? withCustomTransport(options.transport, base) : base;
+}
+
+/**
+ * Why no transport can work here, or null. A socket without HTTP still works
+ * (until a fallback is needed), and HTTP alone means polling only.
+ * @param {import('./types').Transport} t
+ * @returns {string | null}
+ */
+function transportProblem(t) {
+  if (t.openSocket || t.request) return null;
+  return 'no transport: neither wx.connectSocket nor WebSocket, and neither wx.request nor fetch, is available here ' +
+    '(in a mini-program pass options.wx; under Node pass options.WebSocket and options.fetch)';
+}
+
+// ---- src/reconnect.mjs
+// The reconnect policy: what a socket close means (finish, give up, refresh
+// the token, reconnect, or ask the state endpoint), and when the next attempt
+// runs (jittered exponential back-off, then the fallback to polling). Pure:
+// the client keeps the timers. See docs/client.md ("Close codes").
+
+/** Codes that mean "reconnect and resume" before `connected` too. */
+const RETRY_CODES = [1000, 1001, 1011, 1012];
+
+/**
+ * 4500-4999: the relay refuses this token or user for good; 1008 / 1009: it
+ * refused what this client sent (a cursor, a frame), which a reconnect would
+ * only send again.
+ * @param {number} code
+ */
+function isRefusalClose(code) {
+  return (code >= 4500 && code <= 4999) || code === 1008 || code === 1009;
+}
+
+/**
+ * The error text for a refusal close.
+ * @param {number} code
+ * @param {string} [reason]
+ */
+function refusalMessage(code, reason) {
+  if (code === 4503) return 'forbidden';
+  if (code === 1008 || code === 1009) return 'the relay refused a message of this client' + (reason ? ': ' + reason : '');
+  return 'token invalid or revoked';
+}
+
+/**
+ * What to do after a socket ended.
+ *   finish        the relay's own end of the stream
+ *   refused       4500-4999, 1008, 1009: stop, tell the page
+ *   refresh       4001: a fresh token first, then resume
+ *   check-end     a 1000 that is not the relay's end (WeChat's "interrupted"):
+ *                 the state endpoint says whether the execution finished
+ *   retry         reconnect with back-off and resume
+ *   check-refused 1006 or an unknown code before `connected`: the state
+ *                 endpoint tells a refused token from the network
+ * @param {{code: number, reason?: string, local?: boolean}} info
+ * @param {{connected: boolean, latestSeq: number | null}} socket
+ * @param {import('./delivery.mjs').Delivery} delivery
+ * @returns {'finish' | 'refused' | 'refresh' | 'check-end' | 'retry' | 'check-refused'}
+ */
+function closeVerdict(info, socket, delivery) {
+  const code = info.code;
+  if (delivery.endsStream(info, socket)) return 'finish';
+  if (isRefusalClose(code)) return 'refused';
+  if (code === 4001) return 'refresh';
+  if (info.local) return 'retry';
+  if (socket.connected) return code === 1000 ? 'check-end' : 'retry';
+  if (code >= 4000 && code <= 4499) return 'retry';
+  return RETRY_CODES.indexOf(code) >= 0 ? 'retry' : 'check-refused';
+}
+
+/**
+ * Counts failed attempts and spaces the next ones: RECONNECT_INTERVAL
+ * doubling up to MAX_RECONNECT_INTERVAL, jittered; after
+ * MAX_RECONNECT_ATTEMPTS the answer is "fall back to polling".
+ */
+class ReconnectPolicy {
+  /**
+   * @param {any} options the client's merged options
+   * @param {() => number} random in [0, 1)
+   */
+  constructor(options, random) {
+    this.options = options;
+    this.random = random;
+    /** consecutive failed attempts */
+    this.failures = 0;
+  }
+
+  /** A connection got through: the next failure starts a fresh series. */
+  reset() {
+    this.failures = 0;
+  }
+
+  /**
+   * The delay before retry number `n` (1 for the first).
+   * @param {number} n
+   */
+  backoff(n) {
+    const o = this.options;
+    return computeBackoff(n, { base: o.RECONNECT_INTERVAL, max: o.MAX_RECONNECT_INTERVAL, jitter: o.RECONNECT_JITTER, random: this.random });
+  }
+
+  /**
+   * One more failure: the next attempt, or null when it is time to fall back.
+   * @param {boolean} wasConnected the socket that ended had said `connected`
+   * @param {number | undefined} code its close code (4029: back off longer)
+   * @returns {{attempt: number, delay: number} | null}
+   */
+  next(wasConnected, code) {
+    if (wasConnected) this.failures = 0;
+    this.failures += 1;
+    if (this.failures > this.options.MAX_RECONNECT_ATTEMPTS) {
+      this.failures = 0;
+      return null;
+    }
+    let delay = this.backoff(this.failures);
+    if (code === 4029) delay = Math.max(delay, this.options.RATE_LIMIT_INTERVAL);
+    return { attempt: this.failures, delay: delay };
+  }
+
+  /**
+   * When to try the socket again in the background after a fallback.
+   * @param {number} base ms
+   */
+  probeDelay(base) {
+    const j = this.options.RECONNECT_JITTER;
+    return Math.round(base * (1 - j + 2 * j * this.random()));
+  }
+}
+
+// ---- src/delivery.mjs
+// Delivery: the cursor (stream epoch + seq), de-duplication, stream resets
+// and the end of the stream. Pure: no timer, no socket, no request; the
+// client tells it what arrived and it answers what that means.
+// See docs/client.md ("Exactly once, epochs and resets").
+
+/** The reason the relay gives when it closes a socket with 1000 at the end of the stream. */
+const END_OF_STREAM_REASON = 'execution finished';
+
+/**
+ * complete, and an error that is not marked recoverable, end the execution.
+ * @param {any} evt
+ */
+function isTerminalEvent(evt) {
+  if (!evt || typeof evt !== 'object') return false;
+  const data = evt.data && typeof evt.data === 'object' ? evt.data : {};
+  return evt.event === 'complete' || (evt.event === 'error' && data.recoverable !== true);
+}
+
+/**
+ * A stream epoch as the relay sends it; null when absent (a v1 relay).
+ * @param {any} value
+ * @returns {string | null}
+ */
+function epochOf(value) {
+  return typeof value === 'string' && value ? value : null;
+}
+
+/**
+ * The cursor of one watched execution and the rules that keep delivery
+ * exactly once across reconnects, transport switches and stream resets.
+ */
+class Delivery {
+  /**
+   * @param {{lastSeq?: number, epoch?: string} | undefined} resume where a previous page stopped
+   */
+  constructor(resume) {
+    const seq = resume && typeof resume.lastSeq === 'number' && resume.lastSeq > 0 ? resume.lastSeq : 0;
+    /** last seq delivered in `epoch` */
+    this.seq = seq;
+    /** the stream epoch `seq` belongs to (null until the relay named one) */
+    this.epoch = seq > 0 && resume ? epochOf(resume.epoch) : null;
+    /** a terminal event was delivered, or the relay said the stream ended */
+    this.terminal = false;
+  }
+
+  /**
+   * The resume cursor for a socket URL (`last_seq`, `epoch`) or a poll
+   * (`after`, `epoch`); the epoch travels only with a seq it qualifies.
+   * @param {'last_seq' | 'after'} name
+   * @returns {Record<string, string | number | undefined>}
+   */
+  cursor(name) {
+    /** @type {Record<string, string | number | undefined>} */
+    const q = {};
+    if (name === 'after' || this.seq > 0) q[name] = this.seq;
+    if (this.seq > 0 && this.epoch) q.epoch = this.epoch;
+    return q;
+  }
+
+  /**
+   * A `connected` frame or a polling answer: whether the stream was reset
+   * under this cursor, and the new cursor. A reset is the relay saying so
+   * (`reset: true`), an epoch other than the one we hold, or, from a v1
+   * relay without epochs, a latest seq below ours.
+   * @param {any} msg
+   * @param {number} requested the seq the request resumed after
+   * @returns {{reset: boolean, previousEpoch: string | null, previousSeq: number, epoch: string | null, latestSeq: number | null, reopen: boolean}}
+   */
+  opened(msg, requested) {
+    const epoch = epochOf(msg.epoch);
+    const latest = typeof msg.latest_seq === 'number' ? msg.latest_seq : null;
+    const legacy = epoch === null && latest !== null && latest < this.seq;
+    const reset = msg.reset === true || this.isOtherEpoch(epoch) || legacy;
+    const out = { reset: reset, previousEpoch: this.epoch, previousSeq: this.seq, epoch: epoch, latestSeq: latest, reopen: false };
+    if (reset) this.seq = 0;
+    if (epoch !== null) this.epoch = epoch;
+    // a v1 relay replays only after the cursor we sent: ask again from the start
+    out.reopen = legacy && requested > 0;
+    return out;
+  }
+
+  /**
+   * Whether the relay names an epoch other than the one this cursor holds.
+   * @param {string | null} epoch
+   */
+  isOtherEpoch(epoch) {
+    return epoch !== null && this.epoch !== null && epoch !== this.epoch;
+  }
+
+  /**
+   * Records an event of the current epoch; false when it was seen already
+   * (or delivery ended).
+   * @param {any} evt
+   */
+  accept(evt) {
+    if (!evt || typeof evt !== 'object' || this.terminal) return false;
+    if (typeof evt.seq !== 'number') return true;
+    if (evt.seq <= this.seq) return false;
+    this.seq = evt.seq;
+    return true;
+  }
+
+  /**
+   * Whether a socket close is the relay's own end of the stream: 1000 with
+   * its end-of-stream reason, after `connected`, with everything it announced
+   * delivered. A bare 1000 is not: WeChat closes sockets with 1000
+   * "interrupted" when the app goes to the background or the network changes.
+   * @param {{code: number, reason?: string, local?: boolean}} info
+   * @param {{connected: boolean, latestSeq: number | null}} socket
+   */
+  endsStream(info, socket) {
+    if (info.code !== 1000 || info.local || !socket.connected || info.reason !== END_OF_STREAM_REASON) return false;
+    return socket.latestSeq === null || this.seq >= socket.latestSeq;
+  }
+
+  /**
+   * Whether a polling answer or a state answer says the stream ended and
+   * nothing more is to come (the terminal event may have expired from history).
+   * @param {any} body
+   */
+  endsPolling(body) {
+    if (!body || body.terminal !== true) return false;
+    if (this.isOtherEpoch(epochOf(body.epoch))) return false;
+    return typeof body.latest_seq !== 'number' || this.seq >= body.latest_seq;
+  }
+}
+
+// ---- src/timers.mjs
+// Named one-shot timers of one client session: at most one per name, every
+// one cleared at once on pause or disconnect, and a timer of an old session
+// never runs into a new one.
+
+/** A set of named timers; `session()` tells which session a timer belongs to. */
+class SessionTimers {
+  /**
+   * @param {() => number} session the current session number
+   */
+  constructor(session) {
+    this.session = session;
+    /** @type {Record<string, any>} */
+    this.pending = {};
+  }
+
+  /**
+   * Runs `fn` after `ms` unless cleared, replacing a timer of the same name.
+   * @param {string} name
+   * @param {() => void} fn
+   * @param {number} ms
+   */
+  set(name, fn, ms) {
+    this.clear(name);
+    const self = this;
+    const sid = this.session();
+    this.pending[name] = setTimeout(function () {
+      delete self.pending[name];
+      if (sid === self.session()) fn();
+    }, Math.max(0, ms));
+  }
+
+  /** @param {string} name */
+  has(name) {
+    return Object.prototype.hasOwnProperty.call(this.pending, name);
+  }
+
+  /** @param {string} name */
+  clear(name) {
+    if (!this.has(name)) return;
+    clearTimeout(this.pending[name]);
+    delete this.pending[name];
+  }
+
+  clearAll() {
+    const names = Object.keys(this.pending);
+    for (let i = 0; i < names.length; i++) this.clear(names[i]);
+  }
+
+  /** names of the timers still pending */
+  names() {
+    return Object.keys(this.pending);
+  }
+}
+
 // ---- src/client.mjs
 // progress-relay client: one execution's events, exactly once and in order,
 // over a WebSocket that resumes after every drop, or over polling when the
-// socket cannot get through. See docs/client.md.
+// socket cannot get through. A thin coordinator of three parts with their own
+// tests: transport selection (transport-select.mjs), the reconnect policy
+// (reconnect.mjs) and delivery (delivery.mjs: cursor, epochs, resets).
+// See docs/client.md.
 
 /** Defaults from the product specification; every one can be overridden. */
 const DEFAULT_OPTIONS = Object.freeze({
@@ -542,83 +973,20 @@ const DEFAULT_OPTIONS = Object.freeze({
   /** after a fallback, how often the socket is tried again in the background (ms, jittered) */
   BACKGROUND_RETRY_INTERVAL: 60000,
   /** least delay after a 4029 close or a 429 without Retry-After (ms) */
-  RATE_LIMIT_INTERVAL: 30000
+  RATE_LIMIT_INTERVAL: 30000,
+  /**
+   * after the app goes to the background, how long the connection stays
+   * before it is closed (ms; 0 closes at once). WeChat cuts connections about
+   * 5 s after hiding; a share sheet or an image picker hides the app too.
+   */
+  HIDE_GRACE: 3000
 });
 
-function getGlobal() {
-  if (typeof globalThis !== 'undefined') return globalThis;
-  if (typeof window !== 'undefined') return window;
-  return /** @type {any} */ ({});
-}
+/** The method that follows up each reconnect verdict but finish and refused. */
+const VERDICT_METHODS = { refresh: '_tokenExpired', 'check-end': '_checkEnded', 'check-refused': '_checkRefused', retry: '_failure' };
 
-/**
- * Picks the transports: an explicit `transport`, else WeChat's `wx` when it is
- * given or present, else the standard WebSocket / fetch / window.
- * @param {any} options
- * @returns {import('./types').Transport}
- */
-function resolveTransport(options) {
-  const g = /** @type {any} */ (getGlobal());
-  const wxApi = findWx(options, g);
-  const base = wxApi && options.platform !== 'browser' ? wxTransport(wxApi) : browserTransport(options, g);
-  return options.transport ? withCustomTransport(options.transport, base) : base;
-}
-
-/**
- * The `wx` object to use: the one given, else the global one when it can open
- * sockets (and the page did not ask for the browser transports).
- * @param {any} options
- * @param {any} g
- */
-function findWx(options, g) {
-  if (options.wx) return options.wx;
-  if (options.platform === 'browser' || !g.wx) return null;
-  return typeof g.wx.connectSocket === 'function' ? g.wx : null;
-}
-
-/**
- * @param {any} wxApi
- * @returns {import('./types').Transport}
- */
-function wxTransport(wxApi) {
-  return {
-    name: 'wx',
-    openSocket: createWxSocketOpener(wxApi),
-    request: createWxRequester(wxApi),
-    lifecycle: createWxLifecycle(wxApi)
-  };
-}
-
-/**
- * @param {any} options
- * @param {any} g
- * @returns {import('./types').Transport}
- */
-function browserTransport(options, g) {
-  const WS = options.WebSocket || g.WebSocket;
-  const fetchImpl = options.fetch || (typeof g.fetch === 'function' ? function (/** @type {any} */ u, /** @type {any} */ i) { return g.fetch(u, i); } : null);
-  return {
-    name: 'browser',
-    openSocket: WS ? createBrowserSocketOpener(WS) : function () { throw new Error('no WebSocket implementation: pass options.WebSocket'); },
-    request: fetchImpl ? createFetchRequester(fetchImpl) : function () { throw new Error('no fetch implementation: pass options.fetch'); },
-    lifecycle: createBrowserLifecycle(options.window || (typeof g.addEventListener === 'function' ? g : null))
-  };
-}
-
-/**
- * A partial custom transport, completed from the detected one.
- * @param {any} custom
- * @param {import('./types').Transport} base
- * @returns {import('./types').Transport}
- */
-function withCustomTransport(custom, base) {
-  return {
-    name: custom.name || 'custom',
-    openSocket: custom.openSocket || base.openSocket,
-    request: custom.request || base.request,
-    lifecycle: custom.lifecycle || function () { return function () {}; }
-  };
-}
+/** The handler called for each kind of event, after onEvent. */
+const EVENT_HANDLERS = { progress: 'onProgress', result: 'onResult', complete: 'onComplete', error: 'onError' };
 
 /**
  * Throws on options without which no client can work.
@@ -642,64 +1010,17 @@ function mergeOptions(options) {
   const opts = {};
   const keys = Object.keys(DEFAULT_OPTIONS);
   for (let i = 0; i < keys.length; i++) opts[keys[i]] = /** @type {any} */ (DEFAULT_OPTIONS)[keys[i]];
-  for (const k of Object.keys(options)) if (options[k] !== undefined) opts[k] = options[k];
+  const given = Object.keys(options);
+  for (let i = 0; i < given.length; i++) if (options[given[i]] !== undefined) opts[given[i]] = options[given[i]];
   return opts;
 }
 
-/**
- * Whether a close tells the client to reconnect (with backoff) rather than to
- * ask the state endpoint why the handshake failed.
- * @param {any} s the socket record
- * @param {any} info
- */
-function closeMeansRetry(s, info) {
-  const code = info.code;
-  if (info.local || s.connected) return true;
-  if (code >= 4000 && code <= 4499) return true;
-  return code === 1000 || code === 1001 || code === 1012 || code === 1008 || code === 1009 || code === 1011;
+/** An error for a request that was aborted on purpose (not a failure). */
+function abortedError() {
+  const e = new Error('aborted');
+  /** @type {any} */ (e).aborted = true;
+  return e;
 }
-
-/**
- * The seq to resume after: connect()'s `resume.lastSeq` when it is a positive number, else 0.
- * @param {any} resume
- */
-function resumePoint(resume) {
-  if (!resume || typeof resume.lastSeq !== 'number') return 0;
-  return resume.lastSeq > 0 ? resume.lastSeq : 0;
-}
-
-/**
- * 4500-4999: the server refuses this token or user for good.
- * @param {number} code
- */
-function isRefusalClose(code) {
-  return code >= 4500 && code <= 4999;
-}
-
-/**
- * complete, and an error that is not marked recoverable, end the execution.
- * @param {any} evt
- * @param {any} data
- */
-function isTerminalEvent(evt, data) {
-  return evt.event === 'complete' || (evt.event === 'error' && data.recoverable !== true);
-}
-
-/**
- * An event's data object; {} when it has none.
- * @param {any} evt
- */
-function eventData(evt) {
-  return evt.data && typeof evt.data === 'object' ? evt.data : {};
-}
-
-/** @param {any} e */
-function seqOf(e) {
-  return e && typeof e.seq === 'number' ? e.seq : 0;
-}
-
-/** The handler called for each kind of event, after onEvent. */
-const EVENT_HANDLERS = { progress: 'onProgress', result: 'onResult', complete: 'onComplete', error: 'onError' };
 
 class ProgressRelayClient {
   /**
@@ -714,35 +1035,37 @@ class ProgressRelayClient {
     this._wsBase = stripTrailingSlash(options.wsUrl || toWebSocketBase(options.baseUrl));
     this._random = typeof options.random === 'function' ? options.random : Math.random;
     this._logger = options.logger === undefined ? getGlobal().console : options.logger;
-    /** @type {Record<string, any>} */
-    this._timers = {};
+    this._sid = 0;
+    const self = this;
+    this._timers = new SessionTimers(function () { return self._sid; });
+    this._policy = new ReconnectPolicy(opts, this._random);
     /** @type {any[]} */
     this._http = [];
-    this._sid = 0;
     /** @type {import('../index').State} */
     this._state = 'idle';
+    this._preferPolling = !opts.ENABLE_WEBSOCKET || !this._transport.openSocket;
     /** @type {import('../index').Mode} */
-    this._mode = opts.ENABLE_WEBSOCKET ? 'websocket' : 'polling';
-    this._preferPolling = !opts.ENABLE_WEBSOCKET;
-    this._resetSession();
+    this._mode = this._preferPolling ? 'polling' : 'websocket';
+    this._resetSession(undefined);
   }
 
-
-  _resetSession() {
+  /** @param {any} resume */
+  _resetSession(resume) {
     this._active = false;
     this._executionId = '';
     /** @type {any} */
     this._handlers = {};
-    this._lastSeq = 0;
-    this._terminal = false;
+    this._delivery = new Delivery(resume);
     this._token = null;
     this._tokenPromise = null;
-    this._failures = 0;
+    this._policy.reset();
     this._pollErrors = 0;
     this._fallback = false;
     this._manualPolling = false;
     /** @type {any} */
     this._socket = null;
+    /** @type {any} */
+    this._pollReq = null;
     this._sockGen = 0;
     this._pollGen = 0;
     this._checkGen = 0;
@@ -760,19 +1083,24 @@ class ProgressRelayClient {
    * connecting again first disconnects the previous one.
    * @param {string} executionId
    * @param {any} [handlers]
-   * @param {{lastSeq?: number}} [resume] resume after this seq (e.g. kept across a page reload)
+   * @param {{lastSeq?: number, epoch?: string}} [resume] resume after this
+   *   seq of this stream epoch (e.g. kept across a page reload)
    */
   connect(executionId, handlers, resume) {
     if (executionId === undefined || executionId === null || executionId === '') {
       throw new TypeError('connect: executionId is required');
     }
     if (this._active || this._state !== 'idle') this._teardown();
-    this._resetSession();
+    this._resetSession(resume);
     this._sid++;
     this._active = true;
     this._executionId = String(executionId);
     this._handlers = handlers || {};
-    this._lastSeq = resumePoint(resume);
+    const problem = transportProblem(this._transport);
+    if (problem) {
+      this._fatal(0, '', problem, 'NO_TRANSPORT');
+      return this;
+    }
     this._watchLifecycle();
     if (this._preferPolling) {
       this._mode = 'polling';
@@ -785,18 +1113,6 @@ class ProgressRelayClient {
     return this;
   }
 
-  /** Follows page/app visibility and network changes for this session. */
-  _watchLifecycle() {
-    const self = this;
-    const sid = this._sid;
-    this._unsubscribe = this._transport.lifecycle({
-      hide: function () { if (sid === self._sid) self._onHide(); },
-      show: function () { if (sid === self._sid) self._onShow(); },
-      online: function () { if (sid === self._sid) self._onOnline(); },
-      offline: function () { if (sid === self._sid) self._onOffline(); }
-    });
-  }
-
   /**
    * Switches the transport by hand. Idempotent. Events keep their order and
    * are never repeated across the switch (the new transport resumes after the
@@ -805,6 +1121,10 @@ class ProgressRelayClient {
    */
   setMode(mode) {
     if (mode !== 'polling' && mode !== 'websocket') throw new TypeError("setMode: 'polling' or 'websocket'");
+    if (mode === 'websocket' && !this._transport.openSocket) {
+      this._log('warn', 'no WebSocket here: staying with polling');
+      return this;
+    }
     this._preferPolling = mode === 'polling';
     if (!this._active) {
       this._mode = mode;
@@ -813,40 +1133,6 @@ class ProgressRelayClient {
     if (mode === 'polling') this._switchToPolling();
     else this._switchToWebSocket();
     return this;
-  }
-
-  _switchToPolling() {
-    this._manualPolling = true;
-    this._fallback = false;
-    this._clearTimer('probe');
-    if (this._mode === 'polling') {
-      if (this._socket && this._socket.probe) this._closeSocket(1000, 'probe cancelled');
-      return;
-    }
-    this._mode = 'polling';
-    this._closeSocket(1000, 'switching to polling');
-    this._clearTimer('reconnect');
-    this._checkGen++;
-    if (this._paused()) return;
-    this._startPolling();
-  }
-
-  _switchToWebSocket() {
-    this._manualPolling = false;
-    if (this._mode === 'websocket') return;
-    this._stopPolling();
-    this._clearTimer('probe');
-    this._fallback = false;
-    this._failures = 0;
-    this._mode = 'websocket';
-    if (this._socket && this._socket.probe) {
-      // a background attempt is already under way: let it finish as the real one
-      this._socket.probe = false;
-      this._setState('connecting', { attempt: 0 });
-      return;
-    }
-    if (this._paused()) return;
-    this._openSocket(false);
   }
 
   /** Stops everything: closes the socket, aborts requests, clears every timer. */
@@ -859,9 +1145,12 @@ class ProgressRelayClient {
 
   getState() { return this._state; }
   getMode() { return this._mode; }
-  getLastSeq() { return this._lastSeq; }
+  /** the last seq delivered (within getEpoch()) */
+  getLastSeq() { return this._delivery.seq; }
+  /** the stream epoch of getLastSeq(); null until the relay named one */
+  getEpoch() { return this._delivery.epoch; }
   /** names of the timers still pending (empty after disconnect) */
-  pendingTimers() { return Object.keys(this._timers); }
+  pendingTimers() { return this._timers.names(); }
 
   // ------------------------------------------------------------------ internals
 
@@ -888,38 +1177,24 @@ class ProgressRelayClient {
     if (prev === state && state !== 'reconnecting') return;
     this._state = state;
     const detail = { previous: prev, mode: this._mode };
-    if (info) for (const k of Object.keys(info)) /** @type {any} */ (detail)[k] = info[k];
+    if (info) {
+      const keys = Object.keys(info);
+      for (let i = 0; i < keys.length; i++) /** @type {any} */ (detail)[keys[i]] = info[keys[i]];
+    }
     this._call('onStateChange', state, detail);
   }
 
   _setTimer(name, fn, ms) {
-    this._clearTimer(name);
     const self = this;
-    const sid = this._sid;
-    this._timers[name] = setTimeout(function () {
-      delete self._timers[name];
-      if (sid !== self._sid) return;
-      fn.call(self);
-    }, Math.max(0, ms));
+    this._timers.set(name, function () { fn.call(self); }, ms);
   }
 
-  _clearTimer(name) {
-    if (Object.prototype.hasOwnProperty.call(this._timers, name)) {
-      clearTimeout(this._timers[name]);
-      delete this._timers[name];
-    }
-  }
+  _clearTimer(name) { this._timers.clear(name); }
 
-  _clearAllTimers() {
-    for (const name of Object.keys(this._timers)) this._clearTimer(name);
-  }
+  _paused() { return this._hidden || this._offline; }
 
-  _backoff(failures) {
-    const o = this.options;
-    return computeBackoff(failures, { base: o.RECONNECT_INTERVAL, max: o.MAX_RECONNECT_INTERVAL, jitter: o.RECONNECT_JITTER, random: this._random });
-  }
-
-  _paused() { return this._hidden || this._offline; };
+  /** Whether session `sid` is still the active one. */
+  _current(sid) { return sid === this._sid && this._active; }
 
   _teardown() {
     this._active = false;
@@ -941,7 +1216,26 @@ class ProgressRelayClient {
     for (let i = 0; i < pending.length; i++) {
       try { pending[i].abort(); } catch (e) { /* ignore */ }
     }
-    this._clearAllTimers();
+    this._timers.clearAll();
+  }
+
+  _fatal(code, reason, message, type) {
+    this._teardown();
+    this._setState('failed', { code: code, reason: reason });
+    this._call('onError', {
+      error: message,
+      error_type: type || 'CONNECTION_REFUSED',
+      code: code,
+      reason: reason || '',
+      fatal: true,
+      source: 'connection'
+    });
+  }
+
+  _finish(evt) {
+    this._delivery.terminal = true;
+    this._teardown();
+    this._setState('done', { event: evt ? evt.event : null });
   }
 
   // token -----------------------------------------------------------------------
@@ -982,16 +1276,31 @@ class ProgressRelayClient {
       if (i >= 0) self._http.splice(i, 1);
     };
     const promise = this._getToken(false).then(function (token) {
-      if (handle.aborted) {
-        const e = new Error('aborted');
-        /** @type {any} */ (e).aborted = true;
-        throw e;
-      }
+      if (handle.aborted) throw abortedError();
+      if (!self._transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
       handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
       return handle.inner.promise;
     });
     promise.then(done, done);
     return { promise: promise, abort: handle.abort };
+  }
+
+  /**
+   * GET of the state endpoint; `then(res)` runs only while this check is
+   * still wanted (same session, no newer check, no socket opened meanwhile),
+   * `otherwise()` on a network error.
+   */
+  _stateCheck(then, otherwise) {
+    const self = this;
+    const gen = ++this._checkGen;
+    const sid = this._sid;
+    const wanted = function () { return gen === self._checkGen && self._current(sid) && !self._socket; };
+    const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId), null, this.options.CONNECTION_TIMEOUT);
+    req.promise.then(function (res) {
+      if (wanted()) then(res, wanted);
+    }, function (err) {
+      if (!(err && err.aborted) && wanted()) otherwise(err);
+    });
   }
 
   // WebSocket -------------------------------------------------------------------
@@ -1000,17 +1309,16 @@ class ProgressRelayClient {
     if (!this._active || this._paused()) return;
     this._closeSocket(1000, 'reconnecting');
     this._clearTimer('reconnect');
-    if (!probe) this._setState('connecting', { attempt: this._failures });
+    if (!probe) this._setState('connecting', { attempt: this._policy.failures });
     const self = this;
-    const s = { gen: ++this._sockGen, probe: !!probe, connected: false, handle: null, requestedLastSeq: this._lastSeq, latestSeq: null, heartbeat: 0, delivered: 0 };
+    const s = { gen: ++this._sockGen, probe: !!probe, connected: false, handle: null, requestedLastSeq: this._delivery.seq, latestSeq: null, heartbeat: 0 };
     this._socket = s;
     this._setTimer('connect-timeout', function () {
       if (self._socket === s) self._socketEnded(s, { code: 4000, reason: 'connection timeout', local: true });
     }, this.options.CONNECTION_TIMEOUT);
     this._getToken(false).then(function (token) {
       if (self._socket !== s) return;
-      const url = self._wsBase + '/ws/executions/' + encodeURIComponent(self._executionId) +
-        buildQuery({ last_seq: s.requestedLastSeq > 0 ? s.requestedLastSeq : undefined });
+      const url = self._wsBase + '/ws/executions/' + encodeURIComponent(self._executionId) + buildQuery(self._delivery.cursor('last_seq'));
       try {
         s.handle = self._transport.openSocket({
           url: url,
@@ -1051,37 +1359,27 @@ class ProgressRelayClient {
       this._onConnectedFrame(s, msg);
       return;
     }
-    if (msg.type === 'pong') return;
-    if (msg.type === 'diagnosis_update' || typeof msg.event === 'string') {
-      if (this._deliver(msg)) s.delivered++;
-    }
+    if (msg.type === 'pong' || !s.connected) return;
+    if (msg.type === 'diagnosis_update' || typeof msg.event === 'string') this._deliver(msg);
   }
 
   _onConnectedFrame(s, msg) {
     this._clearTimer('connect-timeout');
-    const latest = typeof msg.latest_seq === 'number' ? msg.latest_seq : null;
-    if (latest !== null && latest < this._lastSeq) {
-      // The server no longer has what we saw (a restarted in-memory broker, or
-      // expired history): its sequence starts again. Follow it.
-      const prev = this._lastSeq;
-      this._lastSeq = latest;
-      this._call('onReset', { previousSeq: prev, latestSeq: latest });
-      if (s.requestedLastSeq > latest) {
+    const sid = this._sid;
+    const opened = this._delivery.opened(msg, s.requestedLastSeq);
+    if (opened.reset) {
+      this._announceReset(opened);
+      if (!this._current(sid) || this._socket !== s) return;
+      if (opened.reopen) {
+        // a v1 relay replays only after the cursor sent: ask from the start
         this._openSocket(s.probe);
         return;
       }
     }
     s.connected = true;
-    s.latestSeq = latest;
-    if (s.probe) {
-      // the background attempt got through: leave polling
-      s.probe = false;
-      this._stopPolling();
-      this._clearTimer('probe');
-      this._fallback = false;
-      this._mode = 'websocket';
-    }
-    this._failures = 0;
+    s.latestSeq = opened.latestSeq;
+    if (s.probe) this._leavePolling(s);
+    this._policy.reset();
     let hb = this.options.HEARTBEAT_INTERVAL;
     if (typeof msg.heartbeat_interval === 'number' && msg.heartbeat_interval > 0) hb = Math.min(hb, msg.heartbeat_interval * 1000);
     s.heartbeat = hb;
@@ -1090,13 +1388,34 @@ class ProgressRelayClient {
     const info = {
       mode: 'websocket',
       executionId: this._executionId,
-      latestSeq: latest,
-      lastSeq: this._lastSeq,
+      latestSeq: opened.latestSeq,
+      lastSeq: this._delivery.seq,
+      epoch: this._delivery.epoch,
       resumed: !!msg.resumed,
-      gap: !!msg.gap
+      gap: !!msg.gap,
+      reset: opened.reset
     };
-    this._setState('connected', { resumed: info.resumed, gap: info.gap, latestSeq: latest });
+    this._setState('connected', { resumed: info.resumed, gap: info.gap, latestSeq: opened.latestSeq });
     this._call('onConnected', info);
+  }
+
+  /** A background attempt got through: leave polling for the socket. */
+  _leavePolling(s) {
+    s.probe = false;
+    this._stopPolling();
+    this._clearTimer('probe');
+    this._fallback = false;
+    this._mode = 'websocket';
+  }
+
+  /** onReset, before any event of the new epoch. */
+  _announceReset(opened) {
+    this._call('onReset', {
+      previousEpoch: opened.previousEpoch,
+      epoch: opened.epoch,
+      previousSeq: opened.previousSeq,
+      latestSeq: opened.latestSeq
+    });
   }
 
   _schedulePing() {
@@ -1117,124 +1436,90 @@ class ProgressRelayClient {
     }, (s.heartbeat || this.options.HEARTBEAT_INTERVAL) + this.options.HEARTBEAT_GRACE);
   }
 
-  /**
-   * The close-code policy. `info.local` marks an end decided here (timeouts).
-   */
+  /** A socket ended; `info.local` marks an end decided here (timeouts). */
   _socketEnded(s, info) {
     if (this._socket === s) this._closeSocket(info.local ? 4000 : 1000, info.reason || '');
-    if (this._active && !this._terminal) this._afterSocketEnd(s, info);
-  }
-
-  _afterSocketEnd(s, info) {
-    const code = info.code;
+    if (!this._active || this._delivery.terminal) return;
     if (s.probe) {
       this._probeEnded(s, info);
       return;
     }
-    if (this._finishedEarlier(s, info)) {
-      // "stream finished" and nothing newer than what we have: the terminal
-      // event was delivered earlier (e.g. connect() with a resume point) or
-      // is no longer in the history
-      this._finish(null);
-      return;
-    }
-    if (isRefusalClose(code)) {
-      this._fatal(code, info.reason, code === 4503 ? 'forbidden' : 'token invalid or revoked');
-      return;
-    }
-    if (code === 4001) {
-      this._tokenExpired(s, info);
-      return;
-    }
-    if (closeMeansRetry(s, info)) {
-      this._failure(s, info);
-      return;
-    }
-    // 1006 (and anything else without a meaning) before "connected": the
-    // network, or a handshake refused before any close code could be sent.
-    // The state endpoint with the same token tells the two apart.
-    this._checkRefused(s, info);
-  }
-
-  /** A normal close after "connected" that brought nothing newer than we have. */
-  _finishedEarlier(s, info) {
-    if (info.code !== 1000 || info.local || !s.connected || s.delivered) return false;
-    return s.latestSeq !== null && this._lastSeq >= s.latestSeq;
+    const verdict = closeVerdict(info, s, this._delivery);
+    if (verdict === 'finish') this._finish(null);
+    else if (verdict === 'refused') this._fatal(info.code, info.reason, refusalMessage(info.code, info.reason));
+    else this[VERDICT_METHODS[verdict]](s, info);
   }
 
   /** 4001, token expired: a fresh one first, then resume. */
   _tokenExpired(s, info) {
     const self = this;
     const sid = this._sid;
+    const still = function () { return self._current(sid) && !self._socket && self._mode === 'websocket'; };
     this._refreshToken().then(function (changed) {
-      if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
+      if (!still()) return;
       if (changed || s.connected) {
-        if (s.connected) self._failures = 0;
+        if (s.connected) self._policy.reset();
         self._openSocket(false);
       } else self._failure(s, info);
     }, function (err) {
-      if (sid !== self._sid || !self._active || self._socket || self._mode !== 'websocket') return;
+      if (!still()) return;
       self._log('warn', 'getToken failed', err);
       self._failure(s, info);
     });
   }
 
+  /**
+   * A 1000 after `connected` without the relay's end-of-stream reason
+   * (WeChat's own "interrupted"): finished only if the state endpoint says so.
+   */
+  _checkEnded(s, info) {
+    const self = this;
+    this._setState('reconnecting', { attempt: 0, delay: 0, code: info.code, reason: info.reason });
+    this._stateCheck(function (res) {
+      if (res.status === 200 && self._delivery.endsPolling(res.body)) self._finish(null);
+      else self._failure(s, info);
+    }, function () { self._failure(s, info); });
+  }
+
+  /**
+   * 1006 (or a code without a meaning) before `connected`: the network, or a
+   * handshake refused before any close code could be sent. The state
+   * endpoint with the same token tells the two apart.
+   */
   _checkRefused(s, info) {
     const self = this;
-    const gen = ++this._checkGen;
-    const sid = this._sid;
-    const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId), null, this.options.CONNECTION_TIMEOUT);
-    req.promise.then(function (res) {
-      if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
+    this._stateCheck(function (res, wanted) {
       if (res.status === 403) {
         self._fatal(1006, info.reason, 'token refused (403)');
       } else if (res.status === 401) {
         self._refreshToken().then(function (changed) {
-          if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
+          if (!wanted()) return;
           if (changed) self._failure(s, info);
           else self._fatal(1006, info.reason, 'token refused (401)');
         }, function () {
-          if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
-          self._fatal(1006, info.reason, 'token refused (401)');
+          if (wanted()) self._fatal(1006, info.reason, 'token refused (401)');
         });
       } else self._failure(s, info);
-    }, function (err) {
-      if (err && err.aborted) return;
-      if (gen !== self._checkGen || sid !== self._sid || !self._active || self._socket) return;
-      self._failure(s, info);
-    });
+    }, function () { self._failure(s, info); });
   }
 
   _failure(s, info) {
-    if (!this._active || this._terminal || this._paused()) return;
-    if (s && s.connected) this._failures = 0;
-    this._failures += 1;
-    if (this._failures > this.options.MAX_RECONNECT_ATTEMPTS) {
+    if (!this._active || this._delivery.terminal || this._paused()) return;
+    const why = info || {};
+    const next = this._policy.next(!!(s && s.connected), why.code);
+    if (!next) {
       this._startFallback(info);
       return;
     }
-    let delay = this._backoff(this._failures);
-    const why = info || {};
-    if (why.code === 4029) delay = Math.max(delay, this.options.RATE_LIMIT_INTERVAL);
-    this._setState('reconnecting', { attempt: this._failures, delay: delay, code: why.code, reason: why.reason });
-    this._setTimer('reconnect', function () { this._openSocket(false); }, delay);
-  }
-
-  _fatal(code, reason, message) {
-    this._teardown();
-    this._setState('failed', { code: code, reason: reason });
-    this._call('onError', {
-      error: message,
-      error_type: 'CONNECTION_REFUSED',
-      code: code,
-      reason: reason || '',
-      fatal: true,
-      source: 'connection'
-    });
+    this._setState('reconnecting', { attempt: next.attempt, delay: next.delay, code: why.code, reason: why.reason });
+    this._setTimer('reconnect', function () { this._openSocket(false); }, next.delay);
   }
 
   _startFallback(info) {
-    this._failures = 0;
+    if (!this._transport.request) {
+      this._fatal(info && info.code, info && info.reason, 'the WebSocket keeps failing and polling needs wx.request or fetch, which is not available here', 'NO_TRANSPORT');
+      return;
+    }
     this._fallback = true;
     this._mode = 'polling';
     this._call('onFallback', { reason: (info && info.reason) || ('close code ' + (info && info.code)), code: info && info.code, attempts: this.options.MAX_RECONNECT_ATTEMPTS });
@@ -1245,9 +1530,7 @@ class ProgressRelayClient {
 
   _scheduleProbe(base) {
     if (!this._active || !this._fallback || this._manualPolling || !this.options.ENABLE_WEBSOCKET) return;
-    const j = this.options.RECONNECT_JITTER;
-    const delay = Math.round(base * (1 - j + 2 * j * this._random()));
-    this._setTimer('probe', function () { this._openSocket(true); }, delay);
+    this._setTimer('probe', function () { this._openSocket(true); }, this._policy.probeDelay(base));
   }
 
   _probeEnded(s, info) {
@@ -1259,6 +1542,42 @@ class ProgressRelayClient {
     }
     if (code === 4001) this._refreshToken().then(null, function () {});
     this._scheduleProbe(this.options.BACKGROUND_RETRY_INTERVAL);
+  }
+
+  // manual switch -----------------------------------------------------------------
+
+  _switchToPolling() {
+    this._manualPolling = true;
+    this._fallback = false;
+    this._clearTimer('probe');
+    if (this._mode === 'polling') {
+      if (this._socket && this._socket.probe) this._closeSocket(1000, 'probe cancelled');
+      return;
+    }
+    this._mode = 'polling';
+    this._closeSocket(1000, 'switching to polling');
+    this._clearTimer('reconnect');
+    this._checkGen++;
+    if (this._paused()) return;
+    this._startPolling();
+  }
+
+  _switchToWebSocket() {
+    this._manualPolling = false;
+    if (this._mode === 'websocket') return;
+    this._stopPolling();
+    this._clearTimer('probe');
+    this._fallback = false;
+    this._policy.reset();
+    this._mode = 'websocket';
+    if (this._socket && this._socket.probe) {
+      // a background attempt is already under way: let it finish as the real one
+      this._socket.probe = false;
+      this._setState('connecting', { attempt: 0 });
+      return;
+    }
+    if (this._paused()) return;
+    this._openSocket(false);
   }
 
   // polling ---------------------------------------------------------------------
@@ -1287,22 +1606,19 @@ class ProgressRelayClient {
   }
 
   _poll() {
-    if (!this._active || this._paused() || this._mode !== 'polling' || this._terminal) return;
-    this._clearTimer('poll');
-    if (this._pollReq) {
-      const old = this._pollReq;
-      this._pollReq = null;
-      old.abort();
-    }
+    if (!this._active || this._paused() || this._mode !== 'polling' || this._delivery.terminal) return;
+    this._stopPolling();
     const self = this;
-    const gen = ++this._pollGen;
-    const after = this._lastSeq;
+    const gen = this._pollGen;
+    const after = this._delivery.seq;
     // the first poll of a polling period answers at once (catch up, and tell
     // the page that polling works); the next ones are long polls
     const wait = this._pollAnnounced ? Math.max(0, Math.min(30, this.options.POLL_WAIT)) : 0;
     const started = Date.now();
+    const query = this._delivery.cursor('after');
+    query.wait = wait;
     const req = this._httpGet('/v1/executions/' + encodeURIComponent(this._executionId) + '/events',
-      { after: after, wait: wait }, wait * 1000 + this.options.CONNECTION_TIMEOUT);
+      query, wait * 1000 + this.options.CONNECTION_TIMEOUT);
     this._pollReq = req;
     req.promise.then(function (res) {
       if (gen !== self._pollGen) return;
@@ -1318,37 +1634,30 @@ class ProgressRelayClient {
 
   _onPollResponse(res, after, started) {
     const o = this.options;
-    if (res.status === 200 && res.body && typeof res.body === 'object') {
-      this._onPollBody(res.body, after, started);
-      return;
-    }
-    if (res.status === 401) {
-      this._pollUnauthorized();
-      return;
-    }
-    if (res.status === 403) {
-      this._fatal(403, 'polling refused', 'forbidden (403)');
-      return;
-    }
-    if (res.status === 429) {
-      this._schedulePoll(Math.max(o.POLL_MIN_INTERVAL, parseRetryAfter(res.header('Retry-After'), o.RATE_LIMIT_INTERVAL)));
-      return;
-    }
-    this._onPollError(new Error('HTTP ' + res.status));
+    if (res.status === 200 && res.body && typeof res.body === 'object') this._onPollBody(res.body, after, started);
+    else if (res.status === 401) this._pollUnauthorized();
+    else if (res.status === 403) this._fatal(403, 'polling refused', 'forbidden (403)');
+    else if (res.status === 429) this._schedulePoll(Math.max(o.POLL_MIN_INTERVAL, parseRetryAfter(res.header('Retry-After'), o.RATE_LIMIT_INTERVAL)));
+    else this._onPollError(new Error('HTTP ' + res.status));
   }
 
-  /** A 200 answer to a poll: its events, then the next poll or the end. */
+  /** A 200 answer to a poll: a reset if any, its events, then the next poll or the end. */
   _onPollBody(body, after, started) {
+    const sid = this._sid;
     this._pollErrors = 0;
-    const latest = typeof body.latest_seq === 'number' ? body.latest_seq : null;
-    if (latest !== null && latest < after) {
-      this._pollReset(latest);
-      return;
+    const opened = this._delivery.opened(body, after);
+    if (opened.reset) {
+      this._announceReset(opened);
+      if (!this._stillPolling(sid)) return;
+      if (opened.reopen) {
+        this._schedulePoll(0);
+        return;
+      }
     }
-    if (!this._announcePolling(latest, after)) return;
+    if (!this._announcePolling(opened, after)) return;
     const events = Array.isArray(body.events) ? body.events.slice() : [];
     if (!this._deliverPolled(events)) return;
-    if (body.terminal === true && (latest === null || this._lastSeq >= latest)) {
+    if (this._delivery.endsPolling(body)) {
       // finished, and the terminal event itself is no longer in the history
       this._finish(null);
       return;
@@ -1367,41 +1676,41 @@ class ProgressRelayClient {
     return delivered || elapsed >= min ? 0 : min - elapsed;
   }
 
-  /** The history restarted below what we have (e.g. a broker wipe): start over from its latest seq. */
-  _pollReset(latest) {
-    const sid = this._sid;
-    const prev = this._lastSeq;
-    this._lastSeq = latest;
-    this._call('onReset', { previousSeq: prev, latestSeq: latest });
-    if (sid === this._sid && this._active) this._schedulePoll(0);
-  }
-
   /**
    * onConnected for the first answer of a polling period; false when a
    * handler stopped or switched the session meanwhile.
    */
-  _announcePolling(latest, after) {
+  _announcePolling(opened, after) {
     if (this._pollAnnounced) return true;
     const sid = this._sid;
     this._pollAnnounced = true;
-    this._call('onConnected', { mode: 'polling', executionId: this._executionId, latestSeq: latest, lastSeq: this._lastSeq, resumed: after > 0, gap: false });
+    this._call('onConnected', {
+      mode: 'polling',
+      executionId: this._executionId,
+      latestSeq: opened.latestSeq,
+      lastSeq: this._delivery.seq,
+      epoch: this._delivery.epoch,
+      resumed: after > 0,
+      gap: false,
+      reset: opened.reset
+    });
     return this._stillPolling(sid);
   }
 
   /** Delivers polled events in seq order; false when delivery must stop there. */
   _deliverPolled(events) {
     const sid = this._sid;
-    events.sort(function (a, b) { return seqOf(a) - seqOf(b); });
+    events.sort(function (a, b) { return (a && a.seq) - (b && b.seq); });
     for (let i = 0; i < events.length; i++) {
       this._deliver(events[i]);
-      if (!this._stillPolling(sid) || this._terminal) return false;
+      if (!this._stillPolling(sid) || this._delivery.terminal) return false;
     }
     return true;
   }
 
   /** Whether session `sid` is still the active one, in polling mode. */
   _stillPolling(sid) {
-    return sid === this._sid && this._active && this._mode === 'polling';
+    return this._current(sid) && this._mode === 'polling';
   }
 
   /** A 401 to a poll: a fresh token and poll again, or give up. */
@@ -1409,59 +1718,50 @@ class ProgressRelayClient {
     const self = this;
     const sid = this._sid;
     this._refreshToken().then(function (changed) {
-      if (sid !== self._sid || !self._active) return;
+      if (!self._current(sid)) return;
       if (changed) self._schedulePoll(0);
       else self._fatal(401, 'polling refused', 'token refused (401)');
     }, function () {
-      if (sid === self._sid && self._active) self._onPollError(new Error('getToken failed'));
+      if (self._current(sid)) self._onPollError(new Error('getToken failed'));
     });
   }
 
   _onPollError(err) {
     if (!this._active || this._paused()) return;
     this._pollErrors += 1;
-    const delay = this._backoff(this._pollErrors);
+    const delay = this._policy.backoff(this._pollErrors);
     this._log('debug', 'poll failed, next in ' + delay + ' ms', err);
     this._schedulePoll(delay);
   }
 
   // events ----------------------------------------------------------------------
 
-  /** Delivers one event unless already seen; returns whether it was new. */
+  /** Delivers one event unless already seen. */
   _deliver(evt) {
-    if (!evt || typeof evt !== 'object') return false;
-    if (!this._active || this._terminal || !this._takeSeq(evt.seq)) return false;
+    if (!this._active || !this._delivery.accept(evt)) return;
     const sid = this._sid;
-    const data = eventData(evt);
     this._call('onEvent', evt);
-    if (sid !== this._sid) return true;
-    this._dispatch(evt, data);
-    if (sid !== this._sid || !this._active) return true;
-    if (isTerminalEvent(evt, data)) this._finish(evt);
-    return true;
-  }
-
-  /** The handler for the event's kind (onProgress, onResult, ...), if any. */
-  _dispatch(evt, data) {
-    if (!Object.prototype.hasOwnProperty.call(EVENT_HANDLERS, evt.event)) return;
-    this._call(EVENT_HANDLERS[evt.event], data, evt);
-  }
-
-  /** Records an event's seq; false when it was seen already. */
-  _takeSeq(seq) {
-    if (typeof seq !== 'number') return true;
-    if (seq <= this._lastSeq) return false;
-    this._lastSeq = seq;
-    return true;
-  }
-
-  _finish(evt) {
-    this._terminal = true;
-    this._teardown();
-    this._setState('done', { event: evt ? evt.event : null });
+    if (sid !== this._sid) return;
+    if (Object.prototype.hasOwnProperty.call(EVENT_HANDLERS, evt.event)) {
+      this._call(EVENT_HANDLERS[evt.event], evt.data && typeof evt.data === 'object' ? evt.data : {}, evt);
+    }
+    if (!this._current(sid)) return;
+    if (isTerminalEvent(evt)) this._finish(evt);
   }
 
   // lifecycle -------------------------------------------------------------------
+
+  /** Follows app visibility and network changes for this session. */
+  _watchLifecycle() {
+    const self = this;
+    const sid = this._sid;
+    this._unsubscribe = this._transport.lifecycle({
+      hide: function () { if (sid === self._sid) self._onHide(); },
+      show: function () { if (sid === self._sid) self._onShow(); },
+      online: function () { if (sid === self._sid) self._onOnline(); },
+      offline: function () { if (sid === self._sid) self._onOffline(); }
+    });
+  }
 
   _pause(reason) {
     if (!this._active) return;
@@ -1472,7 +1772,7 @@ class ProgressRelayClient {
   _resume(reason) {
     if (!this._active || this._paused()) return;
     if (this._state === 'connected' && this._socket && this._socket.connected) return;
-    this._failures = 0;
+    this._policy.reset();
     this._pollErrors = 0;
     if (this._mode === 'polling') {
       this._startPolling();
@@ -1484,17 +1784,34 @@ class ProgressRelayClient {
   }
 
   _onHide() {
+    if (this._hidden || this._timers.has('hide-grace')) return;
+    const grace = this.options.HIDE_GRACE;
+    if (grace > 0) {
+      this._setTimer('hide-grace', this._hideNow, grace);
+      return;
+    }
+    this._hideNow();
+  }
+
+  _hideNow() {
     this._hidden = true;
     this._pause('hidden');
   }
 
   _onShow() {
+    if (this._timers.has('hide-grace')) {
+      // back before the grace ran out: the connection was never closed
+      this._clearTimer('hide-grace');
+      return;
+    }
     if (!this._hidden) return;
     this._hidden = false;
     this._resume('shown');
   }
 
   _onOffline() {
+    // hidden already, only waiting for the grace to run out
+    if (this._timers.has('hide-grace')) this._hidden = true;
     this._offline = true;
     this._pause('offline');
   }
@@ -1513,4 +1830,4 @@ function createClient(options) {
   return new ProgressRelayClient(options);
 }
 
-export { createClient, DEFAULT_OPTIONS, resolveTransport, ProgressRelayClient, computeBackoff, parseRetryAfter, VERSION };
+export { createClient, DEFAULT_OPTIONS, ProgressRelayClient, resolveTransport, END_OF_STREAM_REASON, computeBackoff, parseRetryAfter, VERSION };

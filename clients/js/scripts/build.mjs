@@ -3,6 +3,7 @@
 //   dist/progress-relay.mjs  ES module (browsers, bundlers, /demo)
 //   dist/progress-relay.js   CommonJS (WeChat mini-programs: copy and require)
 //   ../../service/static/progress-relay.mjs  the same ES module, for the /demo page
+//   ../miniprogram/utils/progress-relay.js   the CommonJS build, for the example mini-program
 // The sources follow a strict convention this script checks: single-line
 // relative imports, `export function|const|class` declarations, and
 // `export { a, b }` lists; no default exports; top-level names unique across
@@ -13,7 +14,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const ORDER = ['src/util.mjs', 'src/transports/browser.mjs', 'src/transports/wx.mjs', 'src/client.mjs'];
+const ORDER = [
+  'src/util.mjs', 'src/transports/browser.mjs', 'src/transports/wx.mjs', 'src/transport-select.mjs',
+  'src/reconnect.mjs', 'src/delivery.mjs', 'src/timers.mjs', 'src/client.mjs'
+];
 const ENTRY = 'src/index.mjs';
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
 
@@ -86,7 +90,9 @@ export function build() {
     'dist/progress-relay.mjs': esm,
     'dist/progress-relay.js': cjs,
     // the demo page served at /demo imports the same ES module
-    '../../service/static/progress-relay.mjs': esm
+    '../../service/static/progress-relay.mjs': esm,
+    // the example mini-program requires the CommonJS build from its utils/
+    '../miniprogram/utils/progress-relay.js': cjs
   };
 }
 
@@ -108,7 +114,7 @@ if (isMain) {
     }
   }
   if (check) {
-    if (stale.length) fail(`${stale.join(', ')} out of date: run npm run build and commit dist/`);
+    if (stale.length) fail(`${stale.join(', ')} out of date: run npm run build and commit its outputs`);
     console.log('build: dist/ is up to date');
   }
 }

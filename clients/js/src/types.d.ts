@@ -44,7 +44,9 @@ export type Lifecycle = (cb: LifecycleCallbacks) => () => void;
 
 export interface Transport {
   name: string;
-  openSocket: OpenSocket;
-  request: HttpRequest;
+  /** null where no socket can be opened (no wx.connectSocket, no WebSocket) */
+  openSocket: OpenSocket | null;
+  /** null where no HTTP request can be made (no wx.request, no fetch) */
+  request: HttpRequest | null;
   lifecycle: Lifecycle;
 }

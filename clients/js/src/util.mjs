@@ -103,14 +103,26 @@ export function frameToText(data) {
 }
 
 /**
- * The bytes of an ArrayBuffer or a typed array / Buffer; null for anything else.
+ * Whether `value` is an ArrayBuffer, from this realm or another one (a
+ * mini-program's SocketTask, a vm context, an iframe): `instanceof` alone
+ * misses buffers made by another realm's constructor.
+ * @param {any} value
+ */
+export function isArrayBuffer(value) {
+  if (value === null || typeof value !== 'object') return false;
+  if (typeof ArrayBuffer !== 'undefined' && value instanceof ArrayBuffer) return true;
+  return Object.prototype.toString.call(value) === '[object ArrayBuffer]';
+}
+
+/**
+ * The bytes of an ArrayBuffer or a typed array / Buffer (of any realm); null for anything else.
  * @param {any} data
  * @returns {Uint8Array | null}
  */
 function frameBytes(data) {
-  if (typeof ArrayBuffer === 'undefined') return null;
-  if (data instanceof ArrayBuffer) return new Uint8Array(data);
-  if (data.buffer instanceof ArrayBuffer && typeof data.byteLength === 'number') {
+  if (typeof Uint8Array === 'undefined') return null;
+  if (isArrayBuffer(data)) return new Uint8Array(data);
+  if (isArrayBuffer(data.buffer) && typeof data.byteLength === 'number') {
     return new Uint8Array(data.buffer, data.byteOffset || 0, data.byteLength);
   }
   return null;

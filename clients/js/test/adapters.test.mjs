@@ -271,3 +271,71 @@ test('the CommonJS build runs in a mini-program-like sandbox (only wx, timers an
   assert.equal(wx.listeners.AppHide.size, 0);
   assert.equal(t.closeCalls.length, 1);
 });
+
+/** Runs the CommonJS build in a fresh realm, wrapped like a mini-program module with `names` shadowed. */
+async function loadInSandbox(globals, wrapperArgs) {
+  const { readFileSync } = await import('node:fs');
+  const vm = await import('node:vm');
+  const module = { exports: {} };
+  const sandbox = { setTimeout, clearTimeout, module, ...globals };
+  vm.createContext(sandbox);
+  const names = Object.keys(wrapperArgs);
+  const code = readFileSync(new URL('../dist/progress-relay.js', import.meta.url), 'utf8');
+  const wrapped = `(function (${names.join(', ')}) {\n${code}\n})`;
+  vm.runInContext(wrapped, sandbox, { filename: 'progress-relay.js' })(...names.map((n) => wrapperArgs[n]));
+  return { api: module.exports, sandbox };
+}
+
+test('no globalThis (older iOS JavaScriptCore) and wx only as a free variable: the client still picks wx', async () => {
+  const wx = scriptedWx();
+  const { api } = await loadInSandbox({}, { globalThis: undefined, window: undefined, self: undefined, wx });
+  const client = api.createClient({ baseUrl: 'https://relay.example.com', getToken: () => Promise.resolve('jwt'), logger: null });
+  client.connect('exec-1', {});
+  await new Promise((r) => setImmediate(r));
+  assert.equal(wx.tasks.length, 1, 'opened its socket through the free wx');
+  assert.equal(wx.tasks[0].option.header.Authorization, 'Bearer jwt');
+  assert.equal(wx.listeners.AppHide.size, 1);
+  client.disconnect();
+});
+
+test('no globalThis and no wx at all: onError says no transport can work (no silent polling for ever)', async () => {
+  const { api } = await loadInSandbox({}, { globalThis: undefined, window: undefined, self: undefined });
+  const errors = [];
+  const client = api.createClient({ baseUrl: 'https://relay.example.com', getToken: () => 'jwt', logger: null });
+  client.connect('exec-1', { onError: (d) => errors.push(d) });
+  assert.equal(client.getState(), 'failed');
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].error_type, 'NO_TRANSPORT');
+  assert.match(errors[0].error, /wx\.connectSocket/);
+  assert.equal(client.pendingTimers().length, 0, 'nothing left running');
+});
+
+test('wx adapter: perMessageDeflate can be switched off', () => {
+  const wx = scriptedWx();
+  createWxSocketOpener(wx, { perMessageDeflate: false })(req());
+  assert.equal(wx.tasks[0].option.perMessageDeflate, false);
+  createWxSocketOpener(wx, {})(req());
+  assert.equal(wx.tasks[1].option.perMessageDeflate, true, 'default on');
+});
+
+test('client option perMessageDeflate: false reaches wx.connectSocket', async () => {
+  const wx = scriptedWx();
+  const { createClient } = await import('../src/index.mjs');
+  const client = createClient({ baseUrl: 'https://r.test', wx, perMessageDeflate: false, getToken: () => 't', logger: null });
+  client.connect('e', {});
+  await new Promise((r) => setImmediate(r));
+  assert.equal(wx.tasks[0].option.perMessageDeflate, false);
+  client.disconnect();
+});
+
+test('ArrayBuffer frames from another realm are decoded, not dropped', async () => {
+  const vm = await import('node:vm');
+  const { frameToText, isArrayBuffer } = await import('../src/util.mjs');
+  const foreign = vm.runInNewContext('const b = new ArrayBuffer(3); new Uint8Array(b).set([123, 125, 10]); b');
+  assert.equal(foreign instanceof ArrayBuffer, false, 'really another realm');
+  assert.equal(isArrayBuffer(foreign), true);
+  assert.equal(frameToText(foreign), '{}\n');
+  const view = vm.runInNewContext('new Uint8Array([34, 120, 34])');
+  assert.equal(frameToText(view), '"x"');
+  assert.equal(isArrayBuffer({ byteLength: 3 }), false);
+});

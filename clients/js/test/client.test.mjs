@@ -2,6 +2,7 @@
 import { test, mock, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { setup, flush, ev } from './helpers.mjs';
+import { END_REASON, disconnect } from './support/disconnects.mjs';
 
 beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 }));
 afterEach(() => mock.timers.reset());
@@ -116,7 +117,7 @@ test('1000 after the terminal event: done, nothing left running', async () => {
   const s = transport.last();
   s.event(1);
   s.event(2, 'complete', { report: { score: 90 } });
-  s.serverClose(1000, 'finished');
+  s.serverClose(1000, END_REASON);
   await tick(120000);
   assert.deepEqual(seen, [1, 2]);
   assert.equal(client.getState(), 'done');
@@ -130,7 +131,7 @@ test('1000 right after connected with nothing newer (already finished, resumed a
   ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 9 });
   await flush();
   ctx.transport.last().connected({ latest_seq: 9, resumed: true });
-  ctx.transport.last().serverClose(1000, 'finished');
+  ctx.transport.last().serverClose(1000, END_REASON);
   await tick(60000);
   assert.equal(ctx.client.getState(), 'done');
   assert.equal(ctx.transport.sockets.length, 1);
@@ -550,8 +551,8 @@ test('at most one socket: reconnects always close the previous one', async () =>
   assert.equal(transport.openSockets().length, 0);
 });
 
-test('lifecycle: hide closes everything, show reconnects at once with the backoff reset', async () => {
-  const { client, transport } = await connected();
+test('lifecycle: hide closes everything (HIDE_GRACE 0), show reconnects at once with the backoff reset', async () => {
+  const { client, transport } = await connected({ client: { HIDE_GRACE: 0 } });
   transport.last().event(1);
   transport.last().serverClose(1011);
   await tick(3000);
@@ -603,7 +604,7 @@ test('lifecycle: offline pauses, online reconnects at once', async () => {
 });
 
 test('lifecycle: after a fallback, show polls and retries the socket at once', async () => {
-  const { client, transport } = await fallenBack();
+  const { client, transport } = await fallenBack({ client: { HIDE_GRACE: 0 } });
   transport.lc.hide();
   const n = transport.sockets.length;
   transport.lc.show();
@@ -695,4 +696,234 @@ test('executionId is URL-encoded and baseUrl path prefixes are kept', async () =
   await flush();
   assert.equal(ctx.transport.last().url, 'wss://x.test/relay/ws/executions/a%20b%2Fc');
   ctx.client.disconnect();
+});
+
+// ---- issue 16: the page must not say "done" while the execution runs
+
+test('a 1000 "interrupted" close mid-run (WeChat, app in background) is not the end: state check, then reconnect and resume', async () => {
+  const { client, transport, seen } = await connected();
+  transport.last().event(1);
+  transport.last().serverClose(1000, 'interrupted');
+  await flush();
+  assert.notEqual(client.getState(), 'done');
+  const check = transport.lastRequest();
+  assert.equal(check.url, 'http://relay.test/v1/executions/exec-1');
+  check.respond(200, { execution_id: 'exec-1', latest_seq: 3, terminal: false });
+  await flush();
+  assert.equal(client.getState(), 'reconnecting');
+  await tick(3000);
+  assert.equal(transport.sockets.length, 2);
+  assert.match(transport.last().url, /last_seq=1$/);
+  transport.last().connected({ latest_seq: 3, resumed: true });
+  transport.last().event(2); transport.last().event(3);
+  assert.deepEqual(seen, [1, 2, 3]);
+  assert.equal(client.getState(), 'connected');
+  client.disconnect();
+});
+
+test('a bare 1000 right after connected with nothing newer is not the end either (only the relay\'s reason is)', async () => {
+  const ctx = setup();
+  ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 9 });
+  await flush();
+  ctx.transport.last().connected({ latest_seq: 9, resumed: true });
+  ctx.transport.last().serverClose(1000, '');
+  await flush();
+  ctx.transport.lastRequest().fail();
+  await flush();
+  assert.equal(ctx.client.getState(), 'reconnecting');
+  ctx.client.disconnect();
+});
+
+test('a 1000 without the relay\'s reason ends the session when the state endpoint says terminal', async () => {
+  const { client, transport } = await connected();
+  transport.last().event(1);
+  transport.last().serverClose(1000, 'interrupted');
+  await flush();
+  transport.lastRequest().respond(200, { execution_id: 'exec-1', latest_seq: 1, terminal: true });
+  await flush();
+  assert.equal(client.getState(), 'done');
+  assert.deepEqual(client.pendingTimers(), []);
+});
+
+test('the relay\'s end-of-stream reason is the one of its disconnect table', async () => {
+  const { END_OF_STREAM_REASON } = await import('../src/index.mjs');
+  assert.equal(END_OF_STREAM_REASON, END_REASON);
+  assert.equal(disconnect(1000).reconnect, false);
+});
+
+// ---- app hide grace
+
+test('hide then show within HIDE_GRACE keeps the socket; a longer hide pauses', async () => {
+  const { client, transport } = await connected({ client: { HIDE_GRACE: 3000 } });
+  transport.lc.hide();
+  await tick(2999);
+  assert.equal(client.getState(), 'connected');
+  assert.equal(transport.last().closed, null);
+  transport.lc.show();
+  await tick(10000);
+  assert.equal(client.getState(), 'connected');
+  assert.equal(transport.sockets.length, 1);
+  transport.lc.hide();
+  await tick(3000);
+  assert.equal(client.getState(), 'paused');
+  assert.equal(transport.last().closed.by, 'client');
+  assert.deepEqual(client.pendingTimers(), []);
+  transport.lc.show();
+  await flush();
+  assert.equal(transport.sockets.length, 2);
+  client.disconnect();
+});
+
+test('the default HIDE_GRACE is under the 5 s after which WeChat cuts connections', async () => {
+  const { DEFAULT_OPTIONS } = await import('../src/index.mjs');
+  assert.ok(DEFAULT_OPTIONS.HIDE_GRACE > 0 && DEFAULT_OPTIONS.HIDE_GRACE < 5000);
+});
+
+// ---- issue 13: stream epochs
+
+test('the resume cursor carries the epoch: socket ?last_seq=N&epoch=E, polling ?after=N&epoch=E', async () => {
+  const { client, transport } = await connected({ client: { HIDE_GRACE: 0 } });
+  transport.last().serverClose(1012);
+  await tick(3000);
+  assert.doesNotMatch(transport.last().url, /epoch/, 'no epoch without a seq');
+  transport.last().connected({ epoch: 'e1', latest_seq: 2 });
+  transport.last().event(1); transport.last().event(2);
+  assert.equal(client.getEpoch(), 'e1');
+  transport.last().serverClose(1012);
+  await tick(3000);
+  assert.match(transport.last().url, /\?last_seq=2&epoch=e1$/);
+  client.setMode('polling');
+  await flush();
+  assert.match(transport.lastRequest().url, /events\?after=2&epoch=e1&wait=0$/);
+  client.disconnect();
+});
+
+test('connect with {lastSeq, epoch} resumes with both', async () => {
+  const ctx = setup();
+  ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 7, epoch: 'abc' });
+  await flush();
+  assert.match(ctx.transport.last().url, /last_seq=7&epoch=abc$/);
+  ctx.client.disconnect();
+});
+
+test('reset on the socket: onReset with the new epoch before the new epoch\'s events, delivered from seq 1', async () => {
+  const order = [];
+  const ctx = setup({ handlers: {} });
+  ctx.handlers.onReset = (info) => order.push(['reset', info]);
+  ctx.handlers.onEvent = (e) => order.push(['event', e.seq]);
+  ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 5, epoch: 'old' });
+  await flush();
+  const s = ctx.transport.last();
+  s.connected({ epoch: 'new', reset: true, latest_seq: 2, resumed: false });
+  s.event(1); s.event(2); s.event(2);
+  assert.deepEqual(order, [
+    ['reset', { previousEpoch: 'old', epoch: 'new', previousSeq: 5, latestSeq: 2 }],
+    ['event', 1], ['event', 2]
+  ]);
+  assert.equal(ctx.client.getEpoch(), 'new');
+  assert.equal(ctx.client.getLastSeq(), 2);
+  assert.equal(ctx.log.find((l) => l[0] === 'connected')[1].reset, true);
+  ctx.client.disconnect();
+});
+
+test('an epoch other than ours is a reset even without "reset": true', async () => {
+  const { client, transport, log, seen } = await connected();
+  transport.last().serverClose(1012);
+  await tick(3000);
+  transport.last().connected({ epoch: 'e1', latest_seq: 3 });
+  transport.last().event(1); transport.last().event(2); transport.last().event(3);
+  transport.last().serverClose(1012);
+  await tick(3000);
+  transport.last().connected({ epoch: 'e2', latest_seq: 1 });
+  transport.last().event(1);
+  assert.deepEqual(seen, [1, 2, 3, 1]);
+  assert.equal(log.filter((l) => l[0] === 'reset').length, 1);
+  client.disconnect();
+});
+
+test('4009 (stream reset) while live: reconnect with the old cursor, then reset into the new epoch', async () => {
+  const { client, transport, log, seen } = await connected();
+  transport.last().serverClose(1012);
+  await tick(3000);
+  transport.last().connected({ epoch: 'e1', latest_seq: 0 });
+  transport.last().event(1); transport.last().event(2);
+  transport.last().serverClose(4009, disconnect(4009).reason);
+  await flush();
+  assert.equal(client.getState(), 'reconnecting');
+  await tick(3000);
+  assert.match(transport.last().url, /last_seq=2&epoch=e1$/);
+  transport.last().connected({ epoch: 'e2', reset: true, latest_seq: 1 });
+  transport.last().event(1, 'progress', { progress: 5, stage: 'queued' });
+  assert.deepEqual(seen, [1, 2, 1]);
+  assert.equal(log.filter((l) => l[0] === 'reset').pop()[1].epoch, 'e2');
+  client.disconnect();
+});
+
+test('reset on polling: "reset": true answer calls onReset, then delivers its events', async () => {
+  const ctx = setup({ client: { ENABLE_WEBSOCKET: false } });
+  ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 4, epoch: 'old' });
+  await flush();
+  const poll = ctx.transport.lastRequest();
+  assert.match(poll.url, /after=4&epoch=old&wait=0$/);
+  poll.respond(200, { execution_id: 'exec-1', events: [ev(1), ev(2)], latest_seq: 2, epoch: 'new', reset: true, terminal: false });
+  await flush();
+  const resets = ctx.log.filter((l) => l[0] === 'reset');
+  assert.equal(resets.length, 1);
+  assert.equal(resets[0][1].epoch, 'new');
+  assert.deepEqual(ctx.seen, [1, 2]);
+  const i = ctx.log.findIndex((l) => l[0] === 'reset');
+  const j = ctx.log.findIndex((l) => l[0] === 'progress');
+  assert.ok(i < j, 'onReset before the first event of the new epoch');
+  await tick(0);
+  assert.match(ctx.transport.lastRequest().url, /after=2&epoch=new&wait=25$/);
+  ctx.client.disconnect();
+});
+
+test('a terminal state from another epoch does not end the session', async () => {
+  const { client, transport } = await connected();
+  transport.last().serverClose(1012);
+  await tick(3000);
+  transport.last().connected({ epoch: 'e1', latest_seq: 0 });
+  transport.last().event(1);
+  transport.last().serverClose(1000, 'interrupted');
+  await flush();
+  transport.lastRequest().respond(200, { latest_seq: 1, epoch: 'e2', terminal: true });
+  await flush();
+  assert.equal(client.getState(), 'reconnecting');
+  client.disconnect();
+});
+
+// ---- no transport
+
+test('no transport at all (no wx, WebSocket or fetch): onError with a clear message, state failed', async () => {
+  const errors = [];
+  const { createClient } = await import('../src/index.mjs');
+  const client = createClient({ baseUrl: 'https://relay.test', getToken: () => 't', logger: null, transport: { openSocket: null, request: null }, platform: 'browser' });
+  client.connect('exec-1', { onError: (d) => errors.push(d) });
+  assert.equal(client.getState(), 'failed');
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].error_type, 'NO_TRANSPORT');
+  assert.equal(errors[0].fatal, true);
+  assert.match(errors[0].error, /no transport/);
+  assert.deepEqual(client.pendingTimers(), []);
+});
+
+test('a socket but no HTTP: when the socket keeps failing, onError instead of polling for ever', async () => {
+  const ctx = setup();
+  ctx.transport.request = null;
+  const { createClient } = await import('../src/index.mjs');
+  const client = createClient({ baseUrl: 'http://relay.test', transport: ctx.transport, logger: null, random: () => 0.5, getToken: async () => 't' });
+  const errors = [];
+  client.connect('exec-1', { onError: (d) => errors.push(d) });
+  await flush();
+  for (const d of [3000, 6000, 12000, 24000, 48000]) {
+    ctx.transport.last().serverClose(1011);
+    await tick(d);
+  }
+  ctx.transport.last().serverClose(1011);
+  await flush();
+  assert.equal(client.getState(), 'failed');
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].error_type, 'NO_TRANSPORT');
+  assert.deepEqual(client.pendingTimers(), []);
 });

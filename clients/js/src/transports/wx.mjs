@@ -14,9 +14,12 @@ const ERROR_WITHOUT_CLOSE_MS = 1000;
  * so one client never holds more than one socket (old base libraries allow
  * only one, newer ones five per mini-program).
  * @param {WechatMiniprogram.Wx} wxApi
+ * @param {{perMessageDeflate?: boolean}} [settings] perMessageDeflate: offer
+ *   compression (default true; false for a device where it misbehaves)
  * @returns {import('../types').OpenSocket}
  */
-export function createWxSocketOpener(wxApi) {
+export function createWxSocketOpener(wxApi, settings) {
+  const deflate = !settings || settings.perMessageDeflate !== false;
   /** @type {{ close: (code?: number, reason?: string) => void } | null} */
   let current = null;
 
@@ -53,7 +56,7 @@ export function createWxSocketOpener(wxApi) {
       header: { Authorization: 'Bearer ' + req.token },
       // Offer permessage-deflate (base library >= 2.8.0; older ones ignore it): the relay
       // answers with context takeover, and event frames shrink to about a third.
-      perMessageDeflate: true,
+      perMessageDeflate: deflate,
       fail: function (err) {
         // connectSocket itself failed (bad domain, too many sockets...).
         if (ended) return;

@@ -1,4 +1,9 @@
-"""Protocol-level keepalive for every socket of this process, from one task.
+"""Protocol-level pings for every socket of this process, from one task.
+
+Not to be confused with the *heartbeat* of the contract: the client's own
+``{"type": "ping"}`` messages every ``heartbeat_interval`` seconds (announced
+in the ``connected`` frame), answered with ``pong``. This module is the
+server's side of the WebSocket protocol: ping frames and their pongs.
 
 Sanic starts a sleeping keepalive task per WebSocket; at tens of thousands
 of idle connections those tasks are a large share of memory. Here one loop
@@ -15,17 +20,17 @@ import os
 import time
 from typing import Protocol
 
-__all__ = ["Heartbeat", "Pingable"]
+__all__ = ["Pingable", "Pinger", "ping_payload"]
 
 
 class Pingable(Protocol):
-    """A socket the heartbeat can ping."""
+    """A socket the pinger can ping."""
 
-    def heartbeat(self, now: float, interval: float, timeout: float) -> None:
+    def ping_if_due(self, now: float, interval: float, timeout: float) -> None:
         """Ping if due; fail the connection if the last ping went unanswered too long."""
 
 
-class Heartbeat:
+class Pinger:
     """Pings every registered socket on a schedule, from a single task."""
 
     def __init__(self, interval: float, timeout: float) -> None:
@@ -45,18 +50,18 @@ class Heartbeat:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def beat(self) -> None:
+    def visit(self) -> None:
         """Visit every socket once."""
         now = time.monotonic()
         for sock in tuple(self.sockets):
-            sock.heartbeat(now, self.interval, self.timeout)
+            sock.ping_if_due(now, self.interval, self.timeout)
 
     async def _run(self) -> None:
         # Tick often enough to notice a missing pong about `timeout` after the ping.
         tick = max(0.05, min(self.interval, self.timeout) / 2)
         while True:
             await asyncio.sleep(tick)
-            self.beat()
+            self.visit()
 
 
 def ping_payload() -> bytes:

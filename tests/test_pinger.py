@@ -1,0 +1,68 @@
+"""The protocol pinger (service/pinger.py): one task visits every socket; the policy lives in each socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from service.pinger import Pinger, ping_payload
+
+
+class Socket:
+    """A socket that records each visit, and can leave the pinger while being visited."""
+
+    def __init__(self, pinger: Pinger, leave: bool = False) -> None:
+        self.pinger = pinger
+        self.leave = leave
+        self.visits: list[tuple[float, float, float]] = []
+        self.visited = asyncio.Event()
+
+    def ping_if_due(self, now: float, interval: float, timeout: float) -> None:
+        """Record the visit (and leave, as a socket closing meanwhile does)."""
+        self.visits.append((now, interval, timeout))
+        self.visited.set()
+        if self.leave:
+            self.pinger.sockets.discard(self)
+
+
+def test_a_visit_reaches_every_socket_with_the_configured_policy() -> None:
+    """visit() calls every registered socket once with monotonic now, the interval and the timeout."""
+    pinger = Pinger(20.0, 5.0)
+    sockets = [Socket(pinger), Socket(pinger, leave=True), Socket(pinger)]
+    pinger.sockets.update(sockets)
+    before = time.monotonic()
+    pinger.visit()
+    for sock in sockets:
+        assert len(sock.visits) == 1
+        now, interval, timeout = sock.visits[0]
+        assert before <= now <= time.monotonic() and (interval, timeout) == (20.0, 5.0)
+    assert sockets[1] not in pinger.sockets  # leaving during the visit is allowed
+    pinger.visit()
+    assert [len(s.visits) for s in sockets] == [2, 1, 2]
+
+
+async def test_the_loop_visits_until_stopped() -> None:
+    """start() visits the sockets on a schedule from one task; stop() ends the task."""
+    pinger = Pinger(0.1, 0.1)  # ticks every 0.05 s
+    sock = Socket(pinger)
+    pinger.sockets.add(sock)
+    pinger.start()
+    for _ in range(3):
+        await asyncio.wait_for(sock.visited.wait(), 5)
+        sock.visited.clear()
+    await pinger.stop()
+    assert pinger._task is not None and pinger._task.done()
+    visits = len(sock.visits)
+    pinger.visit()  # by hand still works; the loop does not any more
+    assert len(sock.visits) == visits + 1
+
+
+async def test_stop_without_start_is_harmless() -> None:
+    """A pinger that never started stops without error (an app that failed to start)."""
+    await Pinger(1.0, 1.0).stop()
+
+
+def test_ping_payloads_are_four_random_bytes() -> None:
+    """Each ping carries 4 random bytes, so a pong answers one ping only."""
+    payloads = {ping_payload() for _ in range(100)}
+    assert len(payloads) > 95 and all(len(p) == 4 for p in payloads)

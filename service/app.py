@@ -86,7 +86,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
         app.ctx.limits = ConnectionLimits(
             settings.max_connections, settings.max_connections_per_execution, settings.max_connections_per_sub
         )
-        await metrics.start(relay, lambda: relay.hub.executions, relay.broker.stats)
+        await metrics.start(relay, lambda: relay.executions, relay.broker_stats)
         app.ctx.ingest = await start_consumers(relay, settings)  # none unless RELAY_AMQP_URL / RELAY_OUTBOX_DSN
 
     @app.after_server_stop

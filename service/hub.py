@@ -101,11 +101,6 @@ class Hub:
         """Every local subscriber of every execution (a snapshot, for rare sweeps such as revocation)."""
         return [s for channel in tuple(self._channels.values()) for s in tuple(channel.subscribers)]
 
-    def subscribers(self, execution_id: str) -> int:
-        """How many local subscribers ``execution_id`` has."""
-        channel = self._channels.get(execution_id)
-        return len(channel.subscribers) if channel else 0
-
     @property
     def executions(self) -> int:
         """Executions with at least one local subscriber."""

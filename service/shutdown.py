@@ -91,11 +91,8 @@ async def drain(app: Sanic[Any, Any], *_: Any) -> None:
     app.ctx.draining = True
     metrics.set_draining(relay, True)
     _ignore_further_signals()
-    subscribers = relay.hub.all_subscribers()
-    subscriptions = [s for s in subscribers if isinstance(s, Subscription)]
-    for waiter in subscribers:
-        if not isinstance(waiter, Subscription):
-            waiter.resync()  # a long poll answers now, with what there is
+    subscriptions = relay.streams()
+    relay.end_polls()  # a long poll answers now, with what there is
     log.info(
         "draining",
         extra={
@@ -112,7 +109,7 @@ async def drain(app: Sanic[Any, Any], *_: Any) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(close_in_batches(subscriptions, window), max(0.0, deadline - loop.time()))
     # A socket that was being opened when draining began may have registered since.
-    late = [s for s in relay.hub.all_subscribers() if isinstance(s, Subscription)]
+    late = relay.streams()
     for sub in late:
         sub.close(SERVER_RESTARTING)
 

@@ -40,6 +40,14 @@ NEW_SECRET = "rotated-secret-0123456789-abcdefghijklmnop"
 # Two keys, as during a rotation: "new" is the default (first), "old" still verifies.
 KEY_SET = f"new:{NEW_SECRET},old:{SECRET}"
 EXEC = "exec-1"
+
+
+def verifier_of(server: Server) -> TokenVerifier:
+    """A token verifier configured exactly as ``server``'s relay (whose own is private)."""
+    s = server.relay.settings
+    return TokenVerifier(s.jwt_algorithm, s.jwt_keys, s.jwt_audience, s.jwt_issuer, s.jwt_leeway)
+
+
 ENDPOINTS = ("/v1/executions/{}", "/v1/executions/{}/events", "/v1/executions/{}/stream")
 INTERNAL_ROUTES = (
     ("POST", "/internal/v1/executions/exec-1/events", {"event": "complete"}),
@@ -272,7 +280,7 @@ async def test_attack_gets_its_contract_answer(attack_server: Server, attack: At
     server = attack_server
     token = attack.token()
     with pytest.raises(attack.error) as refused:
-        server.relay.verifier.verify(token, EXEC)
+        verifier_of(server).verify(token, EXEC)
     assert refused.value.reason in attack.reasons  # type: ignore[attr-defined]
 
     assert await ws_close_code(server, token) == attack.ws_code
@@ -355,7 +363,7 @@ async def test_jku_x5u_and_friends_are_ignored(attack_server: Server, canary: tu
         "x5t": "abc",
     }
     token = forge(header)
-    assert attack_server.relay.verifier.verify(token, EXEC).sub == "user-1"
+    assert verifier_of(attack_server).verify(token, EXEC).sub == "user-1"
     async with connect(attack_server.ws_url(EXEC, token)) as ws:
         assert (await recv_json(ws))["type"] == "connected"
     r = await attack_server.http.get(f"/v1/executions/{EXEC}", headers={"Authorization": f"Bearer {token}"})
@@ -385,7 +393,7 @@ async def test_embedded_jwk_and_jku_cannot_bring_their_own_key(
     for extra in ({"jwk": jwk}, {"jku": f"{url}/jwks.json"}, {"x5u": f"{url}/cert.pem"}, {"kid": f"{url}/key"}):
         token = jwt.encode(payload, private, algorithm="RS256", headers=extra)
         with pytest.raises(TokenInvalid) as refused:
-            server.relay.verifier.verify(token, EXEC)
+            verifier_of(server).verify(token, EXEC)
         assert refused.value.reason in {"signature", "unknown_kid"}
         assert await ws_close_code(server, token) == 4500
         r = await server.http.get(f"/v1/executions/{EXEC}/events", params={"token": token})
@@ -444,7 +452,7 @@ async def test_oversized_tokens_are_refused_before_any_crypto(
     """A correctly signed token over 8192 bytes: 4500 / 401 invalid, and no decoding or HMAC happened."""
     token = padded(size)
     with pytest.raises(TokenInvalid) as refused:
-        attack_server.relay.verifier.verify(token, EXEC)
+        verifier_of(attack_server).verify(token, EXEC)
     assert refused.value.reason == "too_large"
     assert await ws_close_code(attack_server, token) == 4500
     for path in ENDPOINTS:

@@ -9,13 +9,15 @@ import time
 import jwt
 import pytest
 
-from auth import PublisherKeys, TokenExpired, TokenForbidden, TokenInvalid, TokenMinter, TokenVerifier
+from auth import Claims, PublisherKeys, TokenExpired, TokenForbidden, TokenInvalid, TokenMinter, TokenVerifier
 from service.brokers.memory import MemoryBroker
 from service.closecodes import Disconnect
 from service.cursor import Cursor
 from service.errors import ExecutionFinished, ValidationFailed
 from service.events import EventDraft, parse_draft
+from service.hub import Hub
 from service.relay import Relay
+from service.subscription import Subscription
 from tests.conftest import SECRET, counted, make_settings, make_token
 
 
@@ -129,56 +131,88 @@ async def relay_with(**env: str) -> Relay:
     return relay
 
 
+class Core:
+    """A memory broker, its hub and subscriptions on them: the delivery core without a relay."""
+
+    def __init__(self, queue_size: int = 256) -> None:
+        self.broker = MemoryBroker(history_size=1000, history_ttl=3600)
+        self.hub = Hub(self.broker)
+        self.broker.set_listener(self.hub.dispatch, self.hub.resync)
+        self.queue_size = queue_size
+
+    def subscription(self, cursor: int, sink: ListSink) -> Subscription:
+        """A subscription of execution ``e`` after ``cursor`` (a v1 cursor)."""
+        return Subscription(self.hub, self.broker, "e", Cursor(cursor), sink, self.queue_size)
+
+    async def publish(self, draft: EventDraft) -> None:
+        """Publish through the broker (the listener is the hub)."""
+        await self.broker.publish(draft)
+
+
 async def test_subscription_merges_replay_and_buffered_live_events_without_duplicates() -> None:
     """Events published between registering and reading history are delivered once, in order."""
-    relay = await relay_with()
+    core = Core()
     for i in range(3):
-        await relay.publish(progress("e", i))
+        await core.publish(progress("e", i))
     sink = ListSink()
-    sub = relay.subscription("e", Cursor(1), sink)
+    sub = core.subscription(1, sink)
     page = await sub.open()
     # Published after history was read but before going live: buffered, and seq 3 is in both.
-    await relay.publish(progress("e", 3))
+    await core.publish(progress("e", 3))
     sub.offer(page.events[-1])  # a duplicate delivery of seq 3 must be ignored
-    sub.start(page, '{"type":"connected"}')
-    await relay.publish(progress("e", 4))
+    sub.start('{"type":"connected"}')
+    await core.publish(progress("e", 4))
     await settle()
     assert sink.frames[0] == '{"type":"connected"}'
     assert sink.seqs() == [2, 3, 4, 5]
-    await relay.close()
 
 
 async def test_subscription_rereads_history_on_a_seq_hole() -> None:
     """A live event that skips seqs makes the subscription re-read history instead of losing events."""
-    relay = await relay_with()
+    core = Core()
     sink = ListSink()
-    sub = relay.subscription("e", Cursor(0), sink)
-    sub.start(await sub.open())
-    relay.hub.remove("e", sub)  # simulate a lost live channel: publishes do not reach it
+    sub = core.subscription(0, sink)
+    await sub.open()
+    sub.start()
+    core.hub.remove("e", sub)  # simulate a lost live channel: publishes do not reach it
     for i in range(3):
-        await relay.publish(progress("e", i))
-    await relay.hub.add("e", sub)
-    await relay.publish(progress("e", 3))  # seq 4 arrives live; 1..3 were missed
+        await core.publish(progress("e", i))
+    await core.hub.add("e", sub)
+    await core.publish(progress("e", 3))  # seq 4 arrives live; 1..3 were missed
     await settle()
     assert sink.seqs() == [1, 2, 3, 4]
-    await relay.close()
 
 
 async def test_resync_recovers_events_missed_without_a_later_event() -> None:
     """After resync (a broker reconnected), a subscription fetches what it missed, terminal included."""
-    relay = await relay_with()
+    core = Core()
     sink = ListSink()
-    sub = relay.subscription("e", Cursor(0), sink)
-    sub.start(await sub.open())
-    relay.hub.remove("e", sub)
-    await relay.publish(progress("e", 1))
-    await relay.publish(parse_draft("e", {"event": "complete"}))
-    await relay.hub.add("e", sub)
-    relay.hub.resync()
+    sub = core.subscription(0, sink)
+    await sub.open()
+    sub.start()
+    core.hub.remove("e", sub)
+    await core.publish(progress("e", 1))
+    await core.publish(parse_draft("e", {"event": "complete"}))
+    await core.hub.add("e", sub)
+    core.hub.resync()
     await settle()
     assert sink.seqs() == [1, 2]
     assert sink.closed == (1000, "execution finished")
-    await relay.close()
+
+
+async def test_a_resync_that_finds_a_new_epoch_closes_4009() -> None:
+    """The stream was lost while the live channel was down: the re-read sees another epoch and closes 4009."""
+    core = Core()
+    sink = ListSink()
+    sub = core.subscription(0, sink)
+    await sub.open()
+    sub.start()
+    await core.publish(progress("e", 1))
+    core.broker._logs["e"].touched -= 7200  # the stream expires ...
+    await core.publish(progress("e", 2))  # ... and comes back in a new epoch, while this subscriber is not told
+    core.hub.resync()
+    await settle()
+    assert sink.closed == (4009, "stream reset") and sub.close_code == 4009
 
 
 async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None:
@@ -187,34 +221,37 @@ async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None
     closes = counted("slow_consumer_closes")
     stalled, healthy = ListSink(), ListSink()
     stalled.gate.clear()
-    subs = []
     for sink in (stalled, healthy):
-        sub = relay.subscription("e", Cursor(0), sink)
-        sub.start(await sub.open())
-        subs.append(sub)
+        sub = await relay.open_stream("e", Cursor(), sink, claims_for("e"))
+        sub.start()
     for i in range(10):
         await relay.publish(progress("e", i))
         await settle()
     assert stalled.closed == (4008, "slow consumer")
     assert healthy.closed is None and healthy.seqs() == list(range(1, 11))
-    assert relay.hub.subscribers("e") == 1
+    assert relay.connections == 1
     assert counted("slow_consumer_closes") == closes + 1
     await relay.close()
 
 
 async def test_long_poll_wakes_on_publish_and_times_out_empty() -> None:
-    """wait_for_events returns as soon as an event is published, or an empty page at the timeout."""
+    """Poll returns as soon as an event is published, or an empty page at the timeout."""
     relay = await relay_with()
-    waiter = asyncio.create_task(relay.wait_for_events("e", Cursor(0), timeout=10))
+    waiter = asyncio.create_task(relay.poll("e", Cursor(0), wait=10))
     await settle()
     assert not waiter.done()
     await relay.publish(progress("e", 1))
     page, _ = await asyncio.wait_for(waiter, 1)
     assert [e.seq for e in page.events] == [1]
-    empty, _ = await relay.wait_for_events("e", Cursor(1), timeout=0.05)
+    empty, _ = await relay.poll("e", Cursor(1), wait=0.05)
     assert empty.events == [] and empty.latest_seq == 1
-    assert relay.hub.executions == 0  # waiters unregister
+    assert relay.executions == 0  # waiters unregister
     await relay.close()
+
+
+def claims_for(execution_id: str) -> Claims:
+    """Claims of a valid token for ``execution_id``."""
+    return TokenVerifier("HS256", [("", SECRET)], "progress-relay").verify(make_token(execution_id), execution_id)
 
 
 def test_publisher_keys_compare_every_key() -> None:

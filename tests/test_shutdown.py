@@ -318,20 +318,20 @@ async def test_drain_waits_for_publishes_in_flight_and_ends_long_polls(start_ser
     relay = server.relay
     token = make_token("inflight")
     poll = asyncio.create_task(server.http.get("/v1/executions/inflight/events", params={"token": token, "wait": 20}))
-    original = relay.broker.publish
+    original = relay._broker.publish  # a slow broker, injected into a private part
     gate = asyncio.Event()
 
     async def slow_publish(draft: Any) -> Any:
         await gate.wait()
         return await original(draft)
 
-    relay.broker.publish = slow_publish
+    relay._broker.publish = slow_publish
     pending = asyncio.create_task(server.publish("inflight"))
     for _ in range(200):
-        if relay.publishing and relay.hub.subscribers("inflight"):
+        if relay.publishing and relay.connections:
             break
         await asyncio.sleep(0.01)
-    assert relay.publishing == 1 and relay.hub.subscribers("inflight") == 1
+    assert relay.publishing == 1 and relay.connections == 1
     started = time.monotonic()
     drain = asyncio.create_task(shutdown.drain(server.app))
     r = await asyncio.wait_for(poll, 2)

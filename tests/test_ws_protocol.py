@@ -284,7 +284,7 @@ async def test_unexpected_error_while_opening_closes_1011(server: Server, monkey
     async def broken_history(*args: object, **kwargs: object) -> None:
         raise AttributeError("simulated bug")
 
-    monkeypatch.setattr(server.relay.broker, "history", broken_history)
+    monkeypatch.setattr(server.relay._broker, "history", broken_history)  # a fault injected into a private part
     ws = await server.connect("e1")
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 5)

@@ -48,7 +48,7 @@ def publisher_only(handler: Handler) -> Handler:
     @wraps(handler)
     async def checked(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
         relay: Relay = request.app.ctx.relay
-        if not relay.publisher_keys.check(bearer_token(request)):
+        if not relay.check_publisher(bearer_token(request)):
             refuse_body(request)
             metrics.auth_failure("publisher_key")
             log.info("publisher refused", extra={"fields": {"reason": "publisher_key", "path": request.path}})
@@ -164,12 +164,12 @@ async def mint_token(request: Request) -> HTTPResponse:
     """Mint a subscriber token for one execution and user: 201."""
     relay: Relay = request.app.ctx.relay
     eid, sub, ttl = _mint_request(json_body(request), relay.settings.token_ttl, relay.settings.token_max_ttl)
-    if relay.minter is None:
+    if not relay.can_mint:
         return json_response(
             {"error": "not_configured", "message": "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"},
             status=501,
         )
-    token, expires_at = relay.minter.mint(eid, sub, ttl)
+    token, expires_at = relay.mint(eid, sub, ttl)
     return json_response(
         {
             "token": token,

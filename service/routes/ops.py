@@ -28,7 +28,7 @@ async def readyz(request: Request) -> HTTPResponse:
     if getattr(request.app.ctx, "draining", False):
         return json_response({"status": "draining"}, status=503)
     try:
-        await relay.broker.ping()
+        await relay.ping()
     except RelayError as exc:
         return json_response({"status": "broker_unavailable", "message": exc.message}, status=503)
     return json_response({"status": "ready"})

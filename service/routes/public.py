@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -37,23 +36,21 @@ from urllib.parse import unquote
 from sanic import Blueprint, Request, Sanic
 from sanic.response import BaseHTTPResponse, HTTPResponse, file, redirect
 
-from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
+from auth import Claims
 
 from .. import closecodes, metrics
 from ..brokers import HistoryPage
 from ..closecodes import Disconnect
 from ..config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
 from ..cursor import Cursor, parse_cursor, parse_last_event_id
-from ..delivery import Resume, connected_message
+from ..delivery import Resume
 from ..demo import simulate
 from ..errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
 from ..events import decode_frame, dumps
 from ..http import bearer_or_query_token, error_response, json_body, json_response, query_int, raw_json_response
 from ..limits import ConnectionLimits
-from ..relay import Relay, TokenRevokedWhileWaiting
-from ..state import StateCache
+from ..relay import Refused, Relay, TokenRevokedWhileWaiting
 from ..subscription import Subscription
-from .ws import origin_allowed
 
 __all__ = [
     "STATIC_DIR",
@@ -98,24 +95,6 @@ def cors_headers(relay: Relay, origin: str | None) -> dict[str, str]:
     return {"vary": "Origin"}
 
 
-def _authorize(request: Request, relay: Relay, execution_id: str) -> Claims:
-    """The socket's checks, as HTTP errors: Origin, then the token for this execution."""
-    if not origin_allowed(relay, request.headers.get("origin")):
-        metrics.auth_failure("origin")
-        raise Forbidden("origin not allowed")
-    try:
-        return relay.verifier.verify(bearer_or_query_token(request), execution_id)
-    except TokenExpired:
-        metrics.auth_failure("expired")
-        raise Unauthorized("token expired; get a fresh token", reason="expired") from None
-    except TokenForbidden:
-        metrics.auth_failure("other_execution")
-        raise Forbidden("this token was issued for another execution") from None
-    except TokenInvalid as exc:
-        metrics.auth_failure(exc.reason)
-        raise Unauthorized(f"token invalid: {exc.message}", reason="invalid") from None
-
-
 def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResponse | None]]:
     """Authorize, then run ``handler``; every answer, errors included, carries CORS headers."""
 
@@ -125,10 +104,12 @@ def _public(handler: Handler) -> Callable[[Request, str], Awaitable[BaseHTTPResp
         relay: Relay = request.app.ctx.relay
         headers = cors_headers(relay, request.headers.get("origin"))
         try:
-            claims = _authorize(request, relay, execution_id)
-            if await relay.is_revoked(claims):
-                metrics.auth_failure("revoked")
-                raise Unauthorized("token revoked", reason="revoked")
+            try:
+                claims = await relay.authorize(
+                    bearer_or_query_token(request), request.headers.get("origin"), execution_id
+                )
+            except Refused as refused:
+                raise refused.error from None
             return await handler(request, execution_id, claims, headers)
         except RelayError as exc:
             extra = {"www-authenticate": 'Bearer error="invalid_token"'} if isinstance(exc, Unauthorized) else {}
@@ -142,7 +123,7 @@ async def preflight(request: Request, execution_id: str) -> HTTPResponse:
     relay: Relay = request.app.ctx.relay
     origin = request.headers.get("origin")
     headers = cors_headers(relay, origin)
-    if not origin_allowed(relay, origin):
+    if not relay.origin_allowed(origin):
         return error_response(Forbidden("origin not allowed"), headers=headers)
     headers.update(
         {
@@ -191,7 +172,7 @@ async def _long_poll(
         metrics.limit_exceeded(exceeded)
         raise RateLimited(f"connection limit ({exceeded}); retry later")
     try:
-        return await relay.wait_for_events(execution_id, cursor, wait, limit, claims)
+        return await relay.poll(execution_id, cursor, wait, limit, claims)
     except TokenRevokedWhileWaiting:
         raise Unauthorized("token revoked", reason="revoked") from None
     finally:
@@ -212,7 +193,7 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     if wait > 0:
         page, verdict = await _long_poll(request, relay, execution_id, cursor, wait, limit, claims)
     else:
-        page, verdict = await relay.wait_for_events(execution_id, cursor, 0.0, limit)
+        page, verdict = await relay.poll(execution_id, cursor, 0.0, limit)
     next_after = page.events[-1].seq if page.events else verdict.after
     tail: dict[str, Any] = {
         "latest_seq": page.latest_seq,
@@ -241,20 +222,12 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
 # -- state --------------------------------------------------------------------------
 
 
-def _states(app: Sanic[Any, Any]) -> StateCache:
-    states: StateCache | None = getattr(app.ctx, "public_states", None)
-    if states is None:
-        relay: Relay = app.ctx.relay
-        states = app.ctx.public_states = StateCache(lambda eid, after: relay.history(eid, after, create=False))
-    return states
-
-
 @bp.get(_EXECUTION)
 @_public
 async def execution_state(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse:
     """The execution's state folded from its events; 404 when unknown or expired."""
     metrics.fallback_request("state")
-    state = await _states(request.app).get(execution_id)
+    state = await request.app.ctx.relay.state(execution_id)
     if state is None:
         raise NotFound("execution unknown, or its history has expired")
     return json_response(state.as_dict(), headers={**headers, **_NO_STORE})
@@ -347,19 +320,19 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         await response.eof()
         return None
     sink = SseSink(request)
-    sub = relay.subscription(execution_id, cursor, sink, claims)
-    page = await sub.open()
+    try:
+        sub = await relay.open_stream(execution_id, cursor, sink, claims)
+    except Refused as refused:  # revoked since the request was authorized
+        raise refused.error from None
+    page = sub.page
     streams = _streams(request.app)
     streams.add(sub)  # from here on a shutdown closes it too, even before the first byte
-    expiry: asyncio.TimerHandle | None = None
     opened = False
     try:
         if page.terminal and page.latest_seq <= sub.resume.after:
             # Finished and nothing newer: 204 tells EventSource to stop reconnecting.
             return HTTPResponse(status=204, headers={**headers, **_NO_STORE})
-        connected = connected_message(
-            execution_id, page, cursor, sub.resume, keepalive_interval=relay.settings.sse_keepalive_interval
-        )
+        connected = sub.connected_message(keepalive_interval=relay.settings.sse_keepalive_interval)
         sink.epoch = page.epoch
         sink.response = await request.respond(
             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"},
@@ -368,10 +341,7 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         metrics.fallback_request("sse")
         metrics.connection_opened("sse")
         opened = True
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, claims.exp - time.time()), sub.close, closecodes.TOKEN_EXPIRED
-        )
-        sub.start(page, f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
+        sub.start(f"retry: {SSE_RETRY_MS}\nevent: connected\ndata: {dumps(connected)}\n\n")
         while not sub.closed.done():
             try:
                 await asyncio.wait_for(asyncio.shield(sub.closed), relay.settings.sse_keepalive_interval)
@@ -380,8 +350,6 @@ async def _stream(request: Request, execution_id: str, claims: Claims, headers: 
         await _finish(sink, sub.closed.result(), sub)
         return None
     finally:
-        if expiry is not None:
-            expiry.cancel()
         if opened:
             metrics.connection_closed("sse")
         streams.discard(sub)
@@ -496,12 +464,12 @@ def _demo_body(request: Request) -> dict[str, Any]:
 
 
 def _demo_token(relay: Relay, execution_id: str) -> HTTPResponse:
-    if relay.minter is None:
+    if not relay.can_mint:
         return json_response(
             {"error": "not_configured", "message": "minting needs RELAY_JWT_PRIVATE_KEY with a public-key algorithm"},
             status=501,
         )
-    token, expires_at = relay.minter.mint(execution_id, "demo-page", relay.settings.token_ttl)
+    token, expires_at = relay.mint(execution_id, "demo-page", relay.settings.token_ttl)
     return json_response({"execution_id": execution_id, "token": token, "expires_at": expires_at}, status=201)
 
 

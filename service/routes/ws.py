@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 from urllib.parse import unquote
 
 import ujson
@@ -20,19 +19,18 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
+from auth import Claims
 
 from .. import closecodes, metrics
 from ..closecodes import Disconnect
 from ..config import WS_WRITE_BUFFER_HIGH
 from ..cursor import Cursor, CursorError, parse_cursor
-from ..delivery import connected_message
 from ..errors import RelayError
 from ..events import dumps, now_iso
 from ..http import bearer_or_query_token
 from ..limits import ConnectionLimits, FrameRate
 from ..pinger import ping_payload
-from ..relay import Relay
+from ..relay import Refused, Relay
 from ..subscription import Subscription
 
 __all__ = ["bp"]
@@ -135,36 +133,10 @@ class WsSink:
         self.ws.end_connection(int(disconnect.code), disconnect.reason)
 
 
-def origin_allowed(relay: Relay, origin: str | None) -> bool:
-    """No list or no Origin header: allowed; otherwise the Origin must be listed."""
-    allowed = relay.settings.allowed_origins
-    return not allowed or not origin or origin.rstrip("/") in allowed
-
-
 def _refuse(ws: WebsocketImplProtocol, relay: Relay, disconnect: Disconnect, why: str) -> None:
     log.info("websocket refused", extra={"fields": {"close_code": int(disconnect.code), "reason": why}})
     metrics.ws_closed(int(disconnect.code), "server")
     ws.end_connection(int(disconnect.code), disconnect.reason)
-
-
-def _auth_refused(ws: WebsocketImplProtocol, relay: Relay, disconnect: Disconnect, why: str) -> None:
-    metrics.auth_failure(why)
-    _refuse(ws, relay, disconnect, why)
-
-
-def _authorize(request: Request, ws: WebsocketImplProtocol, relay: Relay, execution_id: str) -> Claims | None:
-    if not origin_allowed(relay, request.headers.get("origin")):
-        _auth_refused(ws, relay, closecodes.ORIGIN_FORBIDDEN, "origin")
-        return None
-    try:
-        return relay.verifier.verify(bearer_or_query_token(request), execution_id)
-    except TokenExpired:
-        _auth_refused(ws, relay, closecodes.TOKEN_EXPIRED, "expired")
-    except TokenForbidden:
-        _auth_refused(ws, relay, closecodes.OTHER_EXECUTION, "other_execution")
-    except TokenInvalid as exc:
-        _auth_refused(ws, relay, closecodes.TOKEN_INVALID, exc.reason)
-    return None
 
 
 async def execution_socket(request: Request, ws: WebsocketImplProtocol, execution_id: str) -> None:
@@ -174,8 +146,10 @@ async def execution_socket(request: Request, ws: WebsocketImplProtocol, executio
     if request.app.ctx.draining:
         _refuse(ws, relay, closecodes.SERVER_RESTARTING, "draining")
         return
-    claims = _authorize(request, ws, relay, execution_id)
-    if claims is None:
+    try:
+        claims = relay.check_subscriber(bearer_or_query_token(request), request.headers.get("origin"), execution_id)
+    except Refused as refused:
+        _refuse(ws, relay, refused.disconnect, refused.why)
         return
     try:
         cursor = parse_cursor(request.args.get("last_seq"), request.args.get("epoch"))
@@ -204,30 +178,21 @@ async def _serve(
 ) -> None:
     """Replay and stream to an authorized socket until either side ends it."""
     sink = WsSink(ws)
-    sub = relay.subscription(execution_id, cursor, sink, claims)
     try:
-        # Registered first, then checked: a revocation made meanwhile still reaches this socket.
-        page = await sub.open()
-        if await relay.is_revoked(claims):
-            sub.close(closecodes.TOKEN_REVOKED)
-            metrics.auth_failure("revoked")
-            return
+        sub = await relay.open_stream(execution_id, cursor, sink, claims)
+    except Refused as refused:
+        _refuse(ws, relay, refused.disconnect, refused.why)
+        return
     except RelayError:
-        sub.close(closecodes.BROKER_UNAVAILABLE)
         _refuse(ws, relay, closecodes.BROKER_UNAVAILABLE, "broker")
         return
     except Exception:  # a bug, not the client: say 1011 (Sanic would close with 1000)
         log.exception("opening a subscription failed")
-        sub.close(closecodes.INTERNAL_ERROR)
         _refuse(ws, relay, closecodes.INTERNAL_ERROR, "internal")
         return
-    connected: dict[str, Any] = connected_message(
-        execution_id, page, cursor, sub.resume, heartbeat_interval=relay.settings.heartbeat_interval
-    )
+    page = sub.page
+    connected = sub.connected_message(heartbeat_interval=relay.settings.heartbeat_interval)
     opened = time.monotonic()
-    expiry = asyncio.get_running_loop().call_later(
-        max(0.0, claims.exp - time.time()), sub.close, closecodes.TOKEN_EXPIRED
-    )
     log.info(
         "websocket opened",
         extra={
@@ -244,14 +209,13 @@ async def _serve(
     pinger = request.app.ctx.pinger
     pinger.sockets.add(sink)
     try:
-        sub.start(page, dumps(connected))
+        sub.start(dumps(connected))
         await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
     except Exception:
         log.exception("websocket handler failed")
         sub.close(closecodes.INTERNAL_ERROR)
     finally:
         pinger.sockets.discard(sink)
-        expiry.cancel()
         metrics.connection_closed("ws")
         if sub.closed.done():
             metrics.ws_closed(sub.close_code, "server")

@@ -26,11 +26,10 @@ async def poll(server: Server, execution_id: str, token: str, timeout: float = 1
     )
 
 
-async def waiting(server: Server, execution_id: str | set[str], count: int) -> None:
-    """Wait until ``count`` requests wait on ``execution_id`` (or on these, in all), registered with the hub."""
-    ids = {execution_id} if isinstance(execution_id, str) else execution_id
+async def waiting(server: Server, count: int) -> None:
+    """Wait until ``count`` requests wait on this server (each test's polls are its only subscribers)."""
     async with asyncio.timeout(5):
-        while sum(server.relay.hub.subscribers(e) for e in ids) < count:
+        while server.relay.connections < count:
             await asyncio.sleep(0.01)
 
 
@@ -49,10 +48,9 @@ async def test_waiting_polls_count_toward_the_connection_limits(
     """Past a connection limit a long poll gets 429; a short poll (wait=0) is never counted."""
     server = await start_server(**env)
     held = []
-    executions = {e for e, _ in tokens}
     for eid, sub in tokens[:3]:
         held.append(asyncio.create_task(poll(server, eid, make_token(eid, sub=sub), after=0, wait=20, timeout=30)))
-        await waiting(server, executions, len(held))
+        await waiting(server, len(held))
     eid, sub = tokens[3]
     r = await poll(server, eid, make_token(eid, sub=sub), after=0, wait=20)
     assert r.status_code == 429 and r.json()["error"] == "rate_limited"
@@ -70,7 +68,7 @@ async def test_a_long_poll_ends_by_its_tokens_expiry(server: Server) -> None:
     exp = int(time.time()) + 2
     token = make_token("lp-exp", exp=exp)
     task = asyncio.create_task(poll(server, "lp-exp", token, after=0, wait=20, timeout=30))
-    await waiting(server, "lp-exp", 1)
+    await waiting(server, 1)
     while time.time() < exp + 0.5:  # the token has expired (the leeway still accepts it at the door)
         await asyncio.sleep(0.05)
     assert (await server.publish("lp-exp")).status_code == 202
@@ -85,7 +83,7 @@ async def test_a_revocation_wakes_and_refuses_a_waiting_poll(server: Server) -> 
         ("sub", "lp-user", make_token("lp-rev", sub="lp-user", iat=int(time.time()) - 5)),
     ):
         task = asyncio.create_task(poll(server, "lp-rev", token, after=0, wait=20, timeout=30))
-        await waiting(server, "lp-rev", 1)
+        await waiting(server, 1)
         r = await server.http.post("/internal/v1/revocations", json={field: value}, headers=AUTH)
         assert r.status_code == 202
         async with asyncio.timeout(5):
@@ -102,7 +100,7 @@ async def test_a_revocation_on_another_instance_refuses_a_waiting_poll(
     b = await start_server(RELAY_BROKER_URL=redis_url, RELAY_REDIS_PREFIX=prefix)
     token = make_token("lp-x", jti=f"j-{prefix}")
     task = asyncio.create_task(poll(b, "lp-x", token, after=0, wait=20, timeout=30))
-    await waiting(b, "lp-x", 1)
+    await waiting(b, 1)
     r = await a.http.post("/internal/v1/revocations", json={"jti": f"j-{prefix}"}, headers=AUTH)
     assert r.status_code == 202
     async with asyncio.timeout(5):

@@ -11,7 +11,7 @@ import pytest
 
 from service.config import ConfigError
 from tests.conftest import PUBLISH_KEY, StartServer, make_settings
-from tests.ingest_util import PG_DSN, until
+from tests.ingest_util import AMQP_URL, PG_DSN, amqp_queue, until  # noqa: F401
 from tests.redis_util import free_port
 from tests.test_cli import ROOT, clean_env
 
@@ -129,3 +129,38 @@ async def test_an_unreachable_ingest_source_leaves_the_instance_ready_and_shows_
     metrics = (await server.http.get("/metrics")).text
     assert 'relay_ingest_up{source="amqp"} 0.0' in metrics and 'relay_ingest_up{source="outbox"} 0.0' in metrics
     assert (await server.publish("still-served")).status_code == 202
+
+
+async def test_a_queue_declared_otherwise_and_a_missing_outbox_table_are_reported(
+    start_server: StartServer, amqp_queue: str
+) -> None:
+    """A queue declared without single active consumer, and an outbox table never created: both named in stats."""
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(amqp_queue, durable=True)  # no x-single-active-consumer
+        server = await start_server(
+            RELAY_AMQP_URL=AMQP_URL,
+            RELAY_AMQP_QUEUE=amqp_queue,
+            RELAY_OUTBOX_DSN=PG_DSN,
+            RELAY_OUTBOX_TABLE=f"relay_missing_{uuid.uuid4().hex[:8]}",
+        )
+        headers = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+
+        async def errors() -> dict[str, str]:
+            stats = (await server.http.get("/internal/v1/stats", headers=headers)).json()
+            return {entry["source"]: entry["last_error"] for entry in stats["ingest"]}
+
+        async def both_reported() -> bool:
+            found = await errors()
+            return bool(found["amqp"] and found["outbox"])
+
+        await until(both_reported, what="both misconfigurations reported")
+        found = await errors()
+        assert "PRECONDITION_FAILED" in found["amqp"] and "x-single-active-consumer" in found["amqp"]
+        assert "does not exist" in found["outbox"]
+        assert (await server.http.get("/readyz")).status_code == 200
+    finally:
+        await connection.close()

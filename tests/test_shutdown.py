@@ -280,6 +280,8 @@ async def test_sigterm_drains_every_worker(target: str) -> None:
             if service.output().count("Worker ready") >= 2:
                 break
             await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"the second worker never became ready:\n{service.output()}")
         clients = [Client(service.ws_url("workers", make_token("workers", sub=f"u{i}"))) for i in range(12)]
         for c in clients:
             await c.open()  # one connection at a time: the kernel spreads them over the workers

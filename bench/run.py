@@ -88,6 +88,8 @@ class Target:
                     "RELAY_ACCESS_LOG": "false",
                     "RELAY_LOG_LEVEL": "WARNING",
                     "RELAY_WORKERS": "1",
+                    # every load-generator socket comes from 127.0.0.1
+                    "RELAY_MAX_CONNECTIONS_PER_IP": "0",
                 }
             )
         env.update(self.extra_env)

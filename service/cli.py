@@ -204,8 +204,8 @@ def _banner(settings: Settings) -> str:
 
 
 def _worker_app(name: str) -> Any:
-    from .app import create_app
     from .logs import setup_logging
+    from .web.app import create_app
 
     settings = load_settings()
     setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
@@ -266,7 +266,7 @@ def serve() -> int:
     setup_logging(settings.log_level)
     loader = AppLoader(factory=partial(_worker_app, "progress_relay"))
     app = loader.load()
-    from .app import SERVER_PROTOCOL
+    from .web.app import SERVER_PROTOCOL
 
     app.prepare(
         host=settings.host,

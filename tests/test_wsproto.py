@@ -1,4 +1,4 @@
-"""The WebSocket protocol extension (service/wsproto.py) without a server: negotiation, frames, events.
+"""The WebSocket protocol extension (service/web/wsproto.py) without a server: negotiation, frames, events.
 
 The real handshake and real browsers are covered by tests/test_compression.py.
 """
@@ -12,8 +12,8 @@ import pytest
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.frames import Frame, Opcode
 
-from service import wsproto
-from service.wsproto import LeanEvent, compression_extensions
+from service.web import wsproto
+from service.web.wsproto import LeanEvent, compression_extensions
 
 
 def frames(n: int) -> list[bytes]:

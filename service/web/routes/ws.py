@@ -22,18 +22,18 @@ from websockets.protocol import State
 
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
-from .. import closecodes, metrics
-from ..closecodes import Disconnect
-from ..config import WS_WRITE_BUFFER_HIGH
-from ..cursor import Cursor, CursorError, parse_cursor
-from ..delivery import connected_message
-from ..errors import RelayError
-from ..events import dumps, now_iso
+from ... import closecodes, metrics
+from ...closecodes import Disconnect
+from ...config import WS_WRITE_BUFFER_HIGH
+from ...cursor import Cursor, CursorError, parse_cursor
+from ...delivery import connected_message
+from ...errors import RelayError
+from ...events import dumps, now_iso
+from ...limits import ConnectionLimits, FrameRate
+from ...pinger import ping_payload
+from ...relay import Relay
+from ...subscription import Subscription
 from ..http import bearer_or_query_token
-from ..limits import ConnectionLimits, FrameRate
-from ..pinger import ping_payload
-from ..relay import Relay
-from ..subscription import Subscription
 
 __all__ = ["bp"]
 

@@ -49,9 +49,9 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter, Subprotocol
 
-from . import metrics
+from .. import metrics
+from ..limits import FrameGuard, PeerLimit
 from .hardening import LINGER, RelayHttp
-from .limits import FrameGuard, PeerLimit
 
 __all__ = ["RelayWebSocketProtocol", "compression_extensions"]
 

@@ -9,7 +9,8 @@ subscribers and the publisher never share an interpreter:
           writes the POST, the subscriber subtracts it from its own clock when
           the frame is parsed (CLOCK_MONOTONIC is system-wide on Linux).
           Commands on stdin, one JSON reply per line on stdout:
-          ``reset`` / ``report`` / ``storm`` / ``quit``.
+          ``reset`` / ``report`` / ``storm`` / ``connect`` / ``quit`` (``defer``:
+          connect only on ``connect``; ``connect_rate``: pace the handshakes).
 ``pub``   publishes over keep-alive HTTP/1.1 connections (a tiny hand-written
           client, so that the client costs little): closed loop, fixed rate,
           fan-out probes or batches; prints one JSON result and exits.
@@ -218,10 +219,12 @@ class SubsProcess:
         self.connect_errors = 0
         self.error_samples: list[str] = []
 
-    async def connect_one(self, i: int, sem: asyncio.Semaphore, resume: bool) -> bool:
+    async def connect_one(self, i: int, sem: asyncio.Semaphore, resume: bool, due: float = 0.0) -> bool:
         url = self.urls[i]
         if resume and self.cfg.get("resume_param"):
             url += ("&" if "?" in url else "?") + f"last_seq={self.last_seq[i]}"
+        if due:  # paced: this one starts at its due time
+            await asyncio.sleep(due - time.monotonic())
         async with sem:
             for attempt in range(3):
                 try:
@@ -245,10 +248,15 @@ class SubsProcess:
             return False
 
     async def connect_all(self, resume: bool = False) -> dict:
+        """Connect every subscriber, ``connect_concurrency`` handshakes in flight at most;
+        with ``connect_rate`` (per second), handshake i starts no earlier than i / rate."""
         sem = asyncio.Semaphore(self.cfg.get("connect_concurrency", 200))
+        rate = self.cfg.get("connect_rate") or 0
         t0 = time.monotonic()
         cpu0 = cpu_seconds()
-        results = await asyncio.gather(*(self.connect_one(i, sem, resume) for i in range(self.n)))
+        results = await asyncio.gather(
+            *(self.connect_one(i, sem, resume, t0 + i / rate if rate else 0.0) for i in range(self.n))
+        )
         return {
             "connected": sum(results),
             "connect_errors": self.n - sum(results),
@@ -304,9 +312,12 @@ class SubsProcess:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        info = await self.connect_all()
-        info["pid"] = os.getpid()
-        emit(info)
+        if self.cfg.get("defer"):  # connect on the "connect" command (the rush)
+            emit({"ready": True, "pid": os.getpid()})
+        else:
+            info = await self.connect_all()
+            info["pid"] = os.getpid()
+            emit(info)
         while True:
             line = await reader.readline()
             if not line:
@@ -319,6 +330,8 @@ class SubsProcess:
                 emit(self.report())
             elif cmd == "storm":
                 emit(await self.storm())
+            elif cmd == "connect":
+                emit(await self.connect_all())
             elif cmd == "quit":
                 break
         for sub in self.subs:
@@ -494,8 +507,14 @@ class Publisher:
 
         workers = [asyncio.create_task(worker(c)) for c in conns]
         k = 0
+        stop_file = self.cfg.get("stop_file")  # ends the run early once it exists
+        next_check = start
         while k < total:
             now = time.monotonic()
+            if stop_file and now >= next_check:
+                if os.path.exists(stop_file):  # noqa: ASYNC240 - one stat every 50 ms
+                    break
+                next_check = now + 0.05
             due_n = min(total, int((now - start) * req_rate) + 1)
             while k < due_n:
                 queue.put_nowait((k, start + k / req_rate))

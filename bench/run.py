@@ -310,7 +310,10 @@ class Subs:
         per_event: bool = False,
         concurrency: int = 200,
         timeout: float = 120,
+        defer: bool = False,
+        rate: float = 0,
     ):
+        """``defer``: connect only on ``cmd("connect")``; ``rate``: handshakes started per second."""
         urls = [target.ws_url(e, f"user-{i}") for i, e in enumerate(exec_ids)]
         cfg = {
             "kind": target.kind,
@@ -319,6 +322,8 @@ class Subs:
             "per_event": per_event,
             "connect_concurrency": concurrency,
             "resume_param": target.is_relay,
+            "defer": defer,
+            "connect_rate": rate,
         }
         cfgfile = tmp / f"subs-{target.name}-{time.monotonic_ns()}.json"
         cfgfile.write_text(json.dumps(cfg))
@@ -696,6 +701,118 @@ def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
     }
 
 
+def gc_pauses(t: Target) -> dict | None:
+    """The relay's full-collection pauses so far (``relay_gc_pause_seconds{generation="2"}``)."""
+    if not t.is_relay:
+        return None
+    try:
+        with socket.create_connection(("127.0.0.1", t.http_port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    out = {"count": 0.0, "seconds": 0.0, "over_25ms": 0.0}
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        if not line.startswith("relay_gc_pause_seconds") or 'generation="2"' not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        if name.startswith("relay_gc_pause_seconds_count"):
+            out["count"] = float(value)
+        elif name.startswith("relay_gc_pause_seconds_sum"):
+            out["seconds"] = float(value)
+        elif 'le="0.025"' in name:
+            out["over_25ms"] = -float(value)  # + the total count below
+    out["over_25ms"] += out["count"]
+    return out
+
+
+def sc_rush(t: Target, cfg: dict, tmp: Path) -> dict:
+    """Latency while a crowd connects: ``subscribers`` sockets (one per execution)
+    receive ``rate`` events/s; after ``lead`` s, ``clients`` more sockets (on
+    executions of their own) connect within ``window`` s. One fresh server per
+    trial, the targets alternating (trial 1 of each, then trial 2 of each)."""
+    base = [f"rush-base-{i}" for i in range(cfg["subscribers"])]
+    crowd = [f"rush-{i}" for i in range(cfg["clients"])]
+    stop = tmp / f"rush-stop-{time.monotonic_ns()}"
+    # events flow until ``tail`` s after the last subscriber joined (at most ``duration`` s)
+    pubcfg = dict(
+        mode="rate", rate=cfg["rate"], duration=cfg["duration"], connections=cfg["connections"], stop_file=str(stop)
+    )
+    with Server(t, tmp) as srv, Subs(t, base, tmp) as subs:
+        if subs.info["connect_errors"]:
+            raise RuntimeError(f"{subs.info['connect_errors']} subscribers failed to connect")
+        publish(t, base, tmp, **dict(pubcfg, duration=cfg["warmup"]))
+        with Subs(t, crowd, tmp, defer=True, rate=cfg["clients"] / cfg["window"], timeout=600) as rush:
+            gc0 = gc_pauses(t)
+            subs.cmd("reset")
+            cpu0, busy0, w0 = srv.cpu(), machine_busy(), time.monotonic()
+            proc = publish(t, base, tmp, background=True, **pubcfg)
+            time.sleep(cfg["lead"])
+            joined = rush.cmd("connect")
+            time.sleep(cfg["tail"])
+            stop.touch()
+            pub = finish_publish(proc, pubcfg)
+            cpu1, busy1, w1 = srv.cpu(), machine_busy(), time.monotonic()
+            time.sleep(0.3)
+            rep = subs.cmd("report")
+            gc1 = gc_pauses(t)
+    server_cpu = 100 * (cpu1 - cpu0) / (w1 - w0)
+    ours = server_cpu + (pub["cpu_percent"] or 0) + (rep["cpu_percent"] or 0)
+    full_gc = {k: round(gc1[k] - gc0[k], 4) for k in gc0} if gc0 and gc1 else None
+    return {
+        "p50_ms": rep["latency_ms"]["p50"],
+        "p99_ms": rep["latency_ms"]["p99"],
+        "max_ms": rep["latency_ms"]["max"],
+        "lost": max(0, pub["events_accepted"] - rep["events"]),
+        "failed": pub["requests_failed"] + joined["connect_errors"] + rep["disconnects"],
+        "joined": joined["connected"],
+        "join_seconds": joined["connect_seconds"],
+        "rush_outlasted_events": joined["connect_seconds"] + cfg["lead"] >= pub["wall_seconds"],
+        "server_cpu_pct": round(server_cpu, 1),
+        "client_cpu_pct": client_flag(pub["cpu_percent"], rep["cpu_percent"]),
+        "other_cpu_pct": round(max(0.0, 100 * (busy1 - busy0) / (w1 - w0) - ours), 1),
+        "full_gc": full_gc,
+        "publisher": pub,
+        "subscribers": rep,
+        "rush": joined,
+    }
+
+
+def sc_rush_all(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    out: dict = {t.name: {"trials": []} for t in targets}
+    for _ in range(cfg["trials"]):
+        for t in targets:
+            if "error" in out[t.name]:
+                continue
+            try:
+                out[t.name]["trials"].append(sc_rush(t, cfg, tmp))
+            except Exception as exc:
+                out[t.name] = {"error": f"{type(exc).__name__}: {exc}\n{tail(t.log)}"}
+    for entry in out.values():
+        trials = entry.get("trials")
+        if not trials:
+            continue
+        gcs = [x["full_gc"] for x in trials if x["full_gc"]]
+        entry["summary"] = {
+            "p50_ms": median([x["p50_ms"] for x in trials]),
+            "p99_ms": median([x["p99_ms"] for x in trials]),
+            "max_ms": median([x["max_ms"] for x in trials]),
+            "worst_max_ms": max(x["max_ms"] or 0 for x in trials),
+            "lost": sum(x["lost"] for x in trials),
+            "failed": sum(x["failed"] for x in trials),
+            "join_per_s": median([x["joined"] / max(x["join_seconds"], 1e-3) for x in trials]),
+            "full_gcs": sum(g["count"] for g in gcs) if gcs else None,
+            "full_gc_over_25ms": sum(g["over_25ms"] for g in gcs) if gcs else None,
+            "full_gc_ms": round(1000 * sum(g["seconds"] for g in gcs), 1) if gcs else None,
+            "server_cpu_pct": median([x["server_cpu_pct"] for x in trials]),
+            "client_cpu_pct": client_flag(*(x["client_cpu_pct"] for x in trials)),
+            "other_cpu_pct": median([x["other_cpu_pct"] for x in trials]),
+        }
+    return out
+
+
 def redis_reachable() -> bool:
     try:
         import redis
@@ -830,6 +947,7 @@ SCENARIOS = {
     "fanout": (sc_fanout, "Fan-out of one execution"),
     "batch": (sc_batch, "Batch ingest"),
     "storm": (one_by_one(sc_storm), "Reconnect storm"),
+    "rush": (sc_rush_all, "Latency while 5,000 subscribers connect"),
     "redis": (sc_redis, "Redis broker, 1 and 2 workers"),
     "capacity": (sc_capacity, "Connections held on one process"),
     "product": (sc_product, "The product's comparison: one demo execution, polling vs WebSocket"),
@@ -842,6 +960,20 @@ FULL = {
     "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1},
     "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0, "duration": 3.0, "trials": 3},
     "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0, "storm_after": 1.5},
+    # 1,000 events/s to 1,000 subscribers; 5,000 more connect within 5 s, 1 s in; the
+    # events flow until 1 s after the last has joined (at most 120 s on a busy machine)
+    "rush": {
+        "subscribers": 1000,
+        "clients": 5000,
+        "window": 5.0,
+        "rate": 1000,
+        "connections": 32,
+        "warmup": 1.0,
+        "lead": 1.0,
+        "tail": 1.0,
+        "duration": 120.0,
+        "trials": 2,
+    },
     "redis": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0, "rate": 2000, "trials": 2},
     # connecting takes > 25 s, so the first sockets live through 2+ server pings
     "capacity": {"n": 20000, "concurrency": 100, "settle": 1.0, "hold": 15.0},
@@ -856,6 +988,18 @@ SMOKE = {
     "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.03},
     "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.2, "duration": 0.5, "trials": 1},
     "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.0, "storm_after": 0.3},
+    "rush": {
+        "subscribers": 50,
+        "clients": 200,
+        "window": 0.5,
+        "rate": 100,
+        "connections": 4,
+        "warmup": 0.2,
+        "lead": 0.2,
+        "tail": 0.2,
+        "duration": 30.0,
+        "trials": 1,
+    },
     "redis": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "rate": 200, "trials": 1},
     "capacity": {"n": 300, "concurrency": 100, "settle": 0.3, "hold": 0.5},
     "product": {"duration": 2.5, "poll_interval": 0.25, "heartbeat": 1.0, "seed": 0},
@@ -875,6 +1019,9 @@ DIRECTION = {
     "per_sub_p99_ms": "lower",
     "server_cpu_ms_per_event": "lower",
     "resume_seconds": "lower",
+    "max_ms": "lower",
+    "worst_max_ms": "lower",
+    "join_per_s": "higher",
     "achieved_per_s@top": "higher",
     "closed_p99_ms": "lower",
     "poll_state_kb": "lower",

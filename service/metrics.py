@@ -59,6 +59,7 @@ __all__ = [
     "address_allowed",
     "auth_failure",
     "broker_error",
+    "compression_cache",
     "connection_closed",
     "connection_opened",
     "delivered",
@@ -248,6 +249,9 @@ METRIC_NAMES = frozenset(
         "relay_ingest_lag_seconds",
         "relay_broker_shard_connections",
         "relay_broker_slot_migrations_total",
+        "relay_idempotency_keys_forgotten_total",
+        "relay_compression_cache_bytes",
+        "relay_compression_uncached_total",
         *(
             f"{h}_{s}"
             for h in (
@@ -396,6 +400,20 @@ class _Source:
 
 
 #: Broker.stats() keys exported as gauges (summed over relays) and as counters (their increments).
+_IDEMPOTENCY_FORGOTTEN = Counter(
+    "relay_idempotency_keys_forgotten",
+    "Idempotency keys dropped because their event left the retained history (both brokers).",
+)
+_COMPRESSION_CACHE_BYTES = Gauge(
+    "relay_compression_cache_bytes",
+    "Bytes held by the shared permessage-deflate cache (compressed frames and their dictionaries).",
+    multiprocess_mode="livesum",
+)
+_COMPRESSION_UNCACHED = Counter(
+    "relay_compression_uncached",
+    "Frames too large for the shared compression cache, compressed for each socket instead.",
+)
+
 _BROKER_GAUGES = {
     "redis_channels_subscribed": _BROKER_CHANNELS,
     "executions_retained": _BROKER_RETAINED,
@@ -406,6 +424,7 @@ _BROKER_COUNTERS = {
     "redis_resyncs": _BROKER_RESYNCS,
     "redis_messages_dropped": _BROKER_DROPPED,
     "redis_cluster_slot_migrations": _BROKER_MIGRATIONS,
+    "idempotency_keys_forgotten": _IDEMPOTENCY_FORGOTTEN,
 }
 #: relay_broker_connected: the lowest over relays; relay_events_accepted counts events_accepted already.
 _BROKER_CONNECTED_KEY = "redis_pubsub_connected"
@@ -513,6 +532,13 @@ def replayed(events: int, gap: bool = False) -> None:
 def auth_failure(reason: str) -> None:
     """Credentials were refused for ``reason`` (a short word, never the credential)."""
     _auth.add((reason,))
+
+
+def compression_cache(size: int, uncached: bool = False) -> None:
+    """The shared compression cache now holds ``size`` bytes; ``uncached``: a frame too large for it."""
+    _COMPRESSION_CACHE_BYTES.set(size)
+    if uncached:
+        _COMPRESSION_UNCACHED.inc()
 
 
 def limit_exceeded(limit: str) -> None:

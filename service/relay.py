@@ -25,16 +25,27 @@ from .events import Event, EventDraft
 from .hub import Hub
 from .subscription import Sink, Subscription
 
-__all__ = ["Relay"]
+__all__ = ["Relay", "TokenRevokedWhileWaiting"]
+
+
+class TokenRevokedWhileWaiting(Exception):
+    """A long poll's token was revoked while it waited (the edge answers 401 ``revoked``)."""
 
 
 class _Waiter:
     """A long-poll request waiting for the next event of one execution."""
 
-    __slots__ = ("future",)
+    __slots__ = ("claims", "future", "revoked")
 
-    def __init__(self) -> None:
+    def __init__(self, claims: Claims | None = None) -> None:
         self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.claims = claims  # whose token it waits with: revoking that token wakes and refuses it
+        self.revoked = False
+
+    def revoke(self) -> None:
+        """Wake the request to be refused: its token was revoked."""
+        self.revoked = True
+        self._wake()
 
     def offer(self, event: Event) -> None:
         self._wake()
@@ -140,15 +151,18 @@ class Relay:
     def _close_revoked(self, kind: str, value: str, at: float) -> None:
         """Close local subscriptions whose token a revocation (from any instance) covers."""
         for subscriber in self.hub.all_subscribers():
-            # Subscriptions (sockets and SSE streams) carry their token's claims; long polls end on their own.
-            if not isinstance(subscriber, Subscription) or subscriber.claims is None:
+            # Subscriptions (sockets and SSE streams) and long polls carry their token's claims.
+            if not isinstance(subscriber, Subscription | _Waiter) or subscriber.claims is None:
                 continue
             claims = subscriber.claims
             if (kind == "jti" and claims.jti == value) or (
                 kind == "sub" and claims.sub == value and (claims.iat is None or claims.iat <= at)
             ):
                 metrics.revoked_close()
-                subscriber.close(TOKEN_REVOKED)
+                if isinstance(subscriber, _Waiter):
+                    subscriber.revoke()
+                else:
+                    subscriber.close(TOKEN_REVOKED)
 
     async def history(
         self, execution_id: str, after: int = 0, limit: int | None = None, *, create: bool = True
@@ -166,17 +180,27 @@ class Relay:
         return page, verdict
 
     async def wait_for_events(
-        self, execution_id: str, cursor: Cursor, timeout: float, limit: int | None = None
+        self,
+        execution_id: str,
+        cursor: Cursor,
+        timeout: float,
+        limit: int | None = None,
+        claims: Claims | None = None,
     ) -> tuple[HistoryPage, Resume]:
         """Events after ``cursor`` and how it resumed; if there are none yet, wait up to ``timeout`` s for one.
 
         A reset answers at once (the client must learn it). One future per
-        waiting request, woken by the hub: no polling loop.
+        waiting request, woken by the hub: no polling loop. With ``claims``
+        the wait ends by the token's expiry at the latest, and a revocation of
+        the token (from any instance) wakes it to raise
+        :class:`TokenRevokedWhileWaiting`.
         """
+        if claims is not None:
+            timeout = min(timeout, claims.exp - time.time())
         page, verdict = await self._read(execution_id, cursor, limit)
         if page.events or page.terminal or verdict.reset or timeout <= 0:
             return page, verdict
-        waiter = _Waiter()
+        waiter = _Waiter(claims)
         await self.hub.add(execution_id, waiter)
         try:
             # Registered first, then re-read: an event published in between is not missed.
@@ -187,6 +211,10 @@ class Relay:
                 await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
             except TimeoutError:
                 return page, verdict
+            # Woken: by a revocation, or by an event (then check revocation once more: a
+            # revocation whose broadcast never reached this instance is still in the broker).
+            if waiter.revoked or (claims is not None and await self.is_revoked(claims)):
+                raise TokenRevokedWhileWaiting()
             return await self._read(execution_id, cursor, limit)
         finally:
             self.hub.remove(execution_id, waiter)

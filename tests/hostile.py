@@ -438,6 +438,80 @@ async def clients_that_leave(service: ServiceProcess, outcome: Outcome) -> None:
         await asyncio.gather(*(one(i) for i in range(start, start + 20)))
 
 
+async def long_poll_hoard(service: ServiceProcess, outcome: Outcome) -> None:
+    """280 long polls (wait=30) on one token (under the per-address cap): past the per-user limit (20) refused."""
+    token = make_token("hostile-polls", sub="poller")
+    # From an address of its own: the per-address count of earlier attacks' connections (closing) does not matter.
+    transport = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=500), local_address="127.0.0.3")
+    async with httpx.AsyncClient(base_url=service.base, transport=transport, timeout=5) as http:
+
+        async def one() -> None:
+            try:
+                r = await http.get(
+                    "/v1/executions/hostile-polls/events",
+                    params={"after": 0, "wait": 30},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                outcome.add(str(r.status_code))
+            except httpx.TimeoutException:
+                outcome.add("held open")
+            except httpx.HTTPError as exc:
+                outcome.add(type(exc).__name__)
+
+        await asyncio.gather(*(one() for _ in range(280)))
+
+
+async def large_events_compressed(service: ServiceProcess, outcome: Outcome) -> None:
+    """30 distinct ~900 KB events to one compressing subscriber (they once filled the compression cache)."""
+    from websockets.asyncio.client import connect
+
+    url = f"ws://127.0.0.1:{service.port}/ws/executions/hostile-big?token={make_token('hostile-big', sub='big')}"
+    auth = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+    async with (
+        connect(url, compression="deflate", max_size=None) as ws,
+        httpx.AsyncClient(base_url=service.base, timeout=10) as http,
+    ):
+        await ws.recv()  # connected
+        sent = []
+        for i in range(30):
+            text = os.urandom(300_000).hex()[: 900_000 - 20] + f"-{i}"
+            sent.append(text)
+            r = await http.post(
+                "/internal/v1/executions/hostile-big/events",
+                json={"event": "result", "data": {"t": text}},
+                headers=auth,
+            )
+            outcome.add(str(r.status_code))
+        for text in sent:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            outcome.add("intact" if frame["data"]["t"] == text else "corrupt")
+
+
+async def idempotency_keys(service: ServiceProcess, outcome: Outcome) -> None:
+    """10,000 distinct idempotency keys on one execution, in batches of 1,000."""
+    auth = {"Authorization": f"Bearer {PUBLISH_KEY}"}
+    async with httpx.AsyncClient(base_url=service.base, timeout=30) as http:
+        for batch in range(10):
+            events = [
+                {
+                    "execution_id": "hostile-keys",
+                    "event": "progress",
+                    "data": {"progress": 1, "stage": "s"},
+                    "idempotency_key": f"k-{batch}-{i}",
+                }
+                for i in range(1000)
+            ]
+            r = await http.post("/internal/v1/events", json={"events": events}, headers=auth)
+            outcome.add(str(r.status_code))
+        metrics = (await http.get("/metrics")).text
+    forgotten = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("relay_idempotency_keys_forgotten_total")
+    )
+    outcome.add(f"keys forgotten >= 8000: {forgotten >= 10_000 - 2 * 1000}")
+
+
 async def idle(service: ServiceProcess, outcome: Outcome) -> None:
     """No attack: 3 s of probing alone, the baseline for the rows below."""
     await asyncio.sleep(3)
@@ -458,6 +532,12 @@ ATTACKS: dict[str, tuple[Attack, str]] = {
     "pings from a client that never reads": (non_reader, "closed 4029, aborted when it does not read"),
     "control bytes, quotes, tokens in requests x200": (log_injection, "400, 401 or 426; every log line JSON"),
     "clients leaving mid-request x100": (clients_that_leave, "logged 499, not 500"),
+    "280 long polls on one token": (long_poll_hoard, "20 wait (the per-user limit), 260 get 429"),
+    "distinct 900 KB events to a compressing subscriber x30": (
+        large_events_compressed,
+        "delivered intact, compressed per socket, not cached",
+    ),
+    "10,000 idempotency keys on one execution": (idempotency_keys, "keys beyond twice the history forgotten"),
 }
 
 

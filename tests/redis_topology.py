@@ -80,12 +80,17 @@ class TopologyServer(RedisServer):
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def info(self, section: str) -> dict[str, object]:
-        """``INFO <section>`` as a dict."""
-        client = self.client()
-        try:
-            return dict(client.info(section))
-        finally:
-            client.close()
+        """``INFO <section>`` as a dict (asked again when a Sentinel reconfiguring the server killed our client)."""
+        for attempt in range(3):
+            client = self.client()
+            try:
+                return dict(client.info(section))
+            except redis.ConnectionError:
+                if attempt == 2:
+                    raise
+            finally:
+                client.close()
+        raise AssertionError("unreachable")
 
 
 class ClusterSetup:

@@ -20,7 +20,7 @@ for _module in ("picows", "socketio", "aiohttp", "psutil", "matplotlib", "uvloop
     pytest.importorskip(_module, reason="bench dependencies: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ["idle_memory", "closed_loop", "rates", "fanout", "batch", "storm", "product"]
+SCENARIOS = ["idle_memory", "closed_loop", "rates", "fanout", "batch", "storm", "rush", "product"]
 RELAY_ONLY = {"product"}
 PRODUCT_MODES = ["poll_state", "poll_events", "ws", "ws_deflate", "ws_deflate_msg"]
 
@@ -67,6 +67,7 @@ def test_bench_smoke_writes_results(tmp_path):
             assert summary, f"{scenario}/{name} has an empty summary"
             for metric, value in summary.items():
                 assert value is None or isinstance(value, (int, float)), (scenario, metric)
+    check_rush(doc, targets)
     if "relay" in targets:
         # every relay figure that has a direction is also given as a ratio
         assert doc["ratios_subject"] == "relay"
@@ -146,3 +147,20 @@ def test_ingest_bench_smoke_reports_every_publisher_and_source():
         "| amqp |",
     ):
         assert row in proc.stdout, proc.stdout
+
+
+def check_rush(doc, targets):
+    """The rush: the whole crowd joined while events flowed, and the relay's full collections were read."""
+    cfg = doc["config"]["rush"]
+    for name in targets:
+        entry = doc["scenarios"]["rush"][name]
+        assert len(entry["trials"]) == cfg["trials"]
+        for trial in entry["trials"]:
+            assert trial["joined"] == cfg["clients"], name
+            assert trial["publisher"]["events_accepted"] > 0, name
+            assert trial["p99_ms"] is not None and trial["max_ms"] >= trial["p99_ms"], name
+        for metric in ("p99_ms", "max_ms", "lost", "join_per_s"):
+            assert entry["summary"][metric] is not None, (name, metric)
+    if "relay" in targets:
+        assert doc["scenarios"]["rush"]["relay"]["summary"]["full_gcs"] is not None
+        assert "sanic_minimal" in doc["ratios"]["rush"]["p99_ms"]

@@ -230,6 +230,20 @@ async def test_idempotency_key_returns_the_first_seq_and_delivers_nothing(backen
     assert [e.seq for e in page.events] == [1, 2, 3] and page.events[0] == first.event
 
 
+async def test_idempotency_keys_are_bounded_by_the_retained_history(backend: Backend) -> None:
+    """Keys live while their event is retained: at most twice the history size are held, older ones are forgotten."""
+    broker, _ = await backend.make(history_size=5)
+    forgotten = broker.stats()["idempotency_keys_forgotten"]
+    for i in range(40):
+        await broker.publish(draft("bounded", key=f"k{i}"))
+    assert broker.stats()["idempotency_keys_forgotten"] - forgotten >= 40 - 2 * 5
+    for i in (35, 39):  # events 36 and 40 are retained: their keys still answer duplicates
+        again = await broker.publish(draft("bounded", key=f"k{i}"))
+        assert (again.seq, again.duplicate) == (i + 1, True)
+    old = await broker.publish(draft("bounded", key="k0"))  # event 1 left the history long ago: published again
+    assert (old.seq, old.duplicate) == (41, False)
+
+
 async def test_idempotency_holds_across_instances(backend: Backend) -> None:
     """A retry that lands on another instance is still recognised as a duplicate."""
     a, _ = await backend.make()

@@ -177,3 +177,37 @@ async def test_plain_and_compressed_sockets_of_one_execution_get_the_same_frames
         await publish_demo_like(server, "m1")
         frames = [await recv_until_closed(ws) for ws in (plain, deflated)]
     assert frames[0] == frames[1] and [f["seq"] for f in frames[0]] == list(range(1, 12))
+
+
+def test_the_shared_compression_cache_is_bounded_by_bytes() -> None:
+    """Distinct large messages never grow the shared cache past its byte bound; too large ones are not cached."""
+    import os
+    import zlib
+
+    from service.web import wsproto
+
+    cache = wsproto._Compressed()
+    window = b""
+    for _ in range(60):  # 60 distinct 200 KB messages: 12 MB of text
+        data = os.urandom(8).hex().encode() * 12_500
+        payload, window = cache.get(window, data, 15)
+        assert cache.size <= cache.max_bytes and not cache.entries  # over max_entry: compressed, not kept
+    for i in range(2000):  # many distinct 40 KB messages: cached, and the cache stays within its bytes
+        data = b"%d" % i * 10_000
+        payload, _ = cache.get(b"", data, 15)
+        assert cache.size <= cache.max_bytes
+    inflate = zlib.decompressobj(-15)
+    assert inflate.decompress(payload + b"\x00\x00\xff\xff") == data
+
+
+async def test_a_compressing_subscriber_gets_large_events_intact(start_server: StartServer) -> None:
+    """Events over the cache's entry size reach a compressing subscriber byte for byte (compressed per socket)."""
+    server = await start_server()
+    texts = [f"{i}:" + "大事件" * 40_000 for i in range(3)]  # ~360 KB each
+    async with connect(server.ws_url("big", make_token("big")), compression="deflate", max_size=None) as ws:
+        assert (await recv_json(ws))["type"] == "connected"
+        for text in texts:
+            assert (await server.publish("big", "result", {"text": text})).status_code == 202
+        await server.publish("big", "complete", {})
+        frames = await recv_until_closed(ws)
+    assert [f["data"]["text"] for f in frames if f.get("event") == "result"] == texts

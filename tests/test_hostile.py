@@ -98,3 +98,21 @@ async def test_clients_leaving_mid_request_are_not_server_errors(service: Servic
     """Clients that leave mid-body or mid-poll are logged 499, never 5xx (checked by the health properties)."""
     outcome = await attack(service, "clients leaving mid-request x100")
     assert outcome.answers == {"left": 100}
+
+
+async def test_long_polls_on_one_token_are_limited(service: ServiceProcess) -> None:
+    """280 long polls on one token: the per-user limit (20) wait, every other one gets 429."""
+    outcome = await attack(service, "280 long polls on one token")
+    assert outcome.answers == {"held open": 20, "429": 260}, outcome.answers
+
+
+async def test_large_events_do_not_fill_the_compression_cache(service: ServiceProcess) -> None:
+    """Distinct ~900 KB events reach a compressing subscriber intact, with memory bounded."""
+    outcome = await attack(service, "distinct 900 KB events to a compressing subscriber x30")
+    assert outcome.answers == {"202": 30, "intact": 30}
+
+
+async def test_idempotency_keys_stay_bounded(service: ServiceProcess) -> None:
+    """10,000 keys on one execution: all accepted, all but twice the history size forgotten."""
+    outcome = await attack(service, "10,000 idempotency keys on one execution")
+    assert outcome.answers == {"202": 10, "keys forgotten >= 8000: True": 1}

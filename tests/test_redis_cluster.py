@@ -181,9 +181,12 @@ async def test_revocation_by_sub_reaches_sockets_on_another_instance(
     assert await close_code(await a.connect(ids[0], token=tokens[ids[0]])) == 4500
 
 
-def test_plain_url_to_a_cluster_node_refuses_to_start(redis_cluster: ClusterSetup) -> None:
-    """``redis://`` to one cluster node: the service exits with one sentence naming the variable and the scheme."""
-    proc = ServiceProcess(RELAY_BROKER_URL=f"redis://127.0.0.1:{redis_cluster.nodes[0].port}/0").spawn()
+@pytest.mark.parametrize("database", [0, 3])
+def test_plain_url_to_a_cluster_node_refuses_to_start(redis_cluster: ClusterSetup, database: int) -> None:
+    """``redis://`` to one cluster node (any database): the service exits with one sentence naming the variable
+    and the scheme, never "unreachable".
+    """
+    proc = ServiceProcess(RELAY_BROKER_URL=f"redis://127.0.0.1:{redis_cluster.nodes[0].port}/{database}").spawn()
     try:
         assert proc.proc is not None
         code = proc.proc.wait(30)

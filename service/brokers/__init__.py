@@ -75,7 +75,8 @@ def check_broker_url(url: str, timeout: float = 2.0) -> str | None:
 
     target = parse_redis_url(url)
     host, port = target.hosts[0]
-    kwargs = {k: v for k, v in target.connection_kwargs().items() if k != "ssl"}
+    # Database 0 for the probe: SELECT fails on a cluster node, which is what we look for.
+    kwargs = {k: v for k, v in target.connection_kwargs().items() if k not in ("ssl", "db")}
     client = redis.Redis(
         host=host, port=port, ssl=target.tls, socket_connect_timeout=timeout, socket_timeout=timeout, **kwargs
     )

@@ -43,6 +43,7 @@ class MemoryBroker(Broker):
         self._sweep_interval = sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
         self.published = 0
+        self.idempotency_keys_forgotten = 0
         self._revoked: dict[tuple[str, str], tuple[float, float]] = {}  # (kind, value) -> (at, until)
 
     async def start(self) -> None:
@@ -83,10 +84,19 @@ class MemoryBroker(Broker):
         log.touched = time.monotonic()
         if draft.idempotency_key is not None:
             log.keys[draft.idempotency_key] = event.seq
+            if len(log.keys) > 2 * self.history_size:
+                self._forget_keys(log)
         self.published += 1
         if self._listener is not None:
             self._listener(eid, event)
         return PublishResult(eid, event.seq, False, event, log.epoch)
+
+    def _forget_keys(self, log: _Log) -> None:
+        """Drop the idempotency keys of events no longer retained (as the Redis broker's script does)."""
+        oldest = log.latest_seq - self.history_size
+        kept = {key: seq for key, seq in log.keys.items() if seq > oldest}
+        self.idempotency_keys_forgotten += len(log.keys) - len(kept)
+        log.keys = kept
 
     async def history(
         self, execution_id: str, after: int = 0, limit: int | None = None, *, create: bool = True
@@ -147,4 +157,8 @@ class MemoryBroker(Broker):
 
     def stats(self) -> dict[str, int]:
         """Executions held and events accepted."""
-        return {"executions_retained": len(self._logs), "events_accepted": self.published}
+        return {
+            "executions_retained": len(self._logs),
+            "events_accepted": self.published,
+            "idempotency_keys_forgotten": self.idempotency_keys_forgotten,
+        }

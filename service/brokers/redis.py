@@ -78,7 +78,9 @@ log = logging.getLogger("relay.broker.redis")
 # KEYS: stream, meta, idem.
 # ARGV: head, tail, event, terminal ("0"/"1"), idempotency key ("" for none),
 #       history size, ttl seconds, now (unix ms), channel, epoch for a new stream.
-# Returns {1, seq, epoch} accepted, {0, seq, epoch} duplicate, {-1, 0, epoch} execution finished.
+# Returns {1, seq, epoch, forgotten} accepted, {0, seq, epoch} duplicate, {-1, 0, epoch} execution finished.
+# Idempotency keys are kept while their event is retained: once the hash holds twice the history
+# size, the keys of events older than the history are dropped (``forgotten``), so it stays bounded.
 PUBLISH_LUA = """
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -101,12 +103,23 @@ redis.call('HSET', KEYS[2], 'terminal', ARGV[4], 'updated', ARGV[8])
 local ttl = ARGV[7]
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
+local forgotten = 0
 if key ~= '' then
   redis.call('HSET', KEYS[3], key, seq)
   redis.call('EXPIRE', KEYS[3], ttl)
+  local size = tonumber(ARGV[6])
+  if redis.call('HLEN', KEYS[3]) > 2 * size then
+    local all = redis.call('HGETALL', KEYS[3])
+    for i = 1, #all, 2 do
+      if tonumber(all[i + 1]) <= seq - size then
+        redis.call('HDEL', KEYS[3], all[i])
+        forgotten = forgotten + 1
+      end
+    end
+  end
 end
 redis.call('PUBLISH', ARGV[9], epoch .. '|' .. seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
-return {1, seq, epoch}
+return {1, seq, epoch, forgotten}
 """
 
 # KEYS: stream, meta, idem. ARGV: first stream id wanted ("<after+1>-0"), limit (0: no limit),
@@ -266,6 +279,7 @@ class RedisBroker(Broker):
         self._reader: asyncio.Task[None] | None = None
         self._last_seen = 0.0
         self.published = 0
+        self.idempotency_keys_forgotten = 0  # dropped by the publish script once their event left history
         self.reconnect_attempts = 0
         self.dropped_messages = 0
         self.resyncs = 0
@@ -357,6 +371,8 @@ class RedisBroker(Broker):
         if status == 0:
             return PublishResult(draft.execution_id, seq, True, None, epoch)
         self.published += 1
+        if len(reply) > 3:
+            self.idempotency_keys_forgotten += int(reply[3])
         return PublishResult(draft.execution_id, seq, False, draft.with_seq(seq, epoch), epoch)
 
     async def publish(self, draft: EventDraft) -> PublishResult:
@@ -805,6 +821,7 @@ class RedisBroker(Broker):
             "redis_pubsub_reconnect_attempts": self.reconnect_attempts,
             "redis_messages_dropped": self.dropped_messages,
             "redis_resyncs": self.resyncs,
+            "idempotency_keys_forgotten": self.idempotency_keys_forgotten,
         }
 
 

@@ -19,6 +19,7 @@ from sanic.worker.manager import WorkerManager
 
 from .. import metrics
 from ..config import Settings, load_settings
+from ..gcpolicy import policy as gc_policy
 from ..logs import setup_logging
 from .app import SERVER_PROTOCOL, create_app
 
@@ -53,7 +54,9 @@ def run(settings: Settings) -> None:
 def _worker_app(name: str) -> Any:
     settings = load_settings()
     setup_logging(settings.log_level)  # a spawned worker starts with Python's default logging
-    return create_app(settings, name=name)
+    app = create_app(settings, name=name)
+    gc_policy.install()  # a served process: full collections skip long-lived connection objects
+    return app
 
 
 def _defer_manager_shutdown() -> None:

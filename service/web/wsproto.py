@@ -85,6 +85,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter, Subprotocol
 
 from .. import metrics
+from ..gcpolicy import policy as gc_policy
 from ..limits import FrameGuard, PeerLimit
 from .hardening import LINGER, RelayHttp
 
@@ -130,13 +131,19 @@ class _Compressed:
 
     Sockets of one execution receive the same frames in the same order, so they
     ask for the same entries: the first one compresses, the others look it up.
-    Bounded: cleared when full (a miss only costs one compression).
+    Bounded by entries and by bytes: cleared when either is full (a miss only
+    costs one compression); a message larger than ``max_entry`` is never cached
+    (each socket compresses it), so no stream of large distinct events can grow
+    the cache (``relay_compression_cache_bytes``, ``relay_compression_uncached_total``).
     """
 
     limit = 4096
+    max_bytes = 8 << 20
+    max_entry = 64 << 10
 
     def __init__(self) -> None:
         self.entries: dict[tuple[bytes, bytes, int], tuple[bytes, bytes]] = {}
+        self.size = 0  # bytes held: keys' dictionaries and messages, payloads and next dictionaries
 
     def get(self, dictionary: bytes, data: bytes, wbits: int) -> tuple[bytes, bytes]:
         """The compressed payload of ``data`` and the shared copy of ``data`` (the next dictionary)."""
@@ -144,18 +151,30 @@ class _Compressed:
         hit = self.entries.get(key)
         if hit is not None:
             return hit
+        if len(data) > self.max_entry:
+            metrics.compression_cache(self.size, uncached=True)
+            return self._compress(dictionary, data, wbits)
+        entry = self._compress(dictionary, data, wbits)
+        cost = len(dictionary) + len(data) + len(entry[0]) + len(entry[1])
+        if len(self.entries) >= self.limit or self.size + cost > self.max_bytes:
+            self.entries.clear()
+            self.size = 0
+        self.entries[key] = entry
+        self.size += cost
+        metrics.compression_cache(self.size)
+        return entry
+
+    @staticmethod
+    def _compress(dictionary: bytes, data: bytes, wbits: int) -> tuple[bytes, bytes]:
         if dictionary:
             compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, -wbits, COMPRESS_MEM_LEVEL, zdict=dictionary)
         else:
             compressor = zlib.compressobj(COMPRESS_LEVEL, zlib.DEFLATED, -wbits, COMPRESS_MEM_LEVEL)
         payload = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if len(self.entries) >= self.limit:
-            self.entries.clear()
         # The client's window now ends with ``data``; keep (at most) its last DICTIONARY_SIZE bytes.
         limit = min(1 << wbits, DICTIONARY_SIZE)
         following = data[-limit:] if len(data) >= limit else (dictionary + data)[-limit:]
-        entry = self.entries[key] = (payload[: -len(_SYNC_TAIL)], following)
-        return entry
+        return payload[: -len(_SYNC_TAIL)], following
 
 
 _cache = _Compressed()
@@ -406,6 +425,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
 
     def connection_made(self, transport: Any) -> None:
         """Accept the connection, or answer 429 and close when its address has too many open."""
+        gc_policy.connection_opened()
         super().connection_made(transport)  # type: ignore[no-untyped-call]
         self.head_started = time.monotonic()  # the first head is timed from the accept
         peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
@@ -421,12 +441,20 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the connection in the per-address count, then let Sanic clean up."""
+        """Forget the connection in the per-address count, then let Sanic clean up; no more timeout checks.
+
+        Sanic's ``close()`` cancels its timeout timer, a lost connection kept it: the
+        timer held the closed connection's objects for up to half the handshake
+        timeout, past the compaction that should reclaim them (service/gcpolicy.py).
+        """
         address, self.peer_address = self.peer_address, None
         peers: PeerLimit | None = getattr(self.app.ctx, "peers", None)
         if address is not None and peers is not None:
             peers.release(address)
         super().connection_lost(exc)  # type: ignore[no-untyped-call]
+        if self._callback_check_timeouts:
+            self._callback_check_timeouts.cancel()
+        gc_policy.connection_closed()
 
     def check_timeouts(self) -> None:
         """Sanic's timeouts, with a request head timed from a fixed start instead of its last byte."""

@@ -940,6 +940,190 @@ class SessionTimers {
   }
 }
 
+// ---- src/session.mjs
+// What one watched execution holds besides its cursor: the subscriber token
+// (asked once, again only when refused, one request at a time) and the HTTP
+// requests in flight (all aborted at once on pause or disconnect).
+
+/** An error for a request that was aborted on purpose (not a failure). */
+function abortedError() {
+  const e = new Error('aborted');
+  /** @type {any} */ (e).aborted = true;
+  return e;
+}
+
+/** The subscriber token of one session. */
+class TokenSource {
+  /**
+   * @param {(ctx: {executionId: string, reason: string}) => any} getToken the page's getToken
+   * @param {string} executionId
+   */
+  constructor(getToken, executionId) {
+    this.getToken = getToken;
+    this.executionId = executionId;
+    /** @type {string | null} */
+    this.token = null;
+    /** @type {Promise<string> | null} */
+    this.pending = null;
+  }
+
+  /**
+   * The token: the one held, or a fresh one when `force` (after a refusal).
+   * Concurrent callers share one getToken call.
+   * @param {boolean} force
+   * @returns {Promise<string>}
+   */
+  get(force) {
+    if (!force && this.token) return Promise.resolve(this.token);
+    if (this.pending) return this.pending;
+    const self = this;
+    const p = Promise.resolve()
+      .then(function () { return self.getToken({ executionId: self.executionId, reason: force ? 'refresh' : 'initial' }); })
+      .then(function (tok) {
+        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
+        self.token = tok;
+        return tok;
+      });
+    this.pending = p;
+    const clear = function () { if (self.pending === p) self.pending = null; };
+    p.then(clear, clear);
+    return p;
+  }
+
+  /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
+  refresh() {
+    const old = this.token;
+    return this.get(true).then(function (tok) { return tok !== old; });
+  }
+}
+
+/** The HTTP requests of one session, each with the session's token. */
+class SessionRequests {
+  /**
+   * @param {import('./types').Transport} transport
+   * @param {string} baseUrl
+   * @param {TokenSource} tokens
+   */
+  constructor(transport, baseUrl, tokens) {
+    this.transport = transport;
+    this.baseUrl = baseUrl;
+    this.tokens = tokens;
+    /** @type {any[]} */
+    this.inFlight = [];
+  }
+
+  /**
+   * GET `path` with `query`; the promise rejects with `err.aborted` when
+   * aborted, and with an error when there is no HTTP transport here.
+   * @param {string} path
+   * @param {Record<string, any> | null} query
+   * @param {number} timeout ms
+   */
+  get(path, query, timeout) {
+    const self = this;
+    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
+    this.inFlight.push(handle);
+    const done = function () {
+      const i = self.inFlight.indexOf(handle);
+      if (i >= 0) self.inFlight.splice(i, 1);
+    };
+    const promise = this.tokens.get(false).then(function (token) {
+      if (handle.aborted) throw abortedError();
+      if (!self.transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
+      handle.inner = self.transport.request({ url: self.baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
+      return handle.inner.promise;
+    });
+    promise.then(done, done);
+    return { promise: promise, abort: handle.abort };
+  }
+
+  /** Aborts every request in flight. */
+  abortAll() {
+    const pending = this.inFlight.slice();
+    this.inFlight = [];
+    for (let i = 0; i < pending.length; i++) {
+      try { pending[i].abort(); } catch (e) { /* ignore */ }
+    }
+  }
+}
+
+// ---- src/presence.mjs
+// Whether the watching page can be reached: the app in the foreground (with a
+// grace period after it goes to the background, since share sheets and image
+// pickers hide the app too and WeChat cuts connections only ~5 s after
+// hiding) and the device online. Pure: it answers what to do, the client
+// keeps the timer.
+
+/** The app's visibility and the network, for one session. */
+class Presence {
+  constructor() {
+    /** the app is in the background (after the grace) */
+    this.hidden = false;
+    /** the device has no network */
+    this.offline = false;
+    /** hidden, but the grace has not run out yet */
+    this.hiding = false;
+  }
+
+  /** Whether the connection must stay closed now. */
+  paused() {
+    return this.hidden || this.offline;
+  }
+
+  /**
+   * The app went to the background.
+   * @param {number} graceMs HIDE_GRACE
+   * @returns {'grace' | 'pause' | null} wait graceMs then call graceOver(), pause now, or nothing new
+   */
+  hide(graceMs) {
+    if (this.hidden || this.hiding) return null;
+    if (graceMs > 0) {
+      this.hiding = true;
+      return 'grace';
+    }
+    this.hidden = true;
+    return 'pause';
+  }
+
+  /** @returns {'pause' | null} the grace ran out while still hidden */
+  graceOver() {
+    if (!this.hiding) return null;
+    this.hiding = false;
+    this.hidden = true;
+    return 'pause';
+  }
+
+  /**
+   * The app came back.
+   * @returns {'stay' | 'resume' | null} stay: back within the grace (nothing was closed)
+   */
+  show() {
+    if (this.hiding) {
+      this.hiding = false;
+      return 'stay';
+    }
+    if (!this.hidden) return null;
+    this.hidden = false;
+    return this.offline ? null : 'resume';
+  }
+
+  /** @returns {'pause'} the network is gone: pause at once (a pending grace ends as hidden) */
+  goOffline() {
+    if (this.hiding) {
+      this.hiding = false;
+      this.hidden = true;
+    }
+    this.offline = true;
+    return 'pause';
+  }
+
+  /** @returns {'resume' | null} the network is back (resume unless hidden) */
+  goOnline() {
+    this.offline = false;
+    return this.hidden ? null : 'resume';
+  }
+}
+
 // ---- src/client.mjs
 // progress-relay client: one execution's events, exactly once and in order,
 // over a WebSocket that resumes after every drop, or over polling when the
@@ -1015,13 +1199,6 @@ function mergeOptions(options) {
   return opts;
 }
 
-/** An error for a request that was aborted on purpose (not a failure). */
-function abortedError() {
-  const e = new Error('aborted');
-  /** @type {any} */ (e).aborted = true;
-  return e;
-}
-
 class ProgressRelayClient {
   /**
    * @param {any} options
@@ -1039,25 +1216,26 @@ class ProgressRelayClient {
     const self = this;
     this._timers = new SessionTimers(function () { return self._sid; });
     this._policy = new ReconnectPolicy(opts, this._random);
-    /** @type {any[]} */
-    this._http = [];
     /** @type {import('../index').State} */
     this._state = 'idle';
     this._preferPolling = !opts.ENABLE_WEBSOCKET || !this._transport.openSocket;
     /** @type {import('../index').Mode} */
     this._mode = this._preferPolling ? 'polling' : 'websocket';
-    this._resetSession(undefined);
+    this._resetSession(undefined, '');
   }
 
-  /** @param {any} resume */
-  _resetSession(resume) {
+  /**
+   * @param {any} resume
+   * @param {string} executionId
+   */
+  _resetSession(resume, executionId) {
     this._active = false;
-    this._executionId = '';
+    this._executionId = executionId;
     /** @type {any} */
     this._handlers = {};
     this._delivery = new Delivery(resume);
-    this._token = null;
-    this._tokenPromise = null;
+    this._tokens = new TokenSource(this.options.getToken, this._executionId);
+    this._requests = new SessionRequests(this._transport, this._baseUrl, this._tokens);
     this._policy.reset();
     this._pollErrors = 0;
     this._fallback = false;
@@ -1070,8 +1248,7 @@ class ProgressRelayClient {
     this._pollGen = 0;
     this._checkGen = 0;
     this._pollAnnounced = false;
-    this._hidden = false;
-    this._offline = false;
+    this._presence = new Presence();
     /** @type {null | (() => void)} */
     this._unsubscribe = null;
   }
@@ -1091,10 +1268,9 @@ class ProgressRelayClient {
       throw new TypeError('connect: executionId is required');
     }
     if (this._active || this._state !== 'idle') this._teardown();
-    this._resetSession(resume);
+    this._resetSession(resume, String(executionId));
     this._sid++;
     this._active = true;
-    this._executionId = String(executionId);
     this._handlers = handlers || {};
     const problem = transportProblem(this._transport);
     if (problem) {
@@ -1191,7 +1367,7 @@ class ProgressRelayClient {
 
   _clearTimer(name) { this._timers.clear(name); }
 
-  _paused() { return this._hidden || this._offline; }
+  _paused() { return this._presence.paused(); }
 
   /** Whether session `sid` is still the active one. */
   _current(sid) { return sid === this._sid && this._active; }
@@ -1211,11 +1387,7 @@ class ProgressRelayClient {
     this._closeSocket(1000, 'client closing');
     this._stopPolling();
     this._checkGen++;
-    const pending = this._http.slice();
-    this._http = [];
-    for (let i = 0; i < pending.length; i++) {
-      try { pending[i].abort(); } catch (e) { /* ignore */ }
-    }
+    this._requests.abortAll();
     this._timers.clearAll();
   }
 
@@ -1238,52 +1410,14 @@ class ProgressRelayClient {
     this._setState('done', { event: evt ? evt.event : null });
   }
 
-  // token -----------------------------------------------------------------------
+  // token and HTTP --------------------------------------------------------------
 
-  _getToken(force) {
-    if (!force && this._token) return Promise.resolve(this._token);
-    if (this._tokenPromise) return this._tokenPromise;
-    const self = this;
-    const sid = this._sid;
-    const executionId = this._executionId;
-    const p = Promise.resolve()
-      .then(function () { return self.options.getToken({ executionId: executionId, reason: force ? 'refresh' : 'initial' }); })
-      .then(function (tok) {
-        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
-        if (sid === self._sid) self._token = tok;
-        return tok;
-      });
-    this._tokenPromise = p;
-    const clear = function () { if (self._tokenPromise === p) self._tokenPromise = null; };
-    p.then(clear, clear);
-    return p;
-  }
+  _getToken(force) { return this._tokens.get(force); }
 
   /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
-  _refreshToken() {
-    const old = this._token;
-    return this._getToken(true).then(function (tok) { return tok !== old; });
-  }
+  _refreshToken() { return this._tokens.refresh(); }
 
-  // HTTP ------------------------------------------------------------------------
-
-  _httpGet(path, query, timeout) {
-    const self = this;
-    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
-    this._http.push(handle);
-    const done = function () {
-      const i = self._http.indexOf(handle);
-      if (i >= 0) self._http.splice(i, 1);
-    };
-    const promise = this._getToken(false).then(function (token) {
-      if (handle.aborted) throw abortedError();
-      if (!self._transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
-      handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
-      return handle.inner.promise;
-    });
-    promise.then(done, done);
-    return { promise: promise, abort: handle.abort };
-  }
+  _httpGet(path, query, timeout) { return this._requests.get(path, query, timeout); }
 
   /**
    * GET of the state endpoint; `then(res)` runs only while this check is
@@ -1784,41 +1918,30 @@ class ProgressRelayClient {
   }
 
   _onHide() {
-    if (this._hidden || this._timers.has('hide-grace')) return;
     const grace = this.options.HIDE_GRACE;
-    if (grace > 0) {
-      this._setTimer('hide-grace', this._hideNow, grace);
-      return;
-    }
-    this._hideNow();
+    const action = this._presence.hide(grace);
+    if (action === 'grace') this._setTimer('hide-grace', this._graceOver, grace);
+    else if (action === 'pause') this._pause('hidden');
   }
 
-  _hideNow() {
-    this._hidden = true;
-    this._pause('hidden');
+  _graceOver() {
+    if (this._presence.graceOver()) this._pause('hidden');
   }
 
   _onShow() {
-    if (this._timers.has('hide-grace')) {
-      // back before the grace ran out: the connection was never closed
-      this._clearTimer('hide-grace');
-      return;
-    }
-    if (!this._hidden) return;
-    this._hidden = false;
-    this._resume('shown');
+    const action = this._presence.show();
+    // back within the grace: the connection was never closed
+    if (action === 'stay') this._clearTimer('hide-grace');
+    else if (action === 'resume') this._resume('shown');
   }
 
   _onOffline() {
-    // hidden already, only waiting for the grace to run out
-    if (this._timers.has('hide-grace')) this._hidden = true;
-    this._offline = true;
+    this._presence.goOffline();
     this._pause('offline');
   }
 
   _onOnline() {
-    this._offline = false;
-    this._resume('online');
+    if (this._presence.goOnline()) this._resume('online');
   }
 }
 

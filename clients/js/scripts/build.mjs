@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const ORDER = [
   'src/util.mjs', 'src/transports/browser.mjs', 'src/transports/wx.mjs', 'src/transport-select.mjs',
-  'src/reconnect.mjs', 'src/delivery.mjs', 'src/timers.mjs', 'src/client.mjs'
+  'src/reconnect.mjs', 'src/delivery.mjs', 'src/timers.mjs', 'src/session.mjs', 'src/presence.mjs', 'src/client.mjs'
 ];
 const ENTRY = 'src/index.mjs';
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));

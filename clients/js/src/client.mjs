@@ -5,10 +5,12 @@
 // (reconnect.mjs) and delivery (delivery.mjs: cursor, epochs, resets).
 // See docs/client.md.
 import { parseRetryAfter, buildQuery, stripTrailingSlash, toWebSocketBase, safeJsonParse } from './util.mjs';
+import { TokenSource, SessionRequests } from './session.mjs';
 import { getGlobal, resolveTransport, transportProblem } from './transport-select.mjs';
 import { ReconnectPolicy, closeVerdict, isRefusalClose, refusalMessage } from './reconnect.mjs';
 import { Delivery, isTerminalEvent } from './delivery.mjs';
 import { SessionTimers } from './timers.mjs';
+import { Presence } from './presence.mjs';
 
 /** Defaults from the product specification; every one can be overridden. */
 export const DEFAULT_OPTIONS = Object.freeze({
@@ -77,13 +79,6 @@ function mergeOptions(options) {
   return opts;
 }
 
-/** An error for a request that was aborted on purpose (not a failure). */
-function abortedError() {
-  const e = new Error('aborted');
-  /** @type {any} */ (e).aborted = true;
-  return e;
-}
-
 class ProgressRelayClient {
   /**
    * @param {any} options
@@ -101,25 +96,26 @@ class ProgressRelayClient {
     const self = this;
     this._timers = new SessionTimers(function () { return self._sid; });
     this._policy = new ReconnectPolicy(opts, this._random);
-    /** @type {any[]} */
-    this._http = [];
     /** @type {import('../index').State} */
     this._state = 'idle';
     this._preferPolling = !opts.ENABLE_WEBSOCKET || !this._transport.openSocket;
     /** @type {import('../index').Mode} */
     this._mode = this._preferPolling ? 'polling' : 'websocket';
-    this._resetSession(undefined);
+    this._resetSession(undefined, '');
   }
 
-  /** @param {any} resume */
-  _resetSession(resume) {
+  /**
+   * @param {any} resume
+   * @param {string} executionId
+   */
+  _resetSession(resume, executionId) {
     this._active = false;
-    this._executionId = '';
+    this._executionId = executionId;
     /** @type {any} */
     this._handlers = {};
     this._delivery = new Delivery(resume);
-    this._token = null;
-    this._tokenPromise = null;
+    this._tokens = new TokenSource(this.options.getToken, this._executionId);
+    this._requests = new SessionRequests(this._transport, this._baseUrl, this._tokens);
     this._policy.reset();
     this._pollErrors = 0;
     this._fallback = false;
@@ -132,8 +128,7 @@ class ProgressRelayClient {
     this._pollGen = 0;
     this._checkGen = 0;
     this._pollAnnounced = false;
-    this._hidden = false;
-    this._offline = false;
+    this._presence = new Presence();
     /** @type {null | (() => void)} */
     this._unsubscribe = null;
   }
@@ -153,10 +148,9 @@ class ProgressRelayClient {
       throw new TypeError('connect: executionId is required');
     }
     if (this._active || this._state !== 'idle') this._teardown();
-    this._resetSession(resume);
+    this._resetSession(resume, String(executionId));
     this._sid++;
     this._active = true;
-    this._executionId = String(executionId);
     this._handlers = handlers || {};
     const problem = transportProblem(this._transport);
     if (problem) {
@@ -253,7 +247,7 @@ class ProgressRelayClient {
 
   _clearTimer(name) { this._timers.clear(name); }
 
-  _paused() { return this._hidden || this._offline; }
+  _paused() { return this._presence.paused(); }
 
   /** Whether session `sid` is still the active one. */
   _current(sid) { return sid === this._sid && this._active; }
@@ -273,11 +267,7 @@ class ProgressRelayClient {
     this._closeSocket(1000, 'client closing');
     this._stopPolling();
     this._checkGen++;
-    const pending = this._http.slice();
-    this._http = [];
-    for (let i = 0; i < pending.length; i++) {
-      try { pending[i].abort(); } catch (e) { /* ignore */ }
-    }
+    this._requests.abortAll();
     this._timers.clearAll();
   }
 
@@ -300,52 +290,14 @@ class ProgressRelayClient {
     this._setState('done', { event: evt ? evt.event : null });
   }
 
-  // token -----------------------------------------------------------------------
+  // token and HTTP --------------------------------------------------------------
 
-  _getToken(force) {
-    if (!force && this._token) return Promise.resolve(this._token);
-    if (this._tokenPromise) return this._tokenPromise;
-    const self = this;
-    const sid = this._sid;
-    const executionId = this._executionId;
-    const p = Promise.resolve()
-      .then(function () { return self.options.getToken({ executionId: executionId, reason: force ? 'refresh' : 'initial' }); })
-      .then(function (tok) {
-        if (typeof tok !== 'string' || !tok) throw new Error('getToken returned no token');
-        if (sid === self._sid) self._token = tok;
-        return tok;
-      });
-    this._tokenPromise = p;
-    const clear = function () { if (self._tokenPromise === p) self._tokenPromise = null; };
-    p.then(clear, clear);
-    return p;
-  }
+  _getToken(force) { return this._tokens.get(force); }
 
   /** @returns {Promise<boolean>} whether the fresh token differs from the old one */
-  _refreshToken() {
-    const old = this._token;
-    return this._getToken(true).then(function (tok) { return tok !== old; });
-  }
+  _refreshToken() { return this._tokens.refresh(); }
 
-  // HTTP ------------------------------------------------------------------------
-
-  _httpGet(path, query, timeout) {
-    const self = this;
-    const handle = { abort: function () { handle.aborted = true; if (handle.inner) handle.inner.abort(); }, aborted: false, inner: null };
-    this._http.push(handle);
-    const done = function () {
-      const i = self._http.indexOf(handle);
-      if (i >= 0) self._http.splice(i, 1);
-    };
-    const promise = this._getToken(false).then(function (token) {
-      if (handle.aborted) throw abortedError();
-      if (!self._transport.request) throw new Error('no HTTP transport here (wx.request or fetch)');
-      handle.inner = self._transport.request({ url: self._baseUrl + path + buildQuery(query || {}), token: token, timeout: timeout });
-      return handle.inner.promise;
-    });
-    promise.then(done, done);
-    return { promise: promise, abort: handle.abort };
-  }
+  _httpGet(path, query, timeout) { return this._requests.get(path, query, timeout); }
 
   /**
    * GET of the state endpoint; `then(res)` runs only while this check is
@@ -846,41 +798,30 @@ class ProgressRelayClient {
   }
 
   _onHide() {
-    if (this._hidden || this._timers.has('hide-grace')) return;
     const grace = this.options.HIDE_GRACE;
-    if (grace > 0) {
-      this._setTimer('hide-grace', this._hideNow, grace);
-      return;
-    }
-    this._hideNow();
+    const action = this._presence.hide(grace);
+    if (action === 'grace') this._setTimer('hide-grace', this._graceOver, grace);
+    else if (action === 'pause') this._pause('hidden');
   }
 
-  _hideNow() {
-    this._hidden = true;
-    this._pause('hidden');
+  _graceOver() {
+    if (this._presence.graceOver()) this._pause('hidden');
   }
 
   _onShow() {
-    if (this._timers.has('hide-grace')) {
-      // back before the grace ran out: the connection was never closed
-      this._clearTimer('hide-grace');
-      return;
-    }
-    if (!this._hidden) return;
-    this._hidden = false;
-    this._resume('shown');
+    const action = this._presence.show();
+    // back within the grace: the connection was never closed
+    if (action === 'stay') this._clearTimer('hide-grace');
+    else if (action === 'resume') this._resume('shown');
   }
 
   _onOffline() {
-    // hidden already, only waiting for the grace to run out
-    if (this._timers.has('hide-grace')) this._hidden = true;
-    this._offline = true;
+    this._presence.goOffline();
     this._pause('offline');
   }
 
   _onOnline() {
-    this._offline = false;
-    this._resume('online');
+    if (this._presence.goOnline()) this._resume('online');
   }
 }
 

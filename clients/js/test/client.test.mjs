@@ -721,18 +721,23 @@ test('a 1000 "interrupted" close mid-run (WeChat, app in background) is not the 
   client.disconnect();
 });
 
-test('a bare 1000 right after connected with nothing newer is not the end either (only the relay\'s reason is)', async () => {
+for (const reason of ['', 'interrupted']) {
+  test(`1000 "${reason}" right after connected with nothing newer is not the end either (only the relay's reason is)`, async () => {
   const ctx = setup();
   ctx.client.connect('exec-1', ctx.handlers, { lastSeq: 9 });
   await flush();
   ctx.transport.last().connected({ latest_seq: 9, resumed: true });
-  ctx.transport.last().serverClose(1000, '');
+  ctx.transport.last().serverClose(1000, reason);
   await flush();
   ctx.transport.lastRequest().fail();
   await flush();
   assert.equal(ctx.client.getState(), 'reconnecting');
+  await tick(3000);
+  assert.equal(ctx.transport.sockets.length, 2, 'reconnected');
+  assert.match(ctx.transport.last().url, /last_seq=9$/);
   ctx.client.disconnect();
-});
+  });
+}
 
 test('a 1000 without the relay\'s reason ends the session when the state endpoint says terminal', async () => {
   const { client, transport } = await connected();

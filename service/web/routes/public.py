@@ -40,15 +40,16 @@ from sanic.response import BaseHTTPResponse, HTTPResponse, file, redirect
 from auth import Claims, TokenExpired, TokenForbidden, TokenInvalid
 
 from ... import closecodes, metrics
+from ...brokers import HistoryPage
 from ...closecodes import Disconnect
 from ...config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
 from ...cursor import Cursor, parse_cursor, parse_last_event_id
-from ...delivery import connected_message
+from ...delivery import Resume, connected_message
 from ...demo import simulate
 from ...errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
 from ...events import decode_frame, dumps
 from ...limits import ConnectionLimits
-from ...relay import Relay
+from ...relay import Relay, TokenRevokedWhileWaiting
 from ...state import StateCache
 from ...subscription import Subscription
 from ..http import bearer_or_query_token, error_response, json_body, json_response, query_int, raw_json_response
@@ -177,6 +178,26 @@ def _query_seconds(request: Request, name: str, high: float) -> float:
 # -- polling ----------------------------------------------------------------------
 
 
+async def _long_poll(
+    request: Request, relay: Relay, execution_id: str, cursor: Cursor, wait: float, limit: int, claims: Claims
+) -> tuple[HistoryPage, Resume]:
+    """A waiting poll: counted like a socket (429 past the limits), over by the token's expiry.
+
+    A revocation of its token wakes it, here or on any instance, and it answers 401 ``revoked``.
+    """
+    limits: ConnectionLimits = request.app.ctx.limits
+    exceeded = limits.acquire(execution_id, claims.sub)
+    if exceeded is not None:
+        metrics.limit_exceeded(exceeded)
+        raise RateLimited(f"connection limit ({exceeded}); retry later")
+    try:
+        return await relay.wait_for_events(execution_id, cursor, wait, limit, claims)
+    except TokenRevokedWhileWaiting:
+        raise Unauthorized("token revoked", reason="revoked") from None
+    finally:
+        limits.release(execution_id, claims.sub)
+
+
 @bp.get(f"{_EXECUTION}/events")
 @_public
 async def poll_events(request: Request, execution_id: str, claims: Claims, headers: dict[str, str]) -> HTTPResponse:
@@ -188,7 +209,10 @@ async def poll_events(request: Request, execution_id: str, claims: Claims, heade
     metrics.fallback_request("long_poll" if wait > 0 else "poll")
     if getattr(request.app.ctx, "draining", False):
         wait = 0.0  # shutting down: answer with what there is; the next poll goes elsewhere
-    page, verdict = await relay.wait_for_events(execution_id, cursor, wait, limit)
+    if wait > 0:
+        page, verdict = await _long_poll(request, relay, execution_id, cursor, wait, limit, claims)
+    else:
+        page, verdict = await relay.wait_for_events(execution_id, cursor, 0.0, limit)
     next_after = page.events[-1].seq if page.events else verdict.after
     tail: dict[str, Any] = {
         "latest_seq": page.latest_seq,

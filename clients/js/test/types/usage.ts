@@ -23,3 +23,15 @@ client.setMode('sse');
 client.disconnect();
 const attempts: 5 = DEFAULT_OPTIONS.MAX_RECONNECT_ATTEMPTS;
 void attempts;
+
+// issue 16 / 13: epochs, resets, the hide grace, perMessageDeflate
+const mp = createClient({ baseUrl: 'https://relay.example.com', getToken: () => 'jwt', HIDE_GRACE: 0, perMessageDeflate: false });
+mp.connect('exec-002', {
+  onReset: (info) => { const e: string | null = info.epoch; const p: string | null = info.previousEpoch; void e; void p; void info.previousSeq; },
+  onConnected: (info) => { const r: boolean = info.reset; const e: string | null = info.epoch; void r; void e; },
+  onError: (data) => { if ('fatal' in data && data.error_type === 'NO_TRANSPORT') void data.code; }
+}, { lastSeq: 4, epoch: 'abc' });
+const epoch: string | null = mp.getEpoch();
+void epoch;
+const grace: 3000 = DEFAULT_OPTIONS.HIDE_GRACE;
+void grace;

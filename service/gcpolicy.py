@@ -1,0 +1,103 @@
+"""When CPython's cycle collector runs over the relay's connections, and when not.
+
+A full (generation-2) collection scans every tracked object. An open connection
+holds about 130 of them (Sanic's and asyncio's tasks, futures, coroutines,
+locks, contexts; docs/performance.md), and CPython starts a full collection
+whenever long-lived objects have grown by a quarter: while a crowd of clients
+connects, that is several collections of hundreds of thousands of objects,
+each standing the event loop still for 50-300 ms.
+
+The policy (choice), installed in served processes only:
+
+- Whatever survives a full collection moves to the permanent generation
+  (``gc.freeze()``, constant time), which no collection scans. A full
+  collection then scans only what became long-lived since the last one, so its
+  pause follows the rate of change, not the number of open connections.
+- The price: an object frozen and later left in a reference cycle is not
+  reclaimed by a collection. A closed connection leaves ~40 such objects
+  (cycles inside Sanic and websockets). So once as many connections have
+  closed as are open (and at least ``min_closed``), a *compaction* runs from
+  the event loop: ``gc.unfreeze()``, one full collection of everything, and
+  its survivors frozen again. It pauses like CPython's own full collection,
+  but once per turnover of the connections instead of at every quarter of
+  growth, and never while connections only arrive.
+
+Every collection, compactions included, is timed in
+``relay_gc_pause_seconds{generation}`` (service/metrics.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+__all__ = ["CollectionPolicy", "policy"]
+
+#: Seconds from the closing that completes a turnover to the compaction: Sanic and websockets
+#: finish tearing a connection down (its tasks, the closing handshake) after it is lost.
+COMPACTION_DELAY = 1.0
+
+
+class CollectionPolicy:
+    """Freezes the survivors of full collections; compacts after a turnover of connections."""
+
+    def __init__(self, min_closed: int = 1000) -> None:
+        self.min_closed = min_closed
+        self.installed = False
+        self.open = 0
+        self.closed = 0  # since the last compaction
+        self.compactions = 0
+        self._compaction_due = False
+        self._thresholds = gc.get_threshold()
+
+    def install(self) -> None:
+        """Collect and freeze what exists now (startup), then freeze after every full collection."""
+        if self.installed:
+            return
+        self.installed = True
+        self._thresholds = gc.get_threshold()
+        young, middle, _ = self._thresholds
+        # A full collection after every second collection of the middle generation: each then
+        # scans only what the last two promoted, a few thousand objects, not a quarter of the heap.
+        gc.set_threshold(young, middle, 1)
+        gc.collect()
+        gc.freeze()
+        gc.callbacks.append(self._after_collection)
+
+    def uninstall(self) -> None:
+        """Back to CPython's own policy (everything frozen becomes collectable again)."""
+        if not self.installed:
+            return
+        self.installed = False
+        gc.callbacks.remove(self._after_collection)
+        gc.set_threshold(*self._thresholds)
+        gc.unfreeze()
+
+    def connection_opened(self) -> None:
+        """Count a new connection (called for every accepted TCP connection)."""
+        self.open += 1
+
+    def connection_closed(self) -> None:
+        """Count a closed connection; schedule a compaction after a turnover."""
+        self.open -= 1
+        self.closed += 1
+        if self.installed and not self._compaction_due and self.closed >= max(self.open, self.min_closed):
+            self._compaction_due = True
+            asyncio.get_running_loop().call_later(COMPACTION_DELAY, self.compact)
+
+    def compact(self) -> None:
+        """Collect everything, frozen objects included; freeze the survivors again."""
+        self._compaction_due = False
+        self.closed = 0
+        self.compactions += 1
+        gc.unfreeze()
+        gc.collect()  # its callback freezes the survivors
+
+    def _after_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            gc.freeze()
+
+
+#: The process's policy: ``policy.install()`` in a served process (service/cli.py).
+policy = CollectionPolicy()

@@ -1,0 +1,97 @@
+"""The collection policy (service/gcpolicy.py) on a real server with real sockets.
+
+Full collections must not scan open connections' objects (they are what made
+the relay's full collections last 100+ ms after a crowd connected), and what
+closed connections leave in reference cycles must still be reclaimed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from service.gcpolicy import CollectionPolicy
+from service.web import wsproto
+from service.web.wsproto import RelayWebSocketProtocol
+from tests.conftest import recv_json
+
+
+def scanned_protocols() -> int:
+    """How many of the server's connection protocols a collection would scan (not frozen)."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, RelayWebSocketProtocol))
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``condition()`` holds (checked on every loop turn), or fail."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def policy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[CollectionPolicy]:
+    """A fresh policy the server's protocols report to, uninstalled afterwards."""
+    fresh = CollectionPolicy(min_closed=10)
+    monkeypatch.setattr(wsproto, "gc_policy", fresh)
+    yield fresh
+    fresh.uninstall()
+
+
+async def test_full_collections_skip_open_connections(start_server: Callable[..., Any], policy: Any) -> None:
+    """After a full collection, the open sockets' protocol objects are frozen: no collection scans them again."""
+    server = await start_server()
+    policy.install()
+    sockets = [await server.connect(f"gc-open-{i}") for i in range(12)]
+    for ws in sockets:
+        assert (await recv_json(ws))["type"] == "connected"
+    await wait_for(lambda: policy.open >= 12)
+    assert scanned_protocols() >= 12  # young objects: the next collections see them
+
+    gc.collect()
+
+    assert scanned_protocols() == 0  # every live one was moved out of reach of the collector
+    assert gc.get_freeze_count() > 12 * 50  # with the ~130 objects each connection holds
+    for ws in sockets:  # and the sockets still work
+        await ws.ping()
+
+
+async def test_compaction_reclaims_closed_connections(start_server: Callable[..., Any], policy: Any) -> None:
+    """Once as many connections closed as are open (at least min_closed), a compaction frees their cycles."""
+    server = await start_server()
+    policy.install()
+    sockets = [await server.connect(f"gc-closed-{i}") for i in range(policy.min_closed)]
+    for ws in sockets:
+        assert (await recv_json(ws))["type"] == "connected"
+    gc.collect()  # frozen, cycles and all
+    assert scanned_protocols() == 0
+    assert policy.compactions == 0
+
+    for ws in sockets:
+        await ws.close()
+    server.sockets.clear()
+    await wait_for(lambda: policy.compactions == 1)
+
+    assert policy.closed == 0
+    policy.uninstall()  # unfreezes (without collecting): closed ones not reclaimed would be visible again
+    assert scanned_protocols() == 0
+
+
+def test_uninstall_restores_cpython_policy() -> None:
+    """Uninstalling puts the thresholds back and makes frozen objects collectable again."""
+    before = gc.get_threshold()
+    policy = CollectionPolicy()
+    policy.install()
+    try:
+        assert gc.get_threshold()[2] == 1
+        assert policy._after_collection in gc.callbacks
+        policy.install()  # idempotent
+        assert gc.callbacks.count(policy._after_collection) == 1
+    finally:
+        policy.uninstall()
+    assert gc.get_threshold() == before
+    assert policy._after_collection not in gc.callbacks
+    assert gc.get_freeze_count() == 0

@@ -1243,7 +1243,7 @@ def cpu_model() -> str:
 
 
 def relay_available() -> bool:
-    return (ROOT / "service" / "app.py").exists() and (ROOT / "service" / "__main__.py").exists()
+    return (ROOT / "service" / "web" / "app.py").exists() and (ROOT / "service" / "__main__.py").exists()
 
 
 def main(argv=None) -> int:
@@ -1255,7 +1255,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--targets",
-        help="comma-separated: " + ",".join(TARGETS) + " (default: all; relay only when service/app.py exists)",
+        help="comma-separated: " + ",".join(TARGETS) + " (default: all; relay only when service/web/app.py exists)",
     )
     ap.add_argument("--results-dir", default=str(BENCH / "results"))
     ap.add_argument("--no-docs", action="store_true", help="do not refresh docs/performance.md")

@@ -21,8 +21,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from service import metrics
-from service.app import SERVER_PROTOCOL, create_app
 from service.config import Settings, load_settings
+from service.web.app import SERVER_PROTOCOL, create_app
 from tests.log_guard import no_credentials_in_logs  # noqa: F401  (session-wide: no credential in a log line)
 
 SECRET = "test-secret-0123456789-abcdefghijklmnop"

@@ -17,8 +17,8 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from service.app import SERVER_PROTOCOL, create_app
 from service.config import Settings
+from service.web.app import SERVER_PROTOCOL, create_app
 
 __all__ = ["LiveServer"]
 

@@ -28,7 +28,7 @@ PRODUCT_MODES = ["poll_state", "poll_events", "ws", "ws_deflate", "ws_deflate_ms
 @pytest.mark.slow
 def test_bench_smoke_writes_results(tmp_path):
     targets = ["sanic_minimal"]
-    if (ROOT / "service" / "app.py").exists():
+    if (ROOT / "service" / "web" / "app.py").exists():
         targets.append("relay")
     proc = subprocess.run(
         [

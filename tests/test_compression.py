@@ -152,7 +152,7 @@ async def test_shared_context_decodes_with_a_small_window_and_mixed_sizes(start_
 
 async def test_sockets_of_one_execution_share_each_compression(start_server: StartServer) -> None:
     """Three sockets on one execution: the same frames, and each live event compressed about once, not three times."""
-    from service import wsproto
+    from service.web import wsproto
 
     server = await start_server()
     sockets = [await server.connect("f1") for _ in range(3)]
@@ -184,7 +184,7 @@ def test_the_shared_compression_cache_is_bounded_by_bytes() -> None:
     import os
     import zlib
 
-    from service import wsproto
+    from service.web import wsproto
 
     cache = wsproto._Compressed()
     window = b""

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from service import wsproto
 from service.gcpolicy import CollectionPolicy
-from service.wsproto import RelayWebSocketProtocol
+from service.web import wsproto
+from service.web.wsproto import RelayWebSocketProtocol
 from tests.conftest import recv_json
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from websockets.frames import Frame, Opcode
 
-from service.hardening import head_problem
 from service.limits import FrameGuard, PeerLimit
+from service.web.hardening import head_problem
 from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token
 
 INTERNAL_POSTS = (

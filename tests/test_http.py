@@ -1,4 +1,4 @@
-"""The HTTP helpers of the edges (service/http.py) on real Sanic requests, without a server."""
+"""The HTTP helpers of the edges (service/web/http.py) on real Sanic requests, without a server."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sanic import Request, Sanic
 from sanic.compat import Header
 
 from service.errors import BadRequest, ExecutionFinished, ValidationFailed
-from service.http import (
+from service.web.http import (
     bearer_or_query_token,
     bearer_token,
     error_response,

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.app import create_app
+from service.web.app import create_app
 from tests.conftest import PUBLISH_KEY, make_settings, make_token
 from tests.live_server import LiveServer
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.demo import Step, diagnosis_script
-from service.routes import public
+from service.web.routes import public
 from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token, recv_json, recv_until_closed
 
 Events = list[dict[str, Any]]

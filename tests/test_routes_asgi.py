@@ -6,7 +6,7 @@ from typing import Any
 
 from sanic import Sanic
 
-from service.app import create_app
+from service.web.app import create_app
 from tests.conftest import PUBLISH_KEY, make_settings, make_token
 
 AUTH = {"Authorization": f"Bearer {PUBLISH_KEY}"}

@@ -21,7 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from service.shutdown import LEAD, MIN_CLOSE_RATE, TICK, schedule
+from service.web.shutdown import LEAD, MIN_CLOSE_RATE, TICK, schedule
 from tests.conftest import PUBLISH_KEY, make_settings, make_token
 from tests.redis_util import ServiceProcess, delete_prefix, require_redis
 
@@ -312,7 +312,7 @@ async def test_sigterm_drains_every_worker(target: str) -> None:
 
 async def test_drain_waits_for_publishes_in_flight_and_ends_long_polls(start_server: Any) -> None:
     """The drain answers waiting long polls at once and returns only after a publish in flight finished."""
-    from service import shutdown
+    from service.web import shutdown
 
     server = await start_server(RELAY_SHUTDOWN_TIMEOUT="5")
     relay = server.relay

@@ -1,4 +1,4 @@
-"""The WebSocket protocol extension (service/wsproto.py) without a server: negotiation, frames, events.
+"""The WebSocket protocol extension (service/web/wsproto.py) without a server: negotiation, frames, events.
 
 The real handshake and real browsers are covered by tests/test_compression.py.
 """
@@ -6,14 +6,24 @@ The real handshake and real browsers are covered by tests/test_compression.py.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+from typing import Any
 
 import pytest
+import sanic
+import websockets
+from sanic.http.constants import Stage
+from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+from sanic.server.websockets.impl import WebsocketImplProtocol
+from sanic.worker.manager import WorkerManager
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
 
-from service import wsproto
-from service.wsproto import LeanEvent, compression_extensions
+from service.web import wsproto
+from service.web.wsproto import LeanEvent, RelayWebSocketProtocol, compression_extensions
+from tests.conftest import Server, recv_json
 
 
 def frames(n: int) -> list[bytes]:
@@ -117,3 +127,120 @@ async def test_lean_event_behaves_like_asyncio_event() -> None:
     assert not late.done()
     event.set()
     assert await asyncio.wait_for(late, 1)
+
+
+# -- the Sanic internals the extension relies on (listed in service/web/wsproto.py's docstring) --
+
+#: The versions the docstring's list was checked against.
+CHECKED_SANIC = "25.12.1"
+CHECKED_WEBSOCKETS = "17.4"
+
+
+def _parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _class_shape_problems() -> list[str]:
+    """What no longer matches in the classes and signatures relied on."""
+    problems: list[str] = []
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    expect(
+        _parameters(WebSocketProtocol.websocket_handshake) == ["self", "request", "subprotocols"],
+        "WebSocketProtocol.websocket_handshake(self, request, subprotocols)",
+    )
+    expect(isinstance(getattr(WebSocketProtocol, "HTTP_CLASS", None), type), "WebSocketProtocol.HTTP_CLASS")
+    for name, params in {
+        "data_received": ["self", "data"],
+        "close": ["self", "timeout"],
+        "connection_made": ["self", "transport"],
+        "connection_lost": ["self", "exc"],
+        "check_timeouts": ["self"],
+    }.items():
+        expect(
+            _parameters(getattr(WebSocketProtocol, name)) == params, f"WebSocketProtocol.{name}({', '.join(params)})"
+        )
+    for name in ("send", "log_websocket"):
+        expect(callable(getattr(WebSocketProtocol, name, None)), f"WebSocketProtocol.{name}")
+    expect(
+        {"ws_proto", "ping_interval", "ping_timeout", "close_timeout"}
+        <= set(_parameters(WebsocketImplProtocol.__init__)),
+        "WebsocketImplProtocol(ws_proto, ping_interval=, ping_timeout=, close_timeout=)",
+    )
+    for name, params in {
+        "connection_made": ["self", "io_proto", "loop"],
+        "async_data_received": ["self", "data_to_send", "events_to_process"],
+        "process_events": ["self", "events"],
+    }.items():
+        function = getattr(WebsocketImplProtocol, name)
+        expect(
+            inspect.iscoroutinefunction(function) and _parameters(function) == params,
+            f"async WebsocketImplProtocol.{name}({', '.join(params)})",
+        )
+    expect(_parameters(WebsocketImplProtocol.data_received) == ["self", "data"], "WebsocketImplProtocol.data_received")
+    for name in ("end_connection", "fail_connection"):
+        expect(_parameters(getattr(WebsocketImplProtocol, name))[:3] == ["self", "code", "reason"], name)
+    expect(Stage.IDLE is not None, "sanic.http.constants.Stage.IDLE")
+    expect(
+        _parameters(WorkerManager.shutdown_signal) == ["self", "signal", "frame"],
+        "WorkerManager.shutdown_signal(self, signal, frame)",
+    )
+    manager_init = inspect.getsource(WorkerManager.__init__)
+    for name in ("_shutting_down", "monitor_publisher"):
+        expect(f"self.{name}" in manager_init, f"WorkerManager.{name}")
+    return problems
+
+
+async def test_sanic_internals_keep_their_shape(server: Server) -> None:
+    """Every Sanic (and websockets) internal the module docstring lists still has the shape relied on.
+
+    Classes and signatures are checked, then the objects of a live socket on a real server, so an
+    upgrade that renames or drops one fails here, by name, instead of breaking pings, compression,
+    the frame guard or shutdown at run time.
+    """
+    problems = _class_shape_problems()
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            problems.append(what)
+
+    client = await server.connect("shape")
+    await recv_json(client)
+    (sink,) = server.app.ctx.pinger.sockets
+    ws = sink.ws
+    io = ws.io_proto
+    expect(type(ws).__name__ == "_LeanImpl" and isinstance(ws, WebsocketImplProtocol), "_LeanImpl is used")
+    expect(isinstance(io, RelayWebSocketProtocol), "io_proto is RelayWebSocketProtocol")
+    for name in ("app", "websocket_max_size", "websocket_ping_interval", "websocket_ping_timeout", "websocket_timeout"):
+        expect(hasattr(io, name), f"WebSocketProtocol.{name}")
+    expect(
+        isinstance(io._can_write, LeanEvent) and isinstance(io._data_received, LeanEvent), "_can_write/_data_received"
+    )
+    expect(isinstance(io._http.stage, Stage) and isinstance(io._time, float), "_http.stage, _time")
+    expect(io.transport is not None and io.loop is asyncio.get_running_loop(), "transport, loop")
+    request = io._http.request
+    expect(all(hasattr(request, n) for n in ("url", "client_ip", "port")), "_http.request.url/client_ip/port")
+    expect(io.websocket is ws and bool(io.websocket_url) and bool(io.websocket_peer), "websocket(_url, _peer)")
+    assembler = ws.assembler
+    expect(isinstance(assembler.message_complete, LeanEvent), "assembler.message_complete")
+    expect(isinstance(assembler.message_fetched, LeanEvent), "assembler.message_fetched")
+    expect(assembler.completed_queue is None, "assembler.completed_queue")
+    proto = ws.ws_proto
+    expect(isinstance(proto, ServerProtocol), "ws_proto is websockets' ServerProtocol")
+    expect(isinstance(proto.writes, list) and isinstance(proto.extensions, list), "ServerProtocol.writes/extensions")
+    for name in ("send_text", "send_ping", "send_close", "data_to_send", "receive_data", "events_received"):
+        expect(callable(getattr(proto, name, None)), f"ServerProtocol.{name}")
+    expect(ws.io_proto.transport is io.transport, "io_proto.transport")
+    expect(isinstance(ws.conn_mutex, asyncio.Lock), "conn_mutex")
+    expect(isinstance(ws.pings, dict), "pings")
+    expect(len(getattr(server.app, "websocket_tasks", ())) >= 1, "app.websocket_tasks")
+    await client.close()
+    versions = (
+        f"checked against Sanic {CHECKED_SANIC}, websockets {CHECKED_WEBSOCKETS}; "
+        f"installed {sanic.__version__}, {websockets.__version__}"
+    )
+    assert problems == [], f"Sanic internals changed shape ({versions}); see service/web/wsproto.py: {problems}"
+    assert f"Sanic {CHECKED_SANIC} and websockets {CHECKED_WEBSOCKETS}" in (wsproto.__doc__ or "").replace("\n", " ")

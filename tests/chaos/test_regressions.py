@@ -11,7 +11,7 @@ from sanic.exceptions import WebsocketClosed
 from service.brokers.redis import RedisBroker
 from service.errors import BrokerUnavailable
 from service.limits import FrameRate
-from service.routes.ws import _read_frames
+from service.web.routes.ws import _read_frames
 
 
 class _GoneSocket:

@@ -9,8 +9,8 @@ import ujson
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from .errors import BadRequest, RelayError, ValidationFailed
-from .events import UNREADABLE_JSON, dumps
+from ..errors import BadRequest, RelayError, ValidationFailed
+from ..events import UNREADABLE_JSON, dumps
 
 __all__ = ["bearer_or_query_token", "bearer_token", "json_body", "json_response", "query_int"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import metrics
-from ..errors import RelayError
+from ... import metrics
+from ...errors import RelayError
+from ...relay import Relay
 from ..http import json_response
-from ..relay import Relay
 
 __all__ = ["bp"]
 

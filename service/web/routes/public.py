@@ -38,19 +38,19 @@ from sanic.response import BaseHTTPResponse, HTTPResponse, file, redirect
 
 from auth import Claims
 
-from .. import closecodes, metrics
-from ..brokers import HistoryPage
-from ..closecodes import Disconnect
-from ..config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
-from ..cursor import Cursor, parse_cursor, parse_last_event_id
-from ..delivery import Resume
-from ..demo import simulate
-from ..errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
-from ..events import decode_frame, dumps
+from ... import closecodes, metrics
+from ...brokers import HistoryPage
+from ...closecodes import Disconnect
+from ...config import LONG_POLL_MAX_WAIT, POLL_DEFAULT_LIMIT, POLL_MAX_LIMIT, SSE_RETRY_MS
+from ...cursor import Cursor, parse_cursor, parse_last_event_id
+from ...delivery import Resume
+from ...demo import simulate
+from ...errors import Forbidden, NotFound, RateLimited, RelayError, Unauthorized, ValidationFailed
+from ...events import decode_frame, dumps
+from ...limits import ConnectionLimits
+from ...relay import Refused, Relay, TokenRevokedWhileWaiting
+from ...subscription import Subscription
 from ..http import bearer_or_query_token, error_response, json_body, json_response, query_int, raw_json_response
-from ..limits import ConnectionLimits
-from ..relay import Refused, Relay, TokenRevokedWhileWaiting
-from ..subscription import Subscription
 
 __all__ = [
     "STATIC_DIR",
@@ -63,7 +63,7 @@ log = logging.getLogger("relay.public")
 bp = Blueprint("public")
 
 #: Files of the demo page, served under /demo outside production.
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 #: The demo page's API: default and largest pace, simulations at once, ids remembered for tokens.
 DEMO_DEFAULT_PACE = 0.6
 DEMO_MAX_PACE = 5.0

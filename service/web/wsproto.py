@@ -22,6 +22,41 @@ Two ways to compress (``RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER``):
 Client-to-server messages are always negotiated without context takeover
 (they are tiny pings), so the server holds no inflate window either.
 Messages shorter than ``RELAY_WS_COMPRESSION_MIN_SIZE`` go uncompressed.
+
+Sanic internals relied on, checked against Sanic 25.12.1 and websockets 17.4
+(``tests/test_wsproto.py::test_sanic_internals_keep_their_shape`` fails,
+naming what moved, when an upgrade changes any of them; ``hardening.py``
+lists and tests its own):
+
+- ``sanic.server.protocols.websocket_protocol.WebSocketProtocol``, subclassed
+  as :class:`RelayWebSocketProtocol`: ``HTTP_CLASS`` is replaced and
+  ``__slots__`` extended (Sanic's metaclass gives no ``__dict__``);
+  ``websocket_handshake(self, request, subprotocols=None)`` is replaced and
+  reads ``app``, ``websocket_max_size``, ``websocket_ping_interval``,
+  ``websocket_ping_timeout``, ``websocket_timeout`` and ``_http.request``
+  (``url``, ``client_ip``, ``port``), calls ``send`` and ``log_websocket``,
+  and sets ``websocket``, ``websocket_url`` and ``websocket_peer``;
+  ``data_received``, ``close(timeout)``, ``connection_made(transport)``,
+  ``connection_lost(exc)`` and ``check_timeouts()`` are extended, reading
+  ``_http.stage`` (``sanic.http.constants.Stage.IDLE``), ``_time``,
+  ``transport`` and ``loop``; ``__init__`` replaces the ``_can_write`` and
+  ``_data_received`` events with :class:`LeanEvent`.
+- ``sanic.server.websockets.impl.WebsocketImplProtocol``, subclassed as
+  ``_LeanImpl``: built as ``(ws_proto, ping_interval=, ping_timeout=,
+  close_timeout=)`` and started with ``await connection_made(io_proto,
+  loop=)``; its ``assembler.message_complete`` / ``message_fetched`` events
+  are replaced and ``assembler.completed_queue`` dropped; ``data_received``
+  is replaced, handing frames on through ``async_data_received(data_to_send,
+  events)`` and ``process_events(events)``.
+- ``routes/ws.py`` (``WsSink``) writes frames and pings past Sanic's ``send``:
+  it reads ``ws_proto`` (websockets' ``ServerProtocol``: ``state``,
+  ``extensions``, ``writes``, ``send_text``, ``send_ping``,
+  ``data_to_send``), ``io_proto.transport``, ``conn_mutex`` and ``pings``
+  (ping payload -> future, resolved by Sanic's pong handling), and calls
+  ``end_connection`` and ``fail_connection``.
+- Elsewhere in this package: ``shutdown.py`` counts ``app.websocket_tasks``;
+  ``serve.py`` patches ``sanic.worker.manager.WorkerManager.shutdown_signal``
+  (reading ``_shutting_down``, posting to ``monitor_publisher``).
 """
 
 from __future__ import annotations
@@ -49,10 +84,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import ExtensionParameter, Subprotocol
 
-from . import metrics
-from .gcpolicy import policy as gc_policy
+from .. import metrics
+from ..gcpolicy import policy as gc_policy
+from ..limits import FrameGuard, PeerLimit
 from .hardening import LINGER, RelayHttp
-from .limits import FrameGuard, PeerLimit
 
 __all__ = ["RelayWebSocketProtocol", "compression_extensions"]
 

@@ -21,17 +21,17 @@ from websockets.protocol import State
 
 from auth import Claims
 
-from .. import closecodes, metrics
-from ..closecodes import Disconnect
-from ..config import WS_WRITE_BUFFER_HIGH
-from ..cursor import Cursor, CursorError, parse_cursor
-from ..errors import RelayError
-from ..events import dumps, now_iso
+from ... import closecodes, metrics
+from ...closecodes import Disconnect
+from ...config import WS_WRITE_BUFFER_HIGH
+from ...cursor import Cursor, CursorError, parse_cursor
+from ...errors import RelayError
+from ...events import dumps, now_iso
+from ...limits import ConnectionLimits, FrameRate
+from ...pinger import ping_payload
+from ...relay import Refused, Relay
+from ...subscription import Subscription
 from ..http import bearer_or_query_token
-from ..limits import ConnectionLimits, FrameRate
-from ..pinger import ping_payload
-from ..relay import Refused, Relay
-from ..subscription import Subscription
 
 __all__ = ["bp"]
 

@@ -14,15 +14,16 @@ from sanic.compat import Header
 from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
-from . import metrics, shutdown
-from .config import Settings, load_settings
-from .errors import RelayError
+from .. import metrics
+from ..config import Settings, load_settings
+from ..errors import RelayError
+from ..ingest import start_consumers, stop_consumers
+from ..limits import ConnectionLimits, PeerLimit
+from ..logs import redact, request_id
+from ..pinger import Pinger
+from ..relay import Relay
+from . import shutdown
 from .http import error_response, json_response
-from .ingest import start_consumers, stop_consumers
-from .limits import ConnectionLimits, PeerLimit
-from .logs import redact, request_id
-from .pinger import Pinger
-from .relay import Relay
 from .routes import internal, ops, public, ws
 from .wsproto import RelayWebSocketProtocol, compression_extensions
 

@@ -32,10 +32,10 @@ from typing import Any
 
 from sanic import Sanic
 
-from . import metrics
-from .closecodes import SERVER_RESTARTING
-from .relay import Relay
-from .subscription import Subscription
+from .. import metrics
+from ..closecodes import SERVER_RESTARTING
+from ..relay import Relay
+from ..subscription import Subscription
 
 __all__ = ["LEAD", "MIN_CLOSE_RATE", "TICK", "close_in_batches", "drain", "install", "schedule"]
 

@@ -16,13 +16,13 @@ from urllib.parse import unquote
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from .. import metrics
-from ..brokers import PublishResult
-from ..errors import FieldError, RelayError, Unauthorized, ValidationFailed
-from ..events import EventDraft, parse_draft, valid_execution_id
+from ... import metrics
+from ...brokers import PublishResult
+from ...errors import FieldError, RelayError, Unauthorized, ValidationFailed
+from ...events import EventDraft, parse_draft, valid_execution_id
+from ...relay import Relay
 from ..hardening import refuse_body
 from ..http import bearer_token, json_body, json_response
-from ..relay import Relay
 
 __all__ = ["bp"]
 

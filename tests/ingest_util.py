@@ -61,35 +61,54 @@ async def require_postgres() -> None:
 
 @pytest.fixture
 async def outbox_table() -> AsyncIterator[str]:
-    """A fresh outbox table (and its dead-letter table and trigger), dropped afterwards."""
+    """A fresh outbox table (and its dead-letter table and trigger), dropped afterwards.
+
+    Set-up and clean-up each use their own short connection with bounded waits: a connection
+    held idle across the test once left a CI run hanging in this teardown.
+    """
     name = f"relay_test_{uuid.uuid4().hex[:12]}"
     try:
         conn = await asyncpg.connect(PG_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
         _unavailable(f"PostgreSQL at {PG_DSN}", exc)
     try:
-        await conn.execute(outbox_ddl(name))
+        await conn.execute(outbox_ddl(name), timeout=30)
+    finally:
+        await conn.close(timeout=5)
+    try:
         yield name
     finally:
-        await conn.execute(f'DROP TABLE IF EXISTS "{name}", "{name}_dead"; DROP FUNCTION IF EXISTS "{name}_notify"()')
-        await conn.close()
+        async with asyncio.timeout(60):
+            conn = await asyncpg.connect(PG_DSN, timeout=5)
+            try:
+                await conn.execute(
+                    f'DROP TABLE IF EXISTS "{name}", "{name}_dead"; DROP FUNCTION IF EXISTS "{name}_notify"()',
+                    timeout=30,
+                )
+            finally:
+                await conn.close(timeout=5)
 
 
 @pytest.fixture
 async def amqp_queue() -> AsyncIterator[str]:
-    """A fresh queue name; the queue and ``<queue>.dead`` are deleted afterwards."""
+    """A fresh queue name; the queue and ``<queue>.dead`` are deleted afterwards (own connection, bounded)."""
     name = f"relay-test-{uuid.uuid4().hex[:12]}"
     try:
         connection = await aio_pika.connect(AMQP_URL, timeout=5)
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         _unavailable(f"RabbitMQ at {AMQP_URL}", exc)
+    await connection.close()
     try:
         yield name
     finally:
-        channel = await connection.channel()
-        for queue in (name, f"{name}.dead"):
-            await channel.queue_delete(queue)
-        await connection.close()
+        async with asyncio.timeout(60):
+            connection = await aio_pika.connect(AMQP_URL, timeout=5)
+            try:
+                channel = await connection.channel()
+                for queue in (name, f"{name}.dead"):
+                    await channel.queue_delete(queue)
+            finally:
+                await connection.close()
 
 
 def progress_item(execution_id: str, n: int, **extra: Any) -> dict[str, Any]:

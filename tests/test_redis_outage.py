@@ -110,7 +110,7 @@ async def test_live_socket_survives_an_outage_and_gets_what_was_published_meanwh
     frames = await recv_until_closed(ws)
     assert [f["seq"] for f in frames] == [3, 4, 5, 6, 7]
     assert ws.close_code == 1000
-    stats = server.relay.stats()["counters"]
+    stats = server.relay.broker_stats()
     assert stats["redis_resyncs"] >= 1 and stats["redis_pubsub_connected"] == 1
 
 

@@ -26,10 +26,10 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from ..brokers import PublishResult
-from ..errors import BadRequest, BrokerUnavailable, RelayError
+from ..errors import BadRequest, RelayError
 from ..events import EventDraft
 from ..publisher import AMQP_QUEUE_ARGUMENTS
-from .base import Consumer, Outcome, backoff, classify, draft_from_item, error_text, log
+from .base import Consumer, Outcome, backoff, classify, draft_from_item, error_text, log, publish_outcomes
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -155,17 +155,7 @@ class AmqpConsumer(Consumer):
                 outcomes.append(draft_from_item(item, message.message_id))
             except RelayError as exc:
                 outcomes.append(exc)
-        drafts = [o for o in outcomes if isinstance(o, EventDraft)]
-        answers: list[PublishResult | RelayError]
-        try:
-            answers = await self.relay.publish_many(drafts) if drafts else []
-        except RelayError as exc:
-            answers = [exc] * len(drafts)
-        except Exception as exc:  # never lose a message to an unexpected error: keep and retry it
-            log.exception("ingest amqp: publishing failed")
-            answers = [BrokerUnavailable(f"publishing failed: {exc.__class__.__name__}")] * len(drafts)
-        published = iter(answers)
-        return [next(published) if isinstance(o, EventDraft) else o for o in outcomes]
+        return await publish_outcomes(self.relay.publish_many, outcomes, self.source)
 
     async def _dead_letter(self, channel: AbstractChannel, message: AbstractIncomingMessage, error: RelayError) -> None:
         """Copy ``message`` to ``<queue>.dead`` with the reason (confirmed before the original is acked)."""

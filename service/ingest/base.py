@@ -19,10 +19,12 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from enum import Enum
 from typing import Any
 
-from ..errors import RelayError, ValidationFailed
+from ..brokers import PublishResult
+from ..errors import BrokerUnavailable, RelayError, ValidationFailed
 from ..events import EventDraft, parse_draft
 
 __all__ = ["Consumer", "Outcome", "backoff", "classify", "draft_from_item", "error_text"]
@@ -63,6 +65,31 @@ def draft_from_item(item: Any, idempotency_key: str | None = None) -> EventDraft
     if idempotency_key is not None and item.get("idempotency_key") is None:
         item = {**item, "idempotency_key": idempotency_key}
     return parse_draft(execution_id, item)
+
+
+#: ``Relay.publish_many``: one result or refusal per draft, in order.
+PublishMany = Callable[[Sequence[EventDraft]], Awaitable[list[PublishResult | RelayError]]]
+
+
+async def publish_outcomes(
+    publish_many: PublishMany, outcomes: Sequence[PublishResult | RelayError | EventDraft], source: str
+) -> list[PublishResult | RelayError]:
+    """Publish the drafts among ``outcomes`` as one batch; items refused before stay refused, in place.
+
+    A broker error answers every draft with it (the batch is kept and retried), and so does an
+    unexpected error, logged: an item is never lost to a bug.
+    """
+    drafts = [o for o in outcomes if isinstance(o, EventDraft)]
+    answers: list[PublishResult | RelayError]
+    try:
+        answers = await publish_many(drafts) if drafts else []
+    except RelayError as exc:
+        answers = [exc] * len(drafts)
+    except Exception as exc:
+        log.exception("ingest %s: publishing failed", source)
+        answers = [BrokerUnavailable(f"publishing failed: {exc.__class__.__name__}")] * len(drafts)
+    published = iter(answers)
+    return [next(published) if isinstance(o, EventDraft) else o for o in outcomes]
 
 
 def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:

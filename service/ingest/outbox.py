@@ -44,9 +44,9 @@ import asyncpg
 
 from ..brokers import PublishResult
 from ..config import OUTBOX_TABLE_RE
-from ..errors import BadRequest, BrokerUnavailable, RelayError
+from ..errors import BadRequest, RelayError
 from ..events import EventDraft
-from .base import Consumer, Outcome, backoff, classify, draft_from_item, error_text, log
+from .base import Consumer, Outcome, backoff, classify, draft_from_item, error_text, log, publish_outcomes
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -312,17 +312,7 @@ class OutboxConsumer(Consumer):
                 outcomes.append(draft_from_item(_item(row), _default_key(row)))
             except RelayError as exc:
                 outcomes.append(exc)
-        drafts = [o for o in outcomes if isinstance(o, EventDraft)]
-        answers: list[PublishResult | RelayError]
-        try:
-            answers = await self.relay.publish_many(drafts) if drafts else []
-        except RelayError as exc:
-            answers = [exc] * len(drafts)
-        except Exception as exc:  # never lose a row to an unexpected error: keep and retry it
-            log.exception("ingest outbox: publishing failed")
-            answers = [BrokerUnavailable(f"publishing failed: {exc.__class__.__name__}")] * len(drafts)
-        published = iter(answers)
-        return [next(published) if isinstance(o, EventDraft) else o for o in outcomes]
+        return await publish_outcomes(self.relay.publish_many, outcomes, self.source)
 
     def stats(self) -> dict[str, Any]:
         """The common state plus the table and the late-row count."""

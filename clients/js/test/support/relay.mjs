@@ -21,7 +21,7 @@ export function pythonPath() {
 }
 
 export function serviceAvailable() {
-  return existsSync(join(REPO, 'service', 'app.py')) && existsSync(join(REPO, 'service', '__main__.py'));
+  return existsSync(join(REPO, 'service', 'web', 'app.py')) && existsSync(join(REPO, 'service', '__main__.py'));
 }
 
 export async function freePort() {

@@ -258,3 +258,25 @@ async def test_a_new_instance_on_an_intact_redis_keeps_the_epoch(make_broker: Ca
     second: RedisBroker = await make_broker()
     page = await second.history("kept")
     assert (page.epoch, page.latest_seq) == (result.epoch, 1)
+
+
+async def test_a_history_read_after_a_redis_restart_finds_its_way_on_idle_pooled_connections() -> None:
+    """Redis restarted under idle pooled connections: the next history reads succeed (a read is retried once)."""
+    server = RedisServer(redis_server_binary())
+    server.start()
+    broker = RedisBroker(server.url, 10, 300, prefix="stale")
+    broker.set_listener(lambda eid, event: None)
+    await broker.start()
+    try:
+        await broker.publish(parse_draft("e1", {"event": "progress", "data": {"progress": 1, "stage": "s"}}))
+        # Several connections in the pool, all idle, all to the server about to go away.
+        pages = await asyncio.gather(*(broker.history("e1") for _ in range(6)))
+        assert all(page.latest_seq == 1 for page in pages)
+        server.stop()
+        server.start()
+        for _ in range(6):
+            page = await broker.history("e1")  # nothing persisted: a new, empty stream
+            assert page.latest_seq == 0
+    finally:
+        await broker.close()
+        server.close()

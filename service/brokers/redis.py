@@ -60,6 +60,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.retry import Retry
 
@@ -73,6 +74,9 @@ from .redis_errors import BROKEN_OR_LATE, PUBLISH, READ, SUBSCRIBE, WRITE, Repli
 from .redis_url import RedisTarget, parse_redis_url
 
 __all__ = ["RedisBroker"]
+
+#: A connection that broke under a command (not a refusal by Redis): a read is worth one more try.
+_STALE = (RedisConnectionError, OSError, AttributeError)
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -553,12 +557,17 @@ class RedisBroker(Broker):
             page = await self.history(execution_id, 0, 1, create=create)
             page.events = []
             return page
+        # The start id is built here: Lua numbers are doubles and would print a large seq as 9.0e+15.
+        args = (f"{max(0, after) + 1}-0", limit or 0, new_epoch() if create else "", self.history_ttl)
         try:
-            # The start id is built here: Lua numbers are doubles and would print a large seq as 9.0e+15.
-            reply = await self._history_script(
-                keys=self.keys(execution_id),
-                args=(f"{max(0, after) + 1}-0", limit or 0, new_epoch() if create else "", self.history_ttl),
-            )
+            reply = await self._history_script(keys=self.keys(execution_id), args=args)
+        except _STALE:
+            # A read may be sent again (publishes never are): once, for a pooled connection that
+            # died with the server it knew (a Redis restart leaves one per idle pool slot).
+            try:
+                reply = await self._history_script(keys=self.keys(execution_id), args=args)
+            except _BROKEN as exc:
+                raise failure(exc, READ) from None
         except _BROKEN as exc:
             raise failure(exc, READ) from None
         if not reply:

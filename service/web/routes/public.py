@@ -159,6 +159,19 @@ def _query_seconds(request: Request, name: str, high: float) -> float:
 # -- polling ----------------------------------------------------------------------
 
 
+def _held_connection(request: Request, execution_id: str, claims: Claims) -> ConnectionLimits:
+    """Count one more held connection (waiting poll or SSE stream) like a socket; 429 past the limits.
+
+    The caller releases it with ``limits.release(execution_id, claims.sub)``.
+    """
+    limits: ConnectionLimits = request.app.ctx.limits
+    exceeded = limits.acquire(execution_id, claims.sub)
+    if exceeded is not None:
+        metrics.limit_exceeded(exceeded)
+        raise RateLimited(f"connection limit ({exceeded}); retry later")
+    return limits
+
+
 async def _long_poll(
     request: Request, relay: Relay, execution_id: str, cursor: Cursor, wait: float, limit: int, claims: Claims
 ) -> tuple[HistoryPage, Resume]:
@@ -166,11 +179,7 @@ async def _long_poll(
 
     A revocation of its token wakes it, here or on any instance, and it answers 401 ``revoked``.
     """
-    limits: ConnectionLimits = request.app.ctx.limits
-    exceeded = limits.acquire(execution_id, claims.sub)
-    if exceeded is not None:
-        metrics.limit_exceeded(exceeded)
-        raise RateLimited(f"connection limit ({exceeded}); retry later")
+    limits = _held_connection(request, execution_id, claims)
     try:
         return await relay.poll(execution_id, cursor, wait, limit, claims)
     except TokenRevokedWhileWaiting:
@@ -297,11 +306,7 @@ async def event_stream(
 
     An open stream counts toward the same connection limits as a socket (429 past them).
     """
-    limits: ConnectionLimits = request.app.ctx.limits
-    exceeded = limits.acquire(execution_id, claims.sub)
-    if exceeded is not None:
-        metrics.limit_exceeded(exceeded)
-        raise RateLimited(f"connection limit ({exceeded}); retry later")
+    limits = _held_connection(request, execution_id, claims)
     try:
         return await _stream(request, execution_id, claims, headers)
     finally:

@@ -465,3 +465,19 @@ async def test_malformed_header_lines_get_400(server: Server, line: bytes) -> No
 def test_well_formed_heads_pass() -> None:
     """Ordinary heads, with every token character in names and anything printable in values, pass."""
     assert head_problem(b"GET / HTTP/1.1\r\nHost: x\r\nX-A!#$%&'*+.^_`|~9: v a l\tue:;\"\r\nA:") is None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\r\nA: b",
+        b"GET / HTTP/1.1\r\nHost: x\n\rA: b",
+        b"GET / HTTP/1.1\r\nHost: x\r",
+        b"\nGET / HTTP/1.1\r\nHost: x",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\nA: b",
+        b"GET / HTTP/1.1\r\nHost: x\x00",
+    ],
+)
+def test_heads_with_a_stray_cr_lf_or_nul_are_refused(head: bytes) -> None:
+    """A CR not followed by LF, an LF not preceded by CR, or a NUL, anywhere in the head, is a problem."""
+    assert head_problem(head) == "a bare CR or LF, or a NUL, in the request head"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sanic import Request, Sanic
 from sanic.compat import Header
+from sanic.response import HTTPResponse
 
 from service.errors import BadRequest, ExecutionFinished, ValidationFailed
 from service.web.http import (
@@ -142,3 +143,18 @@ def test_error_response_carries_the_error_status_and_body() -> None:
     body: dict[str, Any] = json.loads(response.body or b"")
     assert response.status == 409 and response.headers["x-b"] == "2"
     assert body == {"error": "execution_finished", "message": ExecutionFinished().message}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"x-request-id": "abc0001", "retry-after": 3}, {"x-evil": "a\r\nSet-Cookie: x=1\x00", "x\r\nname": "v"}],
+)
+def test_response_header_lines_are_what_sanic_would_send(extra: dict[str, Any]) -> None:
+    """The relay's responses encode their header lines byte for byte as Sanic does, CR, LF and NUL stripped."""
+    ours = json_response({"ok": True}, status=202, headers=dict(extra))
+    sanics = HTTPResponse(ours.body, status=202, headers=dict(extra), content_type="application/json")
+    for response in (ours, sanics):
+        response.headers["content-length"] = 11
+        response.headers["connection"] = "keep-alive"
+    assert list(ours.processed_headers) == list(sanics.processed_headers)
+    assert all(b"\r" not in v and b"\n" not in v and b"\x00" not in v for _, v in ours.processed_headers)

@@ -22,6 +22,7 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from service.web import wsproto
+from service.web.routes.ws import text_frame
 from service.web.wsproto import LeanEvent, RelayWebSocketProtocol, compression_extensions
 from tests.conftest import Server, recv_json
 
@@ -244,3 +245,10 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
     )
     assert problems == [], f"Sanic internals changed shape ({versions}); see service/web/wsproto.py: {problems}"
     assert f"Sanic {CHECKED_SANIC} and websockets {CHECKED_WEBSOCKETS}" in (wsproto.__doc__ or "").replace("\n", " ")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frame_matches_websockets_serialization(size: int) -> None:
+    """The relay's own text frame is byte for byte what websockets serializes, at every length encoding."""
+    payload = b"x" * size
+    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])

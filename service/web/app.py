@@ -121,6 +121,18 @@ class RelayRequest(Request):
         self.request_id = _request_id(self.headers.get("x-request-id", "")) or _next_request_id()
         request_id.set(self.request_id)
 
+    async def receive_body(self) -> None:
+        """Read the whole body, as Sanic does, without its async generator (every publish reads here)."""
+        if self.body:
+            return
+        stream: Any = self.stream
+        chunks = []
+        while stream.request_body:
+            data = await stream.read()
+            if data:
+                chunks.append(data)
+        self.body = b"".join(chunks)
+
     async def respond(
         self,
         response: BaseHTTPResponse | None = None,

@@ -7,6 +7,7 @@ from typing import Any
 
 import ujson
 from sanic import Request
+from sanic.helpers import has_message_body
 from sanic.response import HTTPResponse
 
 from ..errors import BadRequest, RelayError, ValidationFailed
@@ -15,18 +16,49 @@ from ..events import UNREADABLE_JSON, dumps
 __all__ = ["bearer_or_query_token", "bearer_token", "json_body", "json_response", "query_int"]
 
 
+class JSONResponse(HTTPResponse):
+    """Sanic's response, with its header lines encoded at a third of the cost.
+
+    Sanic strips CR, LF and NUL from every header name and value with
+    ``str.translate``, one call each; here a value is only translated when it
+    holds one of them (the same bytes on the wire either way).
+    """
+
+    __slots__ = ()
+
+    @property
+    def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
+        """The header lines as Sanic sends them: ``(name, value)`` bytes, CR, LF and NUL removed."""
+        headers = self.headers
+        if has_message_body(self.status):
+            headers.setdefault("content-type", self.content_type)
+        return [
+            (_clean(name).encode("ascii"), _clean(f"{value}").encode(errors="surrogateescape"))
+            for name, value in headers.items()
+        ]
+
+
+_UNSAFE = str.maketrans("", "", "\r\n\x00")
+
+
+def _clean(text: str) -> str:
+    if "\r" in text or "\n" in text or "\x00" in text:
+        return text.translate(_UNSAFE)
+    return text
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
     """A JSON response encoded with the relay's encoder."""
     try:
         data = dumps(body).encode()
     except UnicodeEncodeError:  # an unpaired surrogate echoed from a request (a field name): escape it
         data = ujson.dumps(body, ensure_ascii=True, escape_forward_slashes=False).encode()
-    return HTTPResponse(data, status=status, headers=headers, content_type="application/json")
+    return JSONResponse(data, status=status, headers=headers, content_type="application/json")
 
 
 def raw_json_response(text: str, status: int = 200) -> HTTPResponse:
     """A response whose JSON body is already encoded."""
-    return HTTPResponse(text, status=status, content_type="application/json")
+    return JSONResponse(text, status=status, content_type="application/json")
 
 
 def error_response(error: RelayError, headers: dict[str, str] | None = None) -> HTTPResponse:

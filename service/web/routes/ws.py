@@ -16,7 +16,6 @@ import ujson
 from sanic import Blueprint, Request
 from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from auth import Claims
@@ -55,9 +54,23 @@ class _WireCache:
 
     def get(self, frame: str) -> bytes:
         if frame is not self.frame:
-            self.wire = Frame(Opcode.TEXT, frame.encode()).serialize(mask=False, extensions=[])
+            self.wire = text_frame(frame.encode())
             self.frame = frame
         return self.wire
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one final, unmasked WebSocket text frame, as a server sends it (RFC 6455 5.2).
+
+    The same bytes as websockets' ``Frame(Opcode.TEXT, payload).serialize(mask=False)``
+    at a fraction of its cost (it took about 4 % of a single-subscriber publish, py-spy).
+    """
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
 _wire = _WireCache()

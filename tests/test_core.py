@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 
 import jwt
 import pytest
@@ -72,6 +73,18 @@ def test_frame_is_encoded_once_with_seq_in_place() -> None:
         "data": {"progress": 50, "stage": "ai_fetching", "status_text": "查询中"},
     }
     assert "查询中" in event.frame and not event.terminal
+
+
+def test_frame_without_a_timestamp_gets_the_time_of_acceptance() -> None:
+    """A draft without ``timestamp`` gets the current UTC time, in milliseconds, as valid JSON; ids keep their punctuation."""
+    before = time.time()
+    frame = json.loads(parse_draft("a:b.c-d_E9", {"event": "complete"}).with_seq(1, "e1").frame)
+    after = time.time()
+    stamp = frame["timestamp"]
+    assert frame["execution_id"] == "a:b.c-d_E9"
+    assert len(stamp) == 24 and stamp.endswith("Z")
+    accepted = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    assert int(before * 1000) / 1000 <= accepted <= after
 
 
 @pytest.mark.parametrize(

@@ -76,7 +76,7 @@ def test_frame_is_encoded_once_with_seq_in_place() -> None:
 
 
 def test_frame_without_a_timestamp_gets_the_time_of_acceptance() -> None:
-    """A draft without ``timestamp`` gets the current UTC time, in milliseconds, as valid JSON; ids keep their punctuation."""
+    """A draft without ``timestamp`` gets the UTC time of acceptance in ms as valid JSON; ids keep their punctuation."""
     before = time.time()
     frame = json.loads(parse_draft("a:b.c-d_E9", {"event": "complete"}).with_seq(1, "e1").frame)
     after = time.time()

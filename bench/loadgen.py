@@ -10,7 +10,9 @@ subscribers and the publisher never share an interpreter:
           the frame is parsed (CLOCK_MONOTONIC is system-wide on Linux).
           Commands on stdin, one JSON reply per line on stdout:
           ``reset`` / ``report`` / ``storm`` / ``connect`` / ``quit`` (``defer``:
-          connect only on ``connect``; ``connect_rate``: pace the handshakes).
+          connect only on ``connect``; ``connect_rate``: pace the handshakes;
+          ``deflate``: offer permessage-deflate as a browser does, and inflate
+          the compressed frames, one inflate window per socket).
 ``pub``   publishes over keep-alive HTTP/1.1 connections (a tiny hand-written
           client, so that the client costs little): closed loop, fixed rate,
           fan-out probes or batches; prints one JSON result and exits.
@@ -30,6 +32,7 @@ import os
 import resource
 import sys
 import time
+import zlib
 from array import array
 from pathlib import Path
 
@@ -43,6 +46,9 @@ except ImportError:  # pragma: no cover
 from picows import WSListener, WSMsgType, WSTransport, ws_connect
 
 monotonic_ns = time.monotonic_ns
+# What a browser (and the mini-program with perMessageDeflate) offers.
+DEFLATE_OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+SYNC_TAIL = b"\x00\x00\xff\xff"
 
 
 def raise_fd_limit(want: int = 65536) -> int:
@@ -92,6 +98,7 @@ class Stats:
     def reset(self):
         self.lat = array("q")
         self.frames = 0
+        self.wire_bytes = 0  # text frames' payloads as received (compressed or not)
         self.events = 0
         self.gaps = 0
         self.dups = 0
@@ -121,6 +128,7 @@ class Subscriber(WSListener):
         "closed",
         "dropped",
         "index",
+        "inflate",
         "owner",
         "ready",
         "transport",
@@ -134,9 +142,15 @@ class Subscriber(WSListener):
         self.closed = False
         self.close_code = None
         self.dropped = False
+        self.inflate = None  # the socket's inflate window, once the server agreed to compress
 
     def on_ws_connected(self, transport: WSTransport):
         self.transport = transport
+        if self.owner.deflate:
+            agreed = transport.response.headers.get("Sec-WebSocket-Extensions") or ""
+            if "permessage-deflate" in agreed:
+                self.owner.deflated += 1
+                self.inflate = zlib.decompressobj(-15)
         if self.owner.kind == "json" and not self.ready.done():
             self.ready.set_result(True)
 
@@ -154,6 +168,11 @@ class Subscriber(WSListener):
             payload = frame.get_payload_as_bytes()
             owner = self.owner
             owner.stats.frames += 1
+            if frame.rsv1:  # compressed (RFC 7692: the sync tail is dropped on the wire)
+                owner.stats.wire_bytes += len(payload)
+                payload = self.inflate.decompress(payload + SYNC_TAIL)
+            else:
+                owner.stats.wire_bytes += len(payload)
             kind = owner.kind
             if kind == "socketio":
                 head = payload[:2]
@@ -210,6 +229,8 @@ class SubsProcess:
         self.n = cfg["n"]
         self.urls = cfg["urls"]  # one per subscriber
         self.stats = Stats(cfg.get("per_event", False))
+        self.deflate = bool(cfg.get("deflate"))
+        self.deflated = 0  # sockets on which the server agreed to permessage-deflate
         self.subs: list[Subscriber | None] = [None] * self.n
         self.last_seq = [0] * self.n
         self.disconnects = 0
@@ -234,6 +255,7 @@ class SubsProcess:
                         websocket_handshake_timeout=20,
                         enable_auto_pong=True,
                         read_buffer_init_size=4096,
+                        extra_headers=DEFLATE_OFFER if self.deflate else None,
                     )
                     self.subs[i] = listener
                     ok = await asyncio.wait_for(listener.ready, 20)
@@ -263,6 +285,7 @@ class SubsProcess:
             "connect_seconds": round(time.monotonic() - t0, 3),
             "connect_cpu_seconds": round(cpu_seconds() - cpu0, 3),
             "error_samples": self.error_samples[:5],
+            "deflated": self.deflated,
         }
 
     async def storm(self) -> dict:
@@ -286,6 +309,7 @@ class SubsProcess:
         cpu = cpu_seconds() - st.cpu0
         out = {
             "frames": st.frames,
+            "wire_bytes": st.wire_bytes,
             "events": st.events,
             "gaps": st.gaps,
             "dups": st.dups,

@@ -63,6 +63,7 @@ class Target:
     proc: subprocess.Popen | None = None
     log: Path | None = None
     extra_env: dict = field(default_factory=dict)
+    deflate: bool = False  # the subscribers offer permessage-deflate (as browsers and the mini-program do)
 
     def command(self) -> list[str]:
         if self.is_relay:
@@ -124,6 +125,10 @@ TARGETS = {
     # the Redis scenario only
     "relay_redis1": dict(label="relay, Redis, 1 worker", kind="relay", baseline=False),
     "relay_redis2": dict(label="relay, Redis, 2 workers", kind="relay", baseline=False),
+    # the fan-out scenario only: subscribers offering permessage-deflate, the relay's default
+    # answer (server context takeover), and each message compressed alone
+    "relay_deflate": dict(label="relay, deflate", kind="relay", baseline=False, deflate=True),
+    "relay_deflate_msg": dict(label="relay, deflate, each message alone", kind="relay", baseline=False, deflate=True),
 }
 BASELINES = ["sanic_minimal", "socketio", "bare_websockets"]
 SHORT = {"sanic_minimal": "a", "socketio": "b", "bare_websockets": "c", "relay": "relay"}
@@ -249,6 +254,22 @@ class Server:
                 pass
         return total
 
+    def cpu_fine(self) -> float:
+        """CPU seconds of the live threads, to the nanosecond (Linux schedstat); else :meth:`cpu`.
+
+        ``cpu`` counts in clock ticks (10 ms): a fan-out round of ~150 ms CPU moves
+        by a tick either way, which alone spreads a ratio by several percent.
+        """
+        total = 0
+        try:
+            for p in self.procs():
+                for task in Path(f"/proc/{p.pid}/task").iterdir():
+                    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                        total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError):
+            return self.cpu()
+        return total / 1e9
+
     def __exit__(self, *exc):
         proc = self.t.proc
         if proc and proc.poll() is None:
@@ -326,6 +347,7 @@ class Subs:
             "resume_param": target.is_relay,
             "defer": defer,
             "connect_rate": rate,
+            "deflate": target.deflate,
         }
         cfgfile = tmp / f"subs-{target.name}-{time.monotonic_ns()}.json"
         cfgfile.write_text(json.dumps(cfg))
@@ -632,19 +654,32 @@ def sc_rates(targets: list[Target], cfg: dict, tmp: Path) -> dict:
 
 
 def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
+    """One execution with ``subscribers`` sockets, ``events`` events spaced
+    ``interval`` apart. With the relay, ``deflate`` adds two more relays whose
+    subscribers offer permessage-deflate: one with the default answer (server
+    context takeover), one compressing each message alone; every target's
+    trials interleaved, so the compressed and uncompressed figures share a run."""
     n = cfg["subscribers"]
     ids = ["fanout-0"] * n
     per_round = max(1, cfg["events"] // cfg["rounds"])
+    run = list(targets)
+    if cfg.get("deflate") and any(t.name == "relay" for t in targets):
+        run.append(Target(name="relay_deflate", **TARGETS["relay_deflate"]))
+        msg = Target(name="relay_deflate_msg", **TARGETS["relay_deflate_msg"])
+        msg.extra_env = {"RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER": "false"}
+        run.append(msg)
 
     def warm(t, srv, subs):
+        if t.deflate and subs.info["deflated"] != n:
+            raise RuntimeError(f"permessage-deflate agreed on {subs.info['deflated']} of {n} sockets")
         publish(t, ids[:1], tmp, mode="spaced", count=3, interval=cfg["interval"])
         time.sleep(0.2)
         subs.cmd("reset")
 
     def trial(t, srv, subs, r):
-        cpu0 = srv.cpu()
+        cpu0 = srv.cpu_fine()
         pub = publish(t, ids[:1], tmp, mode="spaced", count=per_round, interval=cfg["interval"])
-        return {"cpu": srv.cpu() - cpu0, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
+        return {"cpu": srv.cpu_fine() - cpu0, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
 
     def finish(t, srv, subs, entry):
         # one report per target after all rounds: the subscribers kept counting
@@ -662,11 +697,21 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
             "server_cpu_ms_per_event": round(
                 1000 * sum(x["cpu"] for x in trials) / max(1, sum(x["ok"] for x in trials)), 2
             ),
+            # payload bytes per delivered frame, as received (compressed or not)
+            "bytes_per_frame": round(rep["wire_bytes"] / rep["frames"], 1) if rep["frames"] else None,
             "lost": max(0, accepted * n - rep["events"]),
             "client_cpu_pct": client_flag(rep["cpu_percent"]),
         }
 
-    return interleaved(targets, cfg, tmp, ids, cfg["rounds"], trial, per_event=True, warmup=warm, finish=finish)
+    res = interleaved(run, cfg, tmp, ids, cfg["rounds"], trial, per_event=True, warmup=warm, finish=finish)
+    plain = res.get("relay", {}).get("summary", {})
+    for name in ("relay_deflate", "relay_deflate_msg"):
+        summary = res.get(name, {}).get("summary")
+        if summary and plain:  # the compressed relay against the uncompressed one, same run
+            for metric in ("server_cpu_ms_per_event", "all_delivered_p50_ms", "all_delivered_p90_ms"):
+                if summary[metric] is not None and plain.get(metric):
+                    summary[f"{metric}_vs_plain"] = round(summary[metric] / plain[metric], 3)
+    return res
 
 
 def sc_storm(t: Target, cfg: dict, tmp: Path) -> dict:
@@ -959,7 +1004,7 @@ FULL = {
     "idle_memory": {"n": 10000, "concurrency": 100, "settle": 1.5, "hold": 2.0},
     "closed_loop": {"subscribers": 2000, "connections": 8, "warmup": 1.0, "duration": 3.0, "trials": 3},
     "rates": {"subscribers": 2000, "connections": 32, "warmup": 1.0, "duration": 3.0, "rates": [1000, 2000, 4000]},
-    "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1},
+    "fanout": {"subscribers": 1000, "events": 30, "rounds": 3, "interval": 0.1, "deflate": True},
     "batch": {"subscribers": 2000, "connections": 4, "batch_size": 100, "warmup": 1.0, "duration": 3.0, "trials": 3},
     "storm": {"clients": 5000, "concurrency": 500, "rate": 1000, "duration": 6.0, "storm_after": 1.5},
     # 1,000 events/s to 1,000 subscribers; 5,000 more connect within 5 s, 1 s in; the
@@ -987,7 +1032,7 @@ SMOKE = {
     "idle_memory": {"n": 200, "concurrency": 50, "settle": 0.3, "hold": 0.3},
     "closed_loop": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "trials": 1},
     "rates": {"subscribers": 100, "connections": 4, "warmup": 0.2, "duration": 0.5, "rates": [100, 200]},
-    "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.03},
+    "fanout": {"subscribers": 50, "events": 4, "rounds": 2, "interval": 0.03, "deflate": True},
     "batch": {"subscribers": 100, "connections": 2, "batch_size": 20, "warmup": 0.2, "duration": 0.5, "trials": 1},
     "storm": {"clients": 50, "concurrency": 50, "rate": 100, "duration": 1.0, "storm_after": 0.3},
     "rush": {
@@ -1294,7 +1339,10 @@ def main(argv=None) -> int:
         except Exception as exc:
             res = {t.name: {"error": f"{type(exc).__name__}: {exc}"} for t in targets}
         if scen not in ("redis", "capacity", "product"):
-            res = {name: res.get(name, {"error": "no result"}) for name in names}
+            # every requested target, then the variants a scenario adds (the fan-out's compressed relays)
+            res = {name: res.get(name, {"error": "no result"}) for name in names} | {
+                name: entry for name, entry in res.items() if name not in names
+            }
         results[scen] = res
         print(f"  {scen} ({time.monotonic() - t0:.1f} s)", flush=True)
         for name in res:

@@ -6,7 +6,9 @@ the machine is shared and noisy, and the figures live in docs/performance.md.
 The product comparison (`product`, progress-relay only) is also checked for
 what holds on any machine: every watcher saw every event once and in order,
 the compressed socket really negotiated permessage-deflate, and it moved
-fewer bytes than polling.
+fewer bytes than polling. The fan-out's compressed relays (added next to the
+relay) are checked the same way: every socket agreed to compress, nothing was
+lost, and compressed frames are smaller.
 """
 
 import json
@@ -22,6 +24,7 @@ for _module in ("picows", "socketio", "aiohttp", "psutil", "matplotlib", "uvloop
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ["idle_memory", "closed_loop", "rates", "fanout", "batch", "storm", "rush", "product"]
 RELAY_ONLY = {"product"}
+FANOUT_DEFLATE = {"relay_deflate", "relay_deflate_msg"}  # added to the fan-out next to the relay
 PRODUCT_MODES = ["poll_state", "poll_events", "ws", "ws_deflate", "ws_deflate_msg"]
 
 
@@ -60,6 +63,8 @@ def test_bench_smoke_writes_results(tmp_path):
     assert set(doc["scenarios"]) == set(SCENARIOS)
     for scenario, per_target in doc["scenarios"].items():
         expected = {"relay"} & set(targets) if scenario in RELAY_ONLY else set(targets)
+        if scenario == "fanout" and "relay" in targets:
+            expected |= FANOUT_DEFLATE
         assert set(per_target) == expected, scenario
         for name, entry in per_target.items():
             assert "error" not in entry, f"{scenario}/{name}: {entry.get('error')}"
@@ -73,6 +78,7 @@ def test_bench_smoke_writes_results(tmp_path):
         assert doc["ratios_subject"] == "relay"
         assert "sanic_minimal" in doc["ratios"]["closed_loop"]["posts_per_s"]
         check_product(doc["scenarios"]["product"]["relay"])
+        check_fanout_deflate(doc["scenarios"]["fanout"], doc["config"]["fanout"]["subscribers"])
 
     latest = (tmp_path / "latest.md").read_text()
     assert "| metric |" in latest
@@ -83,6 +89,21 @@ def test_bench_smoke_writes_results(tmp_path):
         assert "| mode | update latency p50 / max | HTTP requests | bytes on the wire" in latest
     png = tmp_path / "latency.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def check_fanout_deflate(fanout, subscribers):
+    """The compressed fan-out really compressed, on every socket, and lost nothing."""
+    plain = fanout["relay"]["summary"]
+    for name in FANOUT_DEFLATE:
+        entry = fanout[name]
+        assert entry["connect"]["deflated"] == subscribers, name
+        summary = entry["summary"]
+        assert summary["lost"] == 0, name
+        assert summary["bytes_per_frame"] < plain["bytes_per_frame"], name
+    # the default keeps the client's window: event frames refer back to the previous one
+    context, alone = (fanout[name]["summary"]["bytes_per_frame"] for name in ("relay_deflate", "relay_deflate_msg"))
+    assert context < alone
+    assert fanout["relay"]["connect"]["deflated"] == 0
 
 
 def check_product(entry):

@@ -22,7 +22,6 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from service.web import wsproto
-from service.web.routes.ws import text_frame
 from service.web.wsproto import LeanEvent, RelayWebSocketProtocol, compression_extensions
 from tests.conftest import Server, recv_json
 
@@ -95,6 +94,58 @@ def test_sockets_with_the_same_history_share_one_compression() -> None:
         a, b = first.encode(Frame(Opcode.TEXT, data)), second.encode(Frame(Opcode.TEXT, data))
         assert a.data == b.data
         assert (len(data) < 64) or a.data is b.data  # the very same object: compressed once
+
+
+@pytest.mark.parametrize("context_takeover", [True, False])
+@pytest.mark.parametrize("window_bits", [None, 9])
+def test_shared_frames_are_what_websockets_would_send(context_takeover: bool, window_bits: int | None) -> None:
+    """A socket sent shared frames gets, byte for byte, what websockets would have sent it; a client decodes them."""
+    offer = ClientPerMessageDeflateFactory(client_max_window_bits=True, server_max_window_bits=window_bits)
+    shared, client = negotiate(offer, context_takeover)
+    reference, _ = negotiate(offer, context_takeover)
+    # each message alone: websockets' own extension (a zlib stream per message), short ones left as they are
+    own = PerMessageDeflate(
+        True, True, reference.remote_max_window_bits, reference.local_max_window_bits, {"memLevel": 5}
+    )
+    for i, data in enumerate(frames(40)):
+        text = data.decode()
+        expected = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[reference])
+        if not context_takeover and len(data) >= 64:
+            assert expected == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[own])
+        if i % 3 == 2:  # now and then through websockets' path: the window follows either way
+            wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[shared])
+        else:
+            wire = wsproto.shared_text_frame([shared], text)
+        assert wire == expected
+        parser = websockets.ClientProtocol(websockets.uri.parse_uri("ws://x/"), state=websockets.protocol.State.OPEN)
+        parser.extensions = [client]
+        parser.receive_data(wire)
+        (event,) = parser.events_received()
+        assert event.data == data
+
+
+def test_sockets_in_the_same_state_get_the_very_same_frame() -> None:
+    """A fan-out builds each frame once: plain sockets, and compressing ones with the same window, share the bytes."""
+    first, _ = negotiate(ClientPerMessageDeflateFactory(), True)
+    second, _ = negotiate(ClientPerMessageDeflateFactory(), True)
+    alone, _ = negotiate(ClientPerMessageDeflateFactory(), False)
+    other, _ = negotiate(ClientPerMessageDeflateFactory(), False)
+    for data in frames(8):
+        text = data.decode()
+        plain = wsproto.shared_text_frame([], text)
+        assert plain is wsproto.shared_text_frame([], text)
+        assert wsproto.shared_text_frame([first], text) is wsproto.shared_text_frame([second], text)
+        assert wsproto.shared_text_frame([alone], text) is wsproto.shared_text_frame([other], text)
+        if len(data) < 64:
+            assert wsproto.shared_text_frame([alone], text) is plain
+
+
+def test_a_socket_with_unknown_extensions_is_left_to_websockets() -> None:
+    """Extensions the relay did not build (or several) get no shared frame: websockets frames those."""
+    offer = ClientPerMessageDeflateFactory()
+    assert wsproto.shared_text_frame([offer.process_response_params([], [])], "x" * 100) is None
+    server, _ = negotiate(offer, True)
+    assert wsproto.shared_text_frame([server, server], "x" * 100) is None
 
 
 def test_the_shared_cache_is_bounded() -> None:
@@ -251,4 +302,4 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
 def test_text_frame_matches_websockets_serialization(size: int) -> None:
     """The relay's own text frame is byte for byte what websockets serializes, at every length encoding."""
     payload = b"x" * size
-    assert text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    assert wsproto._text_frame(payload, False) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])

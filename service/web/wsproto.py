@@ -23,6 +23,12 @@ Client-to-server messages are always negotiated without context takeover
 (they are tiny pings), so the server holds no inflate window either.
 Messages shorter than ``RELAY_WS_COMPRESSION_MIN_SIZE`` go uncompressed.
 
+In both modes a socket's next compressed message depends only on the message
+and the socket's window (none at all without context takeover), so a fan-out
+compresses each event once and hands every socket in the same state the same
+serialized frame (:func:`shared_text_frame`), as it does for uncompressed
+sockets: no zlib stream and no websockets frame building per socket.
+
 Sanic internals relied on, checked against Sanic 25.12.1 and websockets 17.4
 (``tests/test_wsproto.py::test_sanic_internals_keep_their_shape`` fails,
 naming what moved, when an upgrade changes any of them; ``hardening.py``
@@ -64,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -76,7 +83,7 @@ from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidHeader
-from websockets.extensions.base import ServerExtensionFactory
+from websockets.extensions.base import Extension, ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -89,7 +96,7 @@ from ..gcpolicy import policy as gc_policy
 from ..limits import FrameGuard, PeerLimit
 from .hardening import LINGER, RelayHttp
 
-__all__ = ["RelayWebSocketProtocol", "compression_extensions"]
+__all__ = ["RelayWebSocketProtocol", "compression_extensions", "shared_text_frame"]
 
 _DATA = (Opcode.TEXT, Opcode.BINARY)
 _SYNC_TAIL = b"\x00\x00\xff\xff"  # ends every sync-flushed message; RFC 7692 drops it on the wire
@@ -112,18 +119,43 @@ _TOO_MANY_CONNECTIONS = (
 log = logging.getLogger("relay.ws")
 
 
+def _text_frame(payload: bytes, compressed: bool) -> bytes:
+    """A final, unmasked text frame (RFC 6455 section 5.2); RSV1 marks a compressed message (RFC 7692)."""
+    head = 0x81 | (0x40 if compressed else 0)
+    length = len(payload)
+    if length < 126:
+        return struct.pack("!BB", head, length) + payload
+    if length < 65536:
+        return struct.pack("!BBH", head, 126, length) + payload
+    return struct.pack("!BBQ", head, 127, length) + payload
+
+
 class _MinSizeDeflate(PerMessageDeflate):
-    """permessage-deflate that leaves short messages uncompressed (allowed by RFC 7692)."""
+    """permessage-deflate without server context takeover; short messages go uncompressed (RFC 7692 allows it).
+
+    Each message is compressed alone, so its compressed form is the same for every
+    socket with the same window size: it comes from the shared cache (an empty
+    dictionary), not from a zlib stream per socket.
+    """
 
     def __init__(self, *args: Any, min_size: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.min_size = min_size
 
     def encode(self, frame: Frame) -> Frame:
-        """Compress data frames of at least ``min_size`` bytes."""
-        if frame.opcode in _DATA and frame.fin and len(frame.data) < self.min_size:
+        """Compress data frames of at least ``min_size`` bytes (fragments as websockets does)."""
+        if frame.opcode not in _DATA or not frame.fin:
+            return super().encode(frame)
+        if len(frame.data) < self.min_size:
             return frame
-        return super().encode(frame)
+        payload, _ = _cache.get(b"", bytes(frame.data), self.local_max_window_bits)
+        return Frame(frame.opcode, payload, True, True, frame.rsv2, frame.rsv3)
+
+    def text_frame(self, data: bytes, plain: bytes) -> bytes:
+        """The serialized frame of the text message ``data`` (``plain``: its uncompressed frame)."""
+        if len(data) < self.min_size:
+            return plain
+        return _cache.frame(b"", data, self.local_max_window_bits)[0]
 
 
 class _Compressed:
@@ -131,6 +163,7 @@ class _Compressed:
 
     Sockets of one execution receive the same frames in the same order, so they
     ask for the same entries: the first one compresses, the others look it up.
+    An entry holds the payload, the next dictionary and the serialized text frame.
     Bounded by entries and by bytes: cleared when either is full (a miss only
     costs one compression); a message larger than ``max_entry`` is never cached
     (each socket compresses it), so no stream of large distinct events can grow
@@ -142,24 +175,30 @@ class _Compressed:
     max_entry = 64 << 10
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[bytes, bytes, int], tuple[bytes, bytes]] = {}
-        self.size = 0  # bytes held: keys' dictionaries and messages, payloads and next dictionaries
+        self.entries: dict[tuple[bytes, bytes, int], tuple[bytes, bytes, bytes]] = {}
+        self.size = 0  # bytes held: keys' dictionaries and messages, payloads, next dictionaries and frames
 
     def get(self, dictionary: bytes, data: bytes, wbits: int) -> tuple[bytes, bytes]:
         """The compressed payload of ``data`` and the shared copy of ``data`` (the next dictionary)."""
-        key = (dictionary, data, wbits)
-        hit = self.entries.get(key)
-        if hit is not None:
-            return hit
+        entry = self.entries.get((dictionary, data, wbits)) or self._add(dictionary, data, wbits)
+        return entry[0], entry[1]
+
+    def frame(self, dictionary: bytes, data: bytes, wbits: int) -> tuple[bytes, bytes]:
+        """The text message ``data`` compressed and serialized as a frame, and the next dictionary."""
+        entry = self.entries.get((dictionary, data, wbits)) or self._add(dictionary, data, wbits)
+        return entry[2], entry[1]
+
+    def _add(self, dictionary: bytes, data: bytes, wbits: int) -> tuple[bytes, bytes, bytes]:
+        payload, following = self._compress(dictionary, data, wbits)
+        entry = (payload, following, _text_frame(payload, True))
         if len(data) > self.max_entry:
             metrics.compression_cache(self.size, uncached=True)
-            return self._compress(dictionary, data, wbits)
-        entry = self._compress(dictionary, data, wbits)
-        cost = len(dictionary) + len(data) + len(entry[0]) + len(entry[1])
+            return entry
+        cost = len(dictionary) + len(data) + len(payload) + len(following) + len(entry[2])
         if len(self.entries) >= self.limit or self.size + cost > self.max_bytes:
             self.entries.clear()
             self.size = 0
-        self.entries[key] = entry
+        self.entries[dictionary, data, wbits] = entry
         self.size += cost
         metrics.compression_cache(self.size)
         return entry
@@ -198,6 +237,53 @@ class _SharedContextDeflate(PerMessageDeflate):
             return frame
         payload, self.window = _cache.get(self.window, bytes(frame.data), self.local_max_window_bits)
         return Frame(frame.opcode, payload, True, True, frame.rsv2, frame.rsv3)
+
+    def text_frame(self, data: bytes, plain: bytes) -> bytes:
+        """The serialized frame of the text message ``data`` (``plain``: its uncompressed frame); moves the window."""
+        if len(data) < self.min_size:
+            return plain
+        wire, self.window = _cache.frame(self.window, data, self.local_max_window_bits)
+        return wire
+
+
+class _Latest:
+    """The last text message handed to a socket: its UTF-8 bytes and its uncompressed frame, made once."""
+
+    __slots__ = ("data", "plain", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.data = b""
+        self.plain = _text_frame(b"", False)
+
+    def set(self, text: str) -> None:
+        self.data = text.encode()
+        self.plain = _text_frame(self.data, False)
+        self.text = text
+
+
+_latest = _Latest()
+
+
+def shared_text_frame(extensions: Sequence[Extension], text: str) -> bytes | None:
+    """``text`` serialized as the next frame of a socket with these extensions (None: only websockets can).
+
+    Sockets that receive the same message in the same state get the very same
+    bytes: the message is encoded, compressed (per window) and framed once per
+    fan-out, not once per socket. A compressing socket's window moves on as if
+    websockets had sent the frame, so whatever it sends next through websockets
+    (``send_text``, the extension's ``encode``) follows on correctly.
+    """
+    latest = _latest
+    if text is not latest.text:  # a fan-out hands the same str object to every socket in a row
+        latest.set(text)
+    if not extensions:
+        return latest.plain
+    if len(extensions) == 1:
+        extension = extensions[0]
+        if isinstance(extension, _SharedContextDeflate | _MinSizeDeflate):
+            return extension.text_frame(latest.data, latest.plain)
+    return None
 
 
 class _Factory(ServerPerMessageDeflateFactory):

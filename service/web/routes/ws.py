@@ -31,49 +31,12 @@ from ...pinger import ping_payload
 from ...relay import Refused, Relay
 from ...subscription import Subscription
 from ..http import bearer_or_query_token
+from ..wsproto import shared_text_frame
 
 __all__ = ["bp"]
 
 bp = Blueprint("ws")
 log = logging.getLogger("relay.ws")
-
-
-class _WireCache:
-    """The last event frame serialized as an uncompressed WebSocket text frame.
-
-    A fan-out hands the same frame string to every socket of the execution in a
-    row: it is serialized once and the same bytes are written to each (the
-    sockets that negotiated compression go through their extension instead).
-    """
-
-    __slots__ = ("frame", "wire")
-
-    def __init__(self) -> None:
-        self.frame = ""
-        self.wire = b""
-
-    def get(self, frame: str) -> bytes:
-        if frame is not self.frame:
-            self.wire = text_frame(frame.encode())
-            self.frame = frame
-        return self.wire
-
-
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` as one final, unmasked WebSocket text frame, as a server sends it (RFC 6455 5.2).
-
-    The same bytes as websockets' ``Frame(Opcode.TEXT, payload).serialize(mask=False)``
-    at a fraction of its cost (it took about 4 % of a single-subscriber publish, py-spy).
-    """
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 65536:
-        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
-
-
-_wire = _WireCache()
 
 
 class WsSink:
@@ -133,9 +96,11 @@ class WsSink:
             or transport.get_write_buffer_size() > WS_WRITE_BUFFER_HIGH
         ):
             return False
-        if not proto.extensions and not proto.writes:  # nothing else pending: the shared bytes
-            transport.write(_wire.get(frame))
-            return True
+        if not proto.writes:  # nothing else pending: the bytes every socket in this state gets
+            wire = shared_text_frame(proto.extensions, frame)
+            if wire is not None:
+                transport.write(wire)
+                return True
         proto.send_text(frame.encode())
         for data in proto.data_to_send():
             transport.write(data)

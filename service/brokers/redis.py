@@ -61,13 +61,13 @@ from redis.asyncio.connection import ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
 from ..events import Event, EventDraft
-from . import redis_errors
+from . import redis_errors, redis_wire
 from .base import Broker, HistoryPage, PublishResult, new_epoch
 from .redis_errors import BROKEN as _BROKEN
 from .redis_errors import BROKEN_OR_LATE, PUBLISH, READ, SUBSCRIBE, WRITE, ReplicasUnavailable, failure
@@ -258,6 +258,7 @@ class RedisBroker(Broker):
         self.min_replicas_timeout = min_replicas_timeout
         self.prefix = prefix
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.ping_timeout = ping_timeout
         self.keepalive_interval = keepalive_interval
         self.reconnect_min = reconnect_min
@@ -510,21 +511,15 @@ class RedisBroker(Broker):
             return [failure(exc, PUBLISH)] * len(calls)
         try:
             await connection.send_packed_command(payload, check_health=False)
-            replies: list[Any] = []
-            for _ in calls:
-                if asking:
-                    with contextlib.suppress(ResponseError):
-                        await connection.read_response()  # +OK to ASKING
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # an error reply; the connection is fine
-                    replies.append(exc)
+            # Error replies (NOSCRIPT, MOVED, READONLY) come back in the list; the connection is fine.
+            count = len(calls) * (2 if asking else 1) + (2 if waiting else 0)
+            replies = await redis_wire.read_replies(connection, count, self.command_timeout)
             if waiting:
-                with contextlib.suppress(ResponseError):
-                    await connection.read_response()  # EXPIRE
-                acknowledged = int(await connection.read_response())
-                if acknowledged < self.min_replicas:
-                    replies = self._unreplicated(replies, acknowledged)
+                *replies, _, acknowledged = replies  # ..., EXPIRE, WAIT
+            if asking:
+                replies = replies[1::2]  # without the +OK to each ASKING
+            if waiting and int(acknowledged) < self.min_replicas:
+                replies = self._unreplicated(replies, int(acknowledged))
             return replies
         except _BROKEN as exc:
             await connection.disconnect(nowait=True)
@@ -696,25 +691,34 @@ class RedisBroker(Broker):
             delay = min(delay * 2, self.reconnect_max)
 
     async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
-        """Dispatch messages in arrival order; mark connected once resubscribed."""
+        """Dispatch messages in arrival order; mark connected once resubscribed.
+
+        Messages are read straight off the connection (:mod:`.redis_wire`), all
+        those one socket read brought at once; redis-py's ``handle_message`` only
+        sees the rest (subscribe, unsubscribe, pong), whose bookkeeping it keeps.
+        """
+        connection = pubsub.connection
+        assert connection is not None  # subscribed before reading
         while True:
-            message = await pubsub.get_message(timeout=None)
+            messages = await redis_wire.read_available(connection)
             self._last_seen = time.monotonic()
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind == "message":
-                self._dispatch(message["channel"], message["data"])
-            elif kind == "subscribe":
-                channel = message["channel"]
-                future = self._confirm.pop(channel, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
-                if pending:
-                    pending.discard(channel)
-                    if not pending:
-                        self._on_connected(first)
-            # pong, unsubscribe: nothing to do beyond _last_seen
+            for reply in messages:
+                if isinstance(reply, Exception):
+                    raise reply  # an error reply on a pub/sub connection: reconnect
+                if reply[0] == "message":
+                    self._dispatch(reply[1], reply[2])
+                    continue
+                message = await pubsub.handle_message(reply)
+                if message is not None and message["type"] == "subscribe":
+                    channel = message["channel"]
+                    future = self._confirm.pop(channel, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+                    if pending:
+                        pending.discard(channel)
+                        if not pending:
+                            self._on_connected(first)
+                # pong, unsubscribe: nothing to do beyond _last_seen
 
     def _dispatch(self, channel: str, data: str) -> None:
         """Hand one live event to the listener (or a control message to its handler)."""

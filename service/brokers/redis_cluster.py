@@ -47,7 +47,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 
 from ..errors import BrokerUnavailable
-from .redis import NOT_READY, PUBLISH_LUA, RedisBroker, _Call
+from .redis import NOT_READY, PUBLISH_LUA, RedisBroker, _Call, _Lane
 from .redis_errors import BROKEN as _BROKEN
 from .redis_errors import BROKEN_OR_LATE, SUBSCRIBE, failure
 
@@ -131,8 +131,11 @@ class RedisClusterBroker(RedisBroker):
 
     # -- publishing: grouped by node ------------------------------------------------------
 
-    async def _send_calls(self, calls: list[_Call]) -> list[Any]:
-        """Send each call to the node owning its slot, all nodes at once; follow MOVED/ASK/TRYAGAIN."""
+    async def _send_calls(self, calls: list[_Call], lane: _Lane | None = None) -> list[Any]:
+        """Send each call to the node owning its slot, all nodes at once; follow MOVED/ASK/TRYAGAIN.
+
+        A node's connection is cheap to take (no lane: ``lane`` is ignored).
+        """
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         asking: dict[int, str] = {}  # item -> node named by its ASK

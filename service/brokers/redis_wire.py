@@ -21,8 +21,9 @@ from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["fast", "read_available", "read_replies"]
@@ -74,6 +75,11 @@ async def read_replies(connection: AbstractConnection, count: int, timeout: floa
         if isinstance(reply, RedisConnectionError):
             raise reply
         replies.append(reply)
+    if isinstance(connection, SentinelManagedConnection) and any(isinstance(r, ReadOnlyError) for r in replies):
+        # As redis-py's Sentinel connection does: the primary it knew was demoted; the
+        # next connection asks the Sentinels again.
+        await connection.disconnect()
+        raise RedisConnectionError("The previous master is now a slave")
     return replies
 
 

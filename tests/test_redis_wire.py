@@ -14,6 +14,7 @@ from redis._parsers import _AsyncRESP2Parser
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -97,3 +98,17 @@ async def test_every_message_already_received_comes_at_once(
     while len(messages) < 3:
         messages += await redis_wire.read_available(connection)
     assert messages == [["message", channel, f"m{i}"] for i in range(3)]
+
+
+async def test_send_writes_at_once_and_the_replies_follow(connection: Connection, redis_prefix: str) -> None:
+    """A payload written with send() reaches Redis; its replies are read back in order."""
+    key = f"{redis_prefix}:sent"
+    await redis_wire.send(connection, b"".join(connection.pack_commands([("SET", key, "1"), ("INCR", key)])), 5.0)
+    assert (await redis_wire.read_replies(connection, 2, 5.0))[1] == 2
+
+
+async def test_send_on_a_closed_connection_raises_connection_error(connection: Connection) -> None:
+    """Sending on a connection that was disconnected raises redis-py's ConnectionError (a broken connection)."""
+    await connection.disconnect()
+    with pytest.raises(RedisConnectionError):
+        await redis_wire.send(connection, b"*1\r\n$4\r\nPING\r\n", 5.0)

@@ -572,7 +572,7 @@ class RedisBroker(Broker):
         except _BROKEN as exc:
             return [failure(exc, PUBLISH)] * len(calls)
         try:
-            await connection.send_packed_command(payload, check_health=False)
+            await redis_wire.send(connection, payload, self.command_timeout)
             # Error replies (NOSCRIPT, MOVED, READONLY) come back in the list; the connection is fine.
             count = len(calls) * (2 if asking else 1) + (2 if waiting else 0)
             replies = await redis_wire.read_replies(connection, count, self.command_timeout)

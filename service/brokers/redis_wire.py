@@ -26,13 +26,34 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["fast", "read_available", "read_replies"]
+__all__ = ["fast", "read_available", "read_replies", "send"]
 
 
 def fast(connection: AbstractConnection) -> bool:
     """Whether ``connection`` parses with hiredis (the fast path applies)."""
     parser = getattr(connection, "_parser", None)
     return isinstance(parser, _AsyncHiredisParser) and parser._reader is not None
+
+
+async def send(connection: AbstractConnection, payload: bytes, timeout: float | None) -> None:
+    """Write ``payload`` now; wait (at most ``timeout``) only when the socket did not take it all.
+
+    redis-py's ``send_packed_command`` runs every write in a task of its own
+    under ``wait_for`` (so it happens an event-loop turn later) even when the
+    kernel takes the bytes at once, as it nearly always does.
+    """
+    writer = connection._writer
+    if writer is None:  # disconnected meanwhile
+        raise RedisConnectionError("the connection to the Redis server is closed")
+    writer.write(payload)
+    if writer.transport.get_write_buffer_size():
+        try:
+            async with asyncio.timeout(timeout):
+                await writer.drain()
+        except TimeoutError:
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"Error while writing to the Redis server: {exc.args}") from None
 
 
 async def _fill(connection: AbstractConnection, timeout: float | None) -> None:

@@ -47,6 +47,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 
 from ..errors import BrokerUnavailable
+from . import redis_wire
 from .redis import NOT_READY, PUBLISH_LUA, RedisBroker, _Call, _Lane
 from .redis_errors import BROKEN as _BROKEN
 from .redis_errors import BROKEN_OR_LATE, SUBSCRIBE, failure
@@ -302,13 +303,21 @@ class RedisClusterBroker(RedisBroker):
     async def _read_shard(self, shard: _Shard) -> None:
         """Dispatch one node's messages; a pushed SUNSUBSCRIBE (slot migrated) or a failure re-places channels."""
         keepalive = asyncio.create_task(self._shard_keepalive(shard))
+        connection = shard.pubsub.connection
+        assert connection is not None  # connected by _shard before this reader starts
         try:
             while True:
-                message = await shard.pubsub.get_message(timeout=None)
+                replies = await redis_wire.read_available(connection)
                 shard.last_seen = time.monotonic()
-                if message is None:
-                    continue
-                self._on_shard_message(shard, message)
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply  # an error reply (MOVED to a stale SSUBSCRIBE): place the channels again
+                    if reply[0] == "smessage":  # the common case, without redis-py's handle_message
+                        self._on_shard_message(shard, {"type": "smessage", "channel": reply[1], "data": reply[2]})
+                        continue
+                    message = await shard.pubsub.handle_message(reply)
+                    if message is not None:
+                        self._on_shard_message(shard, message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed node, or an error reply (MOVED to a stale SSUBSCRIBE)

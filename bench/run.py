@@ -125,6 +125,7 @@ TARGETS = {
     # the Redis scenario only
     "relay_redis1": dict(label="relay, Redis, 1 worker", kind="relay", baseline=False),
     "relay_redis2": dict(label="relay, Redis, 2 workers", kind="relay", baseline=False),
+    "relay_redis_cluster": dict(label="relay, Redis Cluster (3 masters), 1 worker", kind="relay", baseline=False),
     # the fan-out scenario only: subscribers offering permessage-deflate, the relay's default
     # answer (server context takeover), and each message compressed alone
     "relay_deflate": dict(label="relay, deflate", kind="relay", baseline=False, deflate=True),
@@ -881,8 +882,26 @@ def redis_cleanup() -> None:
         pass
 
 
+def bench_cluster():
+    """A 3-master Redis Cluster of the bench's own (free loopback ports, killed afterwards), or the reason why not."""
+    binary = shutil.which("redis-server")
+    if binary is None or shutil.which("redis-cli") is None:
+        return None, "redis-server or redis-cli not installed"
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_topology import ClusterSetup
+
+    cluster = ClusterSetup(binary)
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.close()
+        return None, f"the bench's cluster did not start: {type(exc).__name__}: {exc}"
+    return cluster, None
+
+
 def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
-    """The relay with the Redis broker, 1 and 2 worker processes, next to the
+    """The relay with the Redis broker, 1 and 2 worker processes, and with the
+    cluster broker (one worker, a 3-master cluster started here), next to the
     memory broker and baseline (a): closed-loop throughput, then latency at a
     fixed rate, interleaved."""
     names = [t.name for t in targets]
@@ -891,11 +910,15 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     if not redis_reachable():
         return {"relay_redis1": {"error": f"Redis not reachable at {REDIS_URL}"}}
     run = [t for t in targets if t.name in ("sanic_minimal", "relay")]
-    for workers in (1, 2):
-        t = Target(name=f"relay_redis{workers}", **TARGETS[f"relay_redis{workers}"])
+    urls = {"relay_redis1": REDIS_URL, "relay_redis2": REDIS_URL}
+    cluster, why_not = bench_cluster()
+    if cluster is not None:
+        urls["relay_redis_cluster"] = cluster.url
+    for name, url in urls.items():
+        t = Target(name=name, **TARGETS[name])
         t.extra_env = {
-            "RELAY_BROKER_URL": REDIS_URL,
-            "RELAY_WORKERS": str(workers),
+            "RELAY_BROKER_URL": url,
+            "RELAY_WORKERS": "2" if name == "relay_redis2" else "1",
             "RELAY_REDIS_PREFIX": REDIS_PREFIX,
             "RELAY_HISTORY_TTL": "600",
         }
@@ -919,6 +942,10 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         res = interleaved(run, cfg, tmp, ids, cfg["trials"], trial, warmup=warm)
     finally:
         redis_cleanup()
+        if cluster is not None:
+            cluster.close()
+    if why_not:
+        res["relay_redis_cluster"] = {"error": why_not}
     for entry in res.values():
         if "trials" not in entry:
             continue
@@ -936,6 +963,11 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
             ),
             "other_cpu_pct": median([x["closed"]["other_cpu_pct"] for x in tr]),
         }
+    memory = res.get("relay", {}).get("summary", {}).get("posts_per_s")
+    for name in ("relay_redis1", "relay_redis_cluster"):
+        summary = res.get(name, {}).get("summary", {})
+        if memory and summary.get("posts_per_s"):
+            summary["x_vs_memory"] = round(summary["posts_per_s"] / memory, 3)  # issue 19 target 6: >= 0.8
     one = res.get("relay_redis1", {}).get("summary", {}).get("posts_per_s")
     two = res.get("relay_redis2", {}).get("summary", {})
     if one and two.get("posts_per_s"):
@@ -995,7 +1027,7 @@ SCENARIOS = {
     "batch": (sc_batch, "Batch ingest"),
     "storm": (one_by_one(sc_storm), "Reconnect storm"),
     "rush": (sc_rush_all, "Latency while 5,000 subscribers connect"),
-    "redis": (sc_redis, "Redis broker, 1 and 2 workers"),
+    "redis": (sc_redis, "Redis broker, 1 and 2 workers, and Redis Cluster"),
     "capacity": (sc_capacity, "Connections held on one process"),
     "product": (sc_product, "The product's comparison: one demo execution, polling vs WebSocket"),
 }

@@ -57,17 +57,17 @@ from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import ConnectionPool, SSLConnection
+from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
 from ..events import Event, EventDraft
-from . import redis_errors
+from . import redis_errors, redis_wire
 from .base import Broker, HistoryPage, PublishResult, new_epoch
 from .redis_errors import BROKEN as _BROKEN
 from .redis_errors import BROKEN_OR_LATE, PUBLISH, READ, SUBSCRIBE, WRITE, ReplicasUnavailable, failure
@@ -190,6 +190,51 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
 
 
+class _Lane:
+    """The connection the publish flusher keeps (it sends one pipeline at a time, never two at once).
+
+    Taking a connection from redis-py's pool and giving it back cost more than
+    the pipeline itself, so the flusher keeps one, taken from the pool once.
+    Before each pipeline it is checked as the pool would (redis-py 8.1 skips
+    that check: see :meth:`acquire`) and connected again when a failure
+    disconnected it, when the server closed it (a restart) or left bytes on it,
+    or when the Sentinels name another primary. :meth:`close` gives it back.
+    """
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.connection: Connection | None = None
+
+    async def acquire(self) -> Connection:
+        """The kept connection, connected again if it went stale."""
+        connection = self.connection
+        if connection is None:
+            connection = self.connection = await self.client.connection_pool.get_connection()
+        try:
+            stale = not connection.is_connected or await connection.can_read() or self._primary_moved(connection)
+        except (RedisError, OSError):
+            stale = True
+        if stale:
+            # A connection that died with a restarted server still looks connected; the
+            # pool's own check is off while redis-py's maintenance notifications are on.
+            await connection.disconnect()
+            await connection.connect()  # under Sentinel, asks for the current primary
+        return connection
+
+    def _primary_moved(self, connection: Connection) -> bool:
+        address = getattr(self.client.connection_pool, "master_address", None)  # Sentinel pools only
+        return address is not None and address != (connection.host, connection.port)
+
+    async def release(self, connection: Connection) -> None:
+        """Nothing: the lane keeps its connection (a broken one is repaired at the next :meth:`acquire`)."""
+
+    async def close(self) -> None:
+        """Give the connection back to the pool."""
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            await self.client.connection_pool.release(connection)
+
+
 def connection_pool(
     target: RedisTarget,
     *,
@@ -258,6 +303,7 @@ class RedisBroker(Broker):
         self.min_replicas_timeout = min_replicas_timeout
         self.prefix = prefix
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self.ping_timeout = ping_timeout
         self.keepalive_interval = keepalive_interval
         self.reconnect_min = reconnect_min
@@ -273,6 +319,7 @@ class RedisBroker(Broker):
         # instead of failing with "too many connections".
         self._redis: Redis = self._make_client(max_connections, command_timeout, connect_timeout)
         self._publish_script = self._redis.register_script(self.publish_source)
+        self._lane = _Lane(self._redis)
         self._history_script = self._redis.register_script(HISTORY_LUA)
         # Always subscribed (the connection is live even with no executions); carries revocations.
         self._control = f"{{{prefix}:control}}:live"
@@ -343,6 +390,7 @@ class RedisBroker(Broker):
             if not future.done():
                 future.set_result(BrokerUnavailable(_UNREACHABLE))
         self._queued = []
+        await self._lane.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -403,11 +451,15 @@ class RedisBroker(Broker):
         return outcome
 
     async def _flush_queued(self) -> None:
-        """Send queued publishes, one pipeline at a time, until none are left."""
+        """Send queued publishes, one pipeline at a time, until none are left.
+
+        The pipelines go on the connection the broker keeps for them (:class:`_Lane`).
+        """
+        lane = self._lane
         while self._queued:
             batch, self._queued = self._queued[:_MAX_PIPELINE], self._queued[_MAX_PIPELINE:]
             try:
-                results = await self._pipeline([draft for draft, _ in batch])
+                results = await self._pipeline([draft for draft, _ in batch], lane)
             except BaseException as exc:  # cancelled (closing) or a bug: no caller may hang
                 for _, future in (*batch, *self._queued):
                     if not future.done():
@@ -432,21 +484,25 @@ class RedisBroker(Broker):
             results.extend(await self._pipeline(drafts[i : i + _MAX_PIPELINE]))
         return results
 
-    async def _pipeline(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
+    async def _pipeline(
+        self, drafts: Sequence[EventDraft], lane: _Lane | None = None
+    ) -> list[PublishResult | RelayError]:
         """One EVALSHA per draft in one round trip; load the script and resend if Redis lost it."""
         if not drafts:
             return []
         calls = [self._script_args(draft) for draft in drafts]
-        replies = await self._send_calls(calls)
-        return await self._finish(drafts, calls, replies)
+        replies = await self._send_calls(calls, lane)
+        return await self._finish(drafts, calls, replies, lane)
 
-    async def _send_calls(self, calls: list[_Call]) -> list[Any]:
-        """Send the calls (overridden by the cluster broker, which groups them by node)."""
+    async def _send_calls(self, calls: list[_Call], lane: _Lane | None = None) -> list[Any]:
+        """Send the calls on ``lane``'s connection or a pooled one (the cluster broker groups them by node)."""
+        if lane is not None:
+            return await self._send_pipeline(calls, lane.acquire, lane.release)
         pool = self._redis.connection_pool
         return await self._send_pipeline(calls, pool.get_connection, pool.release)
 
     async def _finish(
-        self, drafts: Sequence[EventDraft], calls: list[_Call], replies: list[Any]
+        self, drafts: Sequence[EventDraft], calls: list[_Call], replies: list[Any], lane: _Lane | None = None
     ) -> list[PublishResult | RelayError]:
         """Turn the replies into results, after resending the items Redis answered NOSCRIPT."""
         if any(isinstance(r, NoScriptError) for r in replies):
@@ -462,7 +518,7 @@ class RedisBroker(Broker):
                 error = failure(exc, PUBLISH)
                 again: list[Any] = [error] * len(retry)
             else:
-                again = await self._send_calls([calls[i] for i in retry])
+                again = await self._send_calls([calls[i] for i in retry], lane)
             for n, i in enumerate(retry):
                 replies[i] = again[n]
         results: list[PublishResult | RelayError] = []
@@ -480,8 +536,15 @@ class RedisBroker(Broker):
         return results
 
     async def _load_scripts(self, calls: list[_Call]) -> None:
-        """SCRIPT LOAD the publish script where ``calls`` go (one server here)."""
-        self._publish_script.sha = await self._redis.script_load(self.publish_source)
+        """SCRIPT LOAD the publish script where ``calls`` go (one server here).
+
+        NOSCRIPT mostly means Redis restarted, so the pooled connection this takes
+        may have died with the old server: loading is idempotent, and is sent once more.
+        """
+        try:
+            self._publish_script.sha = await self._redis.script_load(self.publish_source)
+        except _STALE:
+            self._publish_script.sha = await self._redis.script_load(self.publish_source)
 
     async def _send_pipeline(self, calls: list[_Call], acquire: Any, release: Any, asking: bool = False) -> list[Any]:
         """Run the EVALSHA calls in one round trip on one connection; one reply (or error) per call.
@@ -509,22 +572,16 @@ class RedisBroker(Broker):
         except _BROKEN as exc:
             return [failure(exc, PUBLISH)] * len(calls)
         try:
-            await connection.send_packed_command(payload, check_health=False)
-            replies: list[Any] = []
-            for _ in calls:
-                if asking:
-                    with contextlib.suppress(ResponseError):
-                        await connection.read_response()  # +OK to ASKING
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:  # an error reply; the connection is fine
-                    replies.append(exc)
+            await redis_wire.send(connection, payload, self.command_timeout)
+            # Error replies (NOSCRIPT, MOVED, READONLY) come back in the list; the connection is fine.
+            count = len(calls) * (2 if asking else 1) + (2 if waiting else 0)
+            replies = await redis_wire.read_replies(connection, count, self.command_timeout)
             if waiting:
-                with contextlib.suppress(ResponseError):
-                    await connection.read_response()  # EXPIRE
-                acknowledged = int(await connection.read_response())
-                if acknowledged < self.min_replicas:
-                    replies = self._unreplicated(replies, acknowledged)
+                *replies, _, acknowledged = replies  # ..., EXPIRE, WAIT
+            if asking:
+                replies = replies[1::2]  # without the +OK to each ASKING
+            if waiting and int(acknowledged) < self.min_replicas:
+                replies = self._unreplicated(replies, int(acknowledged))
             return replies
         except _BROKEN as exc:
             await connection.disconnect(nowait=True)
@@ -696,25 +753,34 @@ class RedisBroker(Broker):
             delay = min(delay * 2, self.reconnect_max)
 
     async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
-        """Dispatch messages in arrival order; mark connected once resubscribed."""
+        """Dispatch messages in arrival order; mark connected once resubscribed.
+
+        Messages are read straight off the connection (:mod:`.redis_wire`), all
+        those one socket read brought at once; redis-py's ``handle_message`` only
+        sees the rest (subscribe, unsubscribe, pong), whose bookkeeping it keeps.
+        """
+        connection = pubsub.connection
+        assert connection is not None  # subscribed before reading
         while True:
-            message = await pubsub.get_message(timeout=None)
+            messages = await redis_wire.read_available(connection)
             self._last_seen = time.monotonic()
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind == "message":
-                self._dispatch(message["channel"], message["data"])
-            elif kind == "subscribe":
-                channel = message["channel"]
-                future = self._confirm.pop(channel, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
-                if pending:
-                    pending.discard(channel)
-                    if not pending:
-                        self._on_connected(first)
-            # pong, unsubscribe: nothing to do beyond _last_seen
+            for reply in messages:
+                if isinstance(reply, Exception):
+                    raise reply  # an error reply on a pub/sub connection: reconnect
+                if reply[0] == "message":
+                    self._dispatch(reply[1], reply[2])
+                    continue
+                message = await pubsub.handle_message(reply)
+                if message is not None and message["type"] == "subscribe":
+                    channel = message["channel"]
+                    future = self._confirm.pop(channel, None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
+                    if pending:
+                        pending.discard(channel)
+                        if not pending:
+                            self._on_connected(first)
+                # pong, unsubscribe: nothing to do beyond _last_seen
 
     def _dispatch(self, channel: str, data: str) -> None:
         """Hand one live event to the listener (or a control message to its handler)."""

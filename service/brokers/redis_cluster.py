@@ -47,7 +47,8 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, MovedError, RedisError, TryAgainError
 
 from ..errors import BrokerUnavailable
-from .redis import NOT_READY, PUBLISH_LUA, RedisBroker, _Call
+from . import redis_wire
+from .redis import NOT_READY, PUBLISH_LUA, RedisBroker, _Call, _Lane
 from .redis_errors import BROKEN as _BROKEN
 from .redis_errors import BROKEN_OR_LATE, SUBSCRIBE, failure
 
@@ -131,8 +132,11 @@ class RedisClusterBroker(RedisBroker):
 
     # -- publishing: grouped by node ------------------------------------------------------
 
-    async def _send_calls(self, calls: list[_Call]) -> list[Any]:
-        """Send each call to the node owning its slot, all nodes at once; follow MOVED/ASK/TRYAGAIN."""
+    async def _send_calls(self, calls: list[_Call], lane: _Lane | None = None) -> list[Any]:
+        """Send each call to the node owning its slot, all nodes at once; follow MOVED/ASK/TRYAGAIN.
+
+        A node's connection is cheap to take (no lane: ``lane`` is ignored).
+        """
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         asking: dict[int, str] = {}  # item -> node named by its ASK
@@ -299,13 +303,21 @@ class RedisClusterBroker(RedisBroker):
     async def _read_shard(self, shard: _Shard) -> None:
         """Dispatch one node's messages; a pushed SUNSUBSCRIBE (slot migrated) or a failure re-places channels."""
         keepalive = asyncio.create_task(self._shard_keepalive(shard))
+        connection = shard.pubsub.connection
+        assert connection is not None  # connected by _shard before this reader starts
         try:
             while True:
-                message = await shard.pubsub.get_message(timeout=None)
+                replies = await redis_wire.read_available(connection)
                 shard.last_seen = time.monotonic()
-                if message is None:
-                    continue
-                self._on_shard_message(shard, message)
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply  # an error reply (MOVED to a stale SSUBSCRIBE): place the channels again
+                    if reply[0] == "smessage":  # the common case, without redis-py's handle_message
+                        self._on_shard_message(shard, {"type": "smessage", "channel": reply[1], "data": reply[2]})
+                        continue
+                    message = await shard.pubsub.handle_message(reply)
+                    if message is not None:
+                        self._on_shard_message(shard, message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a failed node, or an error reply (MOVED to a stale SSUBSCRIBE)

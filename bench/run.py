@@ -919,7 +919,9 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         t.extra_env = {
             "RELAY_BROKER_URL": url,
             "RELAY_WORKERS": "2" if name == "relay_redis2" else "1",
-            "RELAY_REDIS_PREFIX": REDIS_PREFIX,
+            # A prefix per target: with a shared one, every event of one target reached the
+            # other target's processes too (same channels) and its 2,000 subscribers.
+            "RELAY_REDIS_PREFIX": f"{REDIS_PREFIX}-{name}",
             "RELAY_HISTORY_TTL": "600",
         }
         run.append(t)

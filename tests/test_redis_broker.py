@@ -7,6 +7,7 @@ tests check the Redis side of it directly in Redis.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -277,6 +278,27 @@ async def test_a_history_read_after_a_redis_restart_finds_its_way_on_idle_pooled
         for _ in range(6):
             page = await broker.history("e1")  # nothing persisted: a new, empty stream
             assert page.latest_seq == 0
+    finally:
+        await broker.close()
+        server.close()
+
+
+async def test_a_revocation_check_after_a_redis_restart_finds_its_way_on_idle_pooled_connections() -> None:
+    """Redis restarted under idle pooled connections: the next token checks answer (a read is retried once)."""
+    server = RedisServer(redis_server_binary())
+    server.start()
+    broker = RedisBroker(server.url, 10, 300, prefix="stale-revocations")
+    broker.set_listener(lambda eid, event: None)
+    await broker.start()
+    try:
+        await broker.revoke("sub", "u1", time.time(), time.time() + 60)
+        # Several connections in the pool, all idle, all to the server about to go away.
+        checks = await asyncio.gather(*(broker.is_revoked(None, "u1", None) for _ in range(6)))
+        assert all(checks)
+        server.stop()
+        server.start()
+        for _ in range(6):
+            assert await broker.is_revoked("j1", "u1", None) is False  # nothing persisted
     finally:
         await broker.close()
         server.close()

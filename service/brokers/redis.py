@@ -831,16 +831,25 @@ class RedisBroker(Broker):
     async def is_revoked(self, jti: str | None, sub: str, iat: int | None) -> bool:
         """Look up the token's jti and sub revocations (two keys, any slot)."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self._revocation_key("sub", sub))
-                if jti is not None:
-                    pipe.get(self._revocation_key("jti", jti))
-                replies = await pipe.execute()
+            replies = await self._revocations(jti, sub)
+        except _STALE:
+            try:  # a read: sent once more on a pooled connection that died with an old server
+                replies = await self._revocations(jti, sub)
+            except _BROKEN as exc:
+                raise failure(exc, REVOCATION) from None
         except _BROKEN as exc:
             raise failure(exc, REVOCATION) from None
         if len(replies) > 1 and replies[1] is not None:
             return True
         return replies[0] is not None and (iat is None or iat <= float(replies[0]))
+
+    async def _revocations(self, jti: str | None, sub: str) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._revocation_key("sub", sub))
+            if jti is not None:
+                pipe.get(self._revocation_key("jti", jti))
+            replies: list[Any] = await pipe.execute()
+        return replies
 
     def _on_connected(self, first: bool) -> None:
         self._connected = True

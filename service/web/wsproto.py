@@ -279,6 +279,23 @@ class LeanEvent:
             self._waiters.remove(waiter)
 
 
+class _NotStarted:
+    """Stands for Sanic's closing task until the data phase ends (see ``_LeanImpl.connection_made``)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        """Not done: the socket is still open."""
+        return False
+
+    def cancel(self) -> bool:
+        """Nothing to cancel (Sanic cancels only a closer that is running, never this one)."""
+        return False
+
+
+_CLOSER_NOT_STARTED = cast(asyncio.Task[None], _NotStarted())
+
+
 def _lean_event() -> asyncio.Event:
     """A LeanEvent where Sanic declares an ``asyncio.Event``: it has every method Sanic calls."""
     return cast(asyncio.Event, LeanEvent())
@@ -324,6 +341,30 @@ class _LeanImpl(WebsocketImplProtocol):
         self.held: list[str | bytes | None] | None = None  # messages received before listen()
         self.parts: list[bytes] | None = None  # the fragments of a message still being received
         self.parts_text = False
+
+    async def connection_made(self, io_proto: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Sanic's, except that the closing task starts when the data phase ends, not with the socket.
+
+        Sanic starts a task per socket that only waits for the end of the data phase
+        (a task, a shielded future and its callbacks: about 1 KB per idle connection).
+        Here the future's callback starts that same task then; until it does,
+        ``auto_closer_task`` is a placeholder that says "running", so Sanic's closing
+        paths choose the graceful close as they would.
+        """
+        loop = loop or io_proto.loop
+        self.loop = loop
+        self.io_proto = io_proto
+        self.connection_lost_waiter = loop.create_future()
+        finished = loop.create_future()
+        finished.add_done_callback(self._start_closing)
+        self.data_finished_fut = finished
+        if self.ping_interval:  # off in the relay (one Pinger task pings every socket)
+            self.keepalive_ping_task = loop.create_task(self.keepalive_ping())
+        self.auto_closer_task = _CLOSER_NOT_STARTED
+
+    def _start_closing(self, finished: asyncio.Future[None]) -> None:
+        if self.auto_closer_task is _CLOSER_NOT_STARTED and self.loop is not None:
+            self.auto_closer_task = self.loop.create_task(self.auto_close_connection())
 
     def listen(self, listener: Listener) -> None:
         """Hand every message to ``listener`` as it arrives, and ``None`` once the peer closes.
@@ -572,7 +613,9 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         )
         loop = getattr(getattr(request, "transport", None), "loop", None)
         await self.websocket.connection_made(self, loop=loop)
-        self.websocket_url = self._http.request.url
+        # Read by Sanic's log_websocket only, which says nothing with the access log off (as the relay
+        # serves): the full URL (and its ?token=) is not built for every socket then.
+        self.websocket_url = self._http.request.url if self.access_log else self._http.request.path
         self.websocket_peer = f"{id(self):X}"[-5:-1] + "unx"
         if ip := self._http.request.client_ip:
             self.websocket_peer = f"{ip}:{self._http.request.port}"

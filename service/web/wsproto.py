@@ -489,11 +489,17 @@ class _LeanImpl(WebsocketImplProtocol):
         for chunk in proto.data_to_send():
             if chunk:
                 transport.write(chunk)
-        transport.pause_reading()
         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             transport.abort()
             return
-        transport.close()  # sends what is buffered (the close frame), then FIN
+        if transport.can_write_eof():
+            # Closing a socket with unread input resets it, and a reset can destroy what the peer
+            # has not read yet (the close frame): half-close instead, and read and drop what the
+            # peer still sends (data_received drops everything now) until it closes or the grace ends.
+            transport.write_eof()
+            transport.resume_reading()
+        else:
+            transport.close()  # sends what is buffered (the close frame), then FIN
         asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)  # no-op once closed
 
 

@@ -44,10 +44,15 @@ lists and tests its own):
 - ``sanic.server.websockets.impl.WebsocketImplProtocol``, subclassed as
   ``_LeanImpl``: built as ``(ws_proto, ping_interval=, ping_timeout=,
   close_timeout=)`` and started with ``await connection_made(io_proto,
-  loop=)``; its ``assembler.message_complete`` / ``message_fetched`` events
-  are replaced and ``assembler.completed_queue`` dropped; ``data_received``
-  is replaced, handing frames on through ``async_data_received(data_to_send,
-  events)`` and ``process_events(events)``.
+  loop=)``, which is replaced: it sets ``loop``, ``io_proto``,
+  ``connection_lost_waiter``, ``data_finished_fut`` (a plain future whose
+  callback starts ``auto_close_connection()``), ``keepalive_ping_task`` and
+  ``auto_closer_task`` (a placeholder until then); its
+  ``assembler.message_complete`` / ``message_fetched`` events are replaced
+  and ``assembler.completed_queue`` dropped; ``data_received`` and
+  ``process_events(events)`` are replaced: messages go to a listener
+  (:func:`listen`), pongs to ``process_pong(frame)``, what must be written
+  through ``async_data_received(data_to_send, events)``.
 - ``routes/ws.py`` (``WsSink``) writes frames and pings past Sanic's ``send``:
   it reads ``ws_proto`` (websockets' ``ServerProtocol``: ``state``,
   ``extensions``, ``writes``, ``send_text``, ``send_ping``,

@@ -14,6 +14,8 @@ size and shape before any cryptographic work.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -133,10 +135,7 @@ class TokenVerifier:
             raise TokenInvalid("malformed", "token is not ASCII")
         if token.count(".") != 2:
             raise TokenInvalid("malformed", "token is not a JWS compact serialisation")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenInvalid("malformed", "token header cannot be decoded") from None
+        header = _unverified_header(token)
         if header.get("alg") != self.algorithm:
             raise TokenInvalid("algorithm", "token algorithm is not the configured one")
         kid = header.get("kid", self._default_kid)
@@ -181,6 +180,22 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenInvalid("malformed", "token cannot be verified") from None
         return payload
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    """The JOSE header of ``token``, not verified: only to pick the key (``decode`` checks it all again).
+
+    ``jwt.get_unverified_header`` decodes every segment to read this one (a sixth of
+    the cost of verifying a token).
+    """
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
+        raise TokenInvalid("malformed", "token header cannot be decoded") from None
+    if not isinstance(header, dict) or not isinstance(header.get("kid", ""), str):
+        raise TokenInvalid("malformed", "token header cannot be decoded")
+    return header
 
 
 #: RFC 7519 NumericDate claims: JSON numbers. PyJWT also takes a numeric string ("exp": "99999999999").

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -52,6 +53,49 @@ def _cannot_write_now(frame: str) -> bool:
 
 
 log = logging.getLogger("relay.subscription")
+
+
+class _Expiries:
+    """Subscriptions to end at their token's expiry: one timer per second of expiry, not one each.
+
+    Tokens minted together expire together, so thousands of sockets share a few
+    timers (a timer handle is about 500 bytes; a set entry a few dozen).
+    """
+
+    __slots__ = ("due", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.due: dict[int, set[Subscription]] = {}
+
+    def add(self, at: int, sub: Subscription) -> None:
+        """Close ``sub`` with 4001 at unix time ``at``."""
+        subs = self.due.get(at)
+        if subs is None:
+            subs = self.due[at] = set()
+            self.loop.call_later(max(0.0, at - time.time()), self._expire, at)
+        subs.add(sub)
+
+    def discard(self, at: int, sub: Subscription) -> None:
+        """Forget ``sub`` (it ended first)."""
+        subs = self.due.get(at)
+        if subs is not None:
+            subs.discard(sub)
+
+    def _expire(self, at: int) -> None:
+        for sub in self.due.pop(at, ()):
+            sub.close(TOKEN_EXPIRED)
+
+
+_expiries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Expiries] = weakref.WeakKeyDictionary()
+
+
+def _expiries_here() -> _Expiries:
+    loop = asyncio.get_running_loop()
+    expiries = _expiries.get(loop)
+    if expiries is None:
+        expiries = _expiries[loop] = _Expiries(loop)
+    return expiries
 
 
 class Sink(Protocol):
@@ -109,8 +153,8 @@ class Subscription:
         self.closed: asyncio.Future[Disconnect] = asyncio.get_running_loop().create_future()
         # The replay at the start may exceed the queue bound by up to one history.
         self._delivery = Delivery(cursor, queue_size, broker.history_size)
-        self._expiry: asyncio.TimerHandle | None = None
-        self._queue: deque[Frame] = deque()
+        self._expiry: _Expiries | None = None  # where it waits for its token's expiry
+        self._queue: deque[Frame] | None = None  # made when a frame first has to wait (a deque is ~600 bytes)
         self._writer: asyncio.Task[None] | None = None  # exists only while frames wait
         self._try_write: Callable[[str], bool] = getattr(sink, "try_write", _cannot_write_now)
         self._catch_up: asyncio.Task[None] | None = None
@@ -154,9 +198,8 @@ class Subscription:
         """Write ``first_frame``, the history and the buffered events; go live; end at the token's expiry."""
         page = self.page
         if self.claims is not None and self.disconnect is None:
-            self._expiry = asyncio.get_running_loop().call_later(
-                max(0.0, self.claims.exp - time.time()), self.close, TOKEN_EXPIRED
-            )
+            self._expiry = _expiries_here()
+            self._expiry.add(self.claims.exp, self)
         after = self._delivery.resume.after
         metrics.replayed(sum(1 for e in page.events if e.seq > after), self._delivery.resume.gap)
         self._apply(self._delivery.start(page, first_frame))
@@ -191,10 +234,13 @@ class Subscription:
         if self.disconnect is not None:
             return
         # Nothing waiting and the socket has room: write now, no task, no queue.
-        if self._writer is None and not self._queue and self._try_write(item if isinstance(item, str) else item.frame):
+        queue = self._queue
+        if self._writer is None and not queue and self._try_write(item if isinstance(item, str) else item.frame):
             self._written(item)
             return
-        self._queue.append(item)
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(item)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
@@ -239,6 +285,7 @@ class Subscription:
                 self._written(item)
                 if self.disconnect is not None:
                     return
+            self._queue = None  # drained: most sockets never need one again
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -258,9 +305,10 @@ class Subscription:
         if self.disconnect is not None:
             return
         self.disconnect = disconnect
-        self._queue.clear()
-        if self._expiry is not None:
-            self._expiry.cancel()
+        if self._queue is not None:
+            self._queue.clear()
+        if self._expiry is not None and self.claims is not None:
+            self._expiry.discard(self.claims.exp, self)
         self._hub.remove(self.execution_id, self)
         current = asyncio.current_task()
         for task in (self._writer, self._catch_up):

@@ -226,6 +226,9 @@ def _class_shape_problems() -> list[str]:
         "connection_made": ["self", "io_proto", "loop"],
         "async_data_received": ["self", "data_to_send", "events_to_process"],
         "process_events": ["self", "events"],
+        "process_pong": ["self", "frame"],
+        "auto_close_connection": ["self"],
+        "keepalive_ping": ["self"],
     }.items():
         function = getattr(WebsocketImplProtocol, name)
         expect(
@@ -233,6 +236,10 @@ def _class_shape_problems() -> list[str]:
             f"async WebsocketImplProtocol.{name}({', '.join(params)})",
         )
     expect(_parameters(WebsocketImplProtocol.data_received) == ["self", "data"], "WebsocketImplProtocol.data_received")
+    # _LeanImpl.connection_made sets what Sanic's sets, and the closing paths read them.
+    impl_source = inspect.getsource(WebsocketImplProtocol)
+    for name in ("auto_closer_task", "data_finished_fut", "connection_lost_waiter", "keepalive_ping_task"):
+        expect(f"self.{name}" in impl_source, f"WebsocketImplProtocol.{name}")
     for name in ("end_connection", "fail_connection"):
         expect(_parameters(getattr(WebsocketImplProtocol, name))[:3] == ["self", "code", "reason"], name)
     expect(Stage.IDLE is not None, "sanic.http.constants.Stage.IDLE")

@@ -50,10 +50,15 @@ lists and tests its own):
 - ``sanic.server.websockets.impl.WebsocketImplProtocol``, subclassed as
   ``_LeanImpl``: built as ``(ws_proto, ping_interval=, ping_timeout=,
   close_timeout=)`` and started with ``await connection_made(io_proto,
-  loop=)``; its ``assembler.message_complete`` / ``message_fetched`` events
-  are replaced and ``assembler.completed_queue`` dropped; ``data_received``
-  is replaced, handing frames on through ``async_data_received(data_to_send,
-  events)`` and ``process_events(events)``.
+  loop=)``, which is replaced: it sets ``loop``, ``io_proto``,
+  ``connection_lost_waiter``, ``data_finished_fut`` (a plain future whose
+  callback starts ``auto_close_connection()``), ``keepalive_ping_task`` and
+  ``auto_closer_task`` (a placeholder until then); its
+  ``assembler.message_complete`` / ``message_fetched`` events are replaced
+  and ``assembler.completed_queue`` dropped; ``data_received`` and
+  ``process_events(events)`` are replaced: messages go to a listener
+  (:func:`listen`), pongs to ``process_pong(frame)``, what must be written
+  through ``async_data_received(data_to_send, events)``.
 - ``routes/ws.py`` (``WsSink``) writes frames and pings past Sanic's ``send``:
   it reads ``ws_proto`` (websockets' ``ServerProtocol``: ``state``,
   ``extensions``, ``writes``, ``send_text``, ``send_ping``,
@@ -96,7 +101,7 @@ from ..gcpolicy import policy as gc_policy
 from ..limits import FrameGuard, PeerLimit
 from .hardening import LINGER, RelayHttp
 
-__all__ = ["RelayWebSocketProtocol", "compression_extensions", "shared_text_frame"]
+__all__ = ["Listener", "RelayWebSocketProtocol", "compression_extensions", "listen", "shared_text_frame"]
 
 _DATA = (Opcode.TEXT, Opcode.BINARY)
 _SYNC_TAIL = b"\x00\x00\xff\xff"  # ends every sync-flushed message; RFC 7692 drops it on the wire
@@ -365,12 +370,33 @@ class LeanEvent:
             self._waiters.remove(waiter)
 
 
+class _NotStarted:
+    """Stands for Sanic's closing task until the data phase ends (see ``_LeanImpl.connection_made``)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        """Not done: the socket is still open."""
+        return False
+
+    def cancel(self) -> bool:
+        """Nothing to cancel (Sanic cancels only a closer that is running, never this one)."""
+        return False
+
+
+_CLOSER_NOT_STARTED = cast(asyncio.Task[None], _NotStarted())
+
+
 def _lean_event() -> asyncio.Event:
     """A LeanEvent where Sanic declares an ``asyncio.Event``: it has every method Sanic calls."""
     return cast(asyncio.Event, LeanEvent())
 
 
 Refused = Callable[[int, str], None]
+#: Takes each message a client sends (``str`` for text, ``bytes`` for binary), then ``None`` when it closes.
+Listener = Callable[[str | bytes | None], None]
+#: Messages held for a socket nobody listens to yet; past this, reading pauses until someone does.
+HELD_MESSAGES = 16
 _tasks: set[asyncio.Task[Any]] = set()
 
 
@@ -402,6 +428,96 @@ class _LeanImpl(WebsocketImplProtocol):
         self.guard = guard
         self.refused = refused
         self.closing_by_guard = False
+        self.listener: Listener | None = None
+        self.held: list[str | bytes | None] | None = None  # messages received before listen()
+        self.parts: list[bytes] | None = None  # the fragments of a message still being received
+        self.parts_text = False
+
+    async def connection_made(self, io_proto: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Sanic's, except that the closing task starts when the data phase ends, not with the socket.
+
+        Sanic starts a task per socket that only waits for the end of the data phase
+        (a task, a shielded future and its callbacks: about 1 KB per idle connection).
+        Here the future's callback starts that same task then; until it does,
+        ``auto_closer_task`` is a placeholder that says "running", so Sanic's closing
+        paths choose the graceful close as they would.
+        """
+        loop = loop or io_proto.loop
+        self.loop = loop
+        self.io_proto = io_proto
+        self.connection_lost_waiter = loop.create_future()
+        finished = loop.create_future()
+        finished.add_done_callback(self._start_closing)
+        self.data_finished_fut = finished
+        if self.ping_interval:  # off in the relay (one Pinger task pings every socket)
+            self.keepalive_ping_task = loop.create_task(self.keepalive_ping())
+        self.auto_closer_task = _CLOSER_NOT_STARTED
+
+    def _start_closing(self, finished: asyncio.Future[None]) -> None:
+        if self.auto_closer_task is _CLOSER_NOT_STARTED and self.loop is not None:
+            self.auto_closer_task = self.loop.create_task(self.auto_close_connection())
+
+    def listen(self, listener: Listener) -> None:
+        """Hand every message to ``listener`` as it arrives, and ``None`` once the peer closes.
+
+        Used instead of ``recv()``: a socket then needs no task (nor futures) waiting on
+        its reads, about 3 KB per idle connection. Messages that arrived before are
+        handed over at once, in order.
+        """
+        self.listener = listener
+        held, self.held = self.held, None
+        if held is None:
+            return
+        if len(held) >= HELD_MESSAGES and self.io_proto is not None and self.io_proto.transport is not None:
+            self.io_proto.transport.resume_reading()
+        for message in held:
+            listener(message)
+
+    def _deliver(self, message: str | bytes | None) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener(message)
+            return
+        held = self.held
+        if held is None:
+            held = self.held = []
+        held.append(message)
+        if len(held) == HELD_MESSAGES and self.io_proto is not None and self.io_proto.transport is not None:
+            self.io_proto.transport.pause_reading()  # nobody listens yet: stop reading until someone does
+
+    def _take_messages(self, events: Sequence[Any]) -> list[Frame]:
+        """Deliver the data messages in ``events`` now; return the pongs and the close left to handle."""
+        rest: list[Frame] = []
+        for frame in events:
+            if not isinstance(frame, Frame):
+                continue
+            opcode = frame.opcode
+            if opcode is Opcode.PONG or opcode is Opcode.CLOSE:
+                rest.append(frame)
+            elif opcode is Opcode.PING:
+                continue  # websockets has answered it
+            elif opcode is Opcode.CONT:
+                if self.parts is None:
+                    continue  # websockets refuses a continuation outside a message
+                self.parts.append(bytes(frame.data))
+                if frame.fin:
+                    data, self.parts = b"".join(self.parts), None
+                    self._deliver(data.decode() if self.parts_text else data)
+            elif frame.fin:
+                data = bytes(frame.data)
+                self._deliver(data.decode() if opcode is Opcode.TEXT else data)
+            else:
+                self.parts = [bytes(frame.data)]
+                self.parts_text = opcode is Opcode.TEXT
+        return rest
+
+    async def process_events(self, events: Sequence[Any]) -> None:
+        """Messages go to the listener; a pong resolves its ping; the peer's close ends the listening."""
+        for frame in self._take_messages(events):
+            if frame.opcode is Opcode.PONG:
+                await self.process_pong(frame)
+            else:  # CLOSE, after websockets' answer to it was written (async_data_received)
+                self._deliver(None)
 
     def data_received(self, data: bytes) -> None:
         """Parse ``data``, check every frame in it, and hand it to Sanic only if all pass."""
@@ -429,8 +545,9 @@ class _LeanImpl(WebsocketImplProtocol):
         loop = asyncio.get_running_loop()
         if refusal is None:
             data_to_send = proto.data_to_send()
-            if data_to_send or events:
-                _keep(loop.create_task(self.async_data_received(data_to_send, events)))  # type: ignore[no-untyped-call]
+            rest = self._take_messages(events) if events else events
+            if data_to_send or rest:
+                _keep(loop.create_task(self.async_data_received(data_to_send, rest)))  # type: ignore[no-untyped-call]
             return
         # Refused: read nothing more, answer none of this read's pings (a flood can hold thousands),
         # let the frames before the refused one be handled (briefly), then close.
@@ -463,11 +580,17 @@ class _LeanImpl(WebsocketImplProtocol):
         for chunk in proto.data_to_send():
             if chunk:
                 transport.write(chunk)
-        transport.pause_reading()
         if transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             transport.abort()
             return
-        transport.close()  # sends what is buffered (the close frame), then FIN
+        if transport.can_write_eof():
+            # Closing a socket with unread input resets it, and a reset can destroy what the peer
+            # has not read yet (the close frame): half-close instead, and read and drop what the
+            # peer still sends (data_received drops everything now) until it closes or the grace ends.
+            transport.write_eof()
+            transport.resume_reading()
+        else:
+            transport.close()  # sends what is buffered (the close frame), then FIN
         asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)  # no-op once closed
 
 
@@ -587,12 +710,21 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         )
         loop = getattr(getattr(request, "transport", None), "loop", None)
         await self.websocket.connection_made(self, loop=loop)
-        self.websocket_url = self._http.request.url
+        # Read by Sanic's log_websocket only, which says nothing with the access log off (as the relay
+        # serves): the full URL (and its ?token=) is not built for every socket then.
+        self.websocket_url = self._http.request.url if self.access_log else self._http.request.path
         self.websocket_peer = f"{id(self):X}"[-5:-1] + "unx"
         if ip := self._http.request.client_ip:
             self.websocket_peer = f"{ip}:{self._http.request.port}"
         self.log_websocket("OPEN")
         return self.websocket
+
+
+def listen(ws: WebsocketImplProtocol, listener: Listener) -> None:
+    """Hand ``ws``'s messages to ``listener`` as they arrive (``None`` when the peer closes), instead of ``recv()``."""
+    if not isinstance(ws, _LeanImpl):
+        raise TypeError("listen() needs a socket served by RelayWebSocketProtocol")
+    ws.listen(listener)
 
 
 def _guard(app: Any) -> FrameGuard | None:

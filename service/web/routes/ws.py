@@ -14,7 +14,6 @@ from urllib.parse import unquote
 
 import ujson
 from sanic import Blueprint, Request
-from sanic.exceptions import WebsocketClosed
 from sanic.server.websockets.impl import WebsocketImplProtocol
 from websockets.protocol import State
 
@@ -31,7 +30,7 @@ from ...pinger import ping_payload
 from ...relay import Refused, Relay
 from ...subscription import Subscription
 from ..http import bearer_or_query_token
-from ..wsproto import shared_text_frame
+from ..wsproto import listen, shared_text_frame
 
 __all__ = ["bp"]
 
@@ -188,14 +187,17 @@ async def _serve(
     pinger.sockets.add(sink)
     try:
         sub.start(dumps(connected))
-        await _read_frames(ws, sub, FrameRate(relay.settings.ws_max_frames_per_second))
+        task = asyncio.current_task()
+        assert task is not None  # a handler runs in a task
+        listen(ws, _Reader(sub, FrameRate(relay.settings.ws_max_frames_per_second), task))
+        await sub.closed  # the reader answers the client meanwhile; no task waits on its reads
     except Exception:
         log.exception("websocket handler failed")
         sub.close(closecodes.INTERNAL_ERROR)
     finally:
         pinger.sockets.discard(sink)
         metrics.connection_closed("ws")
-        if sub.closed.done():
+        if sub.disconnect is not None:
             metrics.ws_closed(sub.close_code, "server")
         elif (sent := getattr(ws.ws_proto, "close_sent", None)) is not None:  # the frame guard closed it
             metrics.ws_closed(sent.code, "server")
@@ -216,20 +218,28 @@ async def _serve(
         )
 
 
-async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: FrameRate) -> None:
-    """Answer client frames until the socket or the subscription ends."""
-    while not sub.closed.done():
-        try:
-            message = await ws.recv()
-        except WebsocketClosed:
-            return  # the peer left while the handler was not in recv (e.g. during the history read)
-        if message is None:
+class _Reader:
+    """Answers a client's messages as the socket hands them over (it never waits on a read)."""
+
+    __slots__ = ("rate", "sub", "task")
+
+    def __init__(self, sub: Subscription, rate: FrameRate, task: asyncio.Task[None]) -> None:
+        self.sub = sub
+        self.rate = rate
+        self.task = task  # the handler's: ended when the client closes, as Sanic's recv() ends it
+
+    def __call__(self, message: str | bytes | None) -> None:
+        sub = self.sub
+        if sub.disconnect is not None:
             return
-        if not rate.allow():
+        if message is None:
+            self.task.cancel()
+            return
+        if not self.rate.allow():
             metrics.limit_exceeded("frame_rate")
             sub.close(closecodes.FRAME_RATE)
             return
-        if isinstance(message, bytes | bytearray | memoryview):
+        if isinstance(message, bytes):
             sub.close(closecodes.BINARY_FRAME)
             return
         try:
@@ -241,12 +251,9 @@ async def _read_frames(ws: WebsocketImplProtocol, sub: Subscription, rate: Frame
         if kind == "ping":
             sub.send_control(dumps({"type": "pong", "timestamp": now_iso()}))
         else:
-            sub.send_control(
-                dumps(
-                    {
-                        "type": "error",
-                        "error": "unknown_message_type",
-                        "message": 'the server understands only {"type": "ping"}',
-                    }
-                )
-            )
+            sub.send_control(_UNKNOWN_TYPE)
+
+
+_UNKNOWN_TYPE = dumps(
+    {"type": "error", "error": "unknown_message_type", "message": 'the server understands only {"type": "ping"}'}
+)

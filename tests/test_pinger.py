@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.pinger import Pinger, ping_payload
+from service.pinger import SLICES, Pinger, ping_payload
 
 
 class Socket:
@@ -66,3 +66,42 @@ def test_ping_payloads_are_four_random_bytes() -> None:
     """Each ping carries 4 random bytes, so a pong answers one ping only."""
     payloads = {ping_payload() for _ in range(100)}
     assert len(payloads) > 95 and all(len(p) == 4 for p in payloads)
+
+
+async def test_a_sweep_visits_a_slice_of_the_sockets_per_turn() -> None:
+    """The loop visits every socket once per sweep, a 1/SLICES share per turn, never all in one turn."""
+    pinger = Pinger(0.4, 0.4)  # a sweep every 0.2 s
+    sockets = [Socket(pinger) for _ in range(SLICES * 4)]
+    pinger.sockets.update(sockets)
+    pinger.start()
+
+    await asyncio.wait_for(asyncio.gather(*(sock.visited.wait() for sock in sockets)), 10)
+    await pinger.stop()
+    first_visits: dict[float, int] = {}
+    for sock in sockets:
+        now = sock.visits[0][0]
+        first_visits[now] = first_visits.get(now, 0) + 1
+    assert len(first_visits) == SLICES  # one moment per slice
+    assert set(first_visits.values()) == {4}  # the same share each turn
+
+
+async def test_a_socket_gone_before_its_slice_is_not_visited() -> None:
+    """A socket that left after the sweep began is skipped when its slice comes."""
+    pinger = Pinger(0.4, 0.4)
+    sockets = [Socket(pinger) for _ in range(SLICES)]
+    pinger.sockets.update(sockets)
+    pinger.start()
+    await asyncio.wait_for(_first_visit(sockets), 5)  # the sweep has begun: one slice visited
+    gone = next(sock for sock in sockets if not sock.visits)  # a later slice's
+    pinger.sockets.discard(gone)
+    rest = [sock for sock in sockets if sock is not gone]
+    await asyncio.wait_for(asyncio.gather(*(sock.visited.wait() for sock in rest)), 5)
+    await pinger.stop()
+    assert not gone.visits
+
+
+async def _first_visit(sockets: list[Socket]) -> None:
+    waits = [asyncio.ensure_future(sock.visited.wait()) for sock in sockets]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()

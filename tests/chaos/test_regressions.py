@@ -6,32 +6,24 @@ import asyncio
 from typing import Any
 
 import pytest
-from sanic.exceptions import WebsocketClosed
 
 from service.brokers.redis import RedisBroker
 from service.errors import BrokerUnavailable
 from service.limits import FrameRate
-from service.web.routes.ws import _read_frames
-
-
-class _GoneSocket:
-    """A Sanic websocket whose peer already left: ``recv`` raises as Sanic's does once the state is CLOSED."""
-
-    async def recv(self) -> Any:
-        raise WebsocketClosed("Cannot receive from websocket interface after it is closed.")
+from service.web.routes.ws import _Reader
 
 
 class _OpenSubscription:
     def __init__(self) -> None:
-        self.closed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.close_calls: list[int] = []
+        self.disconnect = None
+        self.close_calls: list[Any] = []
 
-    def close(self, code: int, reason: str) -> None:
-        self.close_calls.append(code)
+    def close(self, disconnect: Any) -> None:
+        self.close_calls.append(disconnect)
 
 
-async def test_peer_gone_before_the_first_recv_is_a_departure_not_a_handler_failure() -> None:
-    """A client that leaves while the server still reads history ends the reader quietly.
+async def test_peer_gone_before_the_first_read_is_a_departure_not_a_handler_failure() -> None:
+    """A client that leaves while the server still reads history ends the handler quietly.
 
     Found by the chaos soak: a client (or the proxy) dropped the connection
     right after the handshake while the history read waited on a Redis that
@@ -39,11 +31,17 @@ async def test_peer_gone_before_the_first_recv_is_a_departure_not_a_handler_fail
     without cancelling the handler, so the first ``recv`` raised
     ``WebsocketClosed``; the relay logged "websocket handler failed" with a
     traceback (an ERROR line for a routine departure) and recorded a 1011
-    close of its own in the metrics.
+    close of its own in the metrics. Reads are now handed to a listener, which
+    gets the peer's departure (held until it listens) as ``None``: it ends the
+    handler as a departure (cancelled, so its ``finally`` records the client's
+    close) and closes nothing itself.
     """
     sub = _OpenSubscription()
-    await _read_frames(_GoneSocket(), sub, FrameRate(10))  # type: ignore[arg-type]
-    assert sub.close_calls == []  # the handler's finally records the client's departure
+    handler = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+    _Reader(sub, FrameRate(10), handler)(None)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    assert sub.close_calls == []
 
 
 class _TornDownPubSub:

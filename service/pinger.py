@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = ["SLICES", "Pingable", "Pinger", "ping_payload"]
@@ -59,11 +60,12 @@ class Pinger:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def visit(self) -> None:
-        """Visit every socket once."""
+    def visit(self, sockets: Sequence[Pingable] | None = None) -> None:
+        """Visit every socket once (or those of ``sockets`` still registered)."""
         now = time.monotonic()
-        for sock in tuple(self.sockets):
-            sock.ping_if_due(now, self.interval, self.timeout)
+        for sock in tuple(self.sockets) if sockets is None else sockets:
+            if sock in self.sockets:  # not closed since the sweep began
+                sock.ping_if_due(now, self.interval, self.timeout)
 
     async def _run(self) -> None:
         # Sweep often enough to notice a missing pong about `timeout` after the ping.
@@ -72,10 +74,7 @@ class Pinger:
             sockets = tuple(self.sockets)  # who is open now; one joining meanwhile waits for the next sweep
             for index in range(SLICES):
                 await asyncio.sleep(sweep / SLICES)
-                now = time.monotonic()
-                for sock in sockets[index::SLICES]:
-                    if sock in self.sockets:  # not closed since the sweep began
-                        sock.ping_if_due(now, self.interval, self.timeout)
+                self.visit(sockets[index::SLICES])
 
 
 def ping_payload() -> bytes:

@@ -7,6 +7,7 @@ tests check the Redis side of it directly in Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -261,14 +262,24 @@ async def test_a_new_instance_on_an_intact_redis_keeps_the_epoch(make_broker: Ca
     assert (page.epoch, page.latest_seq) == (result.epoch, 1)
 
 
-async def test_a_history_read_after_a_redis_restart_finds_its_way_on_idle_pooled_connections() -> None:
-    """Redis restarted under idle pooled connections: the next history reads succeed (a read is retried once)."""
+@contextlib.asynccontextmanager
+async def private_broker(prefix: str) -> AsyncIterator[tuple[RedisServer, RedisBroker]]:
+    """A started broker on a redis-server of its own (which the test may restart)."""
     server = RedisServer(redis_server_binary())
     server.start()
-    broker = RedisBroker(server.url, 10, 300, prefix="stale")
+    broker = RedisBroker(server.url, 10, 300, prefix=prefix)
     broker.set_listener(lambda eid, event: None)
     await broker.start()
     try:
+        yield server, broker
+    finally:
+        await broker.close()
+        server.close()
+
+
+async def test_a_history_read_after_a_redis_restart_finds_its_way_on_idle_pooled_connections() -> None:
+    """Redis restarted under idle pooled connections: the next history reads succeed (a read is retried once)."""
+    async with private_broker("stale") as (server, broker):
         await broker.publish(parse_draft("e1", {"event": "progress", "data": {"progress": 1, "stage": "s"}}))
         # Several connections in the pool, all idle, all to the server about to go away.
         pages = await asyncio.gather(*(broker.history("e1") for _ in range(6)))
@@ -278,19 +289,11 @@ async def test_a_history_read_after_a_redis_restart_finds_its_way_on_idle_pooled
         for _ in range(6):
             page = await broker.history("e1")  # nothing persisted: a new, empty stream
             assert page.latest_seq == 0
-    finally:
-        await broker.close()
-        server.close()
 
 
 async def test_a_revocation_check_after_a_redis_restart_finds_its_way_on_idle_pooled_connections() -> None:
     """Redis restarted under idle pooled connections: the next token checks answer (a read is retried once)."""
-    server = RedisServer(redis_server_binary())
-    server.start()
-    broker = RedisBroker(server.url, 10, 300, prefix="stale-revocations")
-    broker.set_listener(lambda eid, event: None)
-    await broker.start()
-    try:
+    async with private_broker("stale-revocations") as (server, broker):
         await broker.revoke("sub", "u1", time.time(), time.time() + 60)
         # Several connections in the pool, all idle, all to the server about to go away.
         checks = await asyncio.gather(*(broker.is_revoked(None, "u1", None) for _ in range(6)))
@@ -299,6 +302,3 @@ async def test_a_revocation_check_after_a_redis_restart_finds_its_way_on_idle_po
         server.start()
         for _ in range(6):
             assert await broker.is_revoked("j1", "u1", None) is False  # nothing persisted
-    finally:
-        await broker.close()
-        server.close()

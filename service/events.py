@@ -127,50 +127,50 @@ def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_data(event: str, data: Any, errors: list[FieldError]) -> bool:
-    """Check ``data`` for ``event``; return whether the event is terminal."""
+def _check_data(event: str, data: Any, errors: list[FieldError], prefix: str) -> bool:
+    """Check ``data`` for ``event`` (field names after ``prefix``); return whether the event is terminal."""
     if not isinstance(data, dict):
-        errors.append({"field": "data", "message": "must be a JSON object"})
+        errors.append({"field": f"{prefix}data", "message": "must be a JSON object"})
         return event == "complete"
     if event == "progress":
-        _check_progress(data, errors)
+        _check_progress(data, errors, prefix)
         return False
     if event == "complete":
         if "report" in data and not isinstance(data["report"], dict):
-            errors.append({"field": "data.report", "message": "must be a JSON object"})
+            errors.append({"field": f"{prefix}data.report", "message": "must be a JSON object"})
         return True
     if event == "error":
-        return _check_error(data, errors)
+        return _check_error(data, errors, prefix)
     return False  # result: any JSON object
 
 
-def _check_progress(data: dict[str, Any], errors: list[FieldError]) -> None:
+def _check_progress(data: dict[str, Any], errors: list[FieldError], prefix: str) -> None:
     progress = data.get("progress")
     if not _is_int(progress) or not 0 <= progress <= 100:
-        errors.append({"field": "data.progress", "message": "required, an integer from 0 to 100"})
+        errors.append({"field": f"{prefix}data.progress", "message": "required, an integer from 0 to 100"})
     stage = data.get("stage")
     if not isinstance(stage, str) or not stage or len(stage) > MAX_STAGE:
-        errors.append({"field": "data.stage", "message": f"required, a string of 1 to {MAX_STAGE} characters"})
+        errors.append({"field": f"{prefix}data.stage", "message": f"required, a string of 1 to {MAX_STAGE} characters"})
     for name in ("status", "status_text"):
         if name in data and not isinstance(data[name], str):
-            errors.append({"field": f"data.{name}", "message": "must be a string"})
+            errors.append({"field": f"{prefix}data.{name}", "message": "must be a string"})
 
 
-def _check_error(data: dict[str, Any], errors: list[FieldError]) -> bool:
+def _check_error(data: dict[str, Any], errors: list[FieldError], prefix: str) -> bool:
     """Check an error event's data; return whether it is terminal (not marked recoverable)."""
     if not isinstance(data.get("error"), str) or not data["error"]:
-        errors.append({"field": "data.error", "message": "required, a non-empty string"})
+        errors.append({"field": f"{prefix}data.error", "message": "required, a non-empty string"})
     if "error_type" in data and not isinstance(data["error_type"], str):
-        errors.append({"field": "data.error_type", "message": "must be a string"})
+        errors.append({"field": f"{prefix}data.error_type", "message": "must be a string"})
     if "error_details" in data and not isinstance(data["error_details"], dict):
-        errors.append({"field": "data.error_details", "message": "must be a JSON object"})
+        errors.append({"field": f"{prefix}data.error_details", "message": "must be a JSON object"})
     recoverable = data.get("recoverable", False)
     if not isinstance(recoverable, bool):
-        errors.append({"field": "data.recoverable", "message": "must be true or false"})
+        errors.append({"field": f"{prefix}data.recoverable", "message": "must be true or false"})
     return recoverable is not True
 
 
-def _check_timestamp(value: Any, errors: list[FieldError]) -> str:
+def _check_timestamp(value: Any, errors: list[FieldError], prefix: str) -> str:
     if value is None:
         return now_iso()
     if isinstance(value, str) and len(value) <= 64:
@@ -179,14 +179,8 @@ def _check_timestamp(value: Any, errors: list[FieldError]) -> str:
             return value
         except ValueError:
             pass
-    errors.append({"field": "timestamp", "message": "must be an ISO 8601 date-time string"})
+    errors.append({"field": f"{prefix}timestamp", "message": "must be an ISO 8601 date-time string"})
     return ""
-
-
-def _prefixed(prefix: str, errors: list[FieldError]) -> list[FieldError]:
-    if not prefix or not errors:
-        return errors
-    return [{"field": prefix + e["field"], "message": e["message"]} for e in errors]
 
 
 def _tail(timestamp: str, event: str, data: Any, prefix: str) -> str:
@@ -216,8 +210,8 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         errors.append({"field": f"{prefix}execution_id", "message": "must be 1-128 characters of A-Za-z0-9._:-"})
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
-    for key in body.keys() - _TOP_LEVEL:
-        errors.append({"field": f"{prefix}{key}", "message": "unknown field"})
+    if not _TOP_LEVEL.issuperset(body):  # no set built for the usual body
+        errors += [{"field": f"{prefix}{key}", "message": "unknown field"} for key in body.keys() - _TOP_LEVEL]
     if "execution_id" in body and body["execution_id"] != execution_id:
         errors.append({"field": f"{prefix}execution_id", "message": "does not match the execution in the URL"})
     event = body.get("event")
@@ -226,12 +220,8 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         errors.append({"field": f"{prefix}event", "message": f"required, one of {', '.join(EVENT_TYPES)}"})
     else:
         data = body.get("data", {} if event == "complete" else None)
-        sub_errors: list[FieldError] = []
-        terminal = _check_data(event, data, sub_errors)
-        errors += _prefixed(prefix, sub_errors)
-    ts_errors: list[FieldError] = []
-    timestamp = _check_timestamp(body.get("timestamp"), ts_errors)
-    errors += _prefixed(prefix, ts_errors)
+        terminal = _check_data(event, data, errors, prefix)
+    timestamp = _check_timestamp(body.get("timestamp"), errors, prefix)
     key = body.get("idempotency_key")
     if key is not None and (
         not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not _encodable(key)

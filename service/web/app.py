@@ -118,7 +118,8 @@ class RelayRequest(Request):
         super().__init__(*args, **kwargs)
         # Sanic builds the request in the task that handles it, so the log context is set for it.
         self.started = time.monotonic()
-        self.request_id = _request_id(self.headers.get("x-request-id", "")) or _next_request_id()
+        given = self.headers.get("x-request-id")
+        self.request_id = (given and _request_id(given)) or _next_request_id()
         request_id.set(self.request_id)
 
     async def receive_body(self) -> None:

@@ -105,7 +105,7 @@ class Step:
 #: Nothing to do.
 NOTHING = Step()
 
-_last_alone: list[Step] = [Step(("",))]
+_last_alone: list[Step] = [Step(("",))]  # starts with a frame that is no event, so the first event misses
 
 
 def _alone(event: Event) -> Step:

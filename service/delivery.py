@@ -105,6 +105,21 @@ class Step:
 #: Nothing to do.
 NOTHING = Step()
 
+_last_alone: list[Step] = [Step(("",))]  # starts with a frame that is no event, so the first event misses
+
+
+def _alone(event: Event) -> Step:
+    """The Step that sends ``event`` alone: made once per event and shared by every subscriber.
+
+    It is the answer to the common live event (in order) for each socket of a
+    fan-out, which asks for it once per socket, in a row. Steps are never
+    changed once made.
+    """
+    step = _last_alone[0]
+    if step.send[0] is not event:
+        step = _last_alone[0] = Step((event,))
+    return step
+
 
 class Delivery:
     """One subscriber's delivery rules, with no I/O: told what happened, it answers a :class:`Step`.
@@ -224,7 +239,7 @@ class Delivery:
                 self.pending += 1
                 if event.terminal:
                     self._finished = True
-                return Step((event,))
+                return _alone(event)
             if seq <= self.cursor:
                 return NOTHING  # a duplicate (also seen in history)
             self._state = _CATCHING_UP  # a hole: re-read history from the cursor

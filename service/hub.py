@@ -2,7 +2,8 @@
 
 The broker hands every live event of a subscribed execution to
 :meth:`Hub.dispatch`, which offers it to each local subscriber without
-awaiting anything, so one slow socket never delays another. The hub asks
+awaiting anything, so one slow socket never delays another; the frames
+written at once are counted in the metrics once per event. The hub asks
 the broker to subscribe to an execution when its first local subscriber
 arrives and to unsubscribe when the last one leaves; those calls run one at
 a time, in the order they were asked for.
@@ -17,6 +18,7 @@ from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any, Protocol
 
+from . import metrics
 from .brokers.base import Broker
 from .events import Event
 
@@ -28,8 +30,8 @@ log = logging.getLogger("relay.hub")
 class Subscriber(Protocol):
     """Anything that takes live events of one execution."""
 
-    def offer(self, event: Event) -> None:
-        """Take one live event; must not block."""
+    def offer(self, event: Event) -> bool:
+        """Take one live event; must not block. True if its frame went into the socket at once."""
 
     def resync(self) -> None:
         """Live events may have been missed; re-read history."""
@@ -60,9 +62,12 @@ class Hub:
             return
         if not event.accepted_at:  # came through a network broker: latency counts from its arrival here
             event = replace(event, accepted_at=time.time())
+        written = 0
         for subscriber in tuple(channel.subscribers):
-            subscriber.offer(event)
+            if subscriber.offer(event):
+                written += 1
         self.dispatched += len(channel.subscribers)
+        metrics.delivered_live(written, event.accepted_at)  # once per fan-out: it costs a clock read
 
     def resync(self) -> None:
         """Tell every subscriber that live events may have been missed."""

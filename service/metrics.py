@@ -502,12 +502,32 @@ _delivery_bounds = _delivery_seconds.bounds
 
 
 def delivered(accepted_at: float) -> None:
-    """One event frame was handed to a subscriber's sink; ``accepted_at`` is its accept time (unix)."""
+    """One event frame was handed to a subscriber's sink; ``accepted_at`` is its accept time (unix).
+
+    For frames that waited in a subscription's queue (and replayed ones, with
+    ``accepted_at`` 0); the frames a fan-out writes at once go to :func:`delivered_live`.
+    """
     _state.frames += 1
-    if accepted_at:  # once per frame per socket: the histogram update is inlined
+    if accepted_at:  # the histogram update is inlined
         seconds = time.time() - accepted_at
         _delivery_plain[bisect_left(_delivery_bounds, seconds)] += 1
         _delivery_plain[-1] += seconds
+
+
+def delivered_live(frames: int, accepted_at: float) -> None:
+    """One fan-out handed a live event's frame to ``frames`` sockets; ``accepted_at`` is its accept time (unix).
+
+    Counted once per event, not once per socket: the latency is read when the
+    fan-out ends, so each of its frames is recorded with the time the last one
+    was written (later than the first by the fan-out's length, ~15 ms for 1,000 sockets).
+    """
+    if not frames:
+        return
+    _state.frames += frames
+    if accepted_at:
+        seconds = time.time() - accepted_at
+        _delivery_plain[bisect_left(_delivery_bounds, seconds)] += frames
+        _delivery_plain[-1] += seconds * frames
 
 
 def delivery_failed() -> None:

@@ -70,8 +70,9 @@ class _Waiter:
         self.revoked = True
         self._wake()
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event) -> bool:
         self._wake()
+        return False  # nothing written: the request reads history when it wakes
 
     def resync(self) -> None:
         self._wake()  # the request re-reads history when it wakes

@@ -210,11 +210,28 @@ class Subscription:
 
     # -- live side, called by the hub; never awaits --------------------------
 
-    def offer(self, event: Event) -> None:
-        """Take a live event (the machine sends it, buffers it, or drops a duplicate)."""
+    def offer(self, event: Event) -> bool:
+        """Take a live event (the machine sends it, buffers it, or drops a duplicate).
+
+        Returns whether the event went into the socket at once: the hub counts
+        those in the delivery metrics once per fan-out, not once per socket.
+        """
         step = self._delivery.live(event)
-        if step is not NOTHING:
+        if step is NOTHING:
+            return False
+        if step.close is not None or step.read_after is not None or self._writer is not None or self._queue:
             self._apply(step)
+            return False
+        # The common case, once per socket of every fan-out: the machine sends the event
+        # alone and nothing waits before it. A closed subscription's machine answers NOTHING.
+        if not self._try_write(event.frame):
+            self._enqueue(event)
+            return False
+        self.sent += 1
+        step = self._delivery.written(event)
+        if step.close is not None:
+            self._shutdown(step.close)
+        return True
 
     def resync(self) -> None:
         """Live events may have been lost: let the machine re-read history."""
@@ -234,10 +251,14 @@ class Subscription:
         if self.disconnect is not None:
             return
         # Nothing waiting and the socket has room: write now, no task, no queue.
-        queue = self._queue
-        if self._writer is None and not queue and self._try_write(item if isinstance(item, str) else item.frame):
+        if self._writer is None and not self._queue and self._try_write(item if isinstance(item, str) else item.frame):
             self._written(item)
             return
+        self._enqueue(item)
+
+    def _enqueue(self, item: Frame) -> None:
+        """Queue ``item`` behind the frames waiting; start the task that writes them if none runs."""
+        queue = self._queue
         if queue is None:
             queue = self._queue = deque()
         queue.append(item)

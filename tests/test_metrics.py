@@ -26,7 +26,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 
 from service import metrics
+from service.brokers.memory import MemoryBroker
+from service.closecodes import Disconnect
+from service.cursor import Cursor
+from service.events import Event
+from service.hub import Hub
 from service.metrics import _Buckets
+from service.subscription import Subscription
 from tests.conftest import Server, counted, make_settings, make_token, recv_json, recv_until_closed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -272,6 +278,57 @@ async def test_fan_out_costs_no_prometheus_call_per_frame(
     assert calls == []
     monkeypatch.undo()
     assert value(await scrape(server), "relay_frames_delivered_total") >= 20
+
+
+class _ClockedSink:
+    """A socket that always has room; each write moves the fake clock one second on."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.frames: list[str] = []
+
+    async def send(self, frame: str) -> None:
+        self.try_write(frame)
+
+    def try_write(self, frame: str) -> bool:
+        self.frames.append(frame)
+        self.clock[0] += 1.0
+        return True
+
+    def close_now(self, disconnect: Disconnect) -> None:
+        """Never closed here."""
+
+
+async def test_a_fan_out_counts_its_frames_once_each_timed_when_the_last_socket_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three sockets written in one fan-out: three frames and three latencies, each the fan-out's end."""
+    broker = MemoryBroker(history_size=10, history_ttl=60)
+    hub = Hub(broker)
+    clock = [1000.0]
+    sinks = [_ClockedSink(clock) for _ in range(3)]
+    for sink in sinks:
+        sub = Subscription(hub, broker, "metrics-clock", Cursor(), sink, 8)
+        await sub.open()
+        sub.start()
+
+    def latency() -> tuple[float, float, float]:
+        metrics.flush()
+        samples = parse(metrics.render().decode())
+        return (
+            value(samples, "relay_frames_delivered_total"),
+            value(samples, "relay_delivery_latency_seconds_count"),
+            value(samples, "relay_delivery_latency_seconds_sum"),
+        )
+
+    frames, count, total = latency()
+    with monkeypatch.context() as patched:
+        patched.setattr(time, "time", lambda: clock[0])
+        hub.dispatch("metrics-clock", Event(1, "progress", False, '{"seq":1}', 1000.0))
+    assert [len(sink.frames) for sink in sinks] == [1, 1, 1]
+    after = latency()
+    # Written at 1001, 1002 and 1003; all three are recorded when the last one was: 3 s each.
+    assert (after[0] - frames, after[1] - count, after[2] - total) == (3, 3, 9.0)
 
 
 # -- several workers -----------------------------------------------------------------------

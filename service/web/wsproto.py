@@ -268,6 +268,9 @@ class _Latest:
 
 
 _latest = _Latest()
+# A tuple made once: ``A | B`` in isinstance() builds a union each call (160 ns against 40 ns),
+# and shared_text_frame runs once per compressing socket of every fan-out.
+_SHARED_DEFLATES = (_SharedContextDeflate, _MinSizeDeflate)
 
 
 def shared_text_frame(extensions: Sequence[Extension], text: str) -> bytes | None:
@@ -286,7 +289,7 @@ def shared_text_frame(extensions: Sequence[Extension], text: str) -> bytes | Non
         return latest.plain
     if len(extensions) == 1:
         extension = extensions[0]
-        if isinstance(extension, _SharedContextDeflate | _MinSizeDeflate):
+        if isinstance(extension, _SHARED_DEFLATES):
             return extension.text_frame(latest.data, latest.plain)
     return None
 

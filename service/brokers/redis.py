@@ -87,10 +87,11 @@ log = logging.getLogger("relay.broker.redis")
 # Idempotency keys are kept while their event is retained: once the hash holds twice the history
 # size, the keys of events older than the history are dropped (``forgotten``), so it stays bounded.
 PUBLISH_LUA = """
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'terminal')
+local epoch = meta[1]
 if not epoch then
   epoch = ARGV[10]
-  if not redis.call('HGET', KEYS[2], 'seq') then
+  if not meta[2] then
     redis.call('DEL', KEYS[1], KEYS[3])
   end
   redis.call('HSET', KEYS[2], 'epoch', epoch)
@@ -100,17 +101,18 @@ if key ~= '' then
   local seen = redis.call('HGET', KEYS[3], key)
   if seen then return {0, tonumber(seen), epoch} end
 end
-if redis.call('HGET', KEYS[2], 'terminal') == '1' then return {-1, 0, epoch} end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-local frame = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], seq .. '-0', 'f', frame, 'e', ARGV[3], 't', ARGV[4])
-redis.call('HSET', KEYS[2], 'terminal', ARGV[4], 'updated', ARGV[8])
+if meta[3] == '1' then return {-1, 0, epoch} end
+local seq = (tonumber(meta[2]) or 0) + 1
+local text = string.format('%d', seq)  -- not tostring: Lua would print a seq from 1e14 on as 1e+14
+local frame = ARGV[1] .. text .. ARGV[2]
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], text .. '-0', 'f', frame, 'e', ARGV[3], 't', ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', text, 'terminal', ARGV[4], 'updated', ARGV[8])
 local ttl = ARGV[7]
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 local forgotten = 0
 if key ~= '' then
-  redis.call('HSET', KEYS[3], key, seq)
+  redis.call('HSET', KEYS[3], key, text)
   redis.call('EXPIRE', KEYS[3], ttl)
   local size = tonumber(ARGV[6])
   if redis.call('HLEN', KEYS[3]) > 2 * size then
@@ -123,7 +125,7 @@ if key ~= '' then
     end
   end
 end
-redis.call('PUBLISH', ARGV[9], epoch .. '|' .. seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
+redis.call('PUBLISH', ARGV[9], epoch .. '|' .. text .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
 return {1, seq, epoch, forgotten}
 """
 
@@ -796,7 +798,8 @@ class RedisBroker(Broker):
             return
         try:
             epoch, seq, terminal, event, frame = data.split("|", 4)
-            listener(execution_id, Event(int(seq), event, terminal == "1", frame, 0.0, epoch))
+            # Stamped on arrival (the message does not carry the accept time), so the hub need not copy the event.
+            listener(execution_id, Event(int(seq), event, terminal == "1", frame, time.time(), epoch))
         except Exception:
             self.dropped_messages += 1
             log.exception("a live event could not be dispatched")

@@ -145,6 +145,35 @@ async def test_live_message_carries_seq_event_and_frame_without_json(make_broker
     assert got == [first.event, last.event]
 
 
+async def test_a_live_event_carries_its_arrival_time(make_broker: Callable[..., Any]) -> None:
+    """An event read from pub/sub is stamped when it arrives, for the accept-to-socket latency metric."""
+    broker: RedisBroker = await make_broker()
+    got: list[Event] = []
+    broker.set_listener(lambda eid, event: got.append(event))
+    await broker.subscribe("ex-4")
+    before = time.time()
+    await broker.publish(progress("ex-4"))
+    async with asyncio.timeout(5):
+        while not got:
+            await asyncio.sleep(0.01)
+    assert before <= got[0].accepted_at <= time.time()
+
+
+async def test_a_seq_past_1e14_keeps_an_exact_stream_id(make_broker: Callable[..., Any], redis_url: str) -> None:
+    """The script writes the seq as an integer (Lua would print 10**15 + 1 as 1e+15, an invalid stream id)."""
+    broker: RedisBroker = await make_broker()
+    await broker.publish(progress("ex-big"))
+    stream, meta, _ = broker.keys("ex-big")
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.hset(meta, "seq", 10**15)
+    result = await broker.publish(progress("ex-big"))
+    assert result.seq == 10**15 + 1
+    newest = client.xrevrange(stream, count=1)
+    assert newest and newest[0][0] == f"{10**15 + 1}-0"
+    assert client.hget(meta, "seq") == str(10**15 + 1)
+    client.close()
+
+
 async def test_password_in_the_url_is_used() -> None:
     """A Redis with requirepass: the right password works, a wrong one is BrokerUnavailable and never ready."""
     server = RedisServer(redis_server_binary(), password="pa55-word")

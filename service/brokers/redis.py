@@ -87,10 +87,11 @@ log = logging.getLogger("relay.broker.redis")
 # Idempotency keys are kept while their event is retained: once the hash holds twice the history
 # size, the keys of events older than the history are dropped (``forgotten``), so it stays bounded.
 PUBLISH_LUA = """
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local meta = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'terminal')
+local epoch = meta[1]
 if not epoch then
   epoch = ARGV[10]
-  if not redis.call('HGET', KEYS[2], 'seq') then
+  if not meta[2] then
     redis.call('DEL', KEYS[1], KEYS[3])
   end
   redis.call('HSET', KEYS[2], 'epoch', epoch)
@@ -100,17 +101,18 @@ if key ~= '' then
   local seen = redis.call('HGET', KEYS[3], key)
   if seen then return {0, tonumber(seen), epoch} end
 end
-if redis.call('HGET', KEYS[2], 'terminal') == '1' then return {-1, 0, epoch} end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-local frame = ARGV[1] .. seq .. ARGV[2]
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], seq .. '-0', 'f', frame, 'e', ARGV[3], 't', ARGV[4])
-redis.call('HSET', KEYS[2], 'terminal', ARGV[4], 'updated', ARGV[8])
+if meta[3] == '1' then return {-1, 0, epoch} end
+local seq = (tonumber(meta[2]) or 0) + 1
+local text = string.format('%d', seq)  -- not tostring: Lua would print a seq from 1e14 on as 1e+14
+local frame = ARGV[1] .. text .. ARGV[2]
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], text .. '-0', 'f', frame, 'e', ARGV[3], 't', ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', text, 'terminal', ARGV[4], 'updated', ARGV[8])
 local ttl = ARGV[7]
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 local forgotten = 0
 if key ~= '' then
-  redis.call('HSET', KEYS[3], key, seq)
+  redis.call('HSET', KEYS[3], key, text)
   redis.call('EXPIRE', KEYS[3], ttl)
   local size = tonumber(ARGV[6])
   if redis.call('HLEN', KEYS[3]) > 2 * size then
@@ -123,7 +125,7 @@ if key ~= '' then
     end
   end
 end
-redis.call('PUBLISH', ARGV[9], epoch .. '|' .. seq .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
+redis.call('PUBLISH', ARGV[9], epoch .. '|' .. text .. '|' .. ARGV[4] .. '|' .. ARGV[3] .. '|' .. frame)
 return {1, seq, epoch, forgotten}
 """
 
@@ -173,7 +175,8 @@ CLUSTER_NODE = (
 NOT_READY = "the instance is not ready"
 REVOCATION = "token revocation could not be checked, retry later"
 _MAX_PIPELINE = 1000  # script calls per round trip
-_Call = tuple[tuple[str, str, str], tuple[Any, ...]]  # a publish script call: keys, args
+#: A publish script call: its keys, and its keys and arguments as RESP bulk strings, still text (see _script_args).
+_Call = tuple[tuple[str, str, str], str]
 _MAX_STREAM_SEQ = 2**64 - 1  # the largest stream id Redis takes; a seq never gets near it
 _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
 
@@ -319,6 +322,7 @@ class RedisBroker(Broker):
         # instead of failing with "too many connections".
         self._redis: Redis = self._make_client(max_connections, command_timeout, connect_timeout)
         self._publish_script = self._redis.register_script(self.publish_source)
+        self._limits = _bulk(str(history_size)) + _bulk(str(history_ttl))  # the script's 6th and 7th arguments
         self._lane = _Lane(self._redis)
         self._history_script = self._redis.register_script(HISTORY_LUA)
         # Always subscribed (the connection is live even with no executions); carries revocations.
@@ -403,19 +407,19 @@ class RedisBroker(Broker):
     # -- publishing -------------------------------------------------------------
 
     def _script_args(self, draft: EventDraft) -> _Call:
-        args = (
-            draft.head,
-            draft.tail,
-            draft.event,
-            "1" if draft.terminal else "0",
-            draft.idempotency_key or "",
-            self.history_size,
-            self.history_ttl,
-            int(time.time() * 1000),
-            self.channel(draft.execution_id),
-            new_epoch(),
+        """The publish script's keys and arguments for ``draft`` (in PUBLISH_LUA's order), packed at once.
+
+        One f-string per call, encoded with the rest of the pipeline: packing each
+        argument on its own (a type check, an encode, a format) cost more than the
+        rest of a publish's own work.
+        """
+        stream, meta, idem = keys = self.keys(draft.execution_id)
+        packed = (
+            f"{_bulk(stream)}{_bulk(meta)}{_bulk(idem)}{_bulk(draft.head)}{_bulk(draft.tail)}{_bulk(draft.event)}"
+            f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(draft.idempotency_key or '')}{self._limits}"
+            f"{_bulk(str(int(time.time() * 1000)))}{_bulk(self.channel(draft.execution_id))}{_bulk(new_epoch())}"
         )
-        return self.keys(draft.execution_id), args
+        return keys, packed
 
     def _result(self, draft: EventDraft, reply: Any) -> PublishResult:
         status, seq, epoch = int(reply[0]), int(reply[1]), reply[2]
@@ -794,7 +798,8 @@ class RedisBroker(Broker):
             return
         try:
             epoch, seq, terminal, event, frame = data.split("|", 4)
-            listener(execution_id, Event(int(seq), event, terminal == "1", frame, 0.0, epoch))
+            # Stamped on arrival (the message does not carry the accept time), so the hub need not copy the event.
+            listener(execution_id, Event(int(seq), event, terminal == "1", frame, time.time(), epoch))
         except Exception:
             self.dropped_messages += 1
             log.exception("a live event could not be dispatched")
@@ -919,18 +924,21 @@ def _pack(command: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
+def _bulk(text: str) -> str:
+    """``text`` as a RESP bulk string, still text (its length counted in UTF-8 bytes)."""
+    return f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n"
+
+
+_TERMINAL, _NOT_TERMINAL = _bulk("1"), _bulk("0")
+_SCRIPT_ITEMS = 13  # keys and arguments of one publish script call: 3 + 10, as _script_args packs them
+
+
 def _pack_evalsha(sha: str, calls: list[_Call], asking: bool = False) -> bytes:
-    """RESP for ``EVALSHA sha 3 k1 k2 k3 a1 ...`` per call, concatenated."""
-    head = f"EVALSHA\r\n${len(sha)}\r\n{sha}\r\n$1\r\n3\r\n"
-    parts: list[bytes] = []
-    for keys, args in calls:
-        if asking:
-            parts.append(b"*1\r\n$6\r\nASKING\r\n")
-        parts.append(f"*{3 + len(keys) + len(args)}\r\n$7\r\n{head}".encode())
-        for item in (*keys, *args):
-            data = item.encode() if isinstance(item, str) else str(item).encode()
-            parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
+    """RESP for ``EVALSHA sha 3 k1 k2 k3 a1 ...`` per call, concatenated (``ASKING`` before each with ``asking``)."""
+    head = f"*{3 + _SCRIPT_ITEMS}\r\n$7\r\nEVALSHA\r\n{_bulk(sha)}$1\r\n3\r\n"
+    if asking:
+        head = "*1\r\n$6\r\nASKING\r\n" + head
+    return "".join([f"{head}{packed}" for _, packed in calls]).encode()
 
 
 def _describe(exc: BaseException) -> str:

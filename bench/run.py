@@ -133,7 +133,10 @@ TARGETS = {
 }
 BASELINES = ["sanic_minimal", "socketio", "bare_websockets"]
 SHORT = {"sanic_minimal": "a", "socketio": "b", "bare_websockets": "c", "relay": "relay"}
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+# The Redis the `redis` scenario's standalone relays use: the bench's own redis-server on a free
+# port (started and killed by the scenario), unless BENCH_REDIS_URL names one. The machine's
+# shared Redis also serves other jobs (test suites), whose load fell on one target and not another.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
 REDIS_PREFIX = f"relaybench{os.getpid()}"
 
 _jwt = None
@@ -861,25 +864,42 @@ def sc_rush_all(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     return out
 
 
-def redis_reachable() -> bool:
+def redis_reachable(url: str) -> bool:
     try:
         import redis
 
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
     except Exception:
         return False
 
 
-def redis_cleanup() -> None:
+def redis_cleanup(url: str) -> None:
     try:
         import redis
 
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=5)
+        client = redis.Redis.from_url(url, socket_timeout=5)
         keys = list(client.scan_iter(match=f"{REDIS_PREFIX}*", count=1000))
         for i in range(0, len(keys), 500):
             client.unlink(*keys[i : i + 500])
     except Exception:
         pass
+
+
+def bench_redis():
+    """A redis-server of the bench's own (free loopback port, no persistence, killed afterwards), or why not."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None, "redis-server not installed (or set BENCH_REDIS_URL)"
+    sys.path.insert(0, str(ROOT))
+    from tests.redis_topology import TopologyServer
+
+    server = TopologyServer(binary)
+    try:
+        server.start()
+    except Exception as exc:
+        server.stop()
+        return None, f"the bench's redis-server did not start: {type(exc).__name__}: {exc}"
+    return server, None
 
 
 def bench_cluster():
@@ -907,10 +927,19 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     names = [t.name for t in targets]
     if "relay" not in names:
         return {}
-    if not redis_reachable():
-        return {"relay_redis1": {"error": f"Redis not reachable at {REDIS_URL}"}}
+    server = None
+    url = REDIS_URL
+    if not url:
+        server, why = bench_redis()
+        if server is None:
+            return {"relay_redis1": {"error": why}}
+        url = server.url
+    if not redis_reachable(url):
+        if server is not None:
+            server.stop()
+        return {"relay_redis1": {"error": f"Redis not reachable at {url}"}}
     run = [t for t in targets if t.name in ("sanic_minimal", "relay")]
-    urls = {"relay_redis1": REDIS_URL, "relay_redis2": REDIS_URL}
+    urls = {"relay_redis1": url, "relay_redis2": url}
     cluster, why_not = bench_cluster()
     if cluster is not None:
         urls["relay_redis_cluster"] = cluster.url
@@ -943,7 +972,9 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     try:
         res = interleaved(run, cfg, tmp, ids, cfg["trials"], trial, warmup=warm)
     finally:
-        redis_cleanup()
+        redis_cleanup(url)
+        if server is not None:
+            server.stop()
         if cluster is not None:
             cluster.close()
     if why_not:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 if TYPE_CHECKING:
     from jwt.types import Options
@@ -100,6 +101,7 @@ class TokenVerifier:
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
+        self._jwt = _decoder(algorithm, [key for _, key in keys])
         # Tokens verified before, until they expire: a client that reconnects (a storm of
         # thousands after a restart) presents the same token, so its signature is checked once.
         # Bounded; cleared wholesale when full. Revocation is checked separately, every time.
@@ -156,7 +158,7 @@ class TokenVerifier:
     def _decode(self, token: str, key: str) -> dict[str, Any]:
         options: Options = {"require": ["exp", "aud", "sub", "execution_id"]}
         try:
-            payload: dict[str, Any] = jwt.decode(
+            payload: dict[str, Any] = self._jwt.decode(
                 token,
                 key,
                 algorithms=[self.algorithm],
@@ -180,6 +182,54 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):
             raise TokenInvalid("malformed", "token cannot be verified") from None
         return payload
+
+
+class _CheckedSecrets(HMACAlgorithm):
+    """PyJWT's HMAC, with the configured secrets checked once instead of at every verify.
+
+    Before each HMAC, PyJWT makes sure the secret is not a PEM, SSH, DER or JWK
+    key (a defence against algorithm confusion) and measures its length: about
+    4 % of a WebSocket connect. The secrets come from the settings and never
+    change, so each is checked here once, by PyJWT's own code; any other key
+    still gets the full check every time.
+    """
+
+    def __init__(self, hash_alg: Any, secrets: Sequence[str]) -> None:
+        super().__init__(hash_alg)
+        self._checked: dict[str | bytes, bytes] = {}
+        self._long_enough: set[bytes] = set()
+        for secret in secrets:
+            try:
+                prepared = super().prepare_key(secret)
+            except jwt.InvalidKeyError:
+                continue  # refused at every verify, as before
+            self._checked[secret] = prepared
+            if super().check_key_length(prepared) is None:
+                self._long_enough.add(prepared)
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        """The checked form of ``key``, checked once for a configured secret."""
+        checked = self._checked.get(key)
+        return checked if checked is not None else super().prepare_key(key)
+
+    def check_key_length(self, key: bytes) -> str | None:
+        """PyJWT's warning for a short key (measured once for a configured secret)."""
+        return None if key in self._long_enough else super().check_key_length(key)
+
+
+_HASHES = {"HS256": HMACAlgorithm.SHA256, "HS384": HMACAlgorithm.SHA384, "HS512": HMACAlgorithm.SHA512}
+
+
+def _decoder(algorithm: str, keys: Sequence[str]) -> jwt.PyJWT:
+    """A PyJWT of our own: for HMAC, its algorithm checks the configured secrets once."""
+    decoder = jwt.PyJWT()
+    if algorithm in HMAC:
+        # PyJWT offers no public way to give a PyJWT object an algorithm; its PyJWS (the
+        # private ``_jws``, checked by tests/test_core.py) does, through a public method.
+        jws = decoder._jws
+        jws.unregister_algorithm(algorithm)
+        jws.register_algorithm(algorithm, _CheckedSecrets(_HASHES[algorithm], keys))
+    return decoder
 
 
 def _unverified_header(token: str) -> dict[str, Any]:

@@ -162,6 +162,21 @@ class Core:
         await self.broker.publish(draft)
 
 
+async def test_hub_registers_at_once_when_the_broker_needs_no_subscribe() -> None:
+    """With the memory broker, a new execution's first subscriber is live without a task or a turn of the loop."""
+    core = Core()
+    sink = ListSink()
+    sub = core.subscription(0, sink)
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    await core.hub.add("e", sub)
+    assert turned == [] and core.hub.executions == 1
+    core.hub.remove("e", sub)
+    assert core.hub.executions == 0
+    await core.hub.close()  # nothing pending
+    assert turned == []
+
+
 async def test_subscription_merges_replay_and_buffered_live_events_without_duplicates() -> None:
     """Events published between registering and reading history are delivered once, in order."""
     core = Core()

@@ -168,8 +168,8 @@ class TokenVerifier:
         The algorithm is the configured one (``_key_for`` checked the header's, and
         ``hmac_`` hashes with it); the signature is PyJWT's own constant-time HMAC
         comparison; segments are decoded and claims checked with PyJWT's rules, in
-        its order. One difference, stricter: any ``crit`` header is refused (PyJWT
-        accepts ``"crit": ["b64"]``; no relay token has one). ``tests/test_attacks.py``
+        its order. Stricter in one point: a ``crit`` header, or a ``b64`` other than
+        true, is refused (PyJWT accepts ``"crit": ["b64"]``; no relay token has either). ``tests/test_attacks.py``
         checks that both give every hostile token the same verdict.
         """
         signing_input, _, signature = token.rpartition(".")

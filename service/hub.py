@@ -6,7 +6,8 @@ awaiting anything, so one slow socket never delays another; the frames
 written at once are counted in the metrics once per event. The hub asks
 the broker to subscribe to an execution when its first local subscriber
 arrives and to unsubscribe when the last one leaves; those calls run one at
-a time, in the order they were asked for.
+a time, in the order they were asked for. A broker that delivers every
+publish anyway (the memory broker) is not asked.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ class Hub:
         if channel is None:
             channel = _Channel(asyncio.get_running_loop().create_future())
             self._channels[execution_id] = channel
-            self._run(self._subscribe(execution_id, channel))
+            if self.broker.needs_subscribe:
+                self._run(self._subscribe(execution_id, channel))
+            else:  # nothing to ask the broker: no task, and no turn of the loop before the subscriber is live
+                channel.ready.set_result(None)
         channel.subscribers.add(subscriber)
         try:
             await asyncio.shield(channel.ready)
@@ -100,7 +104,8 @@ class Hub:
         channel.subscribers.discard(subscriber)
         if not channel.subscribers:
             del self._channels[execution_id]
-            self._run(self._unsubscribe(execution_id, channel))
+            if self.broker.needs_subscribe:
+                self._run(self._unsubscribe(execution_id, channel))
 
     def all_subscribers(self) -> list[Subscriber]:
         """Every local subscriber of every execution (a snapshot, for rare sweeps such as revocation)."""

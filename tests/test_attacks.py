@@ -244,6 +244,71 @@ ATTACKS = [
 ]
 
 
+def padded_segments(token: str) -> str:
+    """``token`` with ``=`` padding on each segment (PyJWT accepts what some issuers send)."""
+    return ".".join(part + "=" * (-len(part) % 4) for part in token.split("."))
+
+
+# Tokens whose verdicts hang on PyJWT's finer rules, for the comparison below.
+EDGE_CASES: list[Callable[[], str]] = [
+    lambda: padded_segments(good()),
+    lambda: good() + "=",
+    lambda: good() + "==",
+    lambda: good() + "===",
+    lambda: signed_raw(HEADER_OLD + "=" * (2 + len(HEADER_OLD) % 2), segment(claims())),
+    lambda: good(aud=""),
+    lambda: good(aud=[]),
+    lambda: good(aud=0),
+    lambda: good(aud=False),
+    lambda: good(aud=[1, "progress-relay"]),
+    lambda: good(aud=["someone-else", "progress-relay"]),
+    lambda: good(aud=None),
+    lambda: good(iss=1),
+    lambda: good(sub=None),
+    lambda: good(execution_id=None),
+    lambda: good(exp=None),
+    lambda: good(exp=str(int(time.time()) + 600)),
+    lambda: good(exp=time.time() + 600.5),
+    lambda: good(exp=True),
+    lambda: good(exp=float("inf")),
+    lambda: good(exp=int(time.time()) - 5),  # within the leeway
+    lambda: good(iat=int(time.time()) + 5),
+    lambda: good(nbf=int(time.time()) + 5),
+    lambda: good(nbf=[1]),
+    lambda: good(jti="j-1"),
+    lambda: forge({"alg": "HS256", "kid": "old", "b64": False}),
+    lambda: forge({"alg": "HS256", "kid": "old", "crit": []}),
+    lambda: forge({"alg": "HS256", "kid": "old", "crit": ["exp"], "exp": 1}),
+    lambda: signed_raw(HEADER_OLD, segment(claims()) + "+"),
+    lambda: signed_raw(HEADER_OLD, segment(claims())[:-1] + "_"),
+]
+
+
+def test_the_hmac_path_gives_pyjwt_verdicts() -> None:
+    """Every hostile and edge-case token gets the same verdict from the relay's HMAC check as from PyJWT's decode."""
+    verifier = TokenVerifier("HS256", [("new", NEW_SECRET), ("old", SECRET)], "progress-relay", ISSUER)
+    hmac_ = verifier._hmac
+    assert hmac_ is not None
+
+    def verdict(decode: Callable[[str, str], Any], token: str, key: str) -> Any:
+        try:
+            return decode(token, key)
+        except (TokenExpired, TokenForbidden, TokenInvalid) as exc:
+            return type(exc).__name__, exc.reason
+
+    compared = 0
+    for make in [attack.token for attack in ATTACKS] + EDGE_CASES + [good]:
+        token = make()
+        try:
+            key = verifier._key_for(token)
+        except TokenInvalid:
+            continue  # refused before either decodes
+        ours = verdict(lambda t, k: verifier._decode_hmac(t, hmac_, k), token, key)
+        assert ours == verdict(verifier._decode_pyjwt, token, key), token
+        compared += 1
+    assert compared > 60
+
+
 @pytest.fixture
 async def attack_server(start_server: Callable[..., Any]) -> Server:
     """A relay with a rotating key set and an issuer, with one event in EXEC."""

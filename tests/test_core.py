@@ -162,6 +162,21 @@ class Core:
         await self.broker.publish(draft)
 
 
+async def test_hub_registers_at_once_when_the_broker_needs_no_subscribe() -> None:
+    """With the memory broker, a new execution's first subscriber is live without a task or a turn of the loop."""
+    core = Core()
+    sink = ListSink()
+    sub = core.subscription(0, sink)
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    await core.hub.add("e", sub)
+    assert turned == [] and core.hub.executions == 1
+    core.hub.remove("e", sub)
+    assert core.hub.executions == 0
+    await core.hub.close()  # nothing pending
+    assert turned == []
+
+
 async def test_subscription_merges_replay_and_buffered_live_events_without_duplicates() -> None:
     """Events published between registering and reading history are delivered once, in order."""
     core = Core()
@@ -312,6 +327,35 @@ def test_minted_tokens_verify_and_carry_kid() -> None:
     assert abs(exp - time.time() - 60) < 5
     v = TokenVerifier("HS256", [("k1", "other" * 8), ("k2", SECRET)], "progress-relay", issuer="backend")
     assert v.verify(token, "e1").sub == "u1"
+
+
+def test_the_configured_secret_is_checked_once_not_at_every_verify(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyJWT's check that an HMAC secret is no PEM/SSH/DER/JWK key runs when the verifier is made, not per token."""
+    tokens = [make_token(f"e{n}") for n in range(3)]
+    forged = make_token("e1", secret="wrong-secret-0123456789abcdefghijklmnop")
+    checked: list[object] = []  # keys PyJWT checked (signing the tokens above checked theirs)
+    real = jwt.algorithms.HMACAlgorithm.prepare_key
+
+    def spy(self: jwt.algorithms.HMACAlgorithm, key: str | bytes) -> bytes:
+        checked.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(jwt.algorithms.HMACAlgorithm, "prepare_key", spy)
+    v = TokenVerifier("HS256", [("k1", SECRET), ("k2", "other" * 8)], "progress-relay")
+    assert sorted(map(str, checked)) == sorted(["other" * 8, SECRET])
+    for n, token in enumerate(tokens):
+        assert v.verify(token, f"e{n}").execution_id == f"e{n}"
+    assert len(checked) == 2
+    with pytest.raises(TokenInvalid) as exc:  # a token signed with another key still fails
+        v.verify(forged, "e1")
+    assert exc.value.reason == "signature"
+
+
+def test_pyjwt_internals_keep_their_shape() -> None:
+    """The verifier gives a PyJWT of its own an algorithm through its private ``_jws`` (auth/tokens.py)."""
+    decoder = jwt.PyJWT()
+    assert isinstance(decoder._jws, jwt.PyJWS)
+    assert "HS256" in decoder._jws.get_algorithms()
 
 
 def test_verified_tokens_are_cached_but_still_expire_and_stay_scoped(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -192,6 +192,13 @@ def _parameters(function: Any) -> list[str]:
     return list(inspect.signature(function).parameters)
 
 
+def _source(function: Any) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
 def _class_shape_problems() -> list[str]:
     """What no longer matches in the classes and signatures relied on."""
     problems: list[str] = []
@@ -242,6 +249,16 @@ def _class_shape_problems() -> list[str]:
         expect(f"self.{name}" in impl_source, f"WebsocketImplProtocol.{name}")
     for name in ("end_connection", "fail_connection"):
         expect(_parameters(getattr(WebsocketImplProtocol, name))[:3] == ["self", "code", "reason"], name)
+    # _LeanImpl.__init__ sets what Sanic's sets, less what only recv() and process_events use.
+    sanic_attributes = set(vars(WebsocketImplProtocol(ServerProtocol())))
+    lean = wsproto._LeanImpl(ServerProtocol(), ping_interval=None, ping_timeout=None, close_timeout=1)
+    expect(
+        sanic_attributes - set(vars(lean)) == {"assembler", "recv_lock", "process_event_mutex"},
+        f"WebsocketImplProtocol.__init__ sets {sorted(sanic_attributes)}",
+    )
+    for name in ("assembler", "recv_lock", "process_event_mutex"):
+        used = [m for m, f in vars(WebsocketImplProtocol).items() if callable(f) and f"self.{name}" in _source(f)]
+        expect(set(used) <= {"__init__", "recv", "recv_burst", "recv_streaming", "process_events"}, f"{name} in {used}")
     expect(Stage.IDLE is not None, "sanic.http.constants.Stage.IDLE")
     expect(
         _parameters(WorkerManager.shutdown_signal) == ["self", "signal", "frame"],
@@ -283,10 +300,6 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
     request = io._http.request
     expect(all(hasattr(request, n) for n in ("url", "client_ip", "port")), "_http.request.url/client_ip/port")
     expect(io.websocket is ws and bool(io.websocket_url) and bool(io.websocket_peer), "websocket(_url, _peer)")
-    assembler = ws.assembler
-    expect(isinstance(assembler.message_complete, LeanEvent), "assembler.message_complete")
-    expect(isinstance(assembler.message_fetched, LeanEvent), "assembler.message_fetched")
-    expect(assembler.completed_queue is None, "assembler.completed_queue")
     proto = ws.ws_proto
     expect(isinstance(proto, ServerProtocol), "ws_proto is websockets' ServerProtocol")
     expect(isinstance(proto.writes, list) and isinstance(proto.extensions, list), "ServerProtocol.writes/extensions")
@@ -303,6 +316,20 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
     )
     assert problems == [], f"Sanic internals changed shape ({versions}); see service/web/wsproto.py: {problems}"
     assert f"Sanic {CHECKED_SANIC} and websockets {CHECKED_WEBSOCKETS}" in (wsproto.__doc__ or "").replace("\n", " ")
+
+
+async def test_a_relay_socket_has_no_frame_assembler_and_no_recv(server: Server) -> None:
+    """A socket is built without Sanic's frame assembler and receive locks; recv() says to use listen()."""
+    client = await server.connect("lean")
+    await recv_json(client)
+    (sink,) = server.app.ctx.pinger.sockets
+    ws = sink.ws
+    assert not any(hasattr(ws, name) for name in ("assembler", "recv_lock", "process_event_mutex"))
+    with pytest.raises(TypeError, match="listen"):
+        await ws.recv()
+    await client.send(json.dumps({"type": "ping"}))  # the listener still answers
+    assert (await recv_json(client))["type"] == "pong"
+    await client.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])

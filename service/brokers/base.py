@@ -93,6 +93,9 @@ class Broker(abc.ABC):
 
     #: Whether operations leave the process (a network round trip worth timing in metrics).
     remote: ClassVar[bool] = False
+    #: Whether live events reach the listener only for executions passed to :meth:`subscribe`
+    #: (False: every publish reaches it, and subscribe/unsubscribe do nothing).
+    needs_subscribe: ClassVar[bool] = True
 
     def __init__(self, history_size: int, history_ttl: int) -> None:
         self.history_size = history_size

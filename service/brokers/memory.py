@@ -37,6 +37,8 @@ class _Log:
 class MemoryBroker(Broker):
     """History and live delivery inside this process."""
 
+    needs_subscribe = False  # every publish reaches the listener
+
     def __init__(self, history_size: int, history_ttl: int, sweep_interval: float = 30.0) -> None:
         super().__init__(history_size, history_ttl)
         self._logs: dict[str, _Log] = {}

@@ -49,13 +49,14 @@ lists and tests its own):
   ``_data_received`` events with :class:`LeanEvent`.
 - ``sanic.server.websockets.impl.WebsocketImplProtocol``, subclassed as
   ``_LeanImpl``: built as ``(ws_proto, ping_interval=, ping_timeout=,
-  close_timeout=)`` and started with ``await connection_made(io_proto,
+  close_timeout=)``; its ``__init__`` is replaced (Sanic's attributes less
+  ``assembler``, ``recv_lock`` and ``process_event_mutex``, which only
+  ``recv()``, ``recv_burst()``, ``recv_streaming()`` and ``process_events``
+  use: those are replaced too); started with ``await connection_made(io_proto,
   loop=)``, which is replaced: it sets ``loop``, ``io_proto``,
   ``connection_lost_waiter``, ``data_finished_fut`` (a plain future whose
   callback starts ``auto_close_connection()``), ``keepalive_ping_task`` and
-  ``auto_closer_task`` (a placeholder until then); its
-  ``assembler.message_complete`` / ``message_fetched`` events are replaced
-  and ``assembler.completed_queue`` dropped; ``data_received`` and
+  ``auto_closer_task`` (a placeholder until then); ``data_received`` and
   ``process_events(events)`` are replaced: messages go to a listener
   (:func:`listen`), pongs to ``process_pong(frame)``, what must be written
   through ``async_data_received(data_to_send, events)``.
@@ -78,7 +79,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 from sanic.exceptions import SanicException
@@ -421,13 +422,35 @@ class _LeanImpl(WebsocketImplProtocol):
     reaches Sanic.
     """
 
-    def __init__(self, *args: Any, guard: FrameGuard | None = None, refused: Refused | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        assembler = self.assembler
-        assembler.message_complete = _lean_event()
-        assembler.message_fetched = _lean_event()
-        # Created by Sanic, never used: dropping it frees the queue.
-        assembler.completed_queue = None  # type: ignore[assignment]  # Sanic types it Queue, never reads it
+    def __init__(
+        self,
+        ws_proto: ServerProtocol,
+        *,
+        ping_interval: float | None,
+        ping_timeout: float | None,
+        close_timeout: float,
+        guard: FrameGuard | None = None,
+        refused: Refused | None = None,
+    ) -> None:
+        # Sanic's __init__ (not called) less what only recv() uses: the frame assembler (two
+        # locks, a queue, two events), recv_lock and process_event_mutex. Messages go to the
+        # listener instead (listen()); recv() refuses. About 2 % of a connect.
+        self.ws_proto = ws_proto
+        self.io_proto = None
+        self.loop = None
+        self.max_queue = None  # type: ignore[assignment]  # Sanic's default; typed int there
+        self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.pings = {}
+        self.conn_mutex = asyncio.Lock()
+        self.recv_cancel = None
+        self.data_finished_fut = None
+        self.can_pause = True
+        self.pause_frame_fut = None
+        self.keepalive_ping_task = None
+        self.auto_closer_task = None
+        self.connection_lost_waiter = None
         self.guard = guard
         self.refused = refused
         self.closing_by_guard = False
@@ -455,6 +478,19 @@ class _LeanImpl(WebsocketImplProtocol):
         if self.ping_interval:  # off in the relay (one Pinger task pings every socket)
             self.keepalive_ping_task = loop.create_task(self.keepalive_ping())
         self.auto_closer_task = _CLOSER_NOT_STARTED
+
+    async def recv(self, timeout: float | None = None) -> str | bytes | None:
+        """Not available: messages go to the listener (:func:`listen`)."""
+        raise TypeError("a relay socket hands its messages to listen(), it has no recv()")
+
+    async def recv_burst(self, max_recv: int = 256) -> Sequence[str | bytes]:
+        """Not available: messages go to the listener (:func:`listen`)."""
+        raise TypeError("a relay socket hands its messages to listen(), it has no recv_burst()")
+
+    async def recv_streaming(self) -> AsyncIterator[str | bytes]:
+        """Not available: messages go to the listener (:func:`listen`)."""
+        raise TypeError("a relay socket hands its messages to listen(), it has no recv_streaming()")
+        yield b""  # an async generator, as Sanic's
 
     def _start_closing(self, finished: asyncio.Future[None]) -> None:
         if self.auto_closer_task is _CLOSER_NOT_STARTED and self.loop is not None:

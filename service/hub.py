@@ -90,8 +90,12 @@ class Hub:
             else:  # nothing to ask the broker: no task, and no turn of the loop before the subscriber is live
                 channel.ready.set_result(None)
         channel.subscribers.add(subscriber)
+        ready = channel.ready
         try:
-            await asyncio.shield(channel.ready)
+            if ready.done():  # live already (always, with the memory broker): no shield, no task
+                ready.result()  # raises what the broker's subscribe raised
+            else:
+                await asyncio.shield(ready)
         except BaseException:
             self.remove(execution_id, subscriber)
             raise

@@ -149,13 +149,18 @@ async def test_a_live_event_carries_its_arrival_time(make_broker: Callable[..., 
     """An event read from pub/sub is stamped when it arrives, for the accept-to-socket latency metric."""
     broker: RedisBroker = await make_broker()
     got: list[Event] = []
-    broker.set_listener(lambda eid, event: got.append(event))
+    arrived = asyncio.Event()
+
+    def listener(execution_id: str, event: Event) -> None:
+        got.append(event)
+        arrived.set()
+
+    broker.set_listener(listener)
     await broker.subscribe("ex-4")
     before = time.time()
     await broker.publish(progress("ex-4"))
     async with asyncio.timeout(5):
-        while not got:
-            await asyncio.sleep(0.01)
+        await arrived.wait()
     assert before <= got[0].accepted_at <= time.time()
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from service.limits import Turnstile
 from tests.conftest import Server, StartServer, counted, make_token, recv_json
 
 
@@ -101,3 +102,67 @@ async def test_sse_streams_count_toward_the_connection_limits(start_server: Star
         second = await server.http.get(f"/v1/executions/e1/stream?token={token}")
         assert second.status_code == 429 and second.json()["error"] == "rate_limited"
         assert await refused_code(server, "e1", token) == 4029
+
+
+async def _turns(count: int) -> None:
+    """Let ``count`` turns of the event loop pass."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_turnstile_lets_a_few_through_per_turn_in_arrival_order() -> None:
+    """Five callers in one turn: two go through at once, then two per later turn, first come first through."""
+    gate = Turnstile(per_turn=2)
+    through: list[int] = []
+    turns: list[int] = []  # the turn each caller went through in
+    turn = 0
+
+    async def caller(index: int) -> None:
+        await gate.enter()
+        through.append(index)
+        turns.append(turn)
+
+    tasks = [asyncio.get_running_loop().create_task(caller(i)) for i in range(5)]
+    while not all(task.done() for task in tasks):
+        await asyncio.sleep(0)
+        turn += 1
+    assert through == [0, 1, 2, 3, 4]
+    # No turn lets more than two through, and the last one waited for later turns.
+    assert max(turns.count(t) for t in set(turns)) == 2
+    assert turns[4] > turns[0]
+
+
+async def test_turnstile_skips_a_caller_that_left_while_waiting() -> None:
+    """A waiting caller cancelled (its client left) takes no place; the ones behind it go through."""
+    gate = Turnstile(per_turn=1)
+    through: list[int] = []
+
+    async def caller(index: int) -> None:
+        await gate.enter()
+        through.append(index)
+
+    tasks = [asyncio.get_running_loop().create_task(caller(i)) for i in range(3)]
+    await asyncio.sleep(0)  # 0 went through; 1 and 2 wait
+    tasks[1].cancel()
+    await asyncio.wait_for(asyncio.gather(tasks[0], tasks[2]), 5)
+    assert through == [0, 2]
+
+
+async def test_turnstile_is_open_again_when_idle() -> None:
+    """Once nobody waits, a caller of a later turn goes straight through."""
+    gate = Turnstile(per_turn=1)
+    await gate.enter()
+    await _turns(3)
+    entered = asyncio.get_running_loop().create_task(gate.enter())
+    await asyncio.sleep(0)
+    assert entered.done()
+
+
+async def test_a_crowd_of_handshakes_all_connect(start_server: StartServer) -> None:
+    """Forty sockets opened at once all get `connected` (the server lets a few handshakes through per turn)."""
+    server = await start_server()
+    sockets = await asyncio.gather(
+        *(server.connect(f"crowd-{i}", token=make_token(f"crowd-{i}", sub=f"u{i}")) for i in range(40))
+    )
+    frames = await asyncio.gather(*(recv_json(ws) for ws in sockets))
+    assert [frame["type"] for frame in frames] == ["connected"] * 40

@@ -18,7 +18,7 @@ from .. import metrics
 from ..config import Settings, load_settings
 from ..errors import RelayError
 from ..ingest import start_consumers, stop_consumers
-from ..limits import ConnectionLimits, PeerLimit
+from ..limits import ConnectionLimits, PeerLimit, Turnstile
 from ..logs import redact, request_id
 from ..pinger import Pinger
 from ..relay import Relay
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     )
     app.ctx.draining = False
     app.ctx.peers = PeerLimit(settings.max_connections_per_ip)
+    app.ctx.handshakes = Turnstile()  # a few WebSocket handshakes per turn of the loop
     app.blueprint(ops.bp)
     app.blueprint(ws.bp)
     app.blueprint(internal.bp)

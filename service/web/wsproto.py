@@ -99,7 +99,7 @@ from websockets.typing import ExtensionParameter, Subprotocol
 
 from .. import metrics
 from ..gcpolicy import policy as gc_policy
-from ..limits import FrameGuard, PeerLimit
+from ..limits import FrameGuard, PeerLimit, Turnstile
 from .hardening import LINGER, RelayHttp
 
 __all__ = ["Listener", "RelayWebSocketProtocol", "compression_extensions", "listen", "shared_text_frame"]
@@ -715,7 +715,10 @@ class RelayWebSocketProtocol(WebSocketProtocol):
     async def websocket_handshake(
         self, request: Any, subprotocols: Sequence[str] | None = None
     ) -> WebsocketImplProtocol:
-        """Accept the upgrade like Sanic does, offering the app's extensions."""
+        """Accept the upgrade like Sanic does, offering the app's extensions (a few per turn of the loop)."""
+        handshakes: Turnstile | None = getattr(self.app.ctx, "handshakes", None)
+        if handshakes is not None:
+            await handshakes.enter()
         extensions = getattr(self.app.ctx, "ws_extensions", None) or None
         try:
             ws_proto = ServerProtocol(

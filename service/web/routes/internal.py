@@ -87,7 +87,8 @@ def _log_published(result: PublishResult, event: str) -> None:
 async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
     """Accept one event for ``execution_id``: 202 with its seq."""
     relay: Relay = request.app.ctx.relay
-    execution_id = unquote(execution_id)  # a client may percent-encode ids ("a%3Ab" is "a:b")
+    if "%" in execution_id:  # a client may percent-encode ids ("a%3Ab" is "a:b"); most do not
+        execution_id = unquote(execution_id)
     draft = parse_draft(execution_id, json_body(request, strict=False))  # parse_draft encodes strictly
     result = await relay.publish(draft)
     _log_published(result, draft.event)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-from itertools import chain
-from typing import Any
+from typing import Any, AnyStr
 
 import ujson
 from sanic import Request
@@ -21,12 +20,23 @@ class JSONResponse(HTTPResponse):
     """Sanic's response, with its header lines encoded at a third of the cost.
 
     Sanic strips CR, LF and NUL from every header name and value with
-    ``str.translate``, one call each; here the lines are searched for them at
-    once, and only translated when one holds one (the same bytes on the wire
-    either way).
+    ``str.translate``, one call each; here a value is only translated when it
+    holds one of them (the same bytes on the wire either way).
     """
 
     __slots__ = ()
+
+    async def send(self, data: AnyStr | None = None, end_stream: bool | None = None) -> None:
+        """Sanic's ``send``, with a missing ``data`` passed on as ``""``.
+
+        Sanic encodes ``data`` if ``hasattr(data, "encode")``: for the usual ``None``
+        (and for bytes) that raises an AttributeError, formats its message and discards
+        it, once per response (~2k instructions, callgrind); a str answers at once.
+        """
+        if data is None:
+            await super().send("", True if end_stream is None else end_stream)
+        else:
+            await super().send(data, end_stream)
 
     @property
     def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
@@ -34,24 +44,30 @@ class JSONResponse(HTTPResponse):
         headers = self.headers
         if has_message_body(self.status):
             headers.setdefault("content-type", self.content_type)
-        lines = [(name, f"{value}") for name, value in headers.items()]
-        # One search over all of them (a few C calls) rather than a Python call per name and value.
-        if _UNSAFE_CHARS.search("".join(chain.from_iterable(lines))):
-            lines = [(name.translate(_UNSAFE), value.translate(_UNSAFE)) for name, value in lines]
-        return [(name.encode("ascii"), value.encode(errors="surrogateescape")) for name, value in lines]
+        return [
+            (_clean(name).encode("ascii"), _clean(f"{value}").encode(errors="surrogateescape"))
+            for name, value in headers.items()
+        ]
 
 
 _UNSAFE = str.maketrans("", "", "\r\n\x00")
-_UNSAFE_CHARS = re.compile("[\r\n\x00]")
+
+
+def _clean(text: str) -> str:
+    if "\r" in text or "\n" in text or "\x00" in text:
+        return text.translate(_UNSAFE)
+    return text
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
     """A JSON response encoded with the relay's encoder."""
+    # The text goes to Sanic as a str, which it encodes: given bytes, its hasattr(body, "encode")
+    # raises and discards an AttributeError (see JSONResponse.send).
     try:
-        data = dumps(body).encode()
+        return JSONResponse(dumps(body), status=status, headers=headers, content_type="application/json")
     except UnicodeEncodeError:  # an unpaired surrogate echoed from a request (a field name): escape it
-        data = ujson.dumps(body, ensure_ascii=True, escape_forward_slashes=False).encode()
-    return JSONResponse(data, status=status, headers=headers, content_type="application/json")
+        text = ujson.dumps(body, ensure_ascii=True, escape_forward_slashes=False)
+        return JSONResponse(text, status=status, headers=headers, content_type="application/json")
 
 
 def raw_json_response(text: str, status: int = 200) -> HTTPResponse:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sanic import Request, Sanic
 from sanic.compat import Header
+from sanic.config import Config
 from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import BaseHTTPResponse, HTTPResponse
 
@@ -43,7 +44,12 @@ PUBLIC_BODY_LIMIT = 16384
 def create_app(settings: Settings | None = None, name: str | None = None) -> Sanic[Any, Any]:
     """Build the application for ``settings`` (read from the environment if omitted)."""
     settings = settings or load_settings()
-    app = Sanic(name or f"progress_relay_{next(_names)}", configure_logging=False, request_class=RelayRequest)
+    app = Sanic(
+        name or f"progress_relay_{next(_names)}",
+        config=RelayConfig(),
+        configure_logging=False,
+        request_class=RelayRequest,
+    )
     app.config.update(
         {
             "WEBSOCKET_MAX_SIZE": settings.ws_max_message_size,
@@ -103,6 +109,34 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app.error_handler.add(Exception, _unexpected_error)
     shutdown.install(app)  # last: shutdown listeners run in reverse, so the drain runs first
     return app
+
+
+def _stored(key: str) -> property:
+    """A config key as a property over the dict entry that Sanic's ``Config`` keeps it in."""
+
+    def get(config: Config) -> Any:
+        return config[key]
+
+    def set_(config: Config, value: Any) -> None:
+        dict.__setitem__(config, key, value)
+
+    return property(get, set_)
+
+
+class RelayConfig(Config):
+    """Sanic's config, with the keys it reads on every request found as class attributes.
+
+    ``Config`` answers ``config.KEY`` from ``__getattr__``: the normal lookup
+    fails first and formats an AttributeError that is then discarded, for
+    ``REQUEST_BUFFER_SIZE`` (every chunk received) and ``KEEP_ALIVE`` (every
+    request head), ~2k instructions each (callgrind). As properties over the
+    same dict entries they are found at once; ``Config.update`` sets them
+    through the setter (checked against Sanic 25.12.1: it treats every
+    property as a setter).
+    """
+
+    REQUEST_BUFFER_SIZE = _stored("REQUEST_BUFFER_SIZE")
+    KEEP_ALIVE = _stored("KEEP_ALIVE")
 
 
 class RelayRequest(Request):

@@ -249,12 +249,8 @@ class Relay:
         finally:
             self.publishing -= 1
             metrics.observe_publish(time.perf_counter() - started, "single")
-        self._accepted(draft, result)
-        return result
-
-    def _accepted(self, draft: EventDraft, result: PublishResult) -> None:
-        """Count one accepted (or duplicate) event."""
         metrics.published(draft.event, result.duplicate)
+        return result
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
         """Accept several events in order, one result or error each."""
@@ -270,7 +266,7 @@ class Relay:
             metrics.observe_publish(time.perf_counter() - started, "batch")
         for draft, result in zip(drafts, results, strict=True):
             if isinstance(result, PublishResult):
-                self._accepted(draft, result)
+                metrics.published(draft.event, result.duplicate)
             else:
                 metrics.publish_rejected(result.code)
         return results

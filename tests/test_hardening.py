@@ -481,3 +481,27 @@ def test_well_formed_heads_pass() -> None:
 def test_heads_with_a_stray_cr_lf_or_nul_are_refused(head: bytes) -> None:
     """A CR not followed by LF, an LF not preceded by CR, or a NUL, anywhere in the head, is a problem."""
     assert head_problem(head) == "a bare CR or LF, or a NUL, in the request head"
+
+
+def test_config_keys_read_per_request_are_found_without_getattr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """KEEP_ALIVE and REQUEST_BUFFER_SIZE are read without Config.__getattr__, and still live in the dict."""
+    from sanic.config import Config
+
+    from service.web.app import create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings())
+    misses: list[str] = []
+    original = Config.__getattr__
+
+    def spy(config: Config, attr: str) -> Any:
+        if attr in ("KEEP_ALIVE", "REQUEST_BUFFER_SIZE"):
+            misses.append(attr)
+        return original(config, attr)
+
+    monkeypatch.setattr(Config, "__getattr__", spy)
+    config = app.config
+    assert (config["KEEP_ALIVE"], config["REQUEST_BUFFER_SIZE"]) == (config.KEEP_ALIVE, config.REQUEST_BUFFER_SIZE)
+    config.update({"KEEP_ALIVE": False, "REQUEST_BUFFER_SIZE": 4096})  # Sanic's way of setting them
+    assert (config.KEEP_ALIVE, config["KEEP_ALIVE"], config.REQUEST_BUFFER_SIZE) == (False, False, 4096)
+    assert misses == []

@@ -59,9 +59,10 @@ class MemoryBroker(Broker):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
 
-    def _live_log(self, execution_id: str) -> _Log | None:
+    def _live_log(self, execution_id: str, now: float | None = None) -> _Log | None:
+        """The execution's log, unless it expired (``now``: the monotonic clock, if already read)."""
         log = self._logs.get(execution_id)
-        if log is not None and time.monotonic() - log.touched > self.history_ttl:
+        if log is not None and (time.monotonic() if now is None else now) - log.touched > self.history_ttl:
             del self._logs[execution_id]
             return None
         return log
@@ -73,7 +74,8 @@ class MemoryBroker(Broker):
     async def publish(self, draft: EventDraft) -> PublishResult:
         """Assign the next seq, append, remember the key, and hand to the listener."""
         eid = draft.execution_id
-        log = self._live_log(eid) or self._new_log(eid)
+        now = time.monotonic()  # read once: the expiry check and the touch of one publish
+        log = self._live_log(eid, now) or self._new_log(eid)
         if draft.idempotency_key is not None and draft.idempotency_key in log.keys:
             return PublishResult(eid, log.keys[draft.idempotency_key], True, None, log.epoch)
         if log.terminal:
@@ -82,8 +84,8 @@ class MemoryBroker(Broker):
         event = draft.with_seq(log.latest_seq, log.epoch)
         log.events.append(event)
         log.terminal = event.terminal
-        log.updated_at = time.time()
-        log.touched = time.monotonic()
+        log.updated_at = event.accepted_at  # the wall clock read by with_seq, not read again
+        log.touched = now
         if draft.idempotency_key is not None:
             log.keys[draft.idempotency_key] = event.seq
             if len(log.keys) > 2 * self.history_size:

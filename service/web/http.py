@@ -68,10 +68,9 @@ def error_response(error: RelayError, headers: dict[str, str] | None = None) -> 
 
 def bearer_token(request: Request) -> str | None:
     """The value of ``Authorization: Bearer <value>``, if any."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
     return None
 
 

@@ -67,8 +67,7 @@ def _result_body(result: PublishResult) -> dict[str, Any]:
 
 
 def _log_published(result: PublishResult, event: str) -> None:
-    if not log.isEnabledFor(logging.INFO):  # skip building the fields (publish hot path)
-        return
+    """Log one accepted event; callers check ``log.isEnabledFor(logging.INFO)`` first (publish hot path)."""
     log.info(
         "published",
         extra={
@@ -87,10 +86,12 @@ def _log_published(result: PublishResult, event: str) -> None:
 async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
     """Accept one event for ``execution_id``: 202 with its seq."""
     relay: Relay = request.app.ctx.relay
-    execution_id = unquote(execution_id)  # a client may percent-encode ids ("a%3Ab" is "a:b")
+    if "%" in execution_id:  # a client may percent-encode ids ("a%3Ab" is "a:b"); most do not
+        execution_id = unquote(execution_id)
     draft = parse_draft(execution_id, json_body(request, strict=False))  # parse_draft encodes strictly
     result = await relay.publish(draft)
-    _log_published(result, draft.event)
+    if log.isEnabledFor(logging.INFO):  # not even a call to build the fields otherwise
+        _log_published(result, draft.event)
     return json_response(_result_body(result), status=202)
 
 
@@ -125,7 +126,8 @@ async def publish_batch(request: Request) -> HTTPResponse:
             accepted["status"] = 202
             results.append(accepted)
             assert isinstance(entry, EventDraft)
-            _log_published(item_result, entry.event)
+            if log.isEnabledFor(logging.INFO):
+                _log_published(item_result, entry.event)
         else:
             eid = items[i].get("execution_id") if isinstance(items[i], dict) else None
             results.append(

@@ -885,38 +885,26 @@ def redis_cleanup(url: str) -> None:
         pass
 
 
-def bench_redis():
-    """A redis-server of the bench's own (free loopback port, no persistence, killed afterwards), or why not."""
+def bench_redis(cluster: bool = False):
+    """A redis-server (or a 3-master Redis Cluster) of the bench's own, or the reason why not.
+
+    Free loopback ports, no persistence; the caller stops it (``stop()``, a cluster ``close()``).
+    """
     binary = shutil.which("redis-server")
-    if binary is None:
-        return None, "redis-server not installed (or set BENCH_REDIS_URL)"
+    if binary is None or (cluster and shutil.which("redis-cli") is None):
+        return None, "redis-server or redis-cli not installed (or set BENCH_REDIS_URL)"
     sys.path.insert(0, str(ROOT))
-    from tests.redis_topology import TopologyServer
+    from tests.redis_topology import ClusterSetup, TopologyServer
 
-    server = TopologyServer(binary)
+    setup = ClusterSetup(binary) if cluster else TopologyServer(binary)
+    close = setup.close if isinstance(setup, ClusterSetup) else setup.stop
+    what = "cluster" if cluster else "redis-server"
     try:
-        server.start()
+        setup.start()
     except Exception as exc:
-        server.stop()
-        return None, f"the bench's redis-server did not start: {type(exc).__name__}: {exc}"
-    return server, None
-
-
-def bench_cluster():
-    """A 3-master Redis Cluster of the bench's own (free loopback ports, killed afterwards), or the reason why not."""
-    binary = shutil.which("redis-server")
-    if binary is None or shutil.which("redis-cli") is None:
-        return None, "redis-server or redis-cli not installed"
-    sys.path.insert(0, str(ROOT))
-    from tests.redis_topology import ClusterSetup
-
-    cluster = ClusterSetup(binary)
-    try:
-        cluster.start()
-    except Exception as exc:
-        cluster.close()
-        return None, f"the bench's cluster did not start: {type(exc).__name__}: {exc}"
-    return cluster, None
+        close()
+        return None, f"the bench's {what} did not start: {type(exc).__name__}: {exc}"
+    return setup, None
 
 
 def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
@@ -940,7 +928,7 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         return {"relay_redis1": {"error": f"Redis not reachable at {url}"}}
     run = [t for t in targets if t.name in ("sanic_minimal", "relay")]
     urls = {"relay_redis1": url, "relay_redis2": url}
-    cluster, why_not = bench_cluster()
+    cluster, why_not = bench_redis(cluster=True)
     if cluster is not None:
         urls["relay_redis_cluster"] = cluster.url
     for name, url in urls.items():

@@ -227,10 +227,7 @@ class Subscription:
         if not self._try_write(event.frame):
             self._enqueue(event)
             return False
-        self.sent += 1
-        step = self._delivery.written(event)
-        if step.close is not None:
-            self._shutdown(step.close)
+        self._accounted(event)  # the hub records its delivery latency, once for the whole fan-out
         return True
 
     def resync(self) -> None:
@@ -266,10 +263,15 @@ class Subscription:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def _written(self, item: Frame) -> None:
-        """Account for a written frame; the machine says whether that ended the stream."""
+        """Account for a written frame, its delivery latency included."""
+        if isinstance(item, Event):
+            metrics.delivered(item.accepted_at if item.seq > self._delivery.replayed_to else 0.0)
+        self._accounted(item)
+
+    def _accounted(self, item: Frame) -> None:
+        """Count a written frame; the machine says whether that ended the stream."""
         if isinstance(item, Event):
             self.sent += 1
-            metrics.delivered(item.accepted_at if item.seq > self._delivery.replayed_to else 0.0)
         step = self._delivery.written(item)
         if step.close is not None:
             self._shutdown(step.close)

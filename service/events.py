@@ -193,7 +193,7 @@ def _tail(timestamp: str, event: str, data: Any, prefix: str) -> str:
         encoded = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
         stamp = f'"{timestamp}"' if timestamp is _milli[1] else dumps(timestamp)  # ours needs no escaping
         tail = f',"timestamp":{stamp},"event":"{event}","data":{encoded}}}'
-        if tail.isascii() or _encodable(tail):  # most frames are ASCII: no call
+        if _encodable(tail):  # ASCII (most frames) answers at its first line
             return tail
     except OverflowError:
         pass
@@ -206,7 +206,7 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
     ``prefix`` is put before field names (``events[3].``) for batch items.
     """
     errors: list[FieldError] = []
-    if EXECUTION_ID_RE.fullmatch(execution_id) is None:  # valid_execution_id, without the call (hot path)
+    if not valid_execution_id(execution_id):
         errors.append({"field": f"{prefix}execution_id", "message": "must be 1-128 characters of A-Za-z0-9._:-"})
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])

@@ -336,3 +336,99 @@ async def test_a_revocation_check_after_a_redis_restart_finds_its_way_on_idle_po
         server.start()
         for _ in range(6):
             assert await broker.is_revoked("j1", "u1", None) is False  # nothing persisted
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Yield to the event loop until ``condition()`` holds (a guard, not a timing: 5 s at most)."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0)
+
+
+def _publish_turn(broker: RedisBroker, execution_id: str, n: int) -> list[asyncio.Task[Any]]:
+    """``n`` publishes started in one loop turn (so they form one pipeline)."""
+    return [asyncio.create_task(broker.publish(progress(execution_id))) for _ in range(n)]
+
+
+async def test_pipelines_in_flight_together_keep_order_and_answer_each_caller() -> None:
+    """Two pipelines in flight on the lane (a third waits): seqs follow the send order, each caller gets its own."""
+    async with private_broker("inflight") as (server, broker):
+        admin = server.client()
+        try:
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # replies wait until unpaused
+            first = _publish_turn(broker, "ordered", 3)
+            await _until(lambda: len(broker._lane.in_flight) == 1)
+            second = _publish_turn(broker, "ordered", 3)
+            await _until(lambda: len(broker._lane.in_flight) == 2)
+            third = _publish_turn(broker, "ordered", 3)
+            await _until(lambda: len(broker._queued) == 3 and not broker._kicked)
+            assert len(broker._lane.in_flight) == 2  # at most two in flight: the third waits its turn
+            admin.execute_command("CLIENT", "UNPAUSE")
+            results = await asyncio.gather(*first, *second, *third)
+        finally:
+            admin.close()
+        assert [r.seq for r in results] == list(range(1, 10))
+        page = await broker.history("ordered")
+        assert [e.seq for e in page.events] == list(range(1, 10))
+
+
+async def test_a_connection_broken_with_two_pipelines_in_flight_fails_both_and_resends_nothing() -> None:
+    """The lane's connection dies with two pipelines unanswered: all six callers get 503, nothing is sent again."""
+    async with private_broker("inflight-broken") as (server, broker):
+        admin = server.client()
+        try:
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            first = _publish_turn(broker, "broken", 3)
+            await _until(lambda: len(broker._lane.in_flight) == 1)
+            second = _publish_turn(broker, "broken", 3)
+            await _until(lambda: len(broker._lane.in_flight) == 2)
+            connection = broker._lane.connection
+            assert connection is not None and connection._writer is not None
+            host, port = connection._writer.get_extra_info("sockname")[:2]
+            admin.execute_command("CLIENT", "KILL", "ADDR", f"{host}:{port}")  # its queued commands never run
+            outcomes = await asyncio.gather(*first, *second, return_exceptions=True)
+            admin.execute_command("CLIENT", "UNPAUSE")
+        finally:
+            admin.close()
+        assert all(isinstance(o, BrokerUnavailable) for o in outcomes), outcomes
+        assert (await broker.publish(progress("broken"))).seq == 1  # the lane reconnects; nothing was resent
+        assert [e.seq for e in (await broker.history("broken")).events] == [1]
+
+
+async def test_pipelines_in_flight_after_a_script_flush_are_reloaded_and_resent_in_order() -> None:
+    """Redis lost the script under two pipelines in flight: both are answered NOSCRIPT, resent in order, none lost."""
+    async with private_broker("inflight-noscript") as (server, broker):
+        admin = server.client()
+        try:
+            await broker.publish(progress("reloaded"))  # seq 1, the script loaded
+            admin.script_flush()
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            first = _publish_turn(broker, "reloaded", 3)
+            await _until(lambda: len(broker._lane.in_flight) == 1)
+            second = _publish_turn(broker, "reloaded", 3)
+            await _until(lambda: len(broker._lane.in_flight) == 2)
+            admin.execute_command("CLIENT", "UNPAUSE")
+            results = await asyncio.gather(*first, *second)
+        finally:
+            admin.close()
+        assert [r.seq for r in results] == list(range(2, 8))
+        assert [e.seq for e in (await broker.history("reloaded")).events] == list(range(1, 8))
+
+
+async def test_closing_with_two_pipelines_in_flight_answers_every_caller_broker_unavailable() -> None:
+    """close() with two pipelines unanswered and more queued: every caller gets BrokerUnavailable, none hangs."""
+    async with private_broker("inflight-close") as (server, broker):
+        admin = server.client()
+        try:
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            first = _publish_turn(broker, "closing", 2)
+            await _until(lambda: len(broker._lane.in_flight) == 1)
+            second = _publish_turn(broker, "closing", 2)
+            await _until(lambda: len(broker._lane.in_flight) == 2)
+            queued = _publish_turn(broker, "closing", 2)
+            await broker.close()
+            outcomes = await asyncio.gather(*first, *second, *queued, return_exceptions=True)
+            admin.execute_command("CLIENT", "UNPAUSE")
+        finally:
+            admin.close()
+        assert len(outcomes) == 6 and all(isinstance(o, BrokerUnavailable) for o in outcomes), outcomes

@@ -52,6 +52,7 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -177,6 +178,14 @@ REVOCATION = "token revocation could not be checked, retry later"
 _MAX_PIPELINE = 1000  # script calls per round trip
 #: A publish script call: its keys, and its keys and arguments as RESP bulk strings, still text (see _script_args).
 _Call = tuple[tuple[str, str, str], str]
+#: Queued publishes: each draft with the future its caller awaits.
+_Queued = list[tuple[EventDraft, "asyncio.Future[PublishResult | RelayError]"]]
+#: A pipeline on the lane: its publishes, their script calls, and how many replies it awaits.
+_Batch = tuple[_Queued, list[_Call], int]
+#: Pipelines in flight at once on the lane: one being answered while the next is written. The
+#: closed-loop bench (8 POSTs in flight, Redis on the same 2 cores): 1 -> 0.81x the memory broker,
+#: 2 -> 0.88x, 3 -> 0.88x (medians of 4 interleaved trials).
+_DEPTH = 2
 _MAX_STREAM_SEQ = 2**64 - 1  # the largest stream id Redis takes; a seq never gets near it
 _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
 
@@ -194,7 +203,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
 
 class _Lane:
-    """The connection the publish flusher keeps (it sends one pipeline at a time, never two at once).
+    """The connection the publish flusher keeps, and the pipelines in flight on it.
 
     Taking a connection from redis-py's pool and giving it back cost more than
     the pipeline itself, so the flusher keeps one, taken from the pool once.
@@ -207,6 +216,10 @@ class _Lane:
     def __init__(self, client: Redis) -> None:
         self.client = client
         self.connection: Connection | None = None
+        #: Pipelines written and not answered yet, oldest first (Redis answers in order).
+        self.in_flight: deque[_Batch] = deque()
+        #: The connection a pipeline may be written to at once (the flusher is reading it), else None.
+        self.open: Connection | None = None
 
     async def acquire(self) -> Connection:
         """The kept connection, connected again if it went stale."""
@@ -280,6 +293,8 @@ class RedisBroker(Broker):
     remote = True
     #: The publish script (the cluster broker's uses SPUBLISH).
     publish_source: ClassVar[str] = PUBLISH_LUA
+    #: Whether publishes flow on the lane, several pipelines in flight (the cluster broker's go to many nodes).
+    pipelined: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -312,8 +327,9 @@ class RedisBroker(Broker):
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.coalesce = coalesce
-        self._queued: list[tuple[EventDraft, asyncio.Future[PublishResult | RelayError]]] = []
+        self._queued: _Queued = []
         self._flusher: asyncio.Task[None] | None = None
+        self._kicked = False  # a _kick is scheduled for the end of this loop turn
         if self.target.kind == "sentinel":
             # The Sentinels are asked on every reconnect: no need to wait long between tries.
             self.reconnect_max = min(reconnect_max, 1.0)
@@ -435,29 +451,133 @@ class RedisBroker(Broker):
     async def publish(self, draft: EventDraft) -> PublishResult:
         """Run the publish script; the listener gets the event through pub/sub.
 
-        Publishes that arrive while a round trip is in flight are sent together
-        in the next pipeline (one round trip for all of them, each its own
-        script call and result), so throughput grows with concurrency instead
-        of stopping at one event per round trip.
+        Publishes queued in one event-loop turn are sent together as one
+        pipeline (each its own script call and result), so throughput grows
+        with concurrency instead of stopping at one event per round trip; up to
+        ``_DEPTH`` pipelines are in flight at once (:meth:`_flush_lane`).
         """
         if not self.coalesce:
             (result,) = await self._pipeline([draft])
             if isinstance(result, RelayError):
                 raise result
             return result
-        future: asyncio.Future[PublishResult | RelayError] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[PublishResult | RelayError] = loop.create_future()
         self._queued.append((draft, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_queued())
+            self._flusher = asyncio.create_task(self._flush_lane() if self.pipelined else self._flush_queued())
+        elif self.pipelined and not self._kicked:
+            self._kicked = True
+            loop.call_soon(self._kick)
         outcome = await future
         if isinstance(outcome, RelayError):
             raise outcome
         return outcome
 
-    async def _flush_queued(self) -> None:
-        """Send queued publishes, one pipeline at a time, until none are left.
+    def _kick(self) -> None:
+        """At the end of a loop turn: write what the turn queued, when the lane has room for it."""
+        self._kicked = False
+        connection = self._lane.open
+        if self._queued and connection is not None and len(self._lane.in_flight) < _DEPTH:
+            self._send_queued(connection)
 
-        The pipelines go on the connection the broker keeps for them (:class:`_Lane`).
+    def _send_queued(self, connection: Connection) -> None:
+        """Write the queued publishes as one pipeline on ``connection``; it is in flight until answered."""
+        batch, self._queued = self._queued[:_MAX_PIPELINE], self._queued[_MAX_PIPELINE:]
+        writer = connection._writer
+        if writer is None:  # disconnected meanwhile: nothing was sent
+            _fail(batch, BrokerUnavailable(_UNREACHABLE))
+            return
+        calls = [self._script_args(draft) for draft, _ in batch]
+        payload, count = self._payload(calls)
+        writer.write(payload)  # a full socket buffers it; the reply's timeout covers a stuck server
+        self._lane.in_flight.append((batch, calls, count))
+
+    async def _flush_lane(self) -> None:
+        """Keep publishes flowing on the lane until none is queued or in flight; answer each pipeline in order.
+
+        Up to ``_DEPTH`` pipelines are in flight: while this task waits for the oldest
+        one's replies (Redis answers in order), publishes queued meanwhile are written
+        at the end of their loop turn (:meth:`_kick`), so the relay prepares the next
+        pipeline while Redis runs the last one instead of each waiting for the other.
+        A broken connection fails every pipeline in flight (503, never resent: a lost
+        reply may hide an applied publish); the next one takes a checked connection.
+        """
+        lane = self._lane
+        in_flight = lane.in_flight
+        try:
+            while self._queued or in_flight:
+                if not in_flight:
+                    await self._open_lane()
+                    continue
+                answered = await self._answered()
+                if any(isinstance(r, NoScriptError) for _, _, replies in answered for r in replies):
+                    lane.open = None  # reloading the script and resending takes the lane alone
+                    while in_flight:
+                        answered += await self._answered()
+                for batch, calls, replies in answered:
+                    _answer(batch, await self._finish([draft for draft, _ in batch], calls, replies, lane))
+                if not in_flight:
+                    lane.open = None  # the next pipeline checks the connection first
+                elif lane.open is not None and self._queued and len(in_flight) < _DEPTH:
+                    self._send_queued(lane.open)
+        except BaseException as exc:  # cancelled (closing) or a bug: no caller may hang
+            await self._abandon_lane()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            log.exception("publishing a pipeline failed")
+        finally:
+            lane.open = None
+
+    async def _open_lane(self) -> None:
+        """Check the lane's connection (as the pool would) and write the queued publishes on it."""
+        try:
+            connection = await self._lane.acquire()
+        except _BROKEN as exc:
+            _fail(self._queued[:_MAX_PIPELINE], failure(exc, PUBLISH))
+            self._queued = self._queued[_MAX_PIPELINE:]
+            return
+        self._send_queued(connection)
+        self._lane.open = connection
+
+    async def _answered(self) -> list[tuple[_Queued, list[_Call], list[Any]]]:
+        """The oldest pipeline in flight with its replies (or all of them, when the connection broke).
+
+        A broken connection is dropped (replies may be pending on it) and every
+        pipeline in flight gets a :class:`BrokerUnavailable` for each reply.
+        """
+        lane = self._lane
+        connection = lane.connection
+        assert connection is not None  # a pipeline in flight went out on it
+        batch, calls, count = lane.in_flight[0]
+        try:
+            raw = await redis_wire.read_replies(connection, count, self.command_timeout)
+        except _BROKEN as exc:
+            lane.open = None
+            await connection.disconnect(nowait=True)
+            error = failure(exc, PUBLISH)
+            broken = [(batch, calls, [error] * len(calls)) for batch, calls, _ in lane.in_flight]
+            lane.in_flight.clear()
+            return broken
+        lane.in_flight.popleft()
+        return [(batch, calls, self._replies(calls, raw))]
+
+    async def _abandon_lane(self) -> None:
+        """Answer every publish in flight or queued with a 503 and drop the connection if replies are pending."""
+        lane = self._lane
+        lane.open = None
+        if lane.in_flight and lane.connection is not None:
+            await lane.connection.disconnect(nowait=True)  # never reuse it: replies may be pending
+        error = BrokerUnavailable(_UNREACHABLE)
+        while lane.in_flight:
+            _fail(lane.in_flight.popleft()[0], error)
+        _fail(self._queued, error)
+        self._queued = []
+
+    async def _flush_queued(self) -> None:
+        """Send queued publishes, one pipeline at a time, until none are left (brokers that are not :attr:`pipelined`).
+
+        The cluster broker's :meth:`_send_calls` splits each pipeline by node, on the nodes' own connections.
         """
         lane = self._lane
         while self._queued:
@@ -565,12 +685,7 @@ class RedisBroker(Broker):
         :class:`ReplicasUnavailable` when too few replicas acknowledged in time.
         ``asking`` sends ``ASKING`` before each call (a cluster slot being imported).
         """
-        payload = _pack_evalsha(self._publish_script.sha, calls, asking)
-        waiting = self.min_replicas > 0
-        if waiting:
-            meta = calls[-1][0][1]
-            payload += _pack(("EXPIRE", meta, self.history_ttl))
-            payload += _pack(("WAIT", self.min_replicas, max(1, int(self.min_replicas_timeout * 1000))))
+        payload, count = self._payload(calls, asking)
         try:
             connection = await acquire()
         except _BROKEN as exc:
@@ -578,15 +693,7 @@ class RedisBroker(Broker):
         try:
             await redis_wire.send(connection, payload, self.command_timeout)
             # Error replies (NOSCRIPT, MOVED, READONLY) come back in the list; the connection is fine.
-            count = len(calls) * (2 if asking else 1) + (2 if waiting else 0)
-            replies = await redis_wire.read_replies(connection, count, self.command_timeout)
-            if waiting:
-                *replies, _, acknowledged = replies  # ..., EXPIRE, WAIT
-            if asking:
-                replies = replies[1::2]  # without the +OK to each ASKING
-            if waiting and int(acknowledged) < self.min_replicas:
-                replies = self._unreplicated(replies, int(acknowledged))
-            return replies
+            return self._replies(calls, await redis_wire.read_replies(connection, count, self.command_timeout), asking)
         except _BROKEN as exc:
             await connection.disconnect(nowait=True)
             return [failure(exc, PUBLISH)] * len(calls)
@@ -595,6 +702,26 @@ class RedisBroker(Broker):
             raise
         finally:
             await release(connection)
+
+    def _payload(self, calls: list[_Call], asking: bool = False) -> tuple[bytes, int]:
+        """The RESP of a pipeline of ``calls`` (with ``WAIT`` when replicas are required) and its reply count."""
+        payload = _pack_evalsha(self._publish_script.sha, calls, asking)
+        count = len(calls) * (2 if asking else 1)
+        if self.min_replicas > 0:
+            meta = calls[-1][0][1]
+            payload += _pack(("EXPIRE", meta, self.history_ttl))
+            payload += _pack(("WAIT", self.min_replicas, max(1, int(self.min_replicas_timeout * 1000))))
+            count += 2
+        return payload, count
+
+    def _replies(self, calls: list[_Call], replies: list[Any], asking: bool = False) -> list[Any]:
+        """One reply per call out of a pipeline's raw replies (without ``WAIT``'s and ``ASKING``'s)."""
+        if self.min_replicas > 0:
+            *replies, _, acknowledged = replies  # ..., EXPIRE, WAIT
+            if int(acknowledged) < self.min_replicas:
+                replies = self._unreplicated(replies[1::2] if asking else replies, int(acknowledged))
+                return replies
+        return replies[1::2] if asking else replies
 
     def _unreplicated(self, replies: list[Any], acknowledged: int) -> list[Any]:
         """Replace every accepted (or duplicate) reply by a 503: too few replicas have it."""
@@ -913,6 +1040,20 @@ class RedisBroker(Broker):
             "redis_resyncs": self.resyncs,
             "idempotency_keys_forgotten": self.idempotency_keys_forgotten,
         }
+
+
+def _answer(batch: _Queued, results: list[PublishResult | RelayError]) -> None:
+    """Hand each caller its result (a caller that went away is skipped)."""
+    for (_, future), result in zip(batch, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(batch: _Queued, error: RelayError) -> None:
+    """Answer every caller in ``batch`` with ``error``."""
+    for _, future in batch:
+        if not future.done():
+            future.set_result(error)
 
 
 def _pack(command: tuple[Any, ...]) -> bytes:

@@ -80,6 +80,8 @@ class RedisClusterBroker(RedisBroker):
     """History in Redis Streams on a Redis Cluster, live events over sharded pub/sub."""
 
     publish_source: ClassVar[str] = _SHARDED_PUBLISH
+    #: Publishes go to several nodes' connections, one pipeline per node at a time (no lane).
+    pipelined: ClassVar[bool] = False
 
     def __init__(self, url: str, history_size: int, history_ttl: int, prefix: str = "relay", **options: Any) -> None:
         super().__init__(url, history_size, history_ttl, prefix, **options)

@@ -432,3 +432,18 @@ async def test_closing_with_two_pipelines_in_flight_answers_every_caller_broker_
         finally:
             admin.close()
         assert len(outcomes) == 6 and all(isinstance(o, BrokerUnavailable) for o in outcomes), outcomes
+
+
+async def test_packed_names_stay_bounded_and_each_publish_lands_in_its_own_execution(
+    make_broker: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the kept count the packed keys are dropped and packed again: every event still lands in its own stream."""
+    import service.brokers.redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_NAMES_KEPT", 2)
+    broker: RedisBroker = await make_broker()
+    for execution_id in ("n1", "n2", "n3", "n1", "n3"):
+        await broker.publish(progress(execution_id))
+        assert len(broker._packed_names) <= 2
+    latest = {eid: (await broker.history(eid, create=False)).latest_seq for eid in ("n1", "n2", "n3")}
+    assert latest == {"n1": 2, "n2": 1, "n3": 2}

@@ -53,7 +53,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -176,7 +176,7 @@ CLUSTER_NODE = (
 NOT_READY = "the instance is not ready"
 REVOCATION = "token revocation could not be checked, retry later"
 _MAX_PIPELINE = 1000  # script calls per round trip
-#: A publish script call: its keys, and its keys and arguments as RESP bulk strings, still text (see _script_args).
+#: A publish script call: its keys, and its keys and arguments as RESP bulk strings, still text (see _script_calls).
 _Call = tuple[tuple[str, str, str], str]
 #: Queued publishes: each draft with the future its caller awaits.
 _Queued = list[tuple[EventDraft, "asyncio.Future[PublishResult | RelayError]"]]
@@ -186,6 +186,7 @@ _Batch = tuple[_Queued, list[_Call], int]
 #: closed-loop bench (8 POSTs in flight, Redis on the same 2 cores): 1 -> 0.81x the memory broker,
 #: 2 -> 0.88x, 3 -> 0.88x (medians of 4 interleaved trials).
 _DEPTH = 2
+_NAMES_KEPT = 10_000  # executions whose packed keys and channel are kept (all are dropped past it)
 _MAX_STREAM_SEQ = 2**64 - 1  # the largest stream id Redis takes; a seq never gets near it
 _UNREACHABLE = "the event broker (Redis) is unreachable; the event was not accepted, retry later"
 
@@ -339,6 +340,7 @@ class RedisBroker(Broker):
         self._redis: Redis = self._make_client(max_connections, command_timeout, connect_timeout)
         self._publish_script = self._redis.register_script(self.publish_source)
         self._limits = _bulk(str(history_size)) + _bulk(str(history_ttl))  # the script's 6th and 7th arguments
+        self._packed_names: dict[str, tuple[tuple[str, str, str], str, str]] = {}  # see _names
         self._lane = _Lane(self._redis)
         self._history_script = self._redis.register_script(HISTORY_LUA)
         # Always subscribed (the connection is live even with no executions); carries revocations.
@@ -422,20 +424,35 @@ class RedisBroker(Broker):
 
     # -- publishing -------------------------------------------------------------
 
-    def _script_args(self, draft: EventDraft) -> _Call:
-        """The publish script's keys and arguments for ``draft`` (in PUBLISH_LUA's order), packed at once.
+    def _script_calls(self, drafts: Iterable[EventDraft]) -> list[_Call]:
+        """The publish script's keys and arguments for each draft (in PUBLISH_LUA's order), each packed at once.
 
         One f-string per call, encoded with the rest of the pipeline: packing each
         argument on its own (a type check, an encode, a format) cost more than the
-        rest of a publish's own work.
+        rest of a publish's own work. An execution's keys and channel are packed
+        once (:meth:`_names`), the time once per pipeline.
         """
-        stream, meta, idem = keys = self.keys(draft.execution_id)
-        packed = (
-            f"{_bulk(stream)}{_bulk(meta)}{_bulk(idem)}{_bulk(draft.head)}{_bulk(draft.tail)}{_bulk(draft.event)}"
-            f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(draft.idempotency_key or '')}{self._limits}"
-            f"{_bulk(str(int(time.time() * 1000)))}{_bulk(self.channel(draft.execution_id))}{_bulk(new_epoch())}"
-        )
-        return keys, packed
+        now = _bulk(str(int(time.time() * 1000)))
+        names = self._packed_names
+        calls = []
+        for draft in drafts:
+            keys, packed_keys, packed_channel = names.get(draft.execution_id) or self._names(draft.execution_id)
+            packed = (
+                f"{packed_keys}{_bulk(draft.head)}{_bulk(draft.tail)}{_bulk(draft.event)}"
+                f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(draft.idempotency_key or '')}{self._limits}"
+                f"{now}{packed_channel}{_bulk(new_epoch())}"
+            )
+            calls.append((keys, packed))
+        return calls
+
+    def _names(self, execution_id: str) -> tuple[tuple[str, str, str], str, str]:
+        """``execution_id``'s keys, the keys packed as bulk strings, and its channel packed (kept for reuse)."""
+        names = self._packed_names
+        if len(names) >= _NAMES_KEPT:
+            names.clear()
+        keys = self.keys(execution_id)
+        names[execution_id] = entry = (keys, "".join(map(_bulk, keys)), _bulk(self.channel(execution_id)))
+        return entry
 
     def _result(self, draft: EventDraft, reply: Any) -> PublishResult:
         status, seq, epoch = int(reply[0]), int(reply[1]), reply[2]
@@ -488,7 +505,7 @@ class RedisBroker(Broker):
         if writer is None:  # disconnected meanwhile: nothing was sent
             _fail(batch, BrokerUnavailable(_UNREACHABLE))
             return
-        calls = [self._script_args(draft) for draft, _ in batch]
+        calls = self._script_calls([draft for draft, _ in batch])
         payload, count = self._payload(calls)
         writer.write(payload)  # a full socket buffers it; the reply's timeout covers a stuck server
         self._lane.in_flight.append((batch, calls, count))
@@ -614,7 +631,7 @@ class RedisBroker(Broker):
         """One EVALSHA per draft in one round trip; load the script and resend if Redis lost it."""
         if not drafts:
             return []
-        calls = [self._script_args(draft) for draft in drafts]
+        calls = self._script_calls(drafts)
         replies = await self._send_calls(calls, lane)
         return await self._finish(drafts, calls, replies, lane)
 
@@ -1071,7 +1088,7 @@ def _bulk(text: str) -> str:
 
 
 _TERMINAL, _NOT_TERMINAL = _bulk("1"), _bulk("0")
-_SCRIPT_ITEMS = 13  # keys and arguments of one publish script call: 3 + 10, as _script_args packs them
+_SCRIPT_ITEMS = 13  # keys and arguments of one publish script call: 3 + 10, as _script_calls packs them
 
 
 def _pack_evalsha(sha: str, calls: list[_Call], asking: bool = False) -> bytes:

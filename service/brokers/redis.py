@@ -331,6 +331,7 @@ class RedisBroker(Broker):
         self._queued: _Queued = []
         self._flusher: asyncio.Task[None] | None = None
         self._kicked = False  # a _kick is scheduled for the end of this loop turn
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop publishes run on (see publish)
         if self.target.kind == "sentinel":
             # The Sentinels are asked on every reconnect: no need to wait long between tries.
             self.reconnect_max = min(reconnect_max, 1.0)
@@ -478,11 +479,13 @@ class RedisBroker(Broker):
             if isinstance(result, RelayError):
                 raise result
             return result
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # the first publish; the lane's connection lives on this loop from now on
+            loop = self._loop = asyncio.get_running_loop()  # on Python 3.11, a getpid() each call: asked once
         future: asyncio.Future[PublishResult | RelayError] = loop.create_future()
         self._queued.append((draft, future))
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_lane() if self.pipelined else self._flush_queued())
+            self._flusher = loop.create_task(self._flush_lane() if self.pipelined else self._flush_queued())
         elif self.pipelined and not self._kicked:
             self._kicked = True
             loop.call_soon(self._kick)

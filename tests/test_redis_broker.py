@@ -447,3 +447,30 @@ async def test_packed_names_stay_bounded_and_each_publish_lands_in_its_own_execu
         assert len(broker._packed_names) <= 2
     latest = {eid: (await broker.history(eid, create=False)).latest_seq for eid in ("n1", "n2", "n3")}
     assert latest == {"n1": 2, "n2": 1, "n3": 2}
+
+
+async def test_a_pipeline_that_cannot_be_written_answers_503_and_the_one_in_flight_still_completes() -> None:
+    """The lane's transport refuses a second pipeline: its callers get 503 at once; the first is answered."""
+    async with private_broker("inflight-write") as (server, broker):
+        admin = server.client()
+        try:
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+            first = _publish_turn(broker, "refused", 2)
+            await _until(lambda: len(broker._lane.in_flight) == 1)
+            connection = broker._lane.connection
+            assert connection is not None and connection._writer is not None
+            writer = connection._writer
+
+            def closed(data: bytes) -> None:
+                raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+
+            writer.write = closed  # type: ignore[method-assign]  # as uvloop does on a closed transport
+            async with asyncio.timeout(5):  # a guard: without the answer, the callers would wait forever
+                refused = await asyncio.gather(*_publish_turn(broker, "refused", 2), return_exceptions=True)
+            del writer.write  # the transport's own write again
+            admin.execute_command("CLIENT", "UNPAUSE")
+            results = await asyncio.gather(*first)
+        finally:
+            admin.close()
+        assert all(isinstance(o, BrokerUnavailable) for o in refused), refused
+        assert [r.seq for r in results] == [1, 2]

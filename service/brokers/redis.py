@@ -504,13 +504,16 @@ class RedisBroker(Broker):
     def _send_queued(self, connection: Connection) -> None:
         """Write the queued publishes as one pipeline on ``connection``; it is in flight until answered."""
         batch, self._queued = self._queued[:_MAX_PIPELINE], self._queued[_MAX_PIPELINE:]
-        writer = connection._writer
-        if writer is None:  # disconnected meanwhile: nothing was sent
-            _fail(batch, BrokerUnavailable(_UNREACHABLE))
-            return
         calls = self._script_calls([draft for draft, _ in batch])
         payload, count = self._payload(calls)
-        writer.write(payload)  # a full socket buffers it; the reply's timeout covers a stuck server
+        try:
+            if connection._writer is None:  # disconnected meanwhile
+                raise RuntimeError("the connection is closed")
+            connection._writer.write(payload)  # a full socket buffers it; the reply's timeout covers a stuck server
+        except (RuntimeError, OSError) as exc:  # uvloop raises RuntimeError on a closed transport
+            # Nothing was sent: the callers may retry at once.
+            _fail(batch, failure(RedisConnectionError(f"Error while writing to the Redis server: {exc}"), PUBLISH))
+            return
         self._lane.in_flight.append((batch, calls, count))
 
     async def _flush_lane(self) -> None:

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import glob
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -90,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="LABEL:NAME=VALUE[,NAME=VALUE]: one more relay target, with these settings (compared in the same run)",
     )
+    ap.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        help="LABEL:DIR: one more relay target running the service and auth packages found in DIR",
+    )
     args = ap.parse_args(argv)
     bench.raise_fd_limit()
     tmp = Path(tempfile.mkdtemp(prefix="closed-probe-"))
@@ -104,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         label, _, env = spec.partition(":")
         t = bench.Target(name=f"relay_{label}", **bench.TARGETS["relay"])
         t.extra_env.update(dict(kv.split("=", 1) for kv in env.split(",") if kv))
+        targets.append(t)
+    for spec in args.tree:
+        label, _, directory = spec.partition(":")
+        t = bench.Target(name=f"relay_{label}", **bench.TARGETS["relay"])
+        start = f"import sys, runpy;sys.path.insert(0, {directory!r}); runpy.run_module('service', run_name='__main__')"
+        t.command = lambda start=start: [bench.PY, "-c", start]  # type: ignore[method-assign]
         targets.append(t)
     pubcfg = dict(mode="closed", connections=args.connections)
     rows: dict[str, list[dict]] = {t.name: [] for t in targets}
@@ -187,7 +198,7 @@ class CallgrindServer:
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={self.out}.%p"]
         if self.cache_sim:
             cmd += ["--cache-sim=yes", "--I1=32768,8,64", "--D1=49152,12,64", "--LL=1048576,16,64"]
-        self.log = open(self.out + ".log", "w")  # noqa: SIM115 - closed in __exit__
+        self.log = open(self.out + ".log", "w")
         self.proc = subprocess.Popen(
             [*cmd, *t.command()], env=t.env(), cwd=bench.ROOT, stdout=subprocess.DEVNULL, stderr=self.log
         )

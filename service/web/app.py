@@ -14,6 +14,7 @@ from sanic.compat import Header
 from sanic.config import Config
 from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import BaseHTTPResponse, HTTPResponse
+from sanic.router import Router
 
 from .. import metrics
 from ..config import Settings, load_settings
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app = Sanic(
         name or f"progress_relay_{next(_names)}",
         config=RelayConfig(),
+        router=RelayRouter(),
         configure_logging=False,
         request_class=RelayRequest,
     )
@@ -138,6 +140,28 @@ class RelayConfig(Config):
 
     REQUEST_BUFFER_SIZE = _stored("REQUEST_BUFFER_SIZE")
     KEEP_ALIVE = _stored("KEEP_ALIVE")
+
+
+class RelayRouter(Router):
+    """Sanic's router without its cache of resolved paths.
+
+    Sanic memoizes ``Router.get`` per (router, path, method, host) in an LRU
+    cache of 1,024 entries. The relay's paths name executions, so with more
+    than 1,024 of them in turn (the bench's closed loop: 2,000) every lookup
+    misses, pays for the cache, and leaves its key and answer tuples in it
+    for the next thousand requests: two more objects per publish for the
+    cycle collector to scan, in every generation, while they age out (its
+    young collections held ~2 cache tuples per retained event; closed-loop
+    POST under bench/closed_probe.py). Resolved every time instead, as a
+    miss was anyway. Checked against Sanic 25.12.1 (``Router.get`` calls
+    ``Router._get``; tests/test_hardening.py fails if that changes).
+    """
+
+    def get(  # type: ignore[override]  # Sanic's is wrapped in lru_cache
+        self, path: str, method: str, host: str | None
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        """The route, handler and path parameters for ``path`` (Sanic's resolution, not cached)."""
+        return self._get(path, method, host)
 
 
 class RelayRequest(Request):

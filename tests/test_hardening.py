@@ -525,6 +525,7 @@ def test_routes_resolve_without_sanic_lookup_cache() -> None:
     again = app.router.get("/internal/v1/executions/exec-7/events", "POST", None)[2]
     assert again == params and again is not params  # a fresh answer, not a cached one shared by requests
     assert Router.get.cache_info().currsize == before  # type: ignore[attr-defined]
+    assert Router.get(app.router, "/internal/v1/executions/exec-7/events", "POST", None)[0] is route  # Sanic's own
     with pytest.raises(NotFound):
         app.router.get("/nowhere", "GET", None)
     with pytest.raises(MethodNotAllowed):

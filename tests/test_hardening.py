@@ -505,3 +505,28 @@ def test_config_keys_read_per_request_are_found_without_getattr(monkeypatch: pyt
     config.update({"KEEP_ALIVE": False, "REQUEST_BUFFER_SIZE": 4096})  # Sanic's way of setting them
     assert (config.KEEP_ALIVE, config["KEEP_ALIVE"], config.REQUEST_BUFFER_SIZE) == (False, False, 4096)
     assert misses == []
+
+
+def test_routes_resolve_without_sanic_lookup_cache() -> None:
+    """The app's router resolves every path afresh (nothing kept per path), with Sanic's answers and errors."""
+    from sanic.exceptions import MethodNotAllowed, NotFound
+    from sanic.router import Router
+
+    from service.web.app import RelayRouter, create_app
+    from tests.conftest import make_settings
+
+    app = create_app(make_settings())
+    app.router.finalize()
+    assert isinstance(app.router, RelayRouter)
+    assert hasattr(Router.get, "cache_info") and not hasattr(RelayRouter.get, "cache_info")
+    before = Router.get.cache_info().currsize  # type: ignore[attr-defined]  # Sanic's lru_cache
+    route, _handler, params = app.router.get("/internal/v1/executions/exec-7/events", "POST", None)
+    assert route.name.endswith("publish_one") and params == {"execution_id": "exec-7"}
+    again = app.router.get("/internal/v1/executions/exec-7/events", "POST", None)[2]
+    assert again == params and again is not params  # a fresh answer, not a cached one shared by requests
+    assert Router.get.cache_info().currsize == before  # type: ignore[attr-defined]
+    assert Router.get(app.router, "/internal/v1/executions/exec-7/events", "POST", None)[0] is route  # Sanic's own
+    with pytest.raises(NotFound):
+        app.router.get("/nowhere", "GET", None)
+    with pytest.raises(MethodNotAllowed):
+        app.router.get("/internal/v1/executions/exec-7/events", "GET", None)

@@ -147,7 +147,12 @@ def test_error_response_carries_the_error_status_and_body() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"x-request-id": "abc0001", "retry-after": 3}, {"x-evil": "a\r\nSet-Cookie: x=1\x00", "x\r\nname": "v"}],
+    [
+        {},
+        {"x-request-id": "abc0001", "retry-after": 3},
+        {"x-evil": "a\r\nSet-Cookie: x=1\x00", "x\r\nname": "v"},
+        {"x-text": "caf\u00e9 \u4e2d\r\u6587", "x-raw": "\udcff\n\udc80"},
+    ],
 )
 def test_response_header_lines_are_what_sanic_would_send(extra: dict[str, Any]) -> None:
     """The relay's responses encode their header lines byte for byte as Sanic does, CR, LF and NUL stripped."""

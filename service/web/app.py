@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from operator import itemgetter
 from typing import Any
 
 from sanic import Request, Sanic
@@ -14,6 +15,7 @@ from sanic.compat import Header
 from sanic.config import Config
 from sanic.exceptions import RequestCancelled, SanicException
 from sanic.response import BaseHTTPResponse, HTTPResponse
+from sanic.router import Router
 
 from .. import metrics
 from ..config import Settings, load_settings
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
     app = Sanic(
         name or f"progress_relay_{next(_names)}",
         config=RelayConfig(),
+        router=RelayRouter(),
         configure_logging=False,
         request_class=RelayRequest,
     )
@@ -113,15 +116,15 @@ def create_app(settings: Settings | None = None, name: str | None = None) -> San
 
 
 def _stored(key: str) -> property:
-    """A config key as a property over the dict entry that Sanic's ``Config`` keeps it in."""
+    """A config key as a property over the dict entry that Sanic's ``Config`` keeps it in.
 
-    def get(config: Config) -> Any:
-        return config[key]
+    Read by ``itemgetter``, in C: a getter of ours would be a Python call per read.
+    """
 
     def set_(config: Config, value: Any) -> None:
         dict.__setitem__(config, key, value)
 
-    return property(get, set_)
+    return property(itemgetter(key), set_)
 
 
 class RelayConfig(Config):
@@ -138,6 +141,25 @@ class RelayConfig(Config):
 
     REQUEST_BUFFER_SIZE = _stored("REQUEST_BUFFER_SIZE")
     KEEP_ALIVE = _stored("KEEP_ALIVE")
+
+
+class RelayRouter(Router):
+    """Sanic's router without its cache of resolved paths.
+
+    Sanic memoizes ``Router.get`` per (router, path, method, host) in an LRU
+    cache of 1,024 entries. The relay's paths name executions, so with more
+    than 1,024 of them in turn (the bench's closed loop: 2,000) every lookup
+    misses, pays for the cache, and leaves its key and answer tuples in it
+    for the next thousand requests: two more objects per publish for the
+    cycle collector to scan, in every generation, while they age out (its
+    young collections held ~2 cache tuples per retained event; closed-loop
+    POST under bench/closed_probe.py). Resolved every time instead, as a
+    miss was anyway. Checked against Sanic 25.12.1 (``Router.get`` calls
+    ``Router._get``; tests/test_hardening.py fails if that changes).
+    """
+
+    #: Sanic's resolution itself, without the ``lru_cache`` wrapped around it (no extra call either).
+    get = Router._get  # type: ignore[assignment]
 
 
 class RelayRequest(Request):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from itertools import chain
 from typing import Any
 
 import ujson
@@ -17,11 +18,13 @@ __all__ = ["bearer_or_query_token", "bearer_token", "json_body", "json_response"
 
 
 class JSONResponse(HTTPResponse):
-    """Sanic's response, with its header lines encoded at a third of the cost.
+    """Sanic's response, with its header lines encoded in one pass.
 
     Sanic strips CR, LF and NUL from every header name and value with
-    ``str.translate``, one call each; here a value is only translated when it
-    holds one of them (the same bytes on the wire either way).
+    ``str.translate``, one call each; here the encoded lines are checked for
+    them once, and only a response holding one is stripped (the same bytes on
+    the wire either way: UTF-8 and ``surrogateescape`` never produce those
+    bytes from other characters).
     """
 
     __slots__ = ()
@@ -32,19 +35,16 @@ class JSONResponse(HTTPResponse):
         headers = self.headers
         if has_message_body(self.status):
             headers.setdefault("content-type", self.content_type)
-        return [
-            (_clean(name).encode("ascii"), _clean(f"{value}").encode(errors="surrogateescape"))
-            for name, value in headers.items()
-        ]
+        lines = [(name.encode("ascii"), f"{value}".encode(errors="surrogateescape")) for name, value in headers.items()]
+        # One pass in C over every line: a regex search would cost ~30 instructions a byte, and
+        # ``b"\r" in text`` first tries the operand as an int and formats a TypeError it discards.
+        text = b"".join(chain.from_iterable(lines))
+        if len(text.translate(None, _CR_LF_NUL)) != len(text):  # rare: strip them, as Sanic does
+            lines = [(name.translate(None, _CR_LF_NUL), value.translate(None, _CR_LF_NUL)) for name, value in lines]
+        return lines
 
 
-_UNSAFE = str.maketrans("", "", "\r\n\x00")
-
-
-def _clean(text: str) -> str:
-    if "\r" in text or "\n" in text or "\x00" in text:
-        return text.translate(_UNSAFE)
-    return text
+_CR_LF_NUL = b"\r\n\x00"
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:

@@ -503,6 +503,8 @@ class RedisBroker(Broker):
 
     def _send_queued(self, connection: Connection) -> None:
         """Write the queued publishes as one pipeline on ``connection``; it is in flight until answered."""
+        if not self._queued:
+            return
         batch, self._queued = self._queued[:_MAX_PIPELINE], self._queued[_MAX_PIPELINE:]
         calls = self._script_calls([draft for draft, _ in batch])
         payload, count = self._payload(calls)
@@ -579,7 +581,7 @@ class RedisBroker(Broker):
             lane.open = None
             await connection.disconnect(nowait=True)
             error = failure(exc, PUBLISH)
-            broken = [(batch, calls, [error] * len(calls)) for batch, calls, _ in lane.in_flight]
+            broken = [(items, sent, [error] * len(sent)) for items, sent, _ in lane.in_flight]
             lane.in_flight.clear()
             return broken
         lane.in_flight.popleft()

@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["fast", "read_available", "read_replies", "send"]
+__all__ = ["fast", "interrupt", "read_available", "read_replies", "send"]
 
 
 def fast(connection: AbstractConnection) -> bool:
@@ -54,6 +54,18 @@ async def send(connection: AbstractConnection, payload: bytes, timeout: float | 
             raise RedisTimeoutError("Timeout writing to socket") from None
         except OSError as exc:
             raise RedisConnectionError(f"Error while writing to the Redis server: {exc.args}") from None
+
+
+def interrupt(connection: AbstractConnection, exc: Exception) -> bool:
+    """Make a read waiting on ``connection`` (now or next) raise ``exc``; False when it is not connected.
+
+    For a deadline kept outside the read (no timer per read); the connection must be dropped afterwards.
+    """
+    stream = connection._reader
+    if stream is None:
+        return False
+    stream.set_exception(exc)
+    return True
 
 
 async def _fill(connection: AbstractConnection, timeout: float | None) -> None:

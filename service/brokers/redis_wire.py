@@ -86,7 +86,8 @@ async def _fill(connection: AbstractConnection, timeout: float | None) -> None:
 async def read_replies(connection: AbstractConnection, count: int, timeout: float | None) -> list[Any]:
     """The next ``count`` replies, in order; an error reply is returned as its exception, not raised.
 
-    ``timeout`` bounds each wait for data (as redis-py's ``socket_timeout`` bounds each read).
+    ``timeout`` bounds each wait for data (as redis-py's ``socket_timeout`` bounds each read); with
+    None the caller keeps its own deadline (:func:`interrupt`; without hiredis, the socket timeout applies).
     A broken or silent connection raises (``ConnectionError``, ``TimeoutError``); the caller
     must then drop it, since replies may still be pending on it.
     """

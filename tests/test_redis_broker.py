@@ -474,3 +474,28 @@ async def test_a_pipeline_that_cannot_be_written_answers_503_and_the_one_in_flig
             admin.close()
         assert all(isinstance(o, BrokerUnavailable) for o in refused), refused
         assert [r.seq for r in results] == [1, 2]
+
+
+async def test_a_silent_redis_fails_every_pipeline_in_flight_after_the_command_timeout() -> None:
+    """Replies that never come: after command_timeout all pipelines in flight answer 503; the lane recovers."""
+    server = RedisServer(redis_server_binary())
+    server.start()
+    broker = RedisBroker(server.url, 10, 300, prefix="inflight-silent", command_timeout=0.2)
+    broker.set_listener(lambda eid, event: None)
+    await broker.start()
+    admin = server.client()
+    try:
+        admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # Redis holds every script call
+        first = _publish_turn(broker, "silent", 2)
+        await _until(lambda: len(broker._lane.in_flight) == 1)
+        second = _publish_turn(broker, "silent", 2)
+        await _until(lambda: len(broker._lane.in_flight) == 2)
+        outcomes = await asyncio.gather(*first, *second, return_exceptions=True)
+        admin.execute_command("CLIENT", "UNPAUSE")
+        assert all(isinstance(o, BrokerUnavailable) and "in time" in str(o) for o in outcomes), outcomes
+        assert not broker._lane.in_flight
+        await broker.publish(progress("silent-after"))  # a fresh connection takes the next pipeline
+    finally:
+        admin.close()
+        await broker.close()
+        server.close()

@@ -6,6 +6,7 @@ internals the fast path relies on (then update ``redis_wire``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -112,3 +113,12 @@ async def test_send_on_a_closed_connection_raises_connection_error(connection: C
     await connection.disconnect()
     with pytest.raises(RedisConnectionError):
         await redis_wire.send(connection, b"*1\r\n$4\r\nPING\r\n", 5.0)
+
+
+async def test_an_interrupted_read_raises_the_given_error(connection: Connection) -> None:
+    """interrupt() makes a read waiting for replies raise its error (a deadline kept outside the read)."""
+    waiting = asyncio.create_task(redis_wire.read_replies(connection, 1, None))
+    await asyncio.sleep(0)  # the read is waiting for bytes that never come (nothing was sent)
+    assert redis_wire.interrupt(connection, RedisTimeoutError("late"))
+    with pytest.raises(RedisTimeoutError, match="late"):
+        await waiting

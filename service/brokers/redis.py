@@ -63,6 +63,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
@@ -180,8 +181,8 @@ _MAX_PIPELINE = 1000  # script calls per round trip
 _Call = tuple[tuple[str, str, str], str]
 #: Queued publishes: each draft with the future its caller awaits.
 _Queued = list[tuple[EventDraft, "asyncio.Future[PublishResult | RelayError]"]]
-#: A pipeline on the lane: its publishes, their script calls, and how many replies it awaits.
-_Batch = tuple[_Queued, list[_Call], int]
+#: A pipeline on the lane: its publishes, their script calls, how many replies it awaits, when it was written.
+_Batch = tuple[_Queued, list[_Call], int, float]
 #: Pipelines in flight at once on the lane: one being answered while the next is written. The
 #: closed-loop bench (8 POSTs in flight, Redis on the same 2 cores): 1 -> 0.81x the memory broker,
 #: 2 -> 0.88x, 3 -> 0.88x (medians of 4 interleaved trials).
@@ -332,6 +333,7 @@ class RedisBroker(Broker):
         self._flusher: asyncio.Task[None] | None = None
         self._kicked = False  # a _kick is scheduled for the end of this loop turn
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop publishes run on (see publish)
+        self._watchdog: asyncio.TimerHandle | None = None  # see _check_lane
         if self.target.kind == "sentinel":
             # The Sentinels are asked on every reconnect: no need to wait long between tries.
             self.reconnect_max = min(reconnect_max, 1.0)
@@ -409,6 +411,9 @@ class RedisBroker(Broker):
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for _, future in self._queued:  # a flusher cancelled before it ran resolved nothing
             if not future.done():
                 future.set_result(BrokerUnavailable(_UNREACHABLE))
@@ -503,6 +508,8 @@ class RedisBroker(Broker):
 
     def _send_queued(self, connection: Connection) -> None:
         """Write the queued publishes as one pipeline on ``connection``; it is in flight until answered."""
+        if not self._queued:
+            return
         batch, self._queued = self._queued[:_MAX_PIPELINE], self._queued[_MAX_PIPELINE:]
         calls = self._script_calls([draft for draft, _ in batch])
         payload, count = self._payload(calls)
@@ -514,7 +521,29 @@ class RedisBroker(Broker):
             # Nothing was sent: the callers may retry at once.
             _fail(batch, failure(RedisConnectionError(f"Error while writing to the Redis server: {exc}"), PUBLISH))
             return
-        self._lane.in_flight.append((batch, calls, count))
+        self._lane.in_flight.append((batch, calls, count, time.monotonic()))
+        if self._watchdog is None and self._loop is not None:
+            self._watchdog = self._loop.call_later(self.command_timeout, self._check_lane)
+
+    def _check_lane(self) -> None:
+        """Fail the lane when its oldest pipeline has waited ``command_timeout`` for its replies.
+
+        One timer for the lane instead of a timeout around every read (``asyncio.timeout``
+        cost more than the rest of reading a pipeline's replies): the flusher's read raises
+        a timeout, drops the connection and answers every pipeline in flight with 503.
+        """
+        self._watchdog = None
+        in_flight, loop = self._lane.in_flight, self._loop
+        if not in_flight or loop is None:
+            return
+        left = in_flight[0][3] + self.command_timeout - time.monotonic()
+        if left > 0:
+            self._watchdog = loop.call_later(left, self._check_lane)
+            return
+        connection = self._lane.connection
+        if connection is not None:
+            late = RedisTimeoutError(f"no reply from the Redis server within {self.command_timeout:g} s")
+            redis_wire.interrupt(connection, late)
 
     async def _flush_lane(self) -> None:
         """Keep publishes flowing on the lane until none is queued or in flight; answer each pipeline in order.
@@ -572,14 +601,14 @@ class RedisBroker(Broker):
         lane = self._lane
         connection = lane.connection
         assert connection is not None  # a pipeline in flight went out on it
-        batch, calls, count = lane.in_flight[0]
+        batch, calls, count, _ = lane.in_flight[0]
         try:
-            raw = await redis_wire.read_replies(connection, count, self.command_timeout)
+            raw = await redis_wire.read_replies(connection, count, None)  # the deadline: _check_lane
         except _BROKEN as exc:
             lane.open = None
             await connection.disconnect(nowait=True)
             error = failure(exc, PUBLISH)
-            broken = [(batch, calls, [error] * len(calls)) for batch, calls, _ in lane.in_flight]
+            broken = [(items, sent, [error] * len(sent)) for items, sent, _, _ in lane.in_flight]
             lane.in_flight.clear()
             return broken
         lane.in_flight.popleft()

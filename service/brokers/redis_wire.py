@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["fast", "read_available", "read_replies", "send"]
+__all__ = ["fast", "interrupt", "read_available", "read_replies", "send"]
 
 
 def fast(connection: AbstractConnection) -> bool:
@@ -56,6 +56,18 @@ async def send(connection: AbstractConnection, payload: bytes, timeout: float | 
             raise RedisConnectionError(f"Error while writing to the Redis server: {exc.args}") from None
 
 
+def interrupt(connection: AbstractConnection, exc: Exception) -> bool:
+    """Make a read waiting on ``connection`` (now or next) raise ``exc``; False when it is not connected.
+
+    For a deadline kept outside the read (no timer per read); the connection must be dropped afterwards.
+    """
+    stream = connection._reader
+    if stream is None:
+        return False
+    stream.set_exception(exc)
+    return True
+
+
 async def _fill(connection: AbstractConnection, timeout: float | None) -> None:
     """Wait for more bytes and feed them to the parser; EOF or a late server raise as redis-py would."""
     parser: Any = connection._parser
@@ -74,7 +86,8 @@ async def _fill(connection: AbstractConnection, timeout: float | None) -> None:
 async def read_replies(connection: AbstractConnection, count: int, timeout: float | None) -> list[Any]:
     """The next ``count`` replies, in order; an error reply is returned as its exception, not raised.
 
-    ``timeout`` bounds each wait for data (as redis-py's ``socket_timeout`` bounds each read).
+    ``timeout`` bounds each wait for data (as redis-py's ``socket_timeout`` bounds each read); with
+    None the caller keeps its own deadline (:func:`interrupt`; without hiredis, the socket timeout applies).
     A broken or silent connection raises (``ConnectionError``, ``TimeoutError``); the caller
     must then drop it, since replies may still be pending on it.
     """

@@ -418,3 +418,38 @@ async def test_a_refused_token_gets_the_101_then_the_close(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4500
     (transport,) = server_writes
     assert transport.calls[0].startswith(b"HTTP/1.1 101 "), transport.calls
+
+
+def test_sanic_headers_answer_as_websockets_headers_do() -> None:
+    """The handshake reads Sanic's headers in place and gets the answers a full copy into its Headers gives."""
+    from sanic.compat import Header
+    from websockets.datastructures import Headers, MultipleValuesError
+
+    lines = [
+        ("Host", "relay"),
+        ("Connection", "keep-alive"),
+        ("connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+        ("sec-websocket-extensions", "x-other"),
+        ("Origin", "https://a.example"),
+        ("origin", "https://b.example"),
+    ]
+    copied = Headers()
+    for name, value in lines:
+        copied[name] = value
+    seen = wsproto._SanicHeaders(Header(lines))
+
+    def item(view: Headers, key: str) -> Any:
+        try:
+            return view[key]
+        except (KeyError, MultipleValuesError) as exc:
+            return type(exc)
+
+    for key in ("Host", "CONNECTION", "upgrade", "Sec-WebSocket-Key", "Sec-WebSocket-Extensions", "Origin", "Absent"):
+        assert seen.get_all(key) == copied.get_all(key), key
+        assert (key in seen) == (key in copied), key
+        assert item(seen, key) == item(copied, key), key
+    assert list(seen) == list(copied) and len(seen) == len(copied)
+    assert list(seen.raw_items()) == list(copied.raw_items()) and str(seen) == str(copied)

@@ -84,7 +84,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
 from sanic.exceptions import RequestCancelled, SanicException
@@ -92,7 +92,7 @@ from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
-from websockets.datastructures import Headers
+from websockets.datastructures import Headers, MultipleValuesError
 from websockets.exceptions import InvalidHeader
 from websockets.extensions.base import Extension, ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
@@ -835,6 +835,51 @@ def _refused_counter(app: Any) -> Refused:
     return refused
 
 
+class _SanicHeaders(Headers):
+    """Sanic's request headers, read through websockets' ``Headers`` interface instead of copied into one.
+
+    Copying every header line into a ``Headers`` cost about 40 Python calls per
+    connect; websockets' handshake only reads a handful, through ``get_all``,
+    ``[]``, ``get`` and ``in``, which answer here from Sanic's multidict with
+    websockets' semantics (every line of a repeated header; ``MultipleValuesError``
+    where it expects one). Anything else (iterating, ``raw_items``, ``str``) sees
+    every line too; nothing writes to a request's headers.
+    """
+
+    __slots__ = ("_sanic",)
+
+    def __init__(self, headers: Any) -> None:  # Headers.__init__ not called: there is no copy
+        self._sanic = headers
+
+    def get_all(self, key: str) -> list[str]:
+        """Every value of ``key`` (case-insensitive), in the order received."""
+        return cast(list[str], self._sanic.getall(key, []))
+
+    def __getitem__(self, key: str) -> str:
+        values = self._sanic.getall(key, ())
+        if len(values) == 1:
+            return cast(str, values[0])
+        if not values:
+            raise KeyError(key)
+        raise MultipleValuesError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._sanic
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._sanic))
+
+    def __len__(self) -> int:
+        return len(set(name.lower() for name in self._sanic))
+
+    def raw_items(self) -> Iterator[tuple[str, str]]:
+        """Every header line as received."""
+        return iter(self._sanic.items())
+
+    def __str__(self) -> str:
+        return "".join(f"{name}: {value}\r\n" for name, value in self._sanic.items()) + "\r\n"
+
+
 def _ws_request(request: Any) -> Request:
     """The handshake request for websockets, every header line kept.
 
@@ -844,10 +889,7 @@ def _ws_request(request: Any) -> Request:
     offered on a second line were declined. RFC 9110 section 5.3: repeated lines
     are one comma-separated list.
     """
-    headers = Headers()
-    for name, value in request.headers.items():
-        headers[name] = value
-    return Request(path=request.path, headers=headers)
+    return Request(path=request.path, headers=_SanicHeaders(request.headers))
 
 
 def _refusal_headers(ws_proto: ServerProtocol, response: Any) -> dict[str, str]:

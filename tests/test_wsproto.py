@@ -453,3 +453,18 @@ def test_sanic_headers_answer_as_websockets_headers_do() -> None:
         assert item(seen, key) == item(copied, key), key
     assert list(seen) == list(copied) and len(seen) == len(copied)
     assert list(seen.raw_items()) == list(copied.raw_items()) and str(seen) == str(copied)
+
+
+@pytest.mark.parametrize("value", ["Bearer x\u20acy", "a\x00b", "line\r\nbreak"])
+def test_sanic_headers_refuse_the_values_websockets_refuses(value: str) -> None:
+    """A header value websockets' Headers would not store is refused by name, as the copy refused it."""
+    from sanic.compat import Header
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidHeaderValue
+
+    lines = [("Host", "relay"), ("Authorization", value), ("Upgrade", "websocket")]
+    with pytest.raises(InvalidHeaderValue) as copied:
+        Headers(lines)
+    with pytest.raises(InvalidHeaderValue) as seen:
+        wsproto._SanicHeaders(Header(lines))
+    assert seen.value.name == copied.value.name == "Authorization"

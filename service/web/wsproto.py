@@ -92,8 +92,8 @@ from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
-from websockets.datastructures import Headers, MultipleValuesError
-from websockets.exceptions import InvalidHeader
+from websockets.datastructures import Headers, MultipleValuesError, is_valid_header_value
+from websockets.exceptions import InvalidHeader, InvalidHeaderValue
 from websockets.extensions.base import Extension, ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -843,12 +843,19 @@ class _SanicHeaders(Headers):
     ``[]``, ``get`` and ``in``, which answer here from Sanic's multidict with
     websockets' semantics (every line of a repeated header; ``MultipleValuesError``
     where it expects one). Anything else (iterating, ``raw_items``, ``str``) sees
-    every line too; nothing writes to a request's headers.
+    every line too; nothing writes to a request's headers. Values are checked as
+    websockets checks each one it stores (``InvalidHeaderValue``: the handshake's 400),
+    all in one match.
     """
 
     __slots__ = ("_sanic",)
 
     def __init__(self, headers: Any) -> None:  # Headers.__init__ not called: there is no copy
+        # A tab is a valid value character: the joined values are valid iff each one is.
+        if not is_valid_header_value("\t".join(headers.values())):
+            for name, value in headers.items():
+                if not is_valid_header_value(value):
+                    raise InvalidHeaderValue(name, value)
         self._sanic = headers
 
     def get_all(self, key: str) -> list[str]:

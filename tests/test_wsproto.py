@@ -19,6 +19,7 @@ from sanic.server.websockets.impl import WebsocketImplProtocol
 from sanic.worker.manager import WorkerManager
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
 from service.web import wsproto
@@ -222,8 +223,8 @@ def _class_shape_problems() -> list[str]:
         expect(
             _parameters(getattr(WebSocketProtocol, name)) == params, f"WebSocketProtocol.{name}({', '.join(params)})"
         )
-    for name in ("send", "log_websocket"):
-        expect(callable(getattr(WebSocketProtocol, name, None)), f"WebSocketProtocol.{name}")
+    expect(callable(getattr(WebSocketProtocol, "log_websocket", None)), "WebSocketProtocol.log_websocket")
+    expect(callable(getattr(Response, "serialize", None)), "websockets.http11.Response.serialize (the 101's bytes)")
     expect(
         {"ws_proto", "ping_interval", "ping_timeout", "close_timeout"}
         <= set(_parameters(WebsocketImplProtocol.__init__)),
@@ -337,3 +338,133 @@ def test_text_frame_matches_websockets_serialization(size: int) -> None:
     """The relay's own text frame is byte for byte what websockets serializes, at every length encoding."""
     payload = b"x" * size
     assert wsproto._text_frame(payload, False) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+
+
+class _CountingTransport:
+    """A server transport that records each write call (one bytes object per system call asked for)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(bytes(data))
+        self.inner.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        chunks = [bytes(chunk) for chunk in chunks]
+        self.calls.append(b"".join(chunks))
+        self.inner.writelines(chunks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.fixture
+def server_writes(monkeypatch: pytest.MonkeyPatch) -> list[_CountingTransport]:
+    """The counting transports of the connections the relay accepts from now on."""
+    transports: list[_CountingTransport] = []
+    accept = RelayWebSocketProtocol.connection_made
+
+    def connection_made(self: RelayWebSocketProtocol, transport: Any) -> None:
+        counting = _CountingTransport(transport)
+        transports.append(counting)
+        accept(self, counting)
+
+    monkeypatch.setattr(RelayWebSocketProtocol, "connection_made", connection_made)
+    return transports
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_the_101_and_the_connected_frame_leave_in_one_write(
+    server: Server, server_writes: list[_CountingTransport], compression: str | None
+) -> None:
+    """The handshake response waits for the handler's first frame and leaves with it, in one write."""
+    client = await server.connect("one-write", compression=compression)
+    assert (await recv_json(client))["type"] == "connected"
+    (transport,) = server_writes
+    head, _, frame = transport.calls[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), transport.calls
+    assert frame[:1] == (b"\xc1" if compression else b"\x81"), transport.calls  # a final text frame (RSV1: deflated)
+
+
+async def test_the_101_leaves_alone_while_the_handler_waits(
+    server: Server, server_writes: list[_CountingTransport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that writes nothing in its first step (a slow broker) does not hold the handshake back."""
+    relay = server.relay
+    release = asyncio.Event()
+    open_stream = relay.open_stream
+
+    async def slow_open_stream(*args: Any) -> Any:
+        await release.wait()
+        return await open_stream(*args)
+
+    monkeypatch.setattr(relay, "open_stream", slow_open_stream)
+    client = await server.connect("slow-broker")  # returns once the 101 arrived: the handler still waits
+    (transport,) = server_writes
+    assert len(transport.calls) == 1 and transport.calls[0].startswith(b"HTTP/1.1 101 "), transport.calls
+    release.set()
+    assert (await recv_json(client))["type"] == "connected"
+
+
+async def test_a_refused_token_gets_the_101_then_the_close(
+    server: Server, server_writes: list[_CountingTransport]
+) -> None:
+    """A refusal in the handler's first step still sends the handshake response before its close frame."""
+    client = await server.connect("refused", token="not-a-token")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await asyncio.wait_for(client.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4500
+    (transport,) = server_writes
+    assert transport.calls[0].startswith(b"HTTP/1.1 101 "), transport.calls
+
+
+def test_sanic_headers_answer_as_websockets_headers_do() -> None:
+    """The handshake reads Sanic's headers in place and gets the answers a full copy into its Headers gives."""
+    from sanic.compat import Header
+    from websockets.datastructures import Headers, MultipleValuesError
+
+    lines = [
+        ("Host", "relay"),
+        ("Connection", "keep-alive"),
+        ("connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Extensions", "permessage-deflate"),
+        ("sec-websocket-extensions", "x-other"),
+        ("Origin", "https://a.example"),
+        ("origin", "https://b.example"),
+    ]
+    copied = Headers()
+    for name, value in lines:
+        copied[name] = value
+    seen = wsproto._SanicHeaders(Header(lines))
+
+    def item(view: Headers, key: str) -> Any:
+        try:
+            return view[key]
+        except (KeyError, MultipleValuesError) as exc:
+            return type(exc)
+
+    for key in ("Host", "CONNECTION", "upgrade", "Sec-WebSocket-Key", "Sec-WebSocket-Extensions", "Origin", "Absent"):
+        assert seen.get_all(key) == copied.get_all(key), key
+        assert (key in seen) == (key in copied), key
+        assert item(seen, key) == item(copied, key), key
+    assert list(seen) == list(copied) and len(seen) == len(copied)
+    assert list(seen.raw_items()) == list(copied.raw_items()) and str(seen) == str(copied)
+
+
+@pytest.mark.parametrize("value", ["Bearer x\u20acy", "a\x00b", "line\r\nbreak"])
+def test_sanic_headers_refuse_the_values_websockets_refuses(value: str) -> None:
+    """A header value websockets' Headers would not store is refused by name, as the copy refused it."""
+    from sanic.compat import Header
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidHeaderValue
+
+    lines = [("Host", "relay"), ("Authorization", value), ("Upgrade", "websocket")]
+    with pytest.raises(InvalidHeaderValue) as copied:
+        Headers(lines)
+    with pytest.raises(InvalidHeaderValue) as seen:
+        wsproto._SanicHeaders(Header(lines))
+    assert seen.value.name == copied.value.name == "Authorization"

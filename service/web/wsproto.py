@@ -39,9 +39,13 @@ lists and tests its own):
   ``__slots__`` extended (Sanic's metaclass gives no ``__dict__``);
   ``websocket_handshake(self, request, subprotocols=None)`` is replaced and
   reads ``app``, ``websocket_max_size``, ``websocket_ping_interval``,
-  ``websocket_ping_timeout``, ``websocket_timeout`` and ``_http.request``
-  (``url``, ``client_ip``, ``port``), calls ``send`` and ``log_websocket``,
-  and sets ``websocket``, ``websocket_url`` and ``websocket_peer``;
+  ``websocket_ping_timeout``, ``websocket_timeout``, ``_can_write``,
+  ``transport`` and ``_http.request`` (``url``, ``client_ip``, ``port``), calls
+  ``log_websocket``, and sets ``_time``, ``websocket``, ``websocket_url`` and
+  ``websocket_peer``; it leaves the 101 in websockets' ``ServerProtocol.writes``
+  (written with the handler's first frame) and relies on Sanic's
+  ``_websocket_handler`` starting the handler's task in the same turn (else the
+  101 is only written alone, a turn later; ``tests/test_wsproto.py`` checks);
   ``data_received``, ``close(timeout)``, ``connection_made(transport)``,
   ``connection_lost(exc)`` and ``check_timeouts()`` are extended, reading
   ``_http.stage`` (``sanic.http.constants.Stage.IDLE``), ``_time``,
@@ -59,7 +63,8 @@ lists and tests its own):
   ``auto_closer_task`` (a placeholder until then); ``data_received`` and
   ``process_events(events)`` are replaced: messages go to a listener
   (:func:`listen`), pongs to ``process_pong(frame)``, what must be written
-  through ``async_data_received(data_to_send, events)``.
+  through ``async_data_received(data_to_send, events)``; ``fail_connection``
+  is extended (it discards websockets' pending writes: a pending 101 is written first).
 - ``routes/ws.py`` (``WsSink``) writes frames and pings past Sanic's ``send``:
   it reads ``ws_proto`` (websockets' ``ServerProtocol``: ``state``,
   ``extensions``, ``writes``, ``send_text``, ``send_ping``,
@@ -79,16 +84,16 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, cast
 
-from sanic.exceptions import SanicException
+from sanic.exceptions import RequestCancelled, SanicException
 from sanic.http.constants import Stage
 from sanic.log import websockets_logger
 from sanic.server.protocols.websocket_protocol import WebSocketProtocol
 from sanic.server.websockets.impl import WebsocketImplProtocol
-from websockets.datastructures import Headers
-from websockets.exceptions import InvalidHeader
+from websockets.datastructures import Headers, MultipleValuesError, is_valid_header_value
+from websockets.exceptions import InvalidHeader, InvalidHeaderValue
 from websockets.extensions.base import Extension, ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
@@ -558,8 +563,34 @@ class _LeanImpl(WebsocketImplProtocol):
             else:  # CLOSE, after websockets' answer to it was written (async_data_received)
                 self._deliver(None)
 
+    def flush_pending(self) -> None:
+        """Write what waits in websockets' outgoing buffer: the 101, when nothing took it with a frame yet.
+
+        Anything written to the socket is taken from that buffer in order, so the
+        101 always goes first; this only makes sure it goes out when the handler
+        writes nothing at once, and before any path that would discard the buffer
+        (Sanic's ``fail_connection``, the frame guard) or hand it to a task.
+        """
+        proto = self.ws_proto
+        if not proto.writes:
+            return
+        io = self.io_proto
+        transport = io.transport if io is not None else None
+        pending = proto.data_to_send()
+        if transport is not None and not transport.is_closing():
+            transport.writelines(pending)
+
+    def fail_connection(self, code: int = 1006, reason: str = "") -> bool:
+        """Sanic's, after writing the pending 101 (Sanic discards the outgoing buffer first)."""
+        self.flush_pending()
+        return super().fail_connection(code, reason)
+
     def data_received(self, data: bytes) -> None:
         """Parse ``data``, check every frame in it, and hand it to Sanic only if all pass."""
+        if self.ws_proto.writes:
+            # The 101 still waits (a client writing before it was sent): write it now, before
+            # answers to this data are taken into a task, or dropped on a refusal.
+            self.flush_pending()
         guard = self.guard
         if guard is None:
             super().data_received(data)  # type: ignore[no-untyped-call]
@@ -739,10 +770,18 @@ class RelayWebSocketProtocol(WebSocketProtocol):
             raise SanicException(
                 bytes(resp.body).decode(errors="replace"), resp.status_code, headers=_refusal_headers(ws_proto, resp)
             )
-        head = f"HTTP/1.1 {resp.status_code} {resp.reason_phrase}\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in resp.headers.items()) + "\r\n"
-        await self.send(head.encode())
-        self.websocket = _LeanImpl(
+        if not self._can_write.is_set():
+            await self._can_write.wait()
+        if self.transport is None or self.transport.is_closing():
+            raise RequestCancelled
+        # The 101 is not written here: it waits in websockets' own outgoing buffer, where
+        # everything written to the socket is taken from in order, so it leaves with the
+        # handler's first frame (the `connected` frame, or a close) in one system call
+        # instead of two. If the handler writes nothing in its first step (it awaits a
+        # broker), _LeanImpl.flush_pending writes it alone on the turn after.
+        ws_proto.writes.append(resp.serialize())
+        self._time = time.monotonic()  # as Sanic's send() after writing the head
+        impl = self.websocket = _LeanImpl(
             ws_proto,
             ping_interval=self.websocket_ping_interval,
             ping_timeout=self.websocket_ping_timeout,
@@ -751,7 +790,12 @@ class RelayWebSocketProtocol(WebSocketProtocol):
             refused=_refused_counter(self.app),
         )
         loop = getattr(getattr(request, "transport", None), "loop", None)
-        await self.websocket.connection_made(self, loop=loop)
+        await impl.connection_made(self, loop=loop)
+        # Two hops: Sanic schedules the handler's task after this returns, so one call_soon
+        # would run before the handler's first step, and the 101 would go out alone.
+        running = impl.loop
+        assert running is not None  # set by connection_made
+        running.call_soon(running.call_soon, impl.flush_pending)
         # Read by Sanic's log_websocket only, which says nothing with the access log off (as the relay
         # serves): the full URL (and its ?token=) is not built for every socket then.
         self.websocket_url = self._http.request.url if self.access_log else self._http.request.path
@@ -759,7 +803,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         if ip := self._http.request.client_ip:
             self.websocket_peer = f"{ip}:{self._http.request.port}"
         self.log_websocket("OPEN")
-        return self.websocket
+        return impl
 
 
 def listen(ws: WebsocketImplProtocol, listener: Listener) -> None:
@@ -791,6 +835,58 @@ def _refused_counter(app: Any) -> Refused:
     return refused
 
 
+class _SanicHeaders(Headers):
+    """Sanic's request headers, read through websockets' ``Headers`` interface instead of copied into one.
+
+    Copying every header line into a ``Headers`` cost about 40 Python calls per
+    connect; websockets' handshake only reads a handful, through ``get_all``,
+    ``[]``, ``get`` and ``in``, which answer here from Sanic's multidict with
+    websockets' semantics (every line of a repeated header; ``MultipleValuesError``
+    where it expects one). Anything else (iterating, ``raw_items``, ``str``) sees
+    every line too; nothing writes to a request's headers. Values are checked as
+    websockets checks each one it stores (``InvalidHeaderValue``: the handshake's 400),
+    all in one match.
+    """
+
+    __slots__ = ("_sanic",)
+
+    def __init__(self, headers: Any) -> None:  # Headers.__init__ not called: there is no copy
+        # A tab is a valid value character: the joined values are valid iff each one is.
+        if not is_valid_header_value("\t".join(headers.values())):
+            for name, value in headers.items():
+                if not is_valid_header_value(value):
+                    raise InvalidHeaderValue(name, value)
+        self._sanic = headers
+
+    def get_all(self, key: str) -> list[str]:
+        """Every value of ``key`` (case-insensitive), in the order received."""
+        return cast(list[str], self._sanic.getall(key, []))
+
+    def __getitem__(self, key: str) -> str:
+        values = self._sanic.getall(key, ())
+        if len(values) == 1:
+            return cast(str, values[0])
+        if not values:
+            raise KeyError(key)
+        raise MultipleValuesError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._sanic
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(name.lower() for name in self._sanic))
+
+    def __len__(self) -> int:
+        return len(set(name.lower() for name in self._sanic))
+
+    def raw_items(self) -> Iterator[tuple[str, str]]:
+        """Every header line as received."""
+        return iter(self._sanic.items())
+
+    def __str__(self) -> str:
+        return "".join(f"{name}: {value}\r\n" for name, value in self._sanic.items()) + "\r\n"
+
+
 def _ws_request(request: Any) -> Request:
     """The handshake request for websockets, every header line kept.
 
@@ -800,10 +896,7 @@ def _ws_request(request: Any) -> Request:
     offered on a second line were declined. RFC 9110 section 5.3: repeated lines
     are one comma-separated list.
     """
-    headers = Headers()
-    for name, value in request.headers.items():
-        headers[name] = value
-    return Request(path=request.path, headers=headers)
+    return Request(path=request.path, headers=_SanicHeaders(request.headers))
 
 
 def _refusal_headers(ws_proto: ServerProtocol, response: Any) -> dict[str, str]:

@@ -98,14 +98,15 @@ class WsSink:
             or transport.get_write_buffer_size() > WS_WRITE_BUFFER_HIGH
         ):
             return False
-        if not proto.writes:  # nothing else pending: the bytes every socket in this state gets
-            wire = shared_text_frame(proto.extensions, frame)
-            if wire is not None:
-                transport.write(wire)
-                return True
-        proto.send_text(frame.encode())
-        for data in proto.data_to_send():
-            transport.write(data)
+        wire = shared_text_frame(proto.extensions, frame)  # the bytes every socket in this state gets
+        if wire is None:
+            proto.send_text(frame.encode())
+            transport.writelines(proto.data_to_send())
+        elif proto.writes:
+            # Something waits before it (the 101, before the `connected` frame): one system call for all.
+            transport.writelines([*proto.data_to_send(), wire])
+        else:
+            transport.write(wire)
         return True
 
     def close_now(self, disconnect: Disconnect) -> None:

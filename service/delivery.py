@@ -226,7 +226,8 @@ class Delivery:
         state = self._state
         if state == _CLOSED:
             return NOTHING
-        if event.epoch and self.epoch and event.epoch != self.epoch:
+        # The usual event carries the very epoch string the stream's page did: `!=` first answers at once.
+        if event.epoch != self.epoch and event.epoch and self.epoch:
             return self._close(STREAM_RESET)  # the stream was lost and started again underneath us
         if state == _LIVE:
             seq = event.seq

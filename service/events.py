@@ -34,6 +34,7 @@ __all__ = [
 
 EVENT_TYPES = ("progress", "result", "complete", "error")
 EXECUTION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_execution_id_match = EXECUTION_ID_RE.fullmatch  # C, where valid_execution_id is a Python call
 MAX_IDEMPOTENCY_KEY = 200
 MAX_STAGE = 200
 _TOP_LEVEL = frozenset(("event", "data", "timestamp", "idempotency_key", "execution_id"))
@@ -146,9 +147,21 @@ def _check_data(event: str, data: Any, errors: list[FieldError], prefix: str) ->
 
 def _check_progress(data: dict[str, Any], errors: list[FieldError], prefix: str) -> None:
     progress = data.get("progress")
+    stage = data.get("stage")
+    # The usual progress event passes this one expression (exact types: ujson makes no
+    # subclasses, and bool, an int subclass, must fail); anything else is checked below,
+    # field by field, to name each problem. Half the bytecodes of the checks alone.
+    if (
+        type(progress) is int
+        and 0 <= progress <= 100
+        and type(stage) is str
+        and 0 < len(stage) <= MAX_STAGE
+        and type(data.get("status", "")) is str
+        and type(data.get("status_text", "")) is str
+    ):
+        return
     if not _is_int(progress) or not 0 <= progress <= 100:
         errors.append({"field": f"{prefix}data.progress", "message": "required, an integer from 0 to 100"})
-    stage = data.get("stage")
     if not isinstance(stage, str) or not stage or len(stage) > MAX_STAGE:
         errors.append({"field": f"{prefix}data.stage", "message": f"required, a string of 1 to {MAX_STAGE} characters"})
     for name in ("status", "status_text"):
@@ -193,7 +206,7 @@ def _tail(timestamp: str, event: str, data: Any, prefix: str) -> str:
         encoded = ujson.dumps(data, ensure_ascii=False, escape_forward_slashes=False, allow_nan=False)
         stamp = f'"{timestamp}"' if timestamp is _milli[1] else dumps(timestamp)  # ours needs no escaping
         tail = f',"timestamp":{stamp},"event":"{event}","data":{encoded}}}'
-        if _encodable(tail):  # ASCII (most frames) answers at its first line
+        if tail.isascii() or _encodable(tail):  # most frames are ASCII: no call
             return tail
     except OverflowError:
         pass
@@ -206,7 +219,7 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
     ``prefix`` is put before field names (``events[3].``) for batch items.
     """
     errors: list[FieldError] = []
-    if not valid_execution_id(execution_id):
+    if _execution_id_match(execution_id) is None:  # valid_execution_id
         errors.append({"field": f"{prefix}execution_id", "message": "must be 1-128 characters of A-Za-z0-9._:-"})
     if not isinstance(body, dict):
         raise ValidationFailed([{"field": prefix.rstrip(".") or "body", "message": "must be a JSON object"}])
@@ -216,12 +229,14 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         errors.append({"field": f"{prefix}execution_id", "message": "does not match the execution in the URL"})
     event = body.get("event")
     terminal = False
+    data = None
     if event not in EVENT_TYPES:
         errors.append({"field": f"{prefix}event", "message": f"required, one of {', '.join(EVENT_TYPES)}"})
     else:
         data = body.get("data", {} if event == "complete" else None)
         terminal = _check_data(event, data, errors, prefix)
-    timestamp = _check_timestamp(body.get("timestamp"), errors, prefix)
+    timestamp = body.get("timestamp")
+    timestamp = now_iso() if timestamp is None else _check_timestamp(timestamp, errors, prefix)
     key = body.get("idempotency_key")
     if key is not None and (
         not isinstance(key, str) or not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not _encodable(key)
@@ -234,8 +249,7 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         )
     if errors:
         raise ValidationFailed(errors)
-    assert isinstance(event, str)
-    data = body.get("data", {})
+    assert isinstance(event, str)  # with no errors, data is body.get("data", {}) too
     # A valid execution id (checked above) is plain ASCII that JSON needs no escape for.
     head = f'{{"type":"diagnosis_update","execution_id":"{execution_id}","seq":'
     tail = _tail(timestamp, event, data, prefix)

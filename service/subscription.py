@@ -227,7 +227,12 @@ class Subscription:
         if not self._try_write(event.frame):
             self._enqueue(event)
             return False
-        self._accounted(event)  # the hub records its delivery latency, once for the whole fan-out
+        # _accounted(event), inline (once per socket of every fan-out); the hub records
+        # its delivery latency, once for the whole fan-out.
+        self.sent += 1
+        step = self._delivery.written(event)
+        if step.close is not None:
+            self._shutdown(step.close)
         return True
 
     def resync(self) -> None:

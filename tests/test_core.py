@@ -15,7 +15,7 @@ from service.brokers.memory import MemoryBroker
 from service.closecodes import Disconnect
 from service.cursor import Cursor
 from service.errors import ExecutionFinished, ValidationFailed
-from service.events import EventDraft, parse_draft
+from service.events import MAX_STAGE, EventDraft, parse_draft
 from service.hub import Hub
 from service.relay import Relay
 from service.subscription import Subscription
@@ -381,3 +381,40 @@ def test_verified_tokens_are_cached_but_still_expire_and_stay_scoped(monkeypatch
     monkeypatch.setattr(time, "time", lambda: 10**10)
     with pytest.raises(TokenExpired):
         v.verify(token, "e1")
+
+
+class _Text(str):
+    """A str subclass (ujson never makes one; isinstance accepts it, the fast check does not)."""
+
+
+@pytest.mark.parametrize(
+    ("data", "problems"),
+    [
+        ({"progress": 0, "stage": "s"}, set()),
+        ({"progress": 100, "stage": "s" * MAX_STAGE, "status": "", "status_text": "排队中"}, set()),
+        ({"progress": 42, "stage": _Text("s"), "status": _Text("x")}, set()),  # the field-by-field path accepts
+        ({"progress": 101, "stage": "s"}, {"data.progress"}),
+        ({"progress": -1, "stage": "s"}, {"data.progress"}),
+        ({"progress": True, "stage": "s"}, {"data.progress"}),
+        ({"progress": 1.0, "stage": "s"}, {"data.progress"}),
+        ({"progress": 1, "stage": ""}, {"data.stage"}),
+        ({"progress": 1, "stage": "s" * (MAX_STAGE + 1)}, {"data.stage"}),
+        ({"progress": 1, "stage": "s", "status": None}, {"data.status"}),
+        ({"progress": 1, "stage": "s", "status_text": 3}, {"data.status_text"}),
+        (
+            {"stage": None, "status": [], "status_text": {}},
+            {"data.progress", "data.stage", "data.status", "data.status_text"},
+        ),
+    ],
+)
+def test_progress_data_is_checked_field_by_field_whatever_path_it_takes(
+    data: dict[str, object], problems: set[str]
+) -> None:
+    """The one-expression check of the usual progress event accepts nothing the field-by-field check refuses."""
+    body = {"event": "progress", "data": data}
+    if not problems:
+        assert parse_draft("exec-1", body).event == "progress"
+        return
+    with pytest.raises(ValidationFailed) as refused:
+        parse_draft("exec-1", body)
+    assert {e["field"] for e in refused.value.fields} == problems

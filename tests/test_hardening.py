@@ -14,12 +14,15 @@ import json
 import logging
 import os
 import struct
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sanic.http.http1 import Http
 from websockets.frames import Frame, Opcode
 
 from service.limits import FrameGuard, PeerLimit
+from service.web.app import RelayRequest
 from service.web.hardening import head_problem
 from tests.conftest import PUBLISH_KEY, Server, StartServer, counted, make_token
 
@@ -112,6 +115,90 @@ async def test_with_the_key_the_body_is_read_after_100_continue(server: Server) 
     status, _, answer = await read_response(reader)
     assert status == 202 and json.loads(answer)["seq"] == 1
     writer.close()
+
+
+def publish_request(body: bytes, chunked: bool = False) -> tuple[bytes, bytes]:
+    """The head and body of a publish to e1, by Content-Length or chunked."""
+    if chunked:
+        framed = b"".join(b"%x\r\n%b\r\n" % (len(part), part) for part in (body[:10], body[10:])) + b"0\r\n\r\n"
+        return b"POST /internal/v1/executions/e1/events HTTP/1.1\r\nHost: x\r\n" + key_header() + (
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        ), framed
+    head = b"POST /internal/v1/executions/e1/events HTTP/1.1\r\nHost: x\r\n" + key_header()
+    return head + f"Content-Length: {len(body)}\r\n\r\n".encode(), body
+
+
+async def test_streamed_bodies_end_where_they_should_on_a_kept_alive_connection(server: Server) -> None:
+    """Bodies read to their end (RelayRequest.receive_body ends a Content-Length body without Sanic's last read).
+
+    Pipelined requests, a body arriving in pieces after its head and a chunked body: each
+    is read whole, and the request after it on the same connection is parsed from the right byte.
+    """
+    body = json.dumps({"event": "progress", "data": {"progress": 1, "stage": "s"}}).encode()
+    reader, writer = await open_raw(server)
+    writer.write(b"".join(b"".join(publish_request(body)) for _ in range(3)))  # three at once
+    seqs = []
+    for _ in range(3):
+        status, _, answer = await read_response(reader)
+        assert status == 202
+        seqs.append(json.loads(answer)["seq"])
+    head, rest = publish_request(body)
+    writer.write(head.replace(b"Host: x\r\n", b"Host: x\r\nExpect: 100-continue\r\n"))
+    async with asyncio.timeout(5):  # the handler is reading: the pieces come in as it waits for them
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    for piece in (rest[:5], rest[5:20], rest[20:]):
+        writer.write(piece)
+        await writer.drain()
+    status, _, answer = await read_response(reader)
+    assert status == 202
+    seqs.append(json.loads(answer)["seq"])
+    writer.write(b"".join(publish_request(body, chunked=True)) + b"".join(publish_request(body)))
+    for _ in range(2):
+        status, _, answer = await read_response(reader)
+        assert status == 202
+        seqs.append(json.loads(answer)["seq"])
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    writer.close()
+
+
+@pytest.mark.parametrize("pieces", [[b"0123456789ab"], [b"0123", b"45", b"6789ab"], [b"0123456789abNEXT"]])
+async def test_receive_body_leaves_sanic_stream_as_sanic_own_reads_do(pieces: list[bytes]) -> None:
+    """RelayRequest.receive_body ends a Content-Length body itself, in the state Sanic's last read() leaves.
+
+    Both loops run over Sanic's real ``Http.read`` (checked against Sanic 25.12.1): the
+    same body, the body ended (``request_body`` None), the same bytes left in the buffer
+    for the next request, and one ``read()`` per piece instead of one more at the end.
+    """
+
+    def stream() -> tuple[Http, list[int]]:
+        http = Http.__new__(Http)  # only what read() uses
+        queued = iter(pieces[1:])
+        calls = [0]
+
+        async def receive_more() -> None:
+            http.recv_buffer += next(queued)
+
+        async def dispatch(*args: Any, **kwargs: Any) -> None:
+            calls[0] += 1  # read() dispatches "http.lifecycle.read_body" once per piece it returns
+
+        http.recv_buffer, http.expecting_continue = bytearray(pieces[0]), False
+        http.request_body, http.request_bytes_left, http.request_bytes, http.request_max_size = True, 12, 12, 100
+        http._receive_more, http.dispatch = receive_more, dispatch
+        return http, calls
+
+    sanic_stream, _ = stream()
+    chunks = []
+    while sanic_stream.request_body:  # Sanic's own loop (Request.receive_body's async generator)
+        data = await sanic_stream.read()
+        if data:
+            chunks.append(data)
+    ours, reads = stream()
+    request = SimpleNamespace(body=b"", stream=ours)
+    await RelayRequest.receive_body(request)  # type: ignore[arg-type]  # only body and stream are used
+    assert request.body == b"".join(chunks) == b"0123456789ab"
+    assert ours.request_body is sanic_stream.request_body is None
+    assert ours.recv_buffer == sanic_stream.recv_buffer == b"".join(pieces)[12:]  # the next request's bytes
+    assert reads[0] == len(pieces)
 
 
 async def test_internal_bodies_keep_their_limit_and_public_ones_are_small(start_server: StartServer) -> None:

@@ -137,6 +137,17 @@ def test_raw_json_response_sends_the_text_as_is() -> None:
     assert (response.status, response.content_type, response.body) == (201, "application/json", b'{"a":1}')
 
 
+def test_repeated_response_headers_keep_their_lines_and_order() -> None:
+    """Header lines encoded name by name and value by value still pair up as Sanic's do (repeats, ints)."""
+    headers = Header()
+    for name, value in (("set-cookie", "a=1"), ("x-n", 5), ("set-cookie", "b=2")):
+        headers.add(name, value)
+    ours = json_response({}, headers=Header(headers))
+    sanics = HTTPResponse(ours.body, headers=Header(headers), content_type="application/json")
+    assert list(ours.processed_headers) == list(sanics.processed_headers)
+    assert [name for name, _ in ours.processed_headers].count(b"set-cookie") == 2
+
+
 def test_error_response_carries_the_error_status_and_body() -> None:
     """A relay error becomes its status and its JSON error body."""
     response = error_response(ExecutionFinished(), headers={"x-b": "2"})

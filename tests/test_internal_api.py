@@ -336,3 +336,14 @@ async def test_unknown_route_and_method_are_json_errors(server: Server) -> None:
     assert r.status_code == 404 and r.json()["error"] == "not_found"
     r = await server.http.get("/internal/v1/tokens", headers=AUTH)
     assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_publish_answer_is_the_relay_encoders_text(duplicate: bool) -> None:
+    """The single publish's 202 body, written without the encoder, is byte for byte what dumps() writes."""
+    from service.brokers import PublishResult
+    from service.events import dumps
+    from service.web.routes.internal import _result_body, _result_text
+
+    result = PublishResult("exec.1:a-B_2", 12345678901, duplicate)
+    assert _result_text(result) == dumps(_result_body(result))

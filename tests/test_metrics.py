@@ -140,6 +140,32 @@ async def test_metrics_allowlist_refuses_other_peers(start_server: Callable[...,
     assert (await inside.http.get("/metrics")).status_code == 200
 
 
+def test_published_single_exports_what_published_and_observe_publish_do() -> None:
+    """The publish path's one call counts and times exactly like the two calls it stands for."""
+
+    def publish_figures() -> Samples:
+        return {
+            key: v
+            for key, v in parse(metrics.render().decode()).items()
+            if key[0].startswith(("relay_events_", "relay_publish_duration_seconds"))
+        }
+
+    def delta(after: Samples, before: Samples) -> Samples:
+        return {key: v - before.get(key, 0.0) for key, v in after.items() if v != before.get(key, 0.0)}
+
+    cases = [("progress", False, 0.0003), ("complete", False, 0.02), ("result", True, 0.5), ("error", False, 7.0)]
+    start = publish_figures()
+    for event, duplicate, seconds in cases:
+        metrics.published(event, duplicate)
+        metrics.observe_publish(seconds, "single")
+    middle = publish_figures()
+    for event, duplicate, seconds in cases:
+        metrics.published_single(event, duplicate, seconds)
+    end = publish_figures()
+    assert delta(end, middle) == delta(middle, start)
+    assert delta(middle, start)[("relay_publish_duration_seconds_count", frozenset({("mode", "single")}))] == 4
+
+
 async def test_known_workload_is_counted(start_server: Callable[..., Any]) -> None:
     """Publishes, deliveries, replays, refusals and closes of a known workload show up exactly in /metrics."""
     server = await start_server()

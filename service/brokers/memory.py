@@ -75,7 +75,9 @@ class MemoryBroker(Broker):
         """Assign the next seq, append, remember the key, and hand to the listener."""
         eid = draft.execution_id
         now = time.monotonic()  # read once: the expiry check and the touch of one publish
-        log = self._live_log(eid, now) or self._new_log(eid)
+        log = self._logs.get(eid)  # _live_log, inline: every publish comes here
+        if log is None or now - log.touched > self.history_ttl:
+            log = self._new_log(eid)  # none yet, or expired: a new stream (a new epoch)
         if draft.idempotency_key is not None and draft.idempotency_key in log.keys:
             return PublishResult(eid, log.keys[draft.idempotency_key], True, None, log.epoch)
         if log.terminal:

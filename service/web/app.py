@@ -189,6 +189,12 @@ class RelayRequest(Request):
             data = await stream.read()
             if data:
                 chunks.append(data)
+                if stream.request_body is True and getattr(stream, "request_bytes_left", None) == 0:
+                    # A Content-Length body read to its end: Sanic's next read() would only
+                    # find that out and end the body so; done here, one call less per
+                    # publish (~40 bytecodes and a coroutine). Checked against Sanic 25.12.1
+                    # by tests/test_hardening.py. (ASGI streams have no request_bytes_left.)
+                    stream.request_body = None
         self.body = b"".join(chunks)
 
     async def respond(

@@ -22,7 +22,7 @@ from ...errors import FieldError, RelayError, Unauthorized, ValidationFailed
 from ...events import EventDraft, parse_draft, valid_execution_id
 from ...relay import Relay
 from ..hardening import refuse_body
-from ..http import bearer_token, json_body, json_response
+from ..http import bearer_token, json_body, json_response, raw_json_response
 
 __all__ = ["bp"]
 
@@ -43,27 +43,54 @@ def publisher_only(handler: Handler) -> Handler:
 
     A decorator on every route of this blueprint rather than blueprint middleware:
     the same check, without Sanic's middleware machinery on the publish hot path.
+    The two publish routes call :func:`_admit` and :func:`_read_body` themselves
+    instead: a coroutine layer less per publish (frames and ~30 bytecodes).
     """
 
     @wraps(handler)
     async def checked(request: Request, *args: Any, **kwargs: Any) -> HTTPResponse:
-        relay: Relay = request.app.ctx.relay
-        if not relay.check_publisher(bearer_token(request)):
-            refuse_body(request)
-            metrics.auth_failure("publisher_key")
-            log.info("publisher refused", extra={"fields": {"reason": "publisher_key", "path": request.path}})
-            raise Unauthorized("a valid publisher key is required in Authorization: Bearer", reason="publisher_key")
-        stream: Any = request.stream
-        if stream is not None and stream.request_body:
-            stream.request_max_size = relay.settings.max_body_size  # Sanic lifts it to infinity for streams
-            await request.receive_body()
+        _admit(request)
+        await _read_body(request)
         return await handler(request, *args, **kwargs)
 
     return checked
 
 
+def _admit(request: Request) -> Relay:
+    """The relay, if ``request`` has a valid publisher key; else 401, its body left unread.
+
+    Lets an accepted request's body be read up to ``RELAY_MAX_BODY_SIZE`` (413 beyond).
+    """
+    relay: Relay = request.app.ctx.relay
+    if not relay.check_publisher(bearer_token(request)):
+        refuse_body(request)
+        metrics.auth_failure("publisher_key")
+        log.info("publisher refused", extra={"fields": {"reason": "publisher_key", "path": request.path}})
+        raise Unauthorized("a valid publisher key is required in Authorization: Bearer", reason="publisher_key")
+    stream: Any = request.stream
+    if stream is not None and stream.request_body:
+        stream.request_max_size = relay.settings.max_body_size  # Sanic lifts it to infinity for streams
+    return relay
+
+
+async def _read_body(request: Request) -> None:
+    """Read the streamed body of an admitted request (none to read: nothing to do)."""
+    stream: Any = request.stream
+    if stream is not None and stream.request_body:
+        await request.receive_body()
+
+
 def _result_body(result: PublishResult) -> dict[str, Any]:
     return {"execution_id": result.execution_id, "seq": result.seq, "duplicate": result.duplicate}
+
+
+def _result_text(result: PublishResult) -> str:
+    """``dumps(_result_body(result))``, written directly: no dict, no encoder call (every single publish).
+
+    The execution id needs no escaping: parse_draft accepted it (``A-Za-z0-9._:-`` only).
+    """
+    duplicate = "true" if result.duplicate else "false"
+    return f'{{"execution_id":"{result.execution_id}","seq":{result.seq},"duplicate":{duplicate}}}'
 
 
 def _log_published(result: PublishResult, event: str) -> None:
@@ -82,24 +109,26 @@ def _log_published(result: PublishResult, event: str) -> None:
 
 
 @bp.post("/executions/<execution_id>/events", stream=True)
-@publisher_only
 async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
     """Accept one event for ``execution_id``: 202 with its seq."""
-    relay: Relay = request.app.ctx.relay
+    relay = _admit(request)  # what @publisher_only does, inline on the hottest route
+    stream: Any = request.stream
+    if stream is not None and stream.request_body:
+        await request.receive_body()
     if "%" in execution_id:  # a client may percent-encode ids ("a%3Ab" is "a:b"); most do not
         execution_id = unquote(execution_id)
     draft = parse_draft(execution_id, json_body(request, strict=False))  # parse_draft encodes strictly
     result = await relay.publish(draft)
     if log.isEnabledFor(logging.INFO):  # not even a call to build the fields otherwise
         _log_published(result, draft.event)
-    return json_response(_result_body(result), status=202)
+    return raw_json_response(_result_text(result), status=202)
 
 
 @bp.post("/events", stream=True)
-@publisher_only
 async def publish_batch(request: Request) -> HTTPResponse:
     """Accept up to RELAY_MAX_BATCH_SIZE events; one result per item, in order."""
-    relay: Relay = request.app.ctx.relay
+    relay = _admit(request)  # what @publisher_only does, inline
+    await _read_body(request)
     body = json_body(request, strict=False)  # every item goes through parse_draft, which encodes strictly
     items = body.get("events") if isinstance(body, dict) else None
     limit = relay.settings.max_batch_size

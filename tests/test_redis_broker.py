@@ -350,16 +350,24 @@ def _publish_turn(broker: RedisBroker, execution_id: str, n: int) -> list[asynci
     return [asyncio.create_task(broker.publish(progress(execution_id))) for _ in range(n)]
 
 
+async def _two_pipelines_in_flight(
+    broker: RedisBroker, execution_id: str, n: int
+) -> tuple[list[asyncio.Task[Any]], list[asyncio.Task[Any]]]:
+    """Two pipelines of ``n`` publishes each, both written to a paused Redis and unanswered."""
+    first = _publish_turn(broker, execution_id, n)
+    await _until(lambda: len(broker._lane.in_flight) == 1)
+    second = _publish_turn(broker, execution_id, n)
+    await _until(lambda: len(broker._lane.in_flight) == 2)
+    return first, second
+
+
 async def test_pipelines_in_flight_together_keep_order_and_answer_each_caller() -> None:
     """Two pipelines in flight on the lane (a third waits): seqs follow the send order, each caller gets its own."""
     async with private_broker("inflight") as (server, broker):
         admin = server.client()
         try:
             admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # replies wait until unpaused
-            first = _publish_turn(broker, "ordered", 3)
-            await _until(lambda: len(broker._lane.in_flight) == 1)
-            second = _publish_turn(broker, "ordered", 3)
-            await _until(lambda: len(broker._lane.in_flight) == 2)
+            first, second = await _two_pipelines_in_flight(broker, "ordered", 3)
             third = _publish_turn(broker, "ordered", 3)
             await _until(lambda: len(broker._queued) == 3 and not broker._kicked)
             assert len(broker._lane.in_flight) == 2  # at most two in flight: the third waits its turn
@@ -378,10 +386,7 @@ async def test_a_connection_broken_with_two_pipelines_in_flight_fails_both_and_r
         admin = server.client()
         try:
             admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            first = _publish_turn(broker, "broken", 3)
-            await _until(lambda: len(broker._lane.in_flight) == 1)
-            second = _publish_turn(broker, "broken", 3)
-            await _until(lambda: len(broker._lane.in_flight) == 2)
+            first, second = await _two_pipelines_in_flight(broker, "broken", 3)
             connection = broker._lane.connection
             assert connection is not None and connection._writer is not None
             host, port = connection._writer.get_extra_info("sockname")[:2]
@@ -403,10 +408,7 @@ async def test_pipelines_in_flight_after_a_script_flush_are_reloaded_and_resent_
             await broker.publish(progress("reloaded"))  # seq 1, the script loaded
             admin.script_flush()
             admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            first = _publish_turn(broker, "reloaded", 3)
-            await _until(lambda: len(broker._lane.in_flight) == 1)
-            second = _publish_turn(broker, "reloaded", 3)
-            await _until(lambda: len(broker._lane.in_flight) == 2)
+            first, second = await _two_pipelines_in_flight(broker, "reloaded", 3)
             admin.execute_command("CLIENT", "UNPAUSE")
             results = await asyncio.gather(*first, *second)
         finally:
@@ -421,10 +423,7 @@ async def test_closing_with_two_pipelines_in_flight_answers_every_caller_broker_
         admin = server.client()
         try:
             admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-            first = _publish_turn(broker, "closing", 2)
-            await _until(lambda: len(broker._lane.in_flight) == 1)
-            second = _publish_turn(broker, "closing", 2)
-            await _until(lambda: len(broker._lane.in_flight) == 2)
+            first, second = await _two_pipelines_in_flight(broker, "closing", 2)
             queued = _publish_turn(broker, "closing", 2)
             await broker.close()
             outcomes = await asyncio.gather(*first, *second, *queued, return_exceptions=True)
@@ -486,10 +485,7 @@ async def test_a_silent_redis_fails_every_pipeline_in_flight_after_the_command_t
     admin = server.client()
     try:
         admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # Redis holds every script call
-        first = _publish_turn(broker, "silent", 2)
-        await _until(lambda: len(broker._lane.in_flight) == 1)
-        second = _publish_turn(broker, "silent", 2)
-        await _until(lambda: len(broker._lane.in_flight) == 2)
+        first, second = await _two_pipelines_in_flight(broker, "silent", 2)
         outcomes = await asyncio.gather(*first, *second, return_exceptions=True)
         admin.execute_command("CLIENT", "UNPAUSE")
         assert all(isinstance(o, BrokerUnavailable) and "in time" in str(o) for o in outcomes), outcomes

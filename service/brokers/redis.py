@@ -414,9 +414,7 @@ class RedisBroker(Broker):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        for _, future in self._queued:  # a flusher cancelled before it ran resolved nothing
-            if not future.done():
-                future.set_result(BrokerUnavailable(_UNREACHABLE))
+        _fail(self._queued, BrokerUnavailable(_UNREACHABLE))  # a flusher cancelled before it ran resolved nothing
         self._queued = []
         await self._lane.close()
         if self._reader is not None:
@@ -637,17 +635,13 @@ class RedisBroker(Broker):
             try:
                 results = await self._pipeline([draft for draft, _ in batch], lane)
             except BaseException as exc:  # cancelled (closing) or a bug: no caller may hang
-                for _, future in (*batch, *self._queued):
-                    if not future.done():
-                        future.set_result(BrokerUnavailable(_UNREACHABLE))
+                _fail([*batch, *self._queued], BrokerUnavailable(_UNREACHABLE))
                 self._queued = []
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 log.exception("publishing a pipeline failed")
                 return
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():  # the caller may have gone away
-                    future.set_result(result)
+            _answer(batch, results)
 
     async def publish_many(self, drafts: Sequence[EventDraft]) -> list[PublishResult | RelayError]:
         """Pipeline one script call per draft; results in order.
@@ -768,12 +762,14 @@ class RedisBroker(Broker):
 
     def _replies(self, calls: list[_Call], replies: list[Any], asking: bool = False) -> list[Any]:
         """One reply per call out of a pipeline's raw replies (without ``WAIT``'s and ``ASKING``'s)."""
-        if self.min_replicas > 0:
+        waiting = self.min_replicas > 0
+        if waiting:
             *replies, _, acknowledged = replies  # ..., EXPIRE, WAIT
-            if int(acknowledged) < self.min_replicas:
-                replies = self._unreplicated(replies[1::2] if asking else replies, int(acknowledged))
-                return replies
-        return replies[1::2] if asking else replies
+        if asking:
+            replies = replies[1::2]  # without the +OK to each ASKING
+        if waiting and int(acknowledged) < self.min_replicas:
+            replies = self._unreplicated(replies, int(acknowledged))
+        return replies
 
     def _unreplicated(self, replies: list[Any], acknowledged: int) -> list[Any]:
         """Replace every accepted (or duplicate) reply by a 503: too few replicas have it."""

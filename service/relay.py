@@ -244,12 +244,12 @@ class Relay:
         try:
             result = await self._broker.publish(draft)
         except BaseException as exc:
-            self.publishing -= 1
             metrics.observe_publish(time.perf_counter() - started, "single")
             if isinstance(exc, RelayError):
                 metrics.publish_rejected(exc.code)
             raise
-        self.publishing -= 1
+        finally:
+            self.publishing -= 1
         # Counted and timed in one call (four before): every closed-loop POST comes here.
         metrics.published_single(draft.event, result.duplicate, time.perf_counter() - started)
         return result

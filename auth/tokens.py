@@ -295,9 +295,7 @@ def _unverified_header(token: str) -> dict[str, Any]:
     """
     segment = token.partition(".")[0]
     try:
-        # base64.urlsafe_b64decode without its wrappers (the same lenient decoding, as PyJWT's).
-        data = binascii.a2b_base64(segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4))
-        header = json.loads(data)
+        header = json.loads(_from_base64url(segment))  # lenient, as PyJWT's get_unverified_header
     except (ValueError, TypeError):  # binascii.Error and JSONDecodeError are ValueErrors
         raise TokenInvalid("malformed", "token header cannot be decoded") from None
     if not isinstance(header, dict) or not isinstance(header.get("kid", ""), str):
@@ -309,21 +307,24 @@ _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
+def _from_base64url(text: str) -> bytes:
+    """``base64.urlsafe_b64decode`` of ``text`` padded, without its wrappers (5 Python calls): as lenient."""
+    return binascii.a2b_base64(text.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(text) % 4))
+
+
 def _segment(segment: str) -> bytes:
     """A base64url segment, decoded as strictly as PyJWT does: up to two trailing ``=``, canonical, nothing else."""
     stripped = segment.rstrip("=")
     padding = len(segment) - len(stripped)
     if padding > 2 or (padding and len(segment) % 4) or len(stripped) % 4 == 1:
         raise TokenInvalid("malformed", "token segment is not base64url")
-    # base64's urlsafe functions, called here without their wrappers (5 Python calls each way).
     try:
-        encoded = stripped.encode("ascii")
-        data = binascii.a2b_base64(encoded.translate(_FROM_URLSAFE) + b"=" * (-len(stripped) % 4))
+        data = _from_base64url(stripped)
     except ValueError:  # binascii.Error, UnicodeEncodeError
         raise TokenInvalid("malformed", "token segment is not base64url") from None
     # Encoding back gives the segment only if every character was of the alphabet and the
     # unused bits were zero (a2b_base64 skips other characters instead of refusing them).
-    if binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != encoded:
+    if binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != stripped.encode():
         raise TokenInvalid("malformed", "token segment is not base64url")
     return data
 

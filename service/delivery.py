@@ -221,8 +221,32 @@ class Delivery:
         self._finished = page.terminal  # already finished: end once what is handed out is written
         return self._merge(page, send, self.queue_size + self.replay_allowance)
 
+    def take(self, event: Event) -> bool:
+        """Take the usual live event without building a :class:`Step`: True if it is to be sent alone, now.
+
+        The usual event is the next seq of the stream's epoch, while live, with
+        room under the queue bound and the stream not finished. For it, True
+        changes the state exactly as :meth:`live` would, whose answer would be
+        a Step sending it alone. For any other event, False and nothing
+        changed: ask :meth:`live`. (Every socket of every fan-out comes here
+        first.)
+        """
+        if (
+            event.seq == self.cursor + 1
+            and self._state == _LIVE
+            and (event.epoch == self.epoch or not event.epoch or not self.epoch)  # as live() checks it
+            and not self._finished
+            and self.pending < self.queue_size
+        ):
+            self.cursor = event.seq
+            self.pending += 1
+            if event.terminal:
+                self._finished = True
+            return True
+        return False
+
     def live(self, event: Event) -> Step:
-        """A live event from the broker."""
+        """A live event from the broker (:meth:`take` first answers the usual one without a Step)."""
         state = self._state
         if state == _CLOSED:
             return NOTHING

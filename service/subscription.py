@@ -39,7 +39,7 @@ from . import metrics
 from .brokers.base import Broker, HistoryPage
 from .closecodes import SEND_FAILED, SLOW_CONSUMER, TOKEN_EXPIRED, Disconnect
 from .cursor import Cursor
-from .delivery import NOTHING, Delivery, Frame, Resume, Step, connected_message
+from .delivery import Delivery, Frame, Resume, Step, connected_message
 from .errors import RelayError
 from .events import Event
 from .hub import Hub
@@ -216,21 +216,20 @@ class Subscription:
         Returns whether the event went into the socket at once: the hub counts
         those in the delivery metrics once per fan-out, not once per socket.
         """
-        step = self._delivery.live(event)
-        if step is NOTHING:
+        delivery = self._delivery
+        if self._writer is not None or self._queue or not delivery.take(event):
+            self._apply(delivery.live(event))  # frames waiting, or not the next event: the machine says
             return False
-        if step.close is not None or step.read_after is not None or self._writer is not None or self._queue:
-            self._apply(step)
-            return False
-        # The common case, once per socket of every fan-out: the machine sends the event
-        # alone and nothing waits before it. A closed subscription's machine answers NOTHING.
+        # The common case, once per socket of every fan-out: the next event, nothing waiting
+        # before it, taken by the machine without a Step. A closed subscription's machine
+        # takes nothing.
         if not self._try_write(event.frame):
             self._enqueue(event)
             return False
         # _accounted(event), inline (once per socket of every fan-out); the hub records
         # its delivery latency, once for the whole fan-out.
         self.sent += 1
-        step = self._delivery.written(event)
+        step = delivery.written(event)
         if step.close is not None:
             self._shutdown(step.close)
         return True

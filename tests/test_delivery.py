@@ -12,7 +12,9 @@ its queue holds).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +93,32 @@ class Driver:
             frame = self.queue.pop(0)
             self.written.append(frame)
             self.apply(self.machine.written(frame))
+
+
+def state(machine: Delivery) -> tuple[Any, ...]:
+    """Everything the machine holds, buffers copied (to compare two machines, or one before and after)."""
+    return tuple(copy.copy(getattr(machine, name)) for name in Delivery.__slots__)
+
+
+def offer(machine: Delivery, e: Event) -> Step:
+    """A live event as Subscription.offer hands it: take() first, live() if not taken.
+
+    Checked against live() alone on a twin: the fast path gives the same answer
+    (the event sent alone) and leaves the same state, or declines and changes nothing.
+    """
+    twin = copy.copy(machine)
+    twin._buffer = list(machine._buffer)
+    expected = twin.live(e)
+    before = state(machine)
+    if machine.take(e):
+        assert (list(expected.send), expected.read_after, expected.close) == ([e], None, None)
+        assert state(machine) == state(twin)
+        return Step((e,))
+    assert state(machine) == before
+    step = machine.live(e)
+    assert (list(step.send), step.read_after, step.close) == (list(expected.send), expected.read_after, expected.close)
+    assert state(machine) == state(twin)
+    return step
 
 
 ACTIONS = st.lists(
@@ -172,12 +200,12 @@ def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_c
         elif action == "deliver" and channel:
             e = channel.pop(0)
             sent_live.append(e)
-            driver.apply(machine.live(e))
+            driver.apply(offer(machine, e))
         elif action == "drop" and channel:
             channel.pop(0)
             connected, resyncs_owed = False, True  # a lost message means the connection broke
         elif action == "duplicate" and sent_live:
-            driver.apply(machine.live(sent_live[len(sent_live) // 2]))
+            driver.apply(offer(machine, sent_live[len(sent_live) // 2]))
         elif action == "disconnect":
             channel.clear()
             connected, resyncs_owed = False, True
@@ -304,3 +332,36 @@ def test_the_queue_bound_closes_4008_and_terminal_closes_1000_once_written() -> 
     assert [f.seq for f in step.send if isinstance(f, Event)] == [1, 2, 3, 4]
     closes = [other.written(f).close for f in step.send]
     assert closes == [None, None, None, FINISHED]
+
+
+def test_take_answers_only_the_next_event_of_a_live_stream_with_room() -> None:
+    """take() takes the next seq of the epoch; a duplicate, hole, other epoch, full queue or finished stream: live()."""
+    world = World(10)
+    machine = Delivery(Cursor(), 2)
+    machine.opened(world.page(0), 0)
+    machine.start(world.page(0))
+    a, b, c, d = (world.publish() for _ in range(4))
+    assert a and b and c and d
+    assert not machine.take(event("E2", 1))  # another epoch: live() closes 4009
+    assert not machine.take(b)  # a hole: live() asks for history
+    assert machine.take(a) and (machine.cursor, machine.pending) == (1, 1)
+    assert not machine.take(a)  # a duplicate: live() drops it
+    assert machine.take(b) and machine.pending == 2
+    assert not machine.take(c)  # the queue bound: live() closes 4008
+    machine.written(a)
+    machine.written(b)
+    assert machine.take(c)
+    machine.written(c)
+    done = world.publish(terminal=True)
+    assert done and machine.take(d) and machine.take(done)
+    assert not machine.take(event("E1", 6))  # finished: nothing follows the terminal event
+    assert [machine.written(f).close for f in (d, done)] == [None, FINISHED]
+    assert not machine.take(event("E1", 6))  # closed
+
+
+def test_take_takes_an_event_without_an_epoch_as_live_does() -> None:
+    """An event that carries no epoch is the next one if its seq is (live() does not refuse it either)."""
+    machine = Delivery(Cursor(), 2)
+    machine.opened(World(10).page(0), 0)
+    machine.start(World(10).page(0))
+    assert machine.take(event("", 1)) and (machine.cursor, machine.pending) == (1, 1)

@@ -387,6 +387,11 @@ class _Text(str):
     """A str subclass (ujson never makes one; isinstance accepts it, the fast check does not)."""
 
 
+class _Object(dict):  # type: ignore[type-arg]
+    """A dict subclass (ujson never makes one): parse_draft's shortcut to the progress check passes it by."""
+
+
+@pytest.mark.parametrize("through", [dict, _Object], ids=["parse_draft's shortcut", "_check_data"])
 @pytest.mark.parametrize(
     ("data", "problems"),
     [
@@ -408,13 +413,27 @@ class _Text(str):
     ],
 )
 def test_progress_data_is_checked_field_by_field_whatever_path_it_takes(
-    data: dict[str, object], problems: set[str]
+    data: dict[str, object], problems: set[str], through: type[dict[str, object]]
 ) -> None:
-    """The one-expression check of the usual progress event accepts nothing the field-by-field check refuses."""
-    body = {"event": "progress", "data": data}
+    """The one-expression check of the usual progress event accepts nothing the field-by-field check refuses.
+
+    The same answers whether parse_draft goes straight to the progress check or through ``_check_data``.
+    """
+    body = {"event": "progress", "data": through(data)}
     if not problems:
         assert parse_draft("exec-1", body).event == "progress"
         return
     with pytest.raises(ValidationFailed) as refused:
         parse_draft("exec-1", body)
     assert {e["field"] for e in refused.value.fields} == problems
+
+
+def test_progress_data_that_is_no_object_is_named() -> None:
+    """A progress event whose data is not a JSON object is refused naming ``data``, as every other event."""
+    for data in ([1], "x", None, 3):
+        with pytest.raises(ValidationFailed) as refused:
+            parse_draft("exec-1", {"event": "progress", "data": data})
+        assert [e["field"] for e in refused.value.fields] == ["data"]
+    with pytest.raises(ValidationFailed) as refused:
+        parse_draft("exec-1", {"event": "progress"})
+    assert [e["field"] for e in refused.value.fields] == ["data"]

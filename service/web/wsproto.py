@@ -257,6 +257,9 @@ class _SharedContextDeflate(PerMessageDeflate):
         return wire
 
 
+_medium_text_head = struct.Struct("!BBH").pack
+
+
 class _Latest:
     """The last text message handed to a socket: its UTF-8 bytes and its uncompressed frame, made once."""
 
@@ -268,8 +271,10 @@ class _Latest:
         self.plain = _text_frame(b"", False)
 
     def set(self, text: str) -> None:
-        self.data = text.encode()
-        self.plain = _text_frame(self.data, False)
+        data = self.data = text.encode()
+        length = len(data)
+        # _text_frame(data, False), inline for the size of an event (126 to 65,535 bytes): a call less per fan-out.
+        self.plain = _medium_text_head(0x81, 126, length) + data if 125 < length < 65536 else _text_frame(data, False)
         self.text = text
 
 

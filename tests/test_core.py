@@ -15,7 +15,7 @@ from service.brokers.memory import MemoryBroker
 from service.closecodes import Disconnect
 from service.cursor import Cursor
 from service.errors import ExecutionFinished, ValidationFailed
-from service.events import MAX_STAGE, EventDraft, parse_draft
+from service.events import MAX_STAGE, Event, EventDraft, parse_draft
 from service.hub import Hub
 from service.relay import Relay
 from service.subscription import Subscription
@@ -121,6 +121,22 @@ async def test_memory_broker_assigns_seq_and_refuses_after_terminal() -> None:
     with pytest.raises(ExecutionFinished):
         await broker.publish(progress("a", 3))
     assert seen == [("a", 1), ("b", 1), ("a", 2), ("a", 3)]
+
+
+async def test_memory_broker_accepts_the_event_draft_with_seq_makes() -> None:
+    """The memory broker builds its event inline: the one EventDraft.with_seq makes, with the stream's time."""
+    broker = MemoryBroker(history_size=10, history_ttl=60)
+    seen: list[Event] = []
+    broker.set_listener(lambda eid, ev: seen.append(ev))
+    for draft in (progress("w", 1), parse_draft("w", {"event": "complete"})):
+        before = time.time()
+        result = await broker.publish(draft)
+        made = draft.with_seq(result.seq, result.epoch)
+        assert result.event is seen[-1] and result.event == made  # seq, type, terminal, frame, epoch
+        assert before <= result.event.accepted_at <= time.time()
+        page = await broker.history("w", result.seq - 1)
+        assert page.events == [made] and page.updated_at == result.event.accepted_at
+        assert page.terminal is draft.terminal
 
 
 async def test_memory_broker_bounds_history_and_expires_it() -> None:

@@ -305,6 +305,23 @@ def test_publisher_keys_compare_every_key() -> None:
     assert not keys.check("alpha-ke") and not keys.check("") and not keys.check(None)
 
 
+def test_publisher_keys_compare_every_key_even_after_a_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first key matching still has the second compared: timing does not say which key matched."""
+    import hmac
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def counted_compare(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    keys = PublisherKeys(["alpha-key", "beta-key"])
+    monkeypatch.setattr(hmac, "compare_digest", counted_compare)
+    assert keys.check("alpha-key")
+    assert compared == [b"alpha-key", b"beta-key"]
+
+
 def test_verifier_outcomes() -> None:
     """The verifier returns claims, or the error class that maps to each close code."""
     v = TokenVerifier("HS256", [("default", SECRET)], "progress-relay", leeway=5)

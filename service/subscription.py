@@ -218,21 +218,18 @@ class Subscription:
         """
         delivery = self._delivery
         if self._writer is not None or self._queue or not delivery.take(event):
-            self._apply(delivery.live(event))  # frames waiting, or not the next event: the machine says
+            self._apply(delivery.live(event))  # frames waiting, or not the usual event: the machine says
             return False
         # The common case, once per socket of every fan-out: the next event, nothing waiting
-        # before it, taken by the machine without a Step. A closed subscription's machine
-        # takes nothing.
-        if not self._try_write(event.frame):
-            self._enqueue(event)
-            return False
-        # _accounted(event), inline (once per socket of every fan-out); the hub records
-        # its delivery latency, once for the whole fan-out.
-        self.sent += 1
-        step = delivery.written(event)
-        if step.close is not None:
-            self._shutdown(step.close)
-        return True
+        # before it, taken by the machine with no Step and no written() (a closed
+        # subscription's machine takes nothing). The hub records its delivery latency,
+        # once for the whole fan-out.
+        if self._try_write(event.frame):
+            self.sent += 1
+            return True
+        delivery.held()  # the socket's buffer is full: it waits, and counts as pending until written
+        self._enqueue(event)
+        return False
 
     def resync(self) -> None:
         """Live events may have been lost: let the machine re-read history."""

@@ -86,6 +86,39 @@ class Driver:
         elif step.read_after is not None:
             self.reads.append(step.read_after)
 
+    def offer(self, e: Event, room: bool = True) -> None:
+        """A live event as Subscription.offer hands it: take() when nothing waits, else live().
+
+        ``room``: whether the socket takes the frame at once (else it is held and
+        queued). Checked against live(), then written() for a frame written at once,
+        on a twin machine: the same answer and the same state, or take() declines
+        and changes nothing.
+        """
+        machine = self.machine
+        twin = copy.copy(machine)
+        twin._buffer = list(machine._buffer)
+        expected = twin.live(e)
+        before = state(machine)
+        if not self.queue and machine.take(e):
+            assert (list(expected.send), expected.read_after, expected.close) == ([e], None, None)
+            if room:
+                self.written.append(e)
+                assert twin.written(e).close is None
+            else:
+                machine.held()
+                self.queue.append(e)
+            assert state(machine) == state(twin)
+            return
+        assert state(machine) == before
+        step = machine.live(e)
+        assert (list(step.send), step.read_after, step.close) == (
+            list(expected.send),
+            expected.read_after,
+            expected.close,
+        )
+        assert state(machine) == state(twin)
+        self.apply(step)
+
     def write(self, n: int) -> None:
         for _ in range(n):
             if not self.queue or self.closed_with is not None:
@@ -100,27 +133,6 @@ def state(machine: Delivery) -> tuple[Any, ...]:
     return tuple(copy.copy(getattr(machine, name)) for name in Delivery.__slots__)
 
 
-def offer(machine: Delivery, e: Event) -> Step:
-    """A live event as Subscription.offer hands it: take() first, live() if not taken.
-
-    Checked against live() alone on a twin: the fast path gives the same answer
-    (the event sent alone) and leaves the same state, or declines and changes nothing.
-    """
-    twin = copy.copy(machine)
-    twin._buffer = list(machine._buffer)
-    expected = twin.live(e)
-    before = state(machine)
-    if machine.take(e):
-        assert (list(expected.send), expected.read_after, expected.close) == ([e], None, None)
-        assert state(machine) == state(twin)
-        return Step((e,))
-    assert state(machine) == before
-    step = machine.live(e)
-    assert (list(step.send), step.read_after, step.close) == (list(expected.send), expected.read_after, expected.close)
-    assert state(machine) == state(twin)
-    return step
-
-
 ACTIONS = st.lists(
     st.sampled_from(
         [
@@ -130,6 +142,7 @@ ACTIONS = st.lists(
             "finish",
             "deliver",
             "deliver",
+            "deliver_held",
             "drop",
             "duplicate",
             "disconnect",
@@ -154,6 +167,7 @@ ACTIONS = st.lists(
     cursor_seq=st.integers(0, 8),
     cursor_epoch=st.sampled_from([None, "E1", "E0"]),
     write_batch=st.integers(1, 4),
+    eager=st.booleans(),
 )
 def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_contracts_code(
     actions: list[str],
@@ -163,6 +177,7 @@ def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_c
     cursor_seq: int,
     cursor_epoch: str | None,
     write_batch: int,
+    eager: bool,
 ) -> None:
     """Live events, history pages, duplicates, holes, resyncs and epoch changes, in any order: a contract outcome."""
     world = World(history_size)
@@ -197,15 +212,17 @@ def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_c
             e = world.publish(terminal=action == "finish")
             if e is not None and connected:
                 channel.append(e)
-        elif action == "deliver" and channel:
+        elif action in ("deliver", "deliver_held") and channel:
             e = channel.pop(0)
             sent_live.append(e)
-            driver.apply(offer(machine, e))
+            if eager:  # a socket with room has written everything handed out (Subscription writes at once)
+                driver.write(len(driver.queue))
+            driver.offer(e, room=action == "deliver")
         elif action == "drop" and channel:
             channel.pop(0)
             connected, resyncs_owed = False, True  # a lost message means the connection broke
         elif action == "duplicate" and sent_live:
-            driver.apply(offer(machine, sent_live[len(sent_live) // 2]))
+            driver.offer(sent_live[len(sent_live) // 2])
         elif action == "disconnect":
             channel.clear()
             connected, resyncs_owed = False, True
@@ -335,7 +352,7 @@ def test_the_queue_bound_closes_4008_and_terminal_closes_1000_once_written() -> 
 
 
 def test_take_answers_only_the_next_event_of_a_live_stream_with_room() -> None:
-    """take() takes the next seq of the epoch; a duplicate, hole, other epoch, full queue or finished stream: live()."""
+    """take() takes the next seq of the epoch; a duplicate, hole, other epoch, full queue, terminal event: live()."""
     world = World(10)
     machine = Delivery(Cursor(), 2)
     machine.opened(world.page(0), 0)
@@ -344,18 +361,21 @@ def test_take_answers_only_the_next_event_of_a_live_stream_with_room() -> None:
     assert a and b and c and d
     assert not machine.take(event("E2", 1))  # another epoch: live() closes 4009
     assert not machine.take(b)  # a hole: live() asks for history
-    assert machine.take(a) and (machine.cursor, machine.pending) == (1, 1)
+    assert machine.take(a) and (machine.cursor, machine.pending) == (1, 0)  # written at once: nothing pending
     assert not machine.take(a)  # a duplicate: live() drops it
-    assert machine.take(b) and machine.pending == 2
-    assert not machine.take(c)  # the queue bound: live() closes 4008
-    machine.written(a)
-    machine.written(b)
+    assert machine.take(b)
+    machine.held()  # the socket's buffer was full: b waits
     assert machine.take(c)
-    machine.written(c)
+    machine.held()
+    assert machine.pending == 2
+    assert not machine.take(d)  # the queue bound: live() closes 4008
+    assert machine.written(b).close is None and machine.written(c).close is None
+    assert machine.take(d) and machine.pending == 0
     done = world.publish(terminal=True)
-    assert done and machine.take(d) and machine.take(done)
+    assert done and not machine.take(done)  # terminal: live() hands it out, written() then ends the stream
+    assert list(machine.live(done).send) == [done]
     assert not machine.take(event("E1", 6))  # finished: nothing follows the terminal event
-    assert [machine.written(f).close for f in (d, done)] == [None, FINISHED]
+    assert machine.written(done).close is FINISHED
     assert not machine.take(event("E1", 6))  # closed
 
 
@@ -364,4 +384,4 @@ def test_take_takes_an_event_without_an_epoch_as_live_does() -> None:
     machine = Delivery(Cursor(), 2)
     machine.opened(World(10).page(0), 0)
     machine.start(World(10).page(0))
-    assert machine.take(event("", 1)) and (machine.cursor, machine.pending) == (1, 1)
+    assert machine.take(event("", 1)) and (machine.cursor, machine.pending) == (1, 0)

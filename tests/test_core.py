@@ -278,6 +278,55 @@ async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None
     await relay.close()
 
 
+class RoomSink(ListSink):
+    """A socket that takes a frame at once while its buffer has room (try_write); else the frame waits for send()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = True
+
+    def try_write(self, frame: str) -> bool:
+        if self.room:
+            self.frames.append(frame)
+        return self.room
+
+
+async def test_frames_written_at_once_or_held_arrive_in_order_and_the_stream_finishes() -> None:
+    """Events go into the socket at once while it has room, wait while it is full; the terminal event ends it (1000)."""
+    relay = await relay_with(RELAY_SEND_QUEUE_SIZE="4")
+    sink = RoomSink()
+    sub = await relay.open_stream("e", Cursor(), sink, claims_for("e"))
+    sub.start()
+    await relay.publish(progress("e", 1))
+    assert sink.seqs() == [1]  # written during the publish itself
+    sink.room = False
+    sink.gate.clear()
+    for i in (2, 3, 4):
+        await relay.publish(progress("e", i))
+        await settle()
+    assert sink.seqs() == [1] and sink.closed is None  # three wait, under the bound of four
+    sink.room = True
+    sink.gate.set()
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4]
+    await relay.publish(progress("e", 5))
+    assert sink.seqs() == [1, 2, 3, 4, 5] and sub.sent == 5
+    await relay.publish(parse_draft("e", {"event": "complete"}))
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4, 5, 6] and sink.closed == (1000, "execution finished")
+    full = RoomSink()  # held frames count against the bound like queued ones: the fifth waiting closes 4008
+    full.room = False
+    full.gate.clear()
+    sub = await relay.open_stream("f", Cursor(), full, claims_for("f"))
+    sub.start()
+    for i in range(1, 5):
+        await relay.publish(progress("f", i))
+    assert full.closed is None
+    await relay.publish(progress("f", 5))
+    assert full.closed == (4008, "slow consumer")
+    await relay.close()
+
+
 async def test_long_poll_wakes_on_publish_and_times_out_empty() -> None:
     """Poll returns as soon as an event is published, or an empty page at the timeout."""
     relay = await relay_with()

@@ -221,8 +221,36 @@ class Delivery:
         self._finished = page.terminal  # already finished: end once what is handed out is written
         return self._merge(page, send, self.queue_size + self.replay_allowance)
 
+    def take(self, event: Event) -> bool:
+        """Take the usual live event without a :class:`Step` or a :meth:`written`: True if it is to be written now.
+
+        The usual event is the next seq of the stream's epoch, not terminal,
+        while live, with room under the queue bound and the stream not
+        finished. For it, True changes the state as :meth:`live` and then
+        :meth:`written` would: the driver writes it at once, alone (every
+        socket of every fan-out comes here first, so neither call is made).
+        A driver that cannot write it at once calls :meth:`held` and queues it,
+        and :meth:`written` follows when it goes. For any other event, False
+        and nothing changed: ask :meth:`live`.
+        """
+        if (
+            event.seq == self.cursor + 1
+            and self._state == _LIVE
+            and (event.epoch == self.epoch or not event.epoch or not self.epoch)  # as live() checks it
+            and not event.terminal
+            and not self._finished
+            and self.pending < self.queue_size
+        ):
+            self.cursor = event.seq
+            return True
+        return False
+
+    def held(self) -> None:
+        """The event :meth:`take` answered waits to be written: it counts as pending until :meth:`written`."""
+        self.pending += 1
+
     def live(self, event: Event) -> Step:
-        """A live event from the broker."""
+        """A live event from the broker (:meth:`take` first answers the usual one without a Step)."""
         state = self._state
         if state == _CLOSED:
             return NOTHING

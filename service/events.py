@@ -229,8 +229,10 @@ def parse_draft(execution_id: str, body: Any, prefix: str = "") -> EventDraft:
         errors.append({"field": f"{prefix}execution_id", "message": "does not match the execution in the URL"})
     event = body.get("event")
     terminal = False
-    data = None
-    if event not in EVENT_TYPES:
+    data = body.get("data")
+    if event == "progress" and type(data) is dict:  # the usual event: _check_data's first branch, one call less
+        _check_progress(data, errors, prefix)
+    elif event not in EVENT_TYPES:
         errors.append({"field": f"{prefix}event", "message": f"required, one of {', '.join(EVENT_TYPES)}"})
     else:
         data = body.get("data", {} if event == "complete" else None)

@@ -54,7 +54,6 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._ops: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.dispatched = 0
 
     def dispatch(self, execution_id: str, event: Event) -> None:
         """Offer ``event`` to every local subscriber of ``execution_id``."""
@@ -67,7 +66,6 @@ class Hub:
         for subscriber in tuple(channel.subscribers):
             if subscriber.offer(event):
                 written += 1
-        self.dispatched += len(channel.subscribers)
         metrics.delivered_live(written, event.accepted_at)  # once per fan-out: it costs a clock read
 
     def resync(self) -> None:

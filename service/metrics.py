@@ -290,7 +290,7 @@ class _Tally:
 class _Buckets:
     """Pending observations of one histogram, per label values: bucket counts and a sum."""
 
-    __slots__ = ("bounds", "metric", "pending", "plain")
+    __slots__ = ("bounds", "kept", "metric", "pending", "plain")
 
     def __init__(self, metric: Histogram, bounds: tuple[float, ...]) -> None:
         self.metric = metric
@@ -298,6 +298,14 @@ class _Buckets:
         self.pending: dict[tuple[str, ...], list[float]] = {}
         # Counts per bucket then the sum, without labels: updated in place by the hottest caller.
         self.plain = [0.0] * (len(self.bounds) + 1)
+        self.kept: dict[tuple[str, ...], list[float]] = {}  # the same, per label values, see keep()
+
+    def keep(self, labels: tuple[str, ...]) -> list[float]:
+        """The state of ``labels`` (counts per bucket, then the sum), for a hot caller to update in place.
+
+        The same list until the process ends: no look-up per observation.
+        """
+        return self.kept.setdefault(labels, [0.0] * (len(self.bounds) + 1))
 
     def observe(self, value: float, labels: tuple[str, ...] = ()) -> None:
         state = self.pending.get(labels) if labels else self.plain
@@ -311,6 +319,11 @@ class _Buckets:
         if any(self.plain):
             pending[()] = self.plain[:]
             self.plain[:] = [0.0] * len(self.plain)
+        for labels, kept in self.kept.items():
+            if any(kept):
+                other = pending.get(labels)
+                pending[labels] = [a + b for a, b in zip(kept, other, strict=True)] if other else kept[:]
+                kept[:] = [0.0] * len(kept)
         for labels, state in pending.items():
             child = self.metric.labels(*labels) if labels else self.metric
             # prometheus-client has no public "add n observations"; its histogram keeps one value
@@ -487,7 +500,8 @@ def published(event: str, duplicate: bool) -> None:
         _events.add((event,))
 
 
-_SINGLE = ("single",)
+_single_seconds = _publish_seconds.keep(("single",))
+_publish_bounds = _publish_seconds.bounds
 
 
 def published_single(event: str, duplicate: bool, seconds: float) -> None:
@@ -501,12 +515,8 @@ def published_single(event: str, duplicate: bool, seconds: float) -> None:
     else:
         pending = _events.pending
         pending[(event,)] = pending.get((event,), 0) + 1
-    buckets = _publish_seconds.pending
-    state = buckets.get(_SINGLE)
-    if state is None:
-        state = buckets[_SINGLE] = [0.0] * (len(_publish_seconds.bounds) + 1)
-    state[bisect_left(_publish_seconds.bounds, seconds)] += 1  # first bound >= value, as prometheus does
-    state[-1] += seconds
+    _single_seconds[bisect_left(_publish_bounds, seconds)] += 1  # first bound >= value, as prometheus does
+    _single_seconds[-1] += seconds
 
 
 def publish_rejected(error: str) -> None:

@@ -39,7 +39,7 @@ from . import metrics
 from .brokers.base import Broker, HistoryPage
 from .closecodes import SEND_FAILED, SLOW_CONSUMER, TOKEN_EXPIRED, Disconnect
 from .cursor import Cursor
-from .delivery import NOTHING, Delivery, Frame, Resume, Step, connected_message
+from .delivery import Delivery, Frame, Resume, Step, connected_message
 from .errors import RelayError
 from .events import Event
 from .hub import Hub
@@ -216,24 +216,20 @@ class Subscription:
         Returns whether the event went into the socket at once: the hub counts
         those in the delivery metrics once per fan-out, not once per socket.
         """
-        step = self._delivery.live(event)
-        if step is NOTHING:
+        delivery = self._delivery
+        if self._writer is not None or self._queue or not delivery.take(event):
+            self._apply(delivery.live(event))  # frames waiting, or not the usual event: the machine says
             return False
-        if step.close is not None or step.read_after is not None or self._writer is not None or self._queue:
-            self._apply(step)
-            return False
-        # The common case, once per socket of every fan-out: the machine sends the event
-        # alone and nothing waits before it. A closed subscription's machine answers NOTHING.
-        if not self._try_write(event.frame):
-            self._enqueue(event)
-            return False
-        # _accounted(event), inline (once per socket of every fan-out); the hub records
-        # its delivery latency, once for the whole fan-out.
-        self.sent += 1
-        step = self._delivery.written(event)
-        if step.close is not None:
-            self._shutdown(step.close)
-        return True
+        # The common case, once per socket of every fan-out: the next event, nothing waiting
+        # before it, taken by the machine with no Step and no written() (a closed
+        # subscription's machine takes nothing). The hub records its delivery latency,
+        # once for the whole fan-out.
+        if self._try_write(event.frame):
+            self.sent += 1
+            return True
+        delivery.held()  # the socket's buffer is full: it waits, and counts as pending until written
+        self._enqueue(event)
+        return False
 
     def resync(self) -> None:
         """Live events may have been lost: let the machine re-read history."""

@@ -15,7 +15,7 @@ from service.brokers.memory import MemoryBroker
 from service.closecodes import Disconnect
 from service.cursor import Cursor
 from service.errors import ExecutionFinished, ValidationFailed
-from service.events import MAX_STAGE, EventDraft, parse_draft
+from service.events import MAX_STAGE, Event, EventDraft, parse_draft
 from service.hub import Hub
 from service.relay import Relay
 from service.subscription import Subscription
@@ -121,6 +121,22 @@ async def test_memory_broker_assigns_seq_and_refuses_after_terminal() -> None:
     with pytest.raises(ExecutionFinished):
         await broker.publish(progress("a", 3))
     assert seen == [("a", 1), ("b", 1), ("a", 2), ("a", 3)]
+
+
+async def test_memory_broker_accepts_the_event_draft_with_seq_makes() -> None:
+    """The memory broker builds its event inline: the one EventDraft.with_seq makes, with the stream's time."""
+    broker = MemoryBroker(history_size=10, history_ttl=60)
+    seen: list[Event] = []
+    broker.set_listener(lambda eid, ev: seen.append(ev))
+    for draft in (progress("w", 1), parse_draft("w", {"event": "complete"})):
+        before = time.time()
+        result = await broker.publish(draft)
+        made = draft.with_seq(result.seq, result.epoch)
+        assert result.event is seen[-1] and result.event == made  # seq, type, terminal, frame, epoch
+        assert before <= result.event.accepted_at <= time.time()
+        page = await broker.history("w", result.seq - 1)
+        assert page.events == [made] and page.updated_at == result.event.accepted_at
+        assert page.terminal is draft.terminal
 
 
 async def test_memory_broker_bounds_history_and_expires_it() -> None:
@@ -262,6 +278,55 @@ async def test_overflowing_queue_closes_only_that_subscriber_with_4008() -> None
     await relay.close()
 
 
+class RoomSink(ListSink):
+    """A socket that takes a frame at once while its buffer has room (try_write); else the frame waits for send()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.room = True
+
+    def try_write(self, frame: str) -> bool:
+        if self.room:
+            self.frames.append(frame)
+        return self.room
+
+
+async def test_frames_written_at_once_or_held_arrive_in_order_and_the_stream_finishes() -> None:
+    """Events go into the socket at once while it has room, wait while it is full; the terminal event ends it (1000)."""
+    relay = await relay_with(RELAY_SEND_QUEUE_SIZE="4")
+    sink = RoomSink()
+    sub = await relay.open_stream("e", Cursor(), sink, claims_for("e"))
+    sub.start()
+    await relay.publish(progress("e", 1))
+    assert sink.seqs() == [1]  # written during the publish itself
+    sink.room = False
+    sink.gate.clear()
+    for i in (2, 3, 4):
+        await relay.publish(progress("e", i))
+        await settle()
+    assert sink.seqs() == [1] and sink.closed is None  # three wait, under the bound of four
+    sink.room = True
+    sink.gate.set()
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4]
+    await relay.publish(progress("e", 5))
+    assert sink.seqs() == [1, 2, 3, 4, 5] and sub.sent == 5
+    await relay.publish(parse_draft("e", {"event": "complete"}))
+    await settle()
+    assert sink.seqs() == [1, 2, 3, 4, 5, 6] and sink.closed == (1000, "execution finished")
+    full = RoomSink()  # held frames count against the bound like queued ones: the fifth waiting closes 4008
+    full.room = False
+    full.gate.clear()
+    sub = await relay.open_stream("f", Cursor(), full, claims_for("f"))
+    sub.start()
+    for i in range(1, 5):
+        await relay.publish(progress("f", i))
+    assert full.closed is None
+    await relay.publish(progress("f", 5))
+    assert full.closed == (4008, "slow consumer")
+    await relay.close()
+
+
 async def test_long_poll_wakes_on_publish_and_times_out_empty() -> None:
     """Poll returns as soon as an event is published, or an empty page at the timeout."""
     relay = await relay_with()
@@ -287,6 +352,23 @@ def test_publisher_keys_compare_every_key() -> None:
     keys = PublisherKeys(["alpha-key", "beta-key"])
     assert keys.check("alpha-key") and keys.check("beta-key")
     assert not keys.check("alpha-ke") and not keys.check("") and not keys.check(None)
+
+
+def test_publisher_keys_compare_every_key_even_after_a_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first key matching still has the second compared: timing does not say which key matched."""
+    import hmac
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def counted_compare(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    keys = PublisherKeys(["alpha-key", "beta-key"])
+    monkeypatch.setattr(hmac, "compare_digest", counted_compare)
+    assert keys.check("alpha-key")
+    assert compared == [b"alpha-key", b"beta-key"]
 
 
 def test_verifier_outcomes() -> None:
@@ -387,6 +469,11 @@ class _Text(str):
     """A str subclass (ujson never makes one; isinstance accepts it, the fast check does not)."""
 
 
+class _Object(dict):  # type: ignore[type-arg]
+    """A dict subclass (ujson never makes one): parse_draft's shortcut to the progress check passes it by."""
+
+
+@pytest.mark.parametrize("through", [dict, _Object], ids=["parse_draft's shortcut", "_check_data"])
 @pytest.mark.parametrize(
     ("data", "problems"),
     [
@@ -408,13 +495,27 @@ class _Text(str):
     ],
 )
 def test_progress_data_is_checked_field_by_field_whatever_path_it_takes(
-    data: dict[str, object], problems: set[str]
+    data: dict[str, object], problems: set[str], through: type[dict[str, object]]
 ) -> None:
-    """The one-expression check of the usual progress event accepts nothing the field-by-field check refuses."""
-    body = {"event": "progress", "data": data}
+    """The one-expression check of the usual progress event accepts nothing the field-by-field check refuses.
+
+    The same answers whether parse_draft goes straight to the progress check or through ``_check_data``.
+    """
+    body = {"event": "progress", "data": through(data)}
     if not problems:
         assert parse_draft("exec-1", body).event == "progress"
         return
     with pytest.raises(ValidationFailed) as refused:
         parse_draft("exec-1", body)
     assert {e["field"] for e in refused.value.fields} == problems
+
+
+def test_progress_data_that_is_no_object_is_named() -> None:
+    """A progress event whose data is not a JSON object is refused naming ``data``, as every other event."""
+    for data in ([1], "x", None, 3):
+        with pytest.raises(ValidationFailed) as refused:
+            parse_draft("exec-1", {"event": "progress", "data": data})
+        assert [e["field"] for e in refused.value.fields] == ["data"]
+    with pytest.raises(ValidationFailed) as refused:
+        parse_draft("exec-1", {"event": "progress"})
+    assert [e["field"] for e in refused.value.fields] == ["data"]

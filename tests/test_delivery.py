@@ -12,7 +12,9 @@ its queue holds).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -84,6 +86,39 @@ class Driver:
         elif step.read_after is not None:
             self.reads.append(step.read_after)
 
+    def offer(self, e: Event, room: bool = True) -> None:
+        """A live event as Subscription.offer hands it: take() when nothing waits, else live().
+
+        ``room``: whether the socket takes the frame at once (else it is held and
+        queued). Checked against live(), then written() for a frame written at once,
+        on a twin machine: the same answer and the same state, or take() declines
+        and changes nothing.
+        """
+        machine = self.machine
+        twin = copy.copy(machine)
+        twin._buffer = list(machine._buffer)
+        expected = twin.live(e)
+        before = state(machine)
+        if not self.queue and machine.take(e):
+            assert (list(expected.send), expected.read_after, expected.close) == ([e], None, None)
+            if room:
+                self.written.append(e)
+                assert twin.written(e).close is None
+            else:
+                machine.held()
+                self.queue.append(e)
+            assert state(machine) == state(twin)
+            return
+        assert state(machine) == before
+        step = machine.live(e)
+        assert (list(step.send), step.read_after, step.close) == (
+            list(expected.send),
+            expected.read_after,
+            expected.close,
+        )
+        assert state(machine) == state(twin)
+        self.apply(step)
+
     def write(self, n: int) -> None:
         for _ in range(n):
             if not self.queue or self.closed_with is not None:
@@ -91,6 +126,11 @@ class Driver:
             frame = self.queue.pop(0)
             self.written.append(frame)
             self.apply(self.machine.written(frame))
+
+
+def state(machine: Delivery) -> tuple[Any, ...]:
+    """Everything the machine holds, buffers copied (to compare two machines, or one before and after)."""
+    return tuple(copy.copy(getattr(machine, name)) for name in Delivery.__slots__)
 
 
 ACTIONS = st.lists(
@@ -102,6 +142,7 @@ ACTIONS = st.lists(
             "finish",
             "deliver",
             "deliver",
+            "deliver_held",
             "drop",
             "duplicate",
             "disconnect",
@@ -126,6 +167,7 @@ ACTIONS = st.lists(
     cursor_seq=st.integers(0, 8),
     cursor_epoch=st.sampled_from([None, "E1", "E0"]),
     write_batch=st.integers(1, 4),
+    eager=st.booleans(),
 )
 def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_contracts_code(
     actions: list[str],
@@ -135,6 +177,7 @@ def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_c
     cursor_seq: int,
     cursor_epoch: str | None,
     write_batch: int,
+    eager: bool,
 ) -> None:
     """Live events, history pages, duplicates, holes, resyncs and epoch changes, in any order: a contract outcome."""
     world = World(history_size)
@@ -169,15 +212,17 @@ def test_every_interleaving_delivers_each_seq_once_in_order_or_closes_with_the_c
             e = world.publish(terminal=action == "finish")
             if e is not None and connected:
                 channel.append(e)
-        elif action == "deliver" and channel:
+        elif action in ("deliver", "deliver_held") and channel:
             e = channel.pop(0)
             sent_live.append(e)
-            driver.apply(machine.live(e))
+            if eager:  # a socket with room has written everything handed out (Subscription writes at once)
+                driver.write(len(driver.queue))
+            driver.offer(e, room=action == "deliver")
         elif action == "drop" and channel:
             channel.pop(0)
             connected, resyncs_owed = False, True  # a lost message means the connection broke
         elif action == "duplicate" and sent_live:
-            driver.apply(machine.live(sent_live[len(sent_live) // 2]))
+            driver.offer(sent_live[len(sent_live) // 2])
         elif action == "disconnect":
             channel.clear()
             connected, resyncs_owed = False, True
@@ -304,3 +349,39 @@ def test_the_queue_bound_closes_4008_and_terminal_closes_1000_once_written() -> 
     assert [f.seq for f in step.send if isinstance(f, Event)] == [1, 2, 3, 4]
     closes = [other.written(f).close for f in step.send]
     assert closes == [None, None, None, FINISHED]
+
+
+def test_take_answers_only_the_next_event_of_a_live_stream_with_room() -> None:
+    """take() takes the next seq of the epoch; a duplicate, hole, other epoch, full queue, terminal event: live()."""
+    world = World(10)
+    machine = Delivery(Cursor(), 2)
+    machine.opened(world.page(0), 0)
+    machine.start(world.page(0))
+    a, b, c, d = (world.publish() for _ in range(4))
+    assert a and b and c and d
+    assert not machine.take(event("E2", 1))  # another epoch: live() closes 4009
+    assert not machine.take(b)  # a hole: live() asks for history
+    assert machine.take(a) and (machine.cursor, machine.pending) == (1, 0)  # written at once: nothing pending
+    assert not machine.take(a)  # a duplicate: live() drops it
+    assert machine.take(b)
+    machine.held()  # the socket's buffer was full: b waits
+    assert machine.take(c)
+    machine.held()
+    assert machine.pending == 2
+    assert not machine.take(d)  # the queue bound: live() closes 4008
+    assert machine.written(b).close is None and machine.written(c).close is None
+    assert machine.take(d) and machine.pending == 0
+    done = world.publish(terminal=True)
+    assert done and not machine.take(done)  # terminal: live() hands it out, written() then ends the stream
+    assert list(machine.live(done).send) == [done]
+    assert not machine.take(event("E1", 6))  # finished: nothing follows the terminal event
+    assert machine.written(done).close is FINISHED
+    assert not machine.take(event("E1", 6))  # closed
+
+
+def test_take_takes_an_event_without_an_epoch_as_live_does() -> None:
+    """An event that carries no epoch is the next one if its seq is (live() does not refuse it either)."""
+    machine = Delivery(Cursor(), 2)
+    machine.opened(World(10).page(0), 0)
+    machine.start(World(10).page(0))
+    assert machine.take(event("", 1)) and (machine.cursor, machine.pending) == (1, 0)

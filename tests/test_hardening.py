@@ -617,3 +617,16 @@ def test_routes_resolve_without_sanic_lookup_cache() -> None:
         app.router.get("/nowhere", "GET", None)
     with pytest.raises(MethodNotAllowed):
         app.router.get("/internal/v1/executions/exec-7/events", "GET", None)
+
+
+def test_sanic_websocket_protocol_only_hands_bytes_on() -> None:
+    """RelayWebSocketProtocol.data_received does WebSocketProtocol's part itself: that part must only dispatch.
+
+    Sanic's layer hands the bytes to the open socket, else to HttpProtocol's
+    data_received; if it ever does more, the relay's copy must learn it.
+    """
+    from sanic.server.protocols.http_protocol import HttpProtocol
+    from sanic.server.protocols.websocket_protocol import WebSocketProtocol
+
+    assert WebSocketProtocol.__mro__[1] is HttpProtocol
+    assert set(WebSocketProtocol.data_received.__code__.co_names) == {"websocket", "data_received", "super"}

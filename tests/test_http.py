@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sanic import Request, Sanic
 from sanic.compat import Header
+from sanic.helpers import has_message_body
 from sanic.response import HTTPResponse
 
 from service.errors import BadRequest, ExecutionFinished, ValidationFailed
@@ -174,3 +175,12 @@ def test_response_header_lines_are_what_sanic_would_send(extra: dict[str, Any]) 
         response.headers["connection"] = "keep-alive"
     assert list(ours.processed_headers) == list(sanics.processed_headers)
     assert all(b"\r" not in v and b"\n" not in v and b"\x00" not in v for _, v in ours.processed_headers)
+
+
+@pytest.mark.parametrize("status", [100, 101, 199, 200, 202, 204, 299, 304, 404, 500])
+def test_response_header_lines_name_a_content_type_exactly_when_sanic_would(status: int) -> None:
+    """A status without a body (1xx, 204, 304) gets no content-type line, as Sanic's own responses."""
+    ours = json_response(None, status=status)
+    sanics = HTTPResponse(ours.body, status=status, content_type="application/json")
+    assert list(ours.processed_headers) == list(sanics.processed_headers)
+    assert (b"content-type" in dict(ours.processed_headers)) is has_message_body(status)

@@ -167,6 +167,7 @@ async def test_valid_events_are_accepted_with_consecutive_seq(server: Server) ->
     for i, body in enumerate(bodies, start=1):
         r = await post(server, "/internal/v1/executions/e1/events", body)
         assert r.status_code == 202, r.text
+        assert r.headers["content-type"] == "application/json"
         assert r.json() == {"execution_id": "e1", "seq": i, "duplicate": False}
     page = await server.relay.history("e1")
     assert page.terminal and page.latest_seq == 5

@@ -164,6 +164,12 @@ def test_published_single_exports_what_published_and_observe_publish_do() -> Non
     end = publish_figures()
     assert delta(end, middle) == delta(middle, start)
     assert delta(middle, start)[("relay_publish_duration_seconds_count", frozenset({("mode", "single")}))] == 4
+    for event, duplicate, seconds in cases:  # both ways between two flushes: added up
+        metrics.published(event, duplicate)
+        metrics.observe_publish(seconds, "single")
+        metrics.published_single(event, duplicate, seconds)
+    both = publish_figures()
+    assert delta(both, end) == {key: 2 * v for key, v in delta(middle, start).items()}
 
 
 async def test_known_workload_is_counted(start_server: Callable[..., Any]) -> None:

@@ -340,6 +340,13 @@ def test_text_frame_matches_websockets_serialization(size: int) -> None:
     assert wsproto._text_frame(payload, False) == Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
 
 
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_the_shared_plain_frame_is_the_text_frame_at_every_length(size: int) -> None:
+    """The frame a fan-out shares (its head built inline for an event's usual size) is _text_frame's, at any size."""
+    text = "é" * (size // 2) + "x" * (size % 2)  # UTF-8: the frame's length counts bytes, not characters
+    assert wsproto.shared_text_frame([], text) == wsproto._text_frame(text.encode(), False)
+
+
 class _CountingTransport:
     """A server transport that records each write call (one bytes object per system call asked for)."""
 

@@ -78,24 +78,26 @@ class MemoryBroker(Broker):
         log = self._logs.get(eid)  # _live_log, inline: every publish comes here
         if log is None or now - log.touched > self.history_ttl:
             log = self._new_log(eid)  # none yet, or expired: a new stream (a new epoch)
-        if draft.idempotency_key is not None and draft.idempotency_key in log.keys:
-            return PublishResult(eid, log.keys[draft.idempotency_key], True, None, log.epoch)
+        key = draft.idempotency_key
+        if key is not None and key in log.keys:
+            return PublishResult(eid, log.keys[key], True, None, log.epoch)
         if log.terminal:
             raise ExecutionFinished()
-        log.latest_seq += 1
-        event = draft.with_seq(log.latest_seq, log.epoch)
+        seq = log.latest_seq = log.latest_seq + 1
+        accepted_at = log.updated_at = time.time()
+        # draft.with_seq(seq, log.epoch), inline: every publish comes here.
+        event = Event(seq, draft.event, draft.terminal, f"{draft.head}{seq}{draft.tail}", accepted_at, log.epoch)
         log.events.append(event)
-        log.terminal = event.terminal
-        log.updated_at = event.accepted_at  # the wall clock read by with_seq, not read again
+        log.terminal = draft.terminal
         log.touched = now
-        if draft.idempotency_key is not None:
-            log.keys[draft.idempotency_key] = event.seq
+        if key is not None:
+            log.keys[key] = seq
             if len(log.keys) > 2 * self.history_size:
                 self._forget_keys(log)
         self.published += 1
         if self._listener is not None:
             self._listener(eid, event)
-        return PublishResult(eid, event.seq, False, event, log.epoch)
+        return PublishResult(eid, seq, False, event, log.epoch)
 
     def _forget_keys(self, log: _Log) -> None:
         """Drop the idempotency keys of events no longer retained (as the Redis broker's script does)."""

@@ -9,7 +9,6 @@ from typing import Any
 
 import ujson
 from sanic import Request
-from sanic.helpers import has_message_body
 from sanic.response import HTTPResponse
 
 from ..errors import BadRequest, RelayError, ValidationFailed
@@ -34,7 +33,7 @@ class JSONResponse(HTTPResponse):
     def processed_headers(self) -> list[tuple[bytes, bytes]]:  # type: ignore[override]
         """The header lines as Sanic sends them: ``(name, value)`` bytes, CR, LF and NUL removed."""
         headers = self.headers
-        if has_message_body(self.status):
+        if self.status not in _WITHOUT_BODY:  # Sanic's has_message_body(), without a call
             headers.setdefault("content-type", self.content_type)
         # Names and values encoded by map() over C callables, not a comprehension: no Python
         # bytecode per header (~20 each; 4 headers on a publish's answer). str(value) is the
@@ -50,6 +49,8 @@ class JSONResponse(HTTPResponse):
 
 
 _CR_LF_NUL = b"\r\n\x00"
+#: The statuses whose responses carry no body (1xx, 204, 304), as sanic.helpers.has_message_body says.
+_WITHOUT_BODY = frozenset((*range(100, 200), 204, 304))
 _encode_name = methodcaller("encode", "ascii")
 _encode_value = methodcaller("encode", "utf-8", "surrogateescape")
 

@@ -22,7 +22,7 @@ from ...errors import FieldError, RelayError, Unauthorized, ValidationFailed
 from ...events import EventDraft, parse_draft, valid_execution_id
 from ...relay import Relay
 from ..hardening import refuse_body
-from ..http import bearer_token, json_body, json_response, raw_json_response
+from ..http import JSONResponse, bearer_token, json_body, json_response
 
 __all__ = ["bp"]
 
@@ -121,7 +121,7 @@ async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
     result = await relay.publish(draft)
     if log.isEnabledFor(logging.INFO):  # not even a call to build the fields otherwise
         _log_published(result, draft.event)
-    return raw_json_response(_result_text(result), status=202)
+    return JSONResponse(_result_text(result), status=202, content_type="application/json")  # raw_json_response
 
 
 @bp.post("/events", stream=True)

@@ -64,6 +64,7 @@ class Target:
     log: Path | None = None
     extra_env: dict = field(default_factory=dict)
     deflate: bool = False  # the subscribers offer permessage-deflate (as browsers and the mini-program do)
+    ping_interval: float | None = None  # seconds between the server's keepalive pings (None: its default)
 
     def command(self) -> list[str]:
         if self.is_relay:
@@ -73,7 +74,8 @@ class Target:
             "socketio": "socketio_aiohttp.py",
             "bare_websockets": "bare_websockets.py",
         }[self.name]
-        return [PY, str(BENCH / "baselines" / script), "--port", str(self.port)]
+        keepalive = [] if self.ping_interval is None else ["--ping-interval", str(self.ping_interval)]
+        return [PY, str(BENCH / "baselines" / script), "--port", str(self.port), *keepalive]
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -93,6 +95,8 @@ class Target:
                     "RELAY_MAX_CONNECTIONS_PER_IP": "0",
                 }
             )
+            if self.ping_interval is not None:
+                env["RELAY_WS_PING_INTERVAL"] = str(self.ping_interval)
         env.update(self.extra_env)
         return env
 
@@ -657,6 +661,10 @@ def sc_rates(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     return res
 
 
+#: Seconds between keepalive pings in ``fanout``: longer than the scenario, so none falls in it.
+FANOUT_PING_INTERVAL = 3600.0
+
+
 def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     """One execution with ``subscribers`` sockets, ``events`` events spaced
     ``interval`` apart. With the relay, ``deflate`` adds two more relays whose
@@ -672,6 +680,13 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         msg = Target(name="relay_deflate_msg", **TARGETS["relay_deflate_msg"])
         msg.extra_env = {"RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER": "false"}
         run.append(msg)
+    for t in run:
+        # No keepalive pings during the scenario, for any target. Every server pings each socket
+        # every 20-25 s, but not alike: the baselines' per-connection timers ping a crowd that
+        # connected together in one burst every 20 s, which a trial's ~1.3 s window mostly misses,
+        # while the relay spreads its pings over half of every 20 s (service/pinger.py), so about
+        # half of its windows carried ~125 pings and their pongs (~60 us each: +0.7 ms per event).
+        t.ping_interval = FANOUT_PING_INTERVAL
 
     def warm(t, srv, subs):
         if t.deflate and subs.info["deflated"] != n:

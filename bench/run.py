@@ -704,6 +704,7 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         # one report per target after all rounds: the subscribers kept counting
         time.sleep(0.3)
         rep = subs.cmd("report")
+        entry["ping_interval_s"] = t.ping_interval  # the same for every target (see above)
         trials = entry["trials"]
         accepted = sum(x["accepted"] for x in trials)
         pe = rep.get("per_event", {})

@@ -73,6 +73,8 @@ def test_bench_smoke_writes_results(tmp_path):
             for metric, value in summary.items():
                 assert value is None or isinstance(value, (int, float)), (scenario, metric)
     check_rush(doc, targets)
+    # no target's keepalive pings fall in the fan-out's windows: every server ran with the same interval
+    assert {entry["ping_interval_s"] for entry in doc["scenarios"]["fanout"].values()} == {3600.0}
     if "relay" in targets:
         # every relay figure that has a direction is also given as a ratio
         assert doc["ratios_subject"] == "relay"

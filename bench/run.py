@@ -262,6 +262,14 @@ class Server:
                 pass
         return total
 
+    def write_calls(self) -> int:
+        """``write``-family system calls so far (Linux ``/proc/<pid>/io``), 0 where unknown."""
+        total = 0
+        for p in self.procs():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                total += p.io_counters().write_count
+        return total
+
     def cpu_fine(self) -> float:
         """CPU seconds of the live threads, to the nanosecond (Linux schedstat); else :meth:`cpu`.
 
@@ -696,15 +704,21 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         subs.cmd("reset")
 
     def trial(t, srv, subs, r):
-        cpu0 = srv.cpu_fine()
+        writes0, cpu0 = srv.write_calls(), srv.cpu_fine()
         pub = publish(t, ids[:1], tmp, mode="spaced", count=per_round, interval=cfg["interval"])
-        return {"cpu": srv.cpu_fine() - cpu0, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
+        cpu, writes = srv.cpu_fine() - cpu0, srv.write_calls() - writes0
+        return {"cpu": cpu, "writes": writes, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
 
     def finish(t, srv, subs, entry):
         # one report per target after all rounds: the subscribers kept counting
         time.sleep(0.3)
         rep = subs.cmd("report")
         entry["ping_interval_s"] = t.ping_interval  # the same for every target (see above)
+        # What a server wrote in its windows, per event: one frame per socket and the 202, when
+        # nothing else (a keepalive ping, say) falls in them.
+        entry["server_writes_per_event"] = round(
+            sum(x["writes"] for x in entry["trials"]) / max(1, sum(x["ok"] for x in entry["trials"])), 2
+        )
         trials = entry["trials"]
         accepted = sum(x["accepted"] for x in trials)
         pe = rep.get("per_event", {})

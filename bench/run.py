@@ -64,6 +64,7 @@ class Target:
     log: Path | None = None
     extra_env: dict = field(default_factory=dict)
     deflate: bool = False  # the subscribers offer permessage-deflate (as browsers and the mini-program do)
+    ping_interval: float | None = None  # seconds between the server's keepalive pings (None: its default)
 
     def command(self) -> list[str]:
         if self.is_relay:
@@ -73,7 +74,8 @@ class Target:
             "socketio": "socketio_aiohttp.py",
             "bare_websockets": "bare_websockets.py",
         }[self.name]
-        return [PY, str(BENCH / "baselines" / script), "--port", str(self.port)]
+        keepalive = [] if self.ping_interval is None else ["--ping-interval", str(self.ping_interval)]
+        return [PY, str(BENCH / "baselines" / script), "--port", str(self.port), *keepalive]
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -93,6 +95,8 @@ class Target:
                     "RELAY_MAX_CONNECTIONS_PER_IP": "0",
                 }
             )
+            if self.ping_interval is not None:
+                env["RELAY_WS_PING_INTERVAL"] = str(self.ping_interval)
         env.update(self.extra_env)
         return env
 
@@ -256,6 +260,14 @@ class Server:
                 total += c.user + c.system
             except psutil.NoSuchProcess:
                 pass
+        return total
+
+    def write_calls(self) -> int:
+        """``write``-family system calls so far (Linux ``/proc/<pid>/io``), 0 where unknown."""
+        total = 0
+        for p in self.procs():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+                total += p.io_counters().write_count
         return total
 
     def cpu_fine(self) -> float:
@@ -657,6 +669,10 @@ def sc_rates(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     return res
 
 
+#: Seconds between keepalive pings in ``fanout``: longer than the scenario, so none falls in it.
+FANOUT_PING_INTERVAL = 3600.0
+
+
 def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
     """One execution with ``subscribers`` sockets, ``events`` events spaced
     ``interval`` apart. With the relay, ``deflate`` adds two more relays whose
@@ -672,6 +688,13 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         msg = Target(name="relay_deflate_msg", **TARGETS["relay_deflate_msg"])
         msg.extra_env = {"RELAY_WS_COMPRESSION_CONTEXT_TAKEOVER": "false"}
         run.append(msg)
+    for t in run:
+        # No keepalive pings during the scenario, for any target. Every server pings each socket
+        # every 20-25 s, but not alike: the baselines' per-connection timers ping a crowd that
+        # connected together in one burst every 20 s, which a trial's ~1.3 s window mostly misses,
+        # while the relay spreads its pings over half of every 20 s (service/pinger.py), so about
+        # half of its windows carried ~125 pings and their pongs (~60 us each: +0.7 ms per event).
+        t.ping_interval = FANOUT_PING_INTERVAL
 
     def warm(t, srv, subs):
         if t.deflate and subs.info["deflated"] != n:
@@ -681,14 +704,21 @@ def sc_fanout(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         subs.cmd("reset")
 
     def trial(t, srv, subs, r):
-        cpu0 = srv.cpu_fine()
+        writes0, cpu0 = srv.write_calls(), srv.cpu_fine()
         pub = publish(t, ids[:1], tmp, mode="spaced", count=per_round, interval=cfg["interval"])
-        return {"cpu": srv.cpu_fine() - cpu0, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
+        cpu, writes = srv.cpu_fine() - cpu0, srv.write_calls() - writes0
+        return {"cpu": cpu, "writes": writes, "ok": pub["requests_ok"], "accepted": pub["events_accepted"]}
 
     def finish(t, srv, subs, entry):
         # one report per target after all rounds: the subscribers kept counting
         time.sleep(0.3)
         rep = subs.cmd("report")
+        entry["ping_interval_s"] = t.ping_interval  # the same for every target (see above)
+        # What a server wrote in its windows, per event: one frame per socket and the 202, when
+        # nothing else (a keepalive ping, say) falls in them.
+        entry["server_writes_per_event"] = round(
+            sum(x["writes"] for x in entry["trials"]) / max(1, sum(x["ok"] for x in entry["trials"])), 2
+        )
         trials = entry["trials"]
         accepted = sum(x["accepted"] for x in trials)
         pe = rep.get("per_event", {})

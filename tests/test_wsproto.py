@@ -20,8 +20,10 @@ from sanic.worker.manager import WorkerManager
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from service.limits import FrameGuard
 from service.web import wsproto
 from service.web.wsproto import LeanEvent, RelayWebSocketProtocol, compression_extensions
 from tests.conftest import Server, recv_json
@@ -234,7 +236,6 @@ def _class_shape_problems() -> list[str]:
         "connection_made": ["self", "io_proto", "loop"],
         "async_data_received": ["self", "data_to_send", "events_to_process"],
         "process_events": ["self", "events"],
-        "process_pong": ["self", "frame"],
         "auto_close_connection": ["self"],
         "keepalive_ping": ["self"],
     }.items():
@@ -297,6 +298,7 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
         isinstance(io._can_write, LeanEvent) and isinstance(io._data_received, LeanEvent), "_can_write/_data_received"
     )
     expect(isinstance(io._http.stage, Stage) and isinstance(io._time, float), "_http.stage, _time")
+    expect(hasattr(io, "_callback_check_timeouts"), "WebSocketProtocol._callback_check_timeouts")
     expect(io.transport is not None and io.loop is asyncio.get_running_loop(), "transport, loop")
     request = io._http.request
     expect(all(hasattr(request, n) for n in ("url", "client_ip", "port")), "_http.request.url/client_ip/port")
@@ -331,6 +333,53 @@ async def test_a_relay_socket_has_no_frame_assembler_and_no_recv(server: Server)
     await client.send(json.dumps({"type": "ping"}))  # the listener still answers
     assert (await recv_json(client))["type"] == "pong"
     await client.close()
+
+
+async def test_an_open_socket_keeps_no_timeout_timer(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sanic's timeout timer, armed at the accept, is cancelled once the connection is a WebSocket."""
+    armed: list[asyncio.TimerHandle] = []
+    check = RelayWebSocketProtocol.check_timeouts
+
+    def recording_check(self: RelayWebSocketProtocol) -> None:  # the real check, its timer noted
+        check(self)
+        if self._callback_check_timeouts is not None:
+            armed.append(self._callback_check_timeouts)
+
+    monkeypatch.setattr(RelayWebSocketProtocol, "check_timeouts", recording_check)
+    client = await server.connect("no-timer")
+    assert (await recv_json(client))["type"] == "connected"
+    (sink,) = server.app.ctx.pinger.sockets
+    io = sink.ws.io_proto
+    assert armed, "Sanic armed no timer at the accept"
+    assert all(timer.cancelled() for timer in armed)
+    assert io._callback_check_timeouts is None
+    await client.close()
+
+
+def _client_frame(opcode: Opcode, data: bytes) -> bytes:
+    """A frame as a client sends it (masked)."""
+    return Frame(opcode, data).serialize(mask=True, extensions=[])
+
+
+async def test_a_pong_settles_its_ping_and_the_ones_before_it() -> None:
+    """A pong resolves the ping it answers and every earlier one, at once; later pings stay pending."""
+    impl = wsproto._LeanImpl(
+        ServerProtocol(state=State.OPEN),
+        ping_interval=None,
+        ping_timeout=None,
+        close_timeout=1,
+        guard=FrameGuard(rate=100, max_frames_per_message=8),
+    )
+    loop = asyncio.get_running_loop()
+    impl.pings = {payload: loop.create_future() for payload in (b"one", b"two", b"three")}
+    waiters = dict(impl.pings)
+    impl.data_received(_client_frame(Opcode.PONG, b"unsolicited"))
+    assert not any(w.done() for w in waiters.values()) and len(impl.pings) == 3
+    impl.data_received(_client_frame(Opcode.PONG, b"two"))  # settled in this call, not by a task later
+    assert waiters[b"one"].done() and waiters[b"two"].done() and not waiters[b"three"].done()
+    assert list(impl.pings) == [b"three"]
+    impl.data_received(_client_frame(Opcode.PONG, b"three"))
+    assert waiters[b"three"].done() and impl.pings == {}
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])

@@ -103,11 +103,11 @@ class HttpIngest(asyncio.Protocol):
         )
 
 
-async def main(port: int) -> None:
+async def main(port: int, ping_interval: float) -> None:
     loop = asyncio.get_running_loop()
     http = await loop.create_server(HttpIngest, "127.0.0.1", port + 1, backlog=1024)
     async with (
-        serve(handler, "127.0.0.1", port, backlog=1024, compression=None, ping_interval=20, ping_timeout=20),
+        serve(handler, "127.0.0.1", port, backlog=1024, compression=None, ping_interval=ping_interval, ping_timeout=20),
         http,
     ):
         await asyncio.Future()
@@ -116,5 +116,6 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between keepalive pings")
     args = parser.parse_args()
-    uvloop.run(main(args.port))
+    uvloop.run(main(args.port, args.ping_interval))

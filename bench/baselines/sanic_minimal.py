@@ -78,8 +78,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backlog", type=int, default=1024)
+    parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between keepalive pings")
     args = parser.parse_args()
-    app.config.WEBSOCKET_PING_INTERVAL = 20
+    app.config.WEBSOCKET_PING_INTERVAL = args.ping_interval
     app.run(
         host="127.0.0.1",
         port=args.port,

@@ -69,6 +69,8 @@ app.router.add_get("/healthz", healthz)
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ping-interval", type=float, default=25.0, help="seconds between Engine.IO pings")
     args = parser.parse_args()
+    sio.eio.ping_interval = args.ping_interval  # read by each socket's ping loop
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, backlog=1024)

@@ -41,8 +41,9 @@ lists and tests its own):
   reads ``app``, ``websocket_max_size``, ``websocket_ping_interval``,
   ``websocket_ping_timeout``, ``websocket_timeout``, ``_can_write``,
   ``transport`` and ``_http.request`` (``url``, ``client_ip``, ``port``), calls
-  ``log_websocket``, and sets ``_time``, ``websocket``, ``websocket_url`` and
-  ``websocket_peer``; it leaves the 101 in websockets' ``ServerProtocol.writes``
+  ``log_websocket``, sets ``_time``, ``websocket``, ``websocket_url`` and
+  ``websocket_peer``, and cancels ``_callback_check_timeouts`` (Sanic's timeout
+  timer); it leaves the 101 in websockets' ``ServerProtocol.writes``
   (written with the handler's first frame) and relies on Sanic's
   ``_websocket_handler`` starting the handler's task in the same turn (else the
   101 is only written alone, a turn later; ``tests/test_wsproto.py`` checks);
@@ -62,8 +63,9 @@ lists and tests its own):
   callback starts ``auto_close_connection()``), ``keepalive_ping_task`` and
   ``auto_closer_task`` (a placeholder until then); ``data_received`` and
   ``process_events(events)`` are replaced: messages go to a listener
-  (:func:`listen`), pongs to ``process_pong(frame)``, what must be written
-  through ``async_data_received(data_to_send, events)``; ``fail_connection``
+  (:func:`listen`), a pong resolves its ping's future in ``pings`` (as Sanic's
+  ``process_pong``, without a task when the read needs no answer), what must be
+  written through ``async_data_received(data_to_send, events)``; ``fail_connection``
   is extended (it discards websockets' pending writes: a pending 101 is written first).
 - ``routes/ws.py`` (``WsSink``) writes frames and pings past Sanic's ``send``:
   it reads ``ws_proto`` (websockets' ``ServerProtocol``: ``state``,
@@ -565,9 +567,22 @@ class _LeanImpl(WebsocketImplProtocol):
         """Messages go to the listener; a pong resolves its ping; the peer's close ends the listening."""
         for frame in self._take_messages(events):
             if frame.opcode is Opcode.PONG:
-                await self.process_pong(frame)
+                self._acknowledge(frame)
             else:  # CLOSE, after websockets' answer to it was written (async_data_received)
                 self._deliver(None)
+
+    def _acknowledge(self, pong: Frame) -> None:
+        """Resolve the ping ``pong`` answers, and every ping before it (Sanic's ``process_pong``)."""
+        pings = self.pings
+        data = bytes(pong.data)
+        if data not in pings:
+            return  # unsolicited, or answers a ping already acknowledged
+        for ping_id in list(pings):
+            waiter = pings.pop(ping_id)
+            if not waiter.done():
+                waiter.set_result(None)
+            if ping_id == data:
+                return
 
     def flush_pending(self) -> None:
         """Write what waits in websockets' outgoing buffer: the 101, when nothing took it with a frame yet.
@@ -618,12 +633,8 @@ class _LeanImpl(WebsocketImplProtocol):
                 events.extend(parsed)
                 break
             events.extend(parsed)
-        loop = asyncio.get_running_loop()
         if refusal is None:
-            data_to_send = proto.data_to_send()
-            rest = self._take_messages(events) if events else events
-            if data_to_send or rest:
-                _keep(loop.create_task(self.async_data_received(data_to_send, rest)))  # type: ignore[no-untyped-call]
+            self._act_on(proto.data_to_send(), events)
             return
         # Refused: read nothing more, answer none of this read's pings (a flood can hold thousands),
         # let the frames before the refused one be handled (briefly), then close.
@@ -633,7 +644,20 @@ class _LeanImpl(WebsocketImplProtocol):
             proto.data_to_send()
         if self.io_proto is not None and self.io_proto.transport is not None:
             self.io_proto.transport.pause_reading()
-        _keep(loop.create_task(self._handle_then_refuse(events[:index], code, reason, why)))
+        _keep(asyncio.get_running_loop().create_task(self._handle_then_refuse(events[:index], code, reason, why)))
+
+    def _act_on(self, data_to_send: list[bytes], events: list[Any]) -> None:
+        """Hand a read's messages over now; write its answers and handle its pongs and close in a task.
+
+        A read with nothing to write and at most pongs (the answers to the keepalive
+        pings, the usual read on an idle socket) is settled here, without a task.
+        """
+        rest = self._take_messages(events) if events else events
+        if not data_to_send and all(frame.opcode is Opcode.PONG for frame in rest):
+            for frame in rest:
+                self._acknowledge(frame)
+            return
+        _keep(asyncio.get_running_loop().create_task(self.async_data_received(data_to_send, rest)))  # type: ignore[no-untyped-call]
 
     async def _handle_then_refuse(self, events: list[Any], code: int, reason: str, why: str) -> None:
         """Hand the frames that passed to Sanic (for at most ``CLOSE_GRACE`` s), then close with ``code``."""
@@ -796,6 +820,12 @@ class RelayWebSocketProtocol(WebSocketProtocol):
         # broker), _LeanImpl.flush_pending writes it alone on the turn after.
         ws_proto.writes.append(resp.serialize())
         self._time = time.monotonic()  # as Sanic's send() after writing the head
+        # Sanic stops timing a connection once it is a WebSocket, but only when its check next
+        # runs, half the handshake timeout after the accept: a wake-up per socket for nothing
+        # (a crowd's all together), and the timer holds the connection until then.
+        if self._callback_check_timeouts is not None:
+            self._callback_check_timeouts.cancel()
+            self._callback_check_timeouts = None
         impl = self.websocket = _LeanImpl(
             ws_proto,
             ping_interval=self.websocket_ping_interval,

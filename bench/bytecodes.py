@@ -3,6 +3,7 @@
     python bench/bytecodes.py                      # this tree, 1 subscriber per execution
     python bench/bytecodes.py --tree /tmp/base     # another tree's relay, same client
     python bench/bytecodes.py --top 40             # the 40 functions running the most bytecodes
+    python bench/bytecodes.py --env RELAY_BROKER_URL=redis://127.0.0.1:PORT   # the Redis broker
 
 The relay is started as ``bench/run.py`` starts it (same environment), under a
 small wrapper that counts ``sys.settrace`` opcode events in its main thread
@@ -114,11 +115,11 @@ async def _client(port: int, ids: list[str], posts: int, warmup: int, server: su
         task.cancel()
 
 
-def measure(tree: Path, executions: int, posts: int, warmup: int) -> list[list]:
+def measure(tree: Path, executions: int, posts: int, warmup: int, extra: dict[str, str] | None = None) -> list[list]:
     """Per code object (file, line, name, bytecodes, calls) over ``posts`` POSTs of ``tree``'s relay."""
     target = bench.Target("relay", "relay", "relay", False, port=bench.free_port())
     out = Path(tempfile.mktemp(prefix="bytecodes-", suffix=".json"))
-    env = target.env() | {"BYTECODES_OUT": str(out), "PYTHONPATH": str(tree)}
+    env = target.env() | (extra or {}) | {"BYTECODES_OUT": str(out), "PYTHONPATH": str(tree)}
     log = open(tempfile.mktemp(prefix="bytecodes-server-", suffix=".log"), "w")  # noqa: SIM115
     server = subprocess.Popen([bench.PY, "-c", _WRAPPER], cwd=tree, env=env, stdout=log, stderr=log)
     try:
@@ -152,8 +153,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--json", help="write the per-function counts here too")
+    ap.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE added to the relay's environment (e.g. RELAY_BROKER_URL)"
+    )
     args = ap.parse_args()
-    rows = measure(Path(args.tree).resolve(), args.executions, args.posts, args.warmup)
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    rows = measure(Path(args.tree).resolve(), args.executions, args.posts, args.warmup, extra)
     timer = [r for r in rows if any(t in r[2] for t in TIMER_WORK)]
     work = [r for r in rows if r not in timer]
     per = args.posts

@@ -229,7 +229,12 @@ class _Lane:
         if connection is None:
             connection = self.connection = await self.client.connection_pool.get_connection()
         try:
-            stale = not connection.is_connected or await connection.can_read() or self._primary_moved(connection)
+            stale = (
+                not connection.is_connected
+                or redis_wire.dirty(connection)
+                or await connection.can_read()
+                or self._primary_moved(connection)
+            )
         except (RedisError, OSError):
             stale = True
         if stale:
@@ -237,6 +242,7 @@ class _Lane:
             # pool's own check is off while redis-py's maintenance notifications are on.
             await connection.disconnect()
             await connection.connect()  # under Sentinel, asks for the current primary
+        redis_wire.take_over(connection)  # replies parsed as they arrive (once per connect)
         return connection
 
     def _primary_moved(self, connection: Connection) -> bool:
@@ -934,14 +940,20 @@ class RedisBroker(Broker):
     async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
         """Dispatch messages in arrival order; mark connected once resubscribed.
 
-        Messages are read straight off the connection (:mod:`.redis_wire`), all
-        those one socket read brought at once; redis-py's ``handle_message`` only
-        sees the rest (subscribe, unsubscribe, pong), whose bookkeeping it keeps.
+        Live events are dispatched by the connection's protocol as they are parsed
+        (:meth:`_on_live`, :func:`.redis_wire.take_over`), with no task woken for
+        them; this task gets the rest, and redis-py's ``handle_message`` keeps the
+        bookkeeping of those (subscribe, unsubscribe, pong). Without hiredis, it
+        reads everything off the connection itself.
         """
         connection = pubsub.connection
         assert connection is not None  # subscribed before reading
+        feed = redis_wire.take_over(connection, self._on_live)  # live events dispatched as they arrive
         while True:
-            messages = await redis_wire.read_available(connection)
+            if feed is None:
+                messages = await redis_wire.read_available(connection)
+            else:
+                messages = await feed.read(None)
             self._last_seen = time.monotonic()
             for reply in messages:
                 if isinstance(reply, Exception):
@@ -960,6 +972,14 @@ class RedisBroker(Broker):
                         if not pending:
                             self._on_connected(first)
                 # pong, unsubscribe: nothing to do beyond _last_seen
+
+    def _on_live(self, reply: Any) -> bool:
+        """A reply as the pub/sub connection parses it: a live event is dispatched at once (True), the rest left."""
+        if isinstance(reply, list) and reply[0] == "message":  # a RESP3 push is a list subclass
+            self._last_seen = time.monotonic()
+            self._dispatch(reply[1], reply[2])
+            return True
+        return False
 
     def _dispatch(self, channel: str, data: str) -> None:
         """Hand one live event to the listener (or a control message to its handler)."""

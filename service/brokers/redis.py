@@ -222,19 +222,20 @@ class _Lane:
         self.in_flight: deque[_Batch] = deque()
         #: The connection a pipeline may be written to at once (the flusher is reading it), else None.
         self.open: Connection | None = None
+        #: What parses the connection's replies as they arrive (:func:`.redis_wire.take_over`; None without hiredis).
+        self.feed: redis_wire.Feed | None = None
 
     async def acquire(self) -> Connection:
         """The kept connection, connected again if it went stale."""
         connection = self.connection
         if connection is None:
             connection = self.connection = await self.client.connection_pool.get_connection()
+        feed = self.feed
         try:
-            stale = (
-                not connection.is_connected
-                or redis_wire.dirty(connection)
-                or await connection.can_read()
-                or self._primary_moved(connection)
-            )
+            if feed is not None and connection.is_connected:  # the feed saw whatever arrived, EOF included
+                stale = feed.dirty or self._primary_moved(connection)
+            else:
+                stale = not connection.is_connected or await connection.can_read() or self._primary_moved(connection)
         except (RedisError, OSError):
             stale = True
         if stale:
@@ -242,7 +243,9 @@ class _Lane:
             # pool's own check is off while redis-py's maintenance notifications are on.
             await connection.disconnect()
             await connection.connect()  # under Sentinel, asks for the current primary
-        redis_wire.take_over(connection)  # replies parsed as they arrive (once per connect)
+            feed = None
+        if feed is None:
+            self.feed = redis_wire.take_over(connection)  # replies parsed as they arrive (once per connect)
         return connection
 
     def _primary_moved(self, connection: Connection) -> bool:
@@ -254,7 +257,7 @@ class _Lane:
 
     async def close(self) -> None:
         """Give the connection back to the pool."""
-        connection, self.connection = self.connection, None
+        connection, self.connection, self.feed = self.connection, None, None
         if connection is not None:
             await self.client.connection_pool.release(connection)
 
@@ -607,7 +610,7 @@ class RedisBroker(Broker):
         assert connection is not None  # a pipeline in flight went out on it
         batch, calls, count, _ = lane.in_flight[0]
         try:
-            raw = await redis_wire.read_replies(connection, count, None)  # the deadline: _check_lane
+            raw = await redis_wire.read_replies(connection, count, None, lane.feed)  # the deadline: _check_lane
         except _BROKEN as exc:
             lane.open = None
             await connection.disconnect(nowait=True)

@@ -121,6 +121,11 @@ class Feed(asyncio.Protocol):
         """Passed on: ``drain`` waits on the stream protocol."""
         self._stream.resume_writing()
 
+    @property
+    def dirty(self) -> bool:
+        """Whether replies (or part of one) arrived that nobody read, or the connection failed: never reuse it."""
+        return bool(self.replies) or self.error is not None or bool(self._reader.has_data())
+
     def fail(self, exc: Exception) -> None:
         """Make the read waiting (now or next) raise ``exc`` unless its replies are already there."""
         if self.error is None:
@@ -182,7 +187,7 @@ def _feed(connection: AbstractConnection) -> Feed | None:
 def dirty(connection: AbstractConnection) -> bool:
     """Whether a taken-over ``connection`` holds replies nobody read, or has failed (never reuse it then)."""
     feed = _feed(connection)
-    return feed is not None and (bool(feed.replies) or feed.error is not None)
+    return feed is not None and feed.dirty
 
 
 def interrupt(connection: AbstractConnection, exc: Exception) -> bool:
@@ -216,15 +221,19 @@ async def _fill(connection: AbstractConnection, timeout: float | None) -> None:
         raise RedisConnectionError(f"Error while reading from the Redis server: {exc.args}") from None
 
 
-async def read_replies(connection: AbstractConnection, count: int, timeout: float | None) -> list[Any]:
+async def read_replies(
+    connection: AbstractConnection, count: int, timeout: float | None, feed: Feed | None = None
+) -> list[Any]:
     """The next ``count`` replies, in order; an error reply is returned as its exception, not raised.
 
     ``timeout`` bounds each wait for data (as redis-py's ``socket_timeout`` bounds each read); with
     None the caller keeps its own deadline (:func:`interrupt`; without hiredis, the socket timeout applies).
     A broken or silent connection raises (``ConnectionError``, ``TimeoutError``); the caller
-    must then drop it, since replies may still be pending on it.
+    must then drop it, since replies may still be pending on it. ``feed``: the connection's
+    :class:`Feed` when the caller kept it from :func:`take_over` (else it is looked up).
     """
-    feed = _feed(connection)
+    if feed is None:
+        feed = _feed(connection)
     if feed is not None:
         return await _checked(connection, await _read_fed(connection, feed, count, timeout))
     if not fast(connection):

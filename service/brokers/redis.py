@@ -68,7 +68,7 @@ from redis.retry import Retry
 
 from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
-from ..events import Event, EventDraft
+from ..events import EVENT_TYPES, Event, EventDraft
 from . import redis_errors, redis_wire
 from .base import Broker, HistoryPage, PublishResult, new_epoch
 from .redis_errors import BROKEN as _BROKEN
@@ -450,9 +450,10 @@ class RedisBroker(Broker):
         calls = []
         for draft in drafts:
             keys, packed_keys, packed_channel = names.get(draft.execution_id) or self._names(draft.execution_id)
+            key = draft.idempotency_key
             packed = (
-                f"{packed_keys}{_bulk(draft.head)}{_bulk(draft.tail)}{_bulk(draft.event)}"
-                f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(draft.idempotency_key or '')}{self._limits}"
+                f"{packed_keys}{_bulk(draft.head)}{_bulk(draft.tail)}{_EVENTS.get(draft.event) or _bulk(draft.event)}"
+                f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(key) if key else _NO_KEY}{self._limits}"
                 f"{now}{packed_channel}{_bulk(new_epoch())}"
             )
             calls.append((keys, packed))
@@ -1141,7 +1142,8 @@ def _bulk(text: str) -> str:
     return f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n"
 
 
-_TERMINAL, _NOT_TERMINAL = _bulk("1"), _bulk("0")
+_TERMINAL, _NOT_TERMINAL, _NO_KEY = _bulk("1"), _bulk("0"), _bulk("")
+_EVENTS = {event: _bulk(event) for event in EVENT_TYPES}  # the event types, packed once
 _SCRIPT_ITEMS = 13  # keys and arguments of one publish script call: 3 + 10, as _script_calls packs them
 
 

@@ -3,6 +3,8 @@
     python bench/bytecodes.py                      # this tree, 1 subscriber per execution
     python bench/bytecodes.py --tree /tmp/base     # another tree's relay, same client
     python bench/bytecodes.py --top 40             # the 40 functions running the most bytecodes
+    python bench/bytecodes.py --env RELAY_BROKER_URL=redis://127.0.0.1:PORT   # the Redis broker
+    python bench/bytecodes.py --in-flight 8        # 8 POSTs in flight (the closed loop's), not one at a time
 
 The relay is started as ``bench/run.py`` starts it (same environment), under a
 small wrapper that counts ``sys.settrace`` opcode events in its main thread
@@ -65,7 +67,9 @@ def _body(i: int) -> bytes:
     return b'{"event":"progress","data":{"progress":42,"stage":"bench","status":"processing","status_text":"%d"}}' % i
 
 
-async def _client(port: int, ids: list[str], posts: int, warmup: int, server: subprocess.Popen) -> None:
+async def _client(
+    port: int, ids: list[str], posts: int, warmup: int, server: subprocess.Popen, in_flight: int = 1
+) -> None:
     import websockets
 
     subs = []
@@ -78,9 +82,10 @@ async def _client(port: int, ids: list[str], posts: int, warmup: int, server: su
             pass
 
     readers = [asyncio.create_task(drain(ws)) for ws in subs]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(in_flight)]
 
     async def post(i: int) -> None:
+        reader, writer = connections[i % in_flight]
         eid = ids[i % len(ids)]
         body = _body(i)
         writer.write(
@@ -97,28 +102,36 @@ async def _client(port: int, ids: list[str], posts: int, warmup: int, server: su
         if not head.startswith(b"HTTP/1.1 202"):
             raise RuntimeError(f"{head!r} {answer!r}")
 
-    for i in range(warmup):
-        await post(i)
+    async def closed_loop(first: int, last: int) -> None:  # in_flight connections, each one POST at a time
+        await asyncio.gather(*(_one_by_one(range(first + c, last, in_flight)) for c in range(in_flight)))
+
+    async def _one_by_one(numbers: range) -> None:
+        for i in numbers:
+            await post(i)
+
+    await closed_loop(0, warmup)
     await asyncio.sleep(0.3)
     server.send_signal(signal.SIGUSR1)
     await asyncio.sleep(0.3)
-    for i in range(warmup, warmup + posts):
-        await post(i)
+    await closed_loop(warmup, warmup + posts)
     await asyncio.sleep(0.3)  # the fan-out's last frames
     server.send_signal(signal.SIGUSR2)
     await asyncio.sleep(0.5)
-    writer.close()
+    for _, writer in connections:
+        writer.close()
     for ws in subs:
         await ws.close()
     for task in readers:
         task.cancel()
 
 
-def measure(tree: Path, executions: int, posts: int, warmup: int) -> list[list]:
+def measure(
+    tree: Path, executions: int, posts: int, warmup: int, extra: dict[str, str] | None = None, in_flight: int = 1
+) -> list[list]:
     """Per code object (file, line, name, bytecodes, calls) over ``posts`` POSTs of ``tree``'s relay."""
     target = bench.Target("relay", "relay", "relay", False, port=bench.free_port())
     out = Path(tempfile.mktemp(prefix="bytecodes-", suffix=".json"))
-    env = target.env() | {"BYTECODES_OUT": str(out), "PYTHONPATH": str(tree)}
+    env = target.env() | (extra or {}) | {"BYTECODES_OUT": str(out), "PYTHONPATH": str(tree)}
     log = open(tempfile.mktemp(prefix="bytecodes-server-", suffix=".log"), "w")  # noqa: SIM115
     server = subprocess.Popen([bench.PY, "-c", _WRAPPER], cwd=tree, env=env, stdout=log, stderr=log)
     try:
@@ -132,7 +145,7 @@ def measure(tree: Path, executions: int, posts: int, warmup: int) -> list[list]:
                     raise RuntimeError(f"relay did not start; see {log.name}") from None
                 time.sleep(0.1)
         ids = [f"bc-{i}" for i in range(executions)]
-        asyncio.run(_client(target.port, ids, posts, warmup, server))
+        asyncio.run(_client(target.port, ids, posts, warmup, server, in_flight))
         for _ in range(50):
             if out.exists() and out.stat().st_size:
                 break
@@ -152,8 +165,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--json", help="write the per-function counts here too")
+    ap.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE added to the relay's environment (e.g. RELAY_BROKER_URL)"
+    )
+    ap.add_argument(
+        "--in-flight", type=int, default=1, help="POSTs in flight, each on its own connection (the closed loop: 8)"
+    )
     args = ap.parse_args()
-    rows = measure(Path(args.tree).resolve(), args.executions, args.posts, args.warmup)
+    extra = dict(kv.split("=", 1) for kv in args.env)
+    rows = measure(Path(args.tree).resolve(), args.executions, args.posts, args.warmup, extra, args.in_flight)
     timer = [r for r in rows if any(t in r[2] for t in TIMER_WORK)]
     work = [r for r in rows if r not in timer]
     per = args.posts

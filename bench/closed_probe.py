@@ -82,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --callgrind: also simulate this machine's L1d (48 KiB) and L2 (1 MiB, as the last level)",
     )
-    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE added to the relay's environment")
+    ap.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE added to the relay's environment (and each --tree's)"
+    )
     ap.add_argument(
         "--variant",
         action="append",
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         t = bench.Target(name=f"relay_{label}", **bench.TARGETS["relay"])
         start = f"import sys, runpy;sys.path.insert(0, {directory!r}); runpy.run_module('service', run_name='__main__')"
         t.command = lambda start=start: [bench.PY, "-c", start]  # type: ignore[method-assign]
+        t.extra_env.update(dict(kv.split("=", 1) for kv in args.env))
+        # A prefix of its own: with a shared one, each tree's events would reach the other's subscribers too.
+        t.extra_env["RELAY_REDIS_PREFIX"] = f"{t.extra_env.get('RELAY_REDIS_PREFIX', 'relay')}-{label}"
         targets.append(t)
     pubcfg = dict(mode="closed", connections=args.connections)
     rows: dict[str, list[dict]] = {t.name: [] for t in targets}

@@ -495,3 +495,31 @@ async def test_a_silent_redis_fails_every_pipeline_in_flight_after_the_command_t
         admin.close()
         await broker.close()
         server.close()
+
+
+async def test_a_stray_reply_on_the_idle_lane_is_never_taken_for_a_publish(make_broker: Callable[..., Any]) -> None:
+    """A reply nobody asked for arrives on the idle lane: the next publish takes a fresh connection, not that reply."""
+    broker = await make_broker()
+    assert (await broker.publish(progress("stray"))).seq == 1
+    connection, feed = broker._lane.connection, broker._lane.feed
+    assert connection is not None and connection._writer is not None and feed is not None
+    connection._writer.write(b"*2\r\n$4\r\nECHO\r\n$5\r\nstray\r\n")  # its reply is parsed as it arrives
+    await _until(lambda: bool(feed.replies))
+    result = await broker.publish(progress("stray"))
+    assert result.seq == 2 and not result.duplicate
+    assert broker._lane.feed is not feed  # connected again
+
+
+async def test_live_events_reach_the_listener_in_order_from_the_pubsub_connection(
+    make_broker: Callable[..., Any],
+) -> None:
+    """Events published by another instance reach this one's listener in seq order, each once."""
+    receiver = await make_broker()
+    seen: list[int] = []
+    receiver.set_listener(lambda eid, event: seen.append(event.seq))
+    await receiver.subscribe("ordered-live")
+    sender = await make_broker()
+    results = await asyncio.gather(*[sender.publish(progress("ordered-live")) for _ in range(20)])
+    assert sorted(r.seq for r in results) == list(range(1, 21))
+    await _until(lambda: len(seen) == 20)
+    assert seen == list(range(1, 21))

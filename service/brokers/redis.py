@@ -68,7 +68,7 @@ from redis.retry import Retry
 
 from ..config import DEFAULTS, REDIS_RECONNECT_MAX, REDIS_RECONNECT_MIN
 from ..errors import BrokerUnavailable, ExecutionFinished, RelayError
-from ..events import Event, EventDraft
+from ..events import EVENT_TYPES, Event, EventDraft
 from . import redis_errors, redis_wire
 from .base import Broker, HistoryPage, PublishResult, new_epoch
 from .redis_errors import BROKEN as _BROKEN
@@ -222,14 +222,20 @@ class _Lane:
         self.in_flight: deque[_Batch] = deque()
         #: The connection a pipeline may be written to at once (the flusher is reading it), else None.
         self.open: Connection | None = None
+        #: What parses the connection's replies as they arrive (:func:`.redis_wire.take_over`; None without hiredis).
+        self.feed: redis_wire.Feed | None = None
 
     async def acquire(self) -> Connection:
         """The kept connection, connected again if it went stale."""
         connection = self.connection
         if connection is None:
             connection = self.connection = await self.client.connection_pool.get_connection()
+        feed = self.feed
         try:
-            stale = not connection.is_connected or await connection.can_read() or self._primary_moved(connection)
+            if feed is not None and connection.is_connected:  # the feed saw whatever arrived, EOF included
+                stale = feed.dirty or self._primary_moved(connection)
+            else:
+                stale = not connection.is_connected or await connection.can_read() or self._primary_moved(connection)
         except (RedisError, OSError):
             stale = True
         if stale:
@@ -237,6 +243,9 @@ class _Lane:
             # pool's own check is off while redis-py's maintenance notifications are on.
             await connection.disconnect()
             await connection.connect()  # under Sentinel, asks for the current primary
+            feed = None
+        if feed is None:
+            self.feed = redis_wire.take_over(connection)  # replies parsed as they arrive (once per connect)
         return connection
 
     def _primary_moved(self, connection: Connection) -> bool:
@@ -248,7 +257,7 @@ class _Lane:
 
     async def close(self) -> None:
         """Give the connection back to the pool."""
-        connection, self.connection = self.connection, None
+        connection, self.connection, self.feed = self.connection, None, None
         if connection is not None:
             await self.client.connection_pool.release(connection)
 
@@ -441,9 +450,10 @@ class RedisBroker(Broker):
         calls = []
         for draft in drafts:
             keys, packed_keys, packed_channel = names.get(draft.execution_id) or self._names(draft.execution_id)
+            key = draft.idempotency_key
             packed = (
-                f"{packed_keys}{_bulk(draft.head)}{_bulk(draft.tail)}{_bulk(draft.event)}"
-                f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(draft.idempotency_key or '')}{self._limits}"
+                f"{packed_keys}{_bulk(draft.head)}{_bulk(draft.tail)}{_EVENTS.get(draft.event) or _bulk(draft.event)}"
+                f"{_TERMINAL if draft.terminal else _NOT_TERMINAL}{_bulk(key) if key else _NO_KEY}{self._limits}"
                 f"{now}{packed_channel}{_bulk(new_epoch())}"
             )
             calls.append((keys, packed))
@@ -601,7 +611,7 @@ class RedisBroker(Broker):
         assert connection is not None  # a pipeline in flight went out on it
         batch, calls, count, _ = lane.in_flight[0]
         try:
-            raw = await redis_wire.read_replies(connection, count, None)  # the deadline: _check_lane
+            raw = await redis_wire.read_replies(connection, count, None, lane.feed)  # the deadline: _check_lane
         except _BROKEN as exc:
             lane.open = None
             await connection.disconnect(nowait=True)
@@ -934,14 +944,20 @@ class RedisBroker(Broker):
     async def _read(self, pubsub: PubSub, pending: set[str], first: bool) -> None:
         """Dispatch messages in arrival order; mark connected once resubscribed.
 
-        Messages are read straight off the connection (:mod:`.redis_wire`), all
-        those one socket read brought at once; redis-py's ``handle_message`` only
-        sees the rest (subscribe, unsubscribe, pong), whose bookkeeping it keeps.
+        Live events are dispatched by the connection's protocol as they are parsed
+        (:meth:`_on_live`, :func:`.redis_wire.take_over`), with no task woken for
+        them; this task gets the rest, and redis-py's ``handle_message`` keeps the
+        bookkeeping of those (subscribe, unsubscribe, pong). Without hiredis, it
+        reads everything off the connection itself.
         """
         connection = pubsub.connection
         assert connection is not None  # subscribed before reading
+        feed = redis_wire.take_over(connection, self._on_live)  # live events dispatched as they arrive
         while True:
-            messages = await redis_wire.read_available(connection)
+            if feed is None:
+                messages = await redis_wire.read_available(connection)
+            else:
+                messages = await feed.read(None)
             self._last_seen = time.monotonic()
             for reply in messages:
                 if isinstance(reply, Exception):
@@ -960,6 +976,14 @@ class RedisBroker(Broker):
                         if not pending:
                             self._on_connected(first)
                 # pong, unsubscribe: nothing to do beyond _last_seen
+
+    def _on_live(self, reply: Any) -> bool:
+        """A reply as the pub/sub connection parses it: a live event is dispatched at once (True), the rest left."""
+        if isinstance(reply, list) and reply[0] == "message":  # a RESP3 push is a list subclass
+            self._last_seen = time.monotonic()
+            self._dispatch(reply[1], reply[2])
+            return True
+        return False
 
     def _dispatch(self, channel: str, data: str) -> None:
         """Hand one live event to the listener (or a control message to its handler)."""
@@ -1118,7 +1142,8 @@ def _bulk(text: str) -> str:
     return f"${len(text) if text.isascii() else len(text.encode())}\r\n{text}\r\n"
 
 
-_TERMINAL, _NOT_TERMINAL = _bulk("1"), _bulk("0")
+_TERMINAL, _NOT_TERMINAL, _NO_KEY = _bulk("1"), _bulk("0"), _bulk("")
+_EVENTS = {event: _bulk(event) for event in EVENT_TYPES}  # the event types, packed once
 _SCRIPT_ITEMS = 13  # keys and arguments of one publish script call: 3 + 10, as _script_calls packs them
 
 

@@ -15,9 +15,10 @@ The policy (choice), installed in served processes only:
   pause follows the rate of allocation, not the number of open connections nor
   the events kept in history. Freezing only after full collections (the first
   version) still let the middle and full collections rescan what the young
-  ones had promoted since the last freeze: at 4,000 events/s, 10,000-20,000
-  objects (mostly events just kept in history), 1-5 ms each, several times in
-  every 3 seconds.
+  ones had promoted since the last freeze: at 4,000 events/s, 8,600-28,700
+  objects (mostly events just kept in history), 2.6-18 ms of CPU each on a
+  busy machine, 1-3 times in every 3 s (``bench/tail_probe.py --sizes``); now
+  none examines more than ~1,800 but for a young one catching a burst.
 - The price: an object frozen and later left in a reference cycle is not
   reclaimed by a collection. A closed connection leaves ~40 such objects
   (cycles inside Sanic and websockets); a POST leaves none. So once as many

@@ -16,8 +16,8 @@ sockets a turn: sockets that connected together fall due together, and a
 ping costs tens of microseconds (a frame, a write), its pong about as much
 when it comes back. Pinging them all in one turn held the event loop, and
 every event in flight, for 40 ms per 2,000 sockets; a 32nd of them per turn
-(62 of 2,000) still held it for milliseconds every 0.3 s during half of every
-ping interval, and their 62 pongs came back together. So a turn visits
+(62 of 2,000) still held it 1.2-2 ms every 0.3 s during half of every ping
+interval (``bench/tail_probe.py``), and their 62 pongs came back together. So a turn visits
 ``PER_TURN`` sockets at most (more only past ``sweep / MIN_GAP * PER_TURN``
 sockets), and a sweep takes as many turns as that needs, at least ``SLICES``.
 """

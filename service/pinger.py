@@ -37,8 +37,8 @@ __all__ = ["MIN_GAP", "PER_TURN", "SLICES", "Pingable", "Pinger", "ping_payload"
 SLICES = 32
 #: Sockets visited (so pinged at most) in one turn of the loop.
 PER_TURN = 8
-#: Seconds between two turns of a sweep, at least: past 40,000 sockets (10 s sweeps), a turn
-#: visits more than PER_TURN sockets rather than wake the loop more than 500 times a second.
+#: Seconds between two turns of a sweep of more than SLICES turns, at least: past 40,000 sockets
+#: (10 s sweeps), a turn visits more than PER_TURN sockets rather than wake the loop more often.
 MIN_GAP = 0.002
 
 

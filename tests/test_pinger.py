@@ -103,7 +103,7 @@ async def test_a_turn_visits_a_few_sockets_however_many_are_open() -> None:
 
 
 def test_turns_per_sweep() -> None:
-    """A sweep takes SLICES turns at least, PER_TURN sockets each, and never turns closer than MIN_GAP apart."""
+    """A sweep takes SLICES turns at least, else PER_TURN sockets a turn, turns no closer than MIN_GAP."""
     assert turns(0, 10.0) == SLICES
     assert turns(PER_TURN * SLICES, 10.0) == SLICES
     assert turns(2000, 10.0) == 250

@@ -11,11 +11,15 @@ visits every open socket: it sends a ping frame when the last one is older
 than ``RELAY_WS_PING_INTERVAL`` and fails a peer whose pong has not arrived
 within ``RELAY_WS_PING_TIMEOUT`` (close 1011), the same policy as Sanic's.
 
-A sweep over all sockets is spread over ``SLICES`` turns: sockets that
-connected together (a crowd, a reconnect storm) fall due together, and a
-ping costs tens of microseconds (a frame, a write), so pinging them all in
-one turn would hold the event loop, and every event in flight, for 40 ms
-per 2,000 sockets. A slice at a time, no turn holds more than a slice.
+A sweep over all sockets is spread over many turns of the loop, a few
+sockets a turn: sockets that connected together fall due together, and a
+ping costs tens of microseconds (a frame, a write), its pong about as much
+when it comes back. Pinging them all in one turn held the event loop, and
+every event in flight, for 40 ms per 2,000 sockets; a 32nd of them per turn
+(62 of 2,000) still held it 1.2-2 ms every 0.3 s during half of every ping
+interval (``bench/tail_probe.py``), and their 62 pongs came back together. So a turn visits
+``PER_TURN`` sockets at most (more only past ``sweep / MIN_GAP * PER_TURN``
+sockets), and a sweep takes as many turns as that needs, at least ``SLICES``.
 """
 
 from __future__ import annotations
@@ -27,10 +31,15 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["SLICES", "Pingable", "Pinger", "ping_payload"]
+__all__ = ["MIN_GAP", "PER_TURN", "SLICES", "Pingable", "Pinger", "ping_payload", "turns"]
 
-#: Turns a sweep over every socket is spread over.
+#: Turns a sweep over every socket is spread over, at least.
 SLICES = 32
+#: Sockets visited (so pinged at most) in one turn of the loop.
+PER_TURN = 8
+#: Seconds between two turns of a sweep of more than SLICES turns, at least: past 40,000 sockets
+#: (10 s sweeps), a turn visits more than PER_TURN sockets rather than wake the loop more often.
+MIN_GAP = 0.002
 
 
 class Pingable(Protocol):
@@ -72,9 +81,16 @@ class Pinger:
         sweep = max(0.05, min(self.interval, self.timeout) / 2)
         while True:
             sockets = tuple(self.sockets)  # who is open now; one joining meanwhile waits for the next sweep
-            for index in range(SLICES):
-                await asyncio.sleep(sweep / SLICES)
-                self.visit(sockets[index::SLICES])
+            count = turns(len(sockets), sweep)
+            for index in range(count):
+                await asyncio.sleep(sweep / count)
+                self.visit(sockets[index::count])
+
+
+def turns(sockets: int, sweep: float) -> int:
+    """Turns of the loop a sweep over ``sockets`` sockets lasting ``sweep`` seconds is spread over."""
+    wanted = max(SLICES, -(-sockets // PER_TURN))  # PER_TURN sockets a turn at most
+    return max(SLICES, min(wanted, int(sweep / MIN_GAP)))
 
 
 def ping_payload() -> bytes:

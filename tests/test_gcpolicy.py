@@ -14,10 +14,16 @@ from typing import Any
 
 import pytest
 
+from service.events import Event
 from service.gcpolicy import CollectionPolicy
 from service.web import wsproto
 from service.web.wsproto import RelayWebSocketProtocol
 from tests.conftest import recv_json
+
+
+def scanned(kind: type) -> int:
+    """How many objects of ``kind`` a collection would scan (not frozen)."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
 
 
 def scanned_protocols() -> int:
@@ -49,7 +55,6 @@ async def test_full_collections_skip_open_connections(start_server: Callable[...
     for ws in sockets:
         assert (await recv_json(ws))["type"] == "connected"
     await wait_for(lambda: policy.open >= 12)
-    assert scanned_protocols() >= 12  # young objects: the next collections see them
 
     gc.collect()
 
@@ -57,6 +62,23 @@ async def test_full_collections_skip_open_connections(start_server: Callable[...
     assert gc.get_freeze_count() > 12 * 50  # with the ~130 objects each connection holds
     for ws in sockets:  # and the sockets still work
         await ws.ping()
+
+
+async def test_young_collections_freeze_events_kept_in_history(server: Any, policy: Any) -> None:
+    """Events kept in history are frozen by the first young collection they survive: none rescans them."""
+    policy.install()
+    gc.disable()  # no collection before the one below
+    try:
+        for _ in range(50):
+            assert (await server.publish("gc-history")).status_code == 202
+        assert scanned(Event) >= 50  # young: the next collection sees them
+
+        gc.collect(0)
+    finally:
+        gc.enable()
+
+    assert scanned(Event) == 0  # not promoted to the middle generation: frozen
+    assert [e.seq for e in (await server.relay.history("gc-history")).events][-1] == 50  # and still kept
 
 
 async def test_compaction_reclaims_closed_connections(start_server: Callable[..., Any], policy: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from service.pinger import SLICES, Pinger, ping_payload
+from service.pinger import MIN_GAP, PER_TURN, SLICES, Pinger, ping_payload, turns
 
 
 class Socket:
@@ -83,6 +83,32 @@ async def test_a_sweep_visits_a_slice_of_the_sockets_per_turn() -> None:
         first_visits[now] = first_visits.get(now, 0) + 1
     assert len(first_visits) == SLICES  # one moment per slice
     assert set(first_visits.values()) == {4}  # the same share each turn
+
+
+async def test_a_turn_visits_a_few_sockets_however_many_are_open() -> None:
+    """With many sockets a sweep takes more turns, PER_TURN sockets each: pings (and pongs) never come in a crowd."""
+    pinger = Pinger(0.8, 0.8)  # a sweep every 0.4 s
+    sockets = [Socket(pinger) for _ in range(PER_TURN * 100)]
+    pinger.sockets.update(sockets)
+    pinger.start()
+
+    await asyncio.wait_for(asyncio.gather(*(sock.visited.wait() for sock in sockets)), 10)
+    await pinger.stop()
+    first_visits: dict[float, int] = {}
+    for sock in sockets:
+        now = sock.visits[0][0]
+        first_visits[now] = first_visits.get(now, 0) + 1
+    assert len(first_visits) == 100
+    assert set(first_visits.values()) == {PER_TURN}
+
+
+def test_turns_per_sweep() -> None:
+    """A sweep takes SLICES turns at least, else PER_TURN sockets a turn, turns no closer than MIN_GAP."""
+    assert turns(0, 10.0) == SLICES
+    assert turns(PER_TURN * SLICES, 10.0) == SLICES
+    assert turns(2000, 10.0) == 250
+    assert turns(10**6, 10.0) == int(10.0 / MIN_GAP)  # a million sockets: 200 a turn, 500 turns a second
+    assert turns(10**6, 0.05) == SLICES
 
 
 async def test_a_socket_gone_before_its_slice_is_not_visited() -> None:

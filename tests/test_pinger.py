@@ -68,10 +68,10 @@ def test_ping_payloads_are_four_random_bytes() -> None:
     assert len(payloads) > 95 and all(len(p) == 4 for p in payloads)
 
 
-async def test_a_sweep_visits_a_slice_of_the_sockets_per_turn() -> None:
-    """The loop visits every socket once per sweep, a 1/SLICES share per turn, never all in one turn."""
-    pinger = Pinger(0.4, 0.4)  # a sweep every 0.2 s
-    sockets = [Socket(pinger) for _ in range(SLICES * 4)]
+async def first_sweep(interval: float, count: int) -> dict[float, int]:
+    """Run a pinger over ``count`` sockets until each was visited; how many were visited at each moment."""
+    pinger = Pinger(interval, interval)
+    sockets = [Socket(pinger) for _ in range(count)]
     pinger.sockets.update(sockets)
     pinger.start()
 
@@ -81,23 +81,19 @@ async def test_a_sweep_visits_a_slice_of_the_sockets_per_turn() -> None:
     for sock in sockets:
         now = sock.visits[0][0]
         first_visits[now] = first_visits.get(now, 0) + 1
+    return first_visits
+
+
+async def test_a_sweep_visits_a_slice_of_the_sockets_per_turn() -> None:
+    """The loop visits every socket once per sweep, a 1/SLICES share per turn, never all in one turn."""
+    first_visits = await first_sweep(0.4, SLICES * 4)  # a sweep every 0.2 s
     assert len(first_visits) == SLICES  # one moment per slice
     assert set(first_visits.values()) == {4}  # the same share each turn
 
 
 async def test_a_turn_visits_a_few_sockets_however_many_are_open() -> None:
     """With many sockets a sweep takes more turns, PER_TURN sockets each: pings (and pongs) never come in a crowd."""
-    pinger = Pinger(0.8, 0.8)  # a sweep every 0.4 s
-    sockets = [Socket(pinger) for _ in range(PER_TURN * 100)]
-    pinger.sockets.update(sockets)
-    pinger.start()
-
-    await asyncio.wait_for(asyncio.gather(*(sock.visited.wait() for sock in sockets)), 10)
-    await pinger.stop()
-    first_visits: dict[float, int] = {}
-    for sock in sockets:
-        now = sock.visits[0][0]
-        first_visits[now] = first_visits.get(now, 0) + 1
+    first_visits = await first_sweep(0.8, PER_TURN * 100)  # a sweep every 0.4 s
     assert len(first_visits) == 100
     assert set(first_visits.values()) == {PER_TURN}
 

@@ -193,14 +193,21 @@ async def test_publisher_retry_after_lost_response_delivers_once(server: Server)
     """When the first answer is lost on the way back, the retry reuses the key: one event, duplicate: true."""
     attempts = 0
 
+    async def whole_message(reader: asyncio.StreamReader) -> bytes:
+        """One HTTP message, head and Content-Length body (either may come in more than one read)."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        return head + await reader.readexactly(length)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal attempts
         attempts += 1
         up_reader, up_writer = await asyncio.open_connection(server.host, server.port)
-        request = await reader.read(65536)
-        up_writer.write(request)
+        up_writer.write(await whole_message(reader))
         await up_writer.drain()
-        response = await up_reader.read(65536)
+        response = await whole_message(up_reader)
         if attempts > 1:
             writer.write(response)  # the first answer is dropped: the server did accept it
             await writer.drain()

@@ -264,14 +264,9 @@ class Subscription:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
 
     def _written(self, item: Frame) -> None:
-        """Account for a written frame, its delivery latency included."""
+        """Count a written frame, its delivery latency included; the machine says whether that ended the stream."""
         if isinstance(item, Event):
             metrics.delivered(item.accepted_at if item.seq > self._delivery.replayed_to else 0.0)
-        self._accounted(item)
-
-    def _accounted(self, item: Frame) -> None:
-        """Count a written frame; the machine says whether that ended the stream."""
-        if isinstance(item, Event):
             self.sent += 1
         step = self._delivery.written(item)
         if step.close is not None:

@@ -210,19 +210,23 @@ class RelayRequest(Request):
             response = HTTPResponse(status=status, headers=headers, content_type=content_type)
         response.headers["x-request-id"] = self.request_id
         if self.app.ctx.settings.access_log:
-            access.info(
-                "request",
-                extra={
-                    "fields": {
-                        "request_id": self.request_id,
-                        "method": self.method,
-                        "path": redact(self.path),
-                        "status": response.status,
-                        "duration_ms": round((time.monotonic() - self.started) * 1000, 2),
-                    }
-                },
-            )
+            self.log_access(response.status)
         return await super().respond(response)
+
+    def log_access(self, status: int) -> None:
+        """Write the access log line of this request, answered with ``status``."""
+        access.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": self.request_id,
+                    "method": self.method,
+                    "path": redact(self.path),
+                    "status": status,
+                    "duration_ms": round((time.monotonic() - self.started) * 1000, 2),
+                }
+            },
+        )
 
 
 # Request ids: a per-process random prefix and a counter. Unique enough to correlate

@@ -108,6 +108,7 @@ from websockets.typing import ExtensionParameter, Subprotocol
 from .. import metrics
 from ..gcpolicy import policy as gc_policy
 from ..limits import FrameGuard, PeerLimit, Turnstile
+from . import direct
 from .hardening import LINGER, RelayHttp
 
 __all__ = ["Listener", "RelayWebSocketProtocol", "compression_extensions", "listen", "shared_text_frame"]
@@ -702,6 +703,7 @@ class RelayWebSocketProtocol(WebSocketProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.request_handler = direct.handle  # the publish route served past Sanic's router (direct.py)
         can_write = _lean_event()
         can_write.set()
         self._can_write = can_write

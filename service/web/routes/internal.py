@@ -24,7 +24,7 @@ from ...relay import Relay
 from ..hardening import refuse_body
 from ..http import JSONResponse, bearer_token, json_body, json_response
 
-__all__ = ["bp"]
+__all__ = ["accept_one", "bp"]
 
 bp = Blueprint("internal", url_prefix="/internal/v1")
 log = logging.getLogger("relay.publish")
@@ -108,9 +108,13 @@ def _log_published(result: PublishResult, event: str) -> None:
     )
 
 
-@bp.post("/executions/<execution_id>/events", stream=True)
-async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
-    """Accept one event for ``execution_id``: 202 with its seq."""
+async def accept_one(request: Request, execution_id: str) -> str:
+    """Publish the event in ``request``'s body to ``execution_id``; the JSON text of its 202 answer.
+
+    The route below answers with it; so does :mod:`service.web.direct`, which
+    serves this route straight from the connection (every route's errors are
+    raised, and answered by the app's error handlers, either way).
+    """
     relay = _admit(request)  # what @publisher_only does, inline on the hottest route
     stream: Any = request.stream
     if stream is not None and stream.request_body:  # _read_body, inline: one coroutine less per publish
@@ -121,7 +125,13 @@ async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
     result = await relay.publish(draft)
     if log.isEnabledFor(logging.INFO):  # not even a call to build the fields otherwise
         _log_published(result, draft.event)
-    return JSONResponse(_result_text(result), status=202, content_type="application/json")  # raw_json_response
+    return _result_text(result)
+
+
+@bp.post("/executions/<execution_id>/events", stream=True)
+async def publish_one(request: Request, execution_id: str) -> HTTPResponse:
+    """Accept one event for ``execution_id``: 202 with its seq (served by :mod:`..direct` over HTTP/1.1)."""
+    return JSONResponse(await accept_one(request, execution_id), status=202, content_type="application/json")
 
 
 @bp.post("/events", stream=True)

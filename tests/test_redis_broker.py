@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
+from service import metrics
 from service.brokers.redis import RedisBroker
 from service.errors import BrokerUnavailable
 from service.events import Event, parse_draft
@@ -378,6 +380,36 @@ async def test_pipelines_in_flight_together_keep_order_and_answer_each_caller() 
         assert [r.seq for r in results] == list(range(1, 10))
         page = await broker.history("ordered")
         assert [e.seq for e in page.events] == list(range(1, 10))
+
+
+def publishes_timed() -> tuple[float, float]:
+    """How many broker publishes the histogram holds so far, and their summed seconds."""
+    metrics.flush()
+    count = REGISTRY.get_sample_value("relay_broker_operation_duration_seconds_count", {"operation": "publish"})
+    total = REGISTRY.get_sample_value("relay_broker_operation_duration_seconds_sum", {"operation": "publish"})
+    return count or 0.0, total or 0.0
+
+
+async def test_coalesced_publishes_are_timed_once_each_per_pipeline_round_trip() -> None:
+    """Each publish of a pipeline is observed once, with the pipeline's time from its write to its replies."""
+    async with private_broker("timed") as (server, broker):
+        metrics.instrument_broker(broker)
+        assert not hasattr(broker.publish, "_relay_timed")  # no timing coroutine around each call
+        count, total = publishes_timed()
+        admin = server.client()
+        started = time.monotonic()
+        try:
+            admin.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # replies wait until unpaused
+            first, second = await _two_pipelines_in_flight(broker, "timed", 3)
+            admin.execute_command("CLIENT", "UNPAUSE")
+            await asyncio.gather(*first, *second)
+        finally:
+            admin.close()
+        elapsed = time.monotonic() - started
+        after_count, after_total = publishes_timed()
+        assert after_count - count == 6
+        # Each of the six observations is its pipeline's time in flight: more than nothing, at most the whole test.
+        assert 0 < after_total - total <= 6 * elapsed
 
 
 async def test_a_connection_broken_with_two_pipelines_in_flight_fails_both_and_resends_nothing() -> None:

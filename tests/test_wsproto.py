@@ -161,6 +161,23 @@ def test_the_shared_cache_is_bounded() -> None:
         assert len(cache.entries) <= 3
 
 
+async def test_a_lean_event_given_its_loop_never_asks_asyncio_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting on a LeanEvent made with its loop does not call get_running_loop (a getpid() each on 3.11)."""
+    event = LeanEvent(asyncio.get_running_loop())
+    asked: list[bool] = []
+    real = asyncio.get_running_loop
+    monkeypatch.setattr(asyncio, "get_running_loop", lambda: asked.append(True) or real())
+    waiter = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)  # one loop turn: the task runs to its wait
+    event.set()
+    assert await waiter and asked == []
+    unbound = LeanEvent()
+    pending = asyncio.create_task(unbound.wait())
+    await asyncio.sleep(0)
+    unbound.set()
+    assert await pending and asked == [True]  # without a loop it asks, as asyncio.Event does
+
+
 async def test_lean_event_behaves_like_asyncio_event() -> None:
     """Setting wakes every waiter, wait returns at once while set, clear resets, a cancelled waiter leaves no trace."""
     event = LeanEvent()
@@ -297,6 +314,7 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
     expect(
         isinstance(io._can_write, LeanEvent) and isinstance(io._data_received, LeanEvent), "_can_write/_data_received"
     )
+    expect(io._can_write._loop is io._data_received._loop is io.loop, "the protocol's events know its loop")
     expect(isinstance(io._http.stage, Stage) and isinstance(io._time, float), "_http.stage, _time")
     expect(hasattr(io, "_callback_check_timeouts"), "WebSocketProtocol._callback_check_timeouts")
     expect(io.transport is not None and io.loop is asyncio.get_running_loop(), "transport, loop")

@@ -351,9 +351,12 @@ class LeanEvent:
     thousands of idle sockets that is a large share of memory.
     """
 
-    __slots__ = ("_value", "_waiters")
+    __slots__ = ("_loop", "_value", "_waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # The loop waiters are made on, if known: on Python 3.11 asyncio.get_running_loop()
+        # makes a getpid() system call each time, once per request for the protocol's events.
+        self._loop = loop
         self._value = False
         self._waiters: list[asyncio.Future[bool]] | None = None
 
@@ -377,7 +380,7 @@ class LeanEvent:
         """Return True once the flag is set."""
         if self._value:
             return True
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bool] = (self._loop or asyncio.get_running_loop()).create_future()
         if self._waiters is None:
             self._waiters = []
         self._waiters.append(waiter)
@@ -405,9 +408,9 @@ class _NotStarted:
 _CLOSER_NOT_STARTED = cast(asyncio.Task[None], _NotStarted())
 
 
-def _lean_event() -> asyncio.Event:
+def _lean_event(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Event:
     """A LeanEvent where Sanic declares an ``asyncio.Event``: it has every method Sanic calls."""
-    return cast(asyncio.Event, LeanEvent())
+    return cast(asyncio.Event, LeanEvent(loop))
 
 
 Refused = Callable[[int, str], None]
@@ -704,10 +707,10 @@ class RelayWebSocketProtocol(WebSocketProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_handler = direct.handle  # the publish route served past Sanic's router (direct.py)
-        can_write = _lean_event()
+        can_write = _lean_event(self.loop)
         can_write.set()
         self._can_write = can_write
-        self._data_received = _lean_event()
+        self._data_received = _lean_event(self.loop)
         self.head_started: float | None = None  # when the awaited request head started (None: none awaited)
         self.served = False  # a head was read on this connection (the next ones start with their first byte)
         self.peer_address: str | None = None  # counted in the app's PeerLimit while connected

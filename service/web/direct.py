@@ -8,7 +8,7 @@ other request to Sanic untouched (under ASGI, Sanic serves all of them).
 
 What it leaves out is Sanic's generic machinery around a handler: the router
 (a prefix and suffix match instead), the handler call chain, and the
-response objects (the 202's bytes are written at once): about 800 of the
+response objects (the 202's bytes are written at once): about 740 of the
 ~3,000 bytecodes a publish ran (``bench/bytecodes.py``). What decides the
 answer is the route's own code and Sanic's: the head was read and checked by
 Sanic and :mod:`.hardening`, the key, body limit, validation and publish are

@@ -139,12 +139,15 @@ async def test_live_message_carries_seq_event_and_frame_without_json(make_broker
     got: list[Event] = []
     broker.set_listener(lambda eid, event: got.append(event))
     await broker.subscribe("ex-3")
-    first = await broker.publish(parse_draft("ex-3", {"event": "result", "data": {"text": "a|b|c 中文"}}))
-    last = await broker.publish(parse_draft("ex-3", {"event": "complete"}))
+    drafts = [
+        parse_draft("ex-3", {"event": "result", "data": {"text": "a|b|c 中文"}}),
+        parse_draft("ex-3", {"event": "complete"}),
+    ]
+    results = [await broker.publish(d) for d in drafts]
     async with asyncio.timeout(5):
         while len(got) < 2:
             await asyncio.sleep(0.01)
-    assert got == [first.event, last.event]
+    assert got == [d.with_seq(r.seq, r.epoch) for d, r in zip(drafts, results, strict=True)]
 
 
 async def test_a_live_event_carries_its_arrival_time(make_broker: Callable[..., Any]) -> None:

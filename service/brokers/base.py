@@ -63,7 +63,9 @@ class PublishResult:
     execution_id: str
     seq: int
     duplicate: bool
-    event: Event | None = None  # None for a duplicate: nothing new to deliver
+    #: The accepted event, from a broker that hands it to the listener in-process (memory); None for a
+    #: duplicate (nothing new to deliver) and from a remote broker, whose listener gets it over the wire.
+    event: Event | None = None
     epoch: str = ""
 
 

@@ -474,15 +474,16 @@ class RedisBroker(Broker):
         return entry
 
     def _result(self, draft: EventDraft, reply: Any) -> PublishResult:
-        status, seq, epoch = int(reply[0]), int(reply[1]), reply[2]
+        """The result of one script call; no ``Event``: the listener gets the event from pub/sub."""
+        status, seq, epoch = reply[0], reply[1], reply[2]  # integers and a string, as RESP carries them
         if status < 0:
             raise ExecutionFinished()
         if status == 0:
             return PublishResult(draft.execution_id, seq, True, None, epoch)
         self.published += 1
         if len(reply) > 3:
-            self.idempotency_keys_forgotten += int(reply[3])
-        return PublishResult(draft.execution_id, seq, False, draft.with_seq(seq, epoch), epoch)
+            self.idempotency_keys_forgotten += reply[3]
+        return PublishResult(draft.execution_id, seq, False, None, epoch)
 
     async def publish(self, draft: EventDraft) -> PublishResult:
         """Run the publish script; the listener gets the event through pub/sub.

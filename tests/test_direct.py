@@ -165,6 +165,6 @@ def test_sanic_internals_keep_their_shape() -> None:
     http1 = inspect.getsource(Http.http1)
     assert "await self.protocol.request_handler(self.request)" in http1
     assert "if self.stage is Stage.HANDLER and not self.upgrade_websocket:" in http1
-    for name in ("keep_alive", "expecting_continue", "response_func", "_send", "stage", "request_body"):
+    for name in ("keep_alive", "response_func", "_send", "stage", "request_body"):
         assert name in Http.__slots__, name
     assert Stage.IDLE and Stage.HANDLER

@@ -22,8 +22,9 @@ Sanic internals relied on, checked against Sanic 25.12.1
 they move): the protocol's ``request_handler`` attribute, awaited by
 ``Http.http1`` with each request, after which ``Http.stage`` must be
 ``Stage.IDLE`` (an answer was written) for the connection to carry on;
-``Http.keep_alive``, ``Http.expecting_continue`` (answered with ``100
-Continue`` first, as Sanic does), ``Http.response_func`` and ``Http._send``.
+``Http.keep_alive``, ``Http.response_func`` and ``Http._send``. A
+``100 Continue`` needs nothing here: Sanic sends it when the body is first
+read, and an accepted publish has read its body.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 from typing import Any
 
 from sanic.http.constants import Stage
-from sanic.http.http1 import HTTP_CONTINUE
 
 from .routes.internal import accept_one
 
@@ -70,11 +70,7 @@ async def _accepted(request: Any, text: str) -> None:
         f"connection: {'keep-alive' if http.keep_alive else 'close'}\r\n"
         "content-type: application/json\r\n\r\n"
     ).encode() + body
-    if http.expecting_continue:  # the body was read, so 100 Continue went out before it: never seen
-        http.expecting_continue = False
-        data = HTTP_CONTINUE + data
-    if request.app.ctx.settings.access_log:
-        request.log_access(202)
+    request.log_access(202)
     http.response_func = None
     await http._send(data)
     http.stage = Stage.IDLE

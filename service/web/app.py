@@ -209,12 +209,13 @@ class RelayRequest(Request):
         if response is None:  # a streamed response (SSE), built here the way Sanic would
             response = HTTPResponse(status=status, headers=headers, content_type=content_type)
         response.headers["x-request-id"] = self.request_id
-        if self.app.ctx.settings.access_log:
-            self.log_access(response.status)
+        self.log_access(response.status)
         return await super().respond(response)
 
     def log_access(self, status: int) -> None:
-        """Write the access log line of this request, answered with ``status``."""
+        """Write the access log line of this request, answered with ``status`` (if ``RELAY_ACCESS_LOG`` is on)."""
+        if not self.app.ctx.settings.access_log:
+            return
         access.info(
             "request",
             extra={

@@ -986,9 +986,7 @@ def sc_redis(targets: list[Target], cfg: dict, tmp: Path) -> dict:
         fixed = _steady_run(
             t, subs, srv, ids, tmp, mode="rate", rate=rate, duration=cfg["duration"], connections=cfg["connections"]
         )
-        capacity = _steady_run(
-            t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"], connections=wide
-        )
+        capacity = _steady_run(t, subs, srv, ids, tmp, mode="closed", duration=cfg["duration"], connections=wide)
         return {"closed": closed, "rate": fixed, "capacity": capacity}
 
     try:

@@ -10,7 +10,9 @@ broker's publish script over the same kind of events (a ~200-byte frame, no
 idempotency key, 50 executions in turn) and prints redis-server's user-space
 instructions per event. The variants leave one command out (a measure only,
 never a proposal: the contract needs each), and an empty script with the same
-arguments shows what a script call costs before its first command. Counts,
+arguments shows what a script call costs before its first command. The last
+variant runs the same script body once per event inside one call per
+pipeline (what one ``EVALSHA`` per pipeline would save). Counts,
 not timings: no lock needed; run it niced.
 """
 
@@ -51,6 +53,17 @@ VARIANTS = {
     "XADD without MAXLEN": PUBLISH_LUA.replace("'MAXLEN', ARGV[6], ", ""),
     "an empty script, same arguments": "return {1, 1, 'e', 0}",
 }
+#: The publish script's body run once per event inside one script call per pipeline (KEYS: 3 per
+#: event, ARGV: 10 per event): what one EVALSHA per pipeline instead of one per event would save.
+PER_PIPELINE = (
+    "local out = {}\n"
+    "for i = 0, #KEYS / 3 - 1 do\n"
+    "  local KEYS = {KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]}\n"
+    "  local ARGV = {unpack(ARGV, 10 * i + 1, 10 * i + 10)}\n"
+    f"  out[i + 1] = (function()\n{PUBLISH_LUA.strip()}\n  end)()\n"
+    "end\n"
+    "return out"
+)
 
 
 def main() -> int:
@@ -97,15 +110,23 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
             )
 
-        def publishes(sha: str) -> None:
+        def call(n: int) -> tuple[list[str], list[str]]:
+            eid = ids[n % len(ids)]
+            keys = [f"cost:{{{eid}}}:{kind}" for kind in ("stream", "meta", "idem")]
+            argv = [HEAD, TAIL, "progress", "0", "", str(HISTORY), "600", str(int(time.time() * 1000))]
+            return keys, [*argv, f"cost:{{{eid}}}:live", f"epoch{n}"]
+
+        def publishes(sha: str, per_pipeline: bool = False) -> None:
             for first in range(0, args.events, args.pipeline):
+                calls = [call(next(ticks)) for _ in range(first, min(first + args.pipeline, args.events))]
+                if per_pipeline:
+                    keys = [key for k, _ in calls for key in k]
+                    replies = client.evalsha(sha, len(keys), *keys, *(arg for _, a in calls for arg in a))
+                    assert [r[0] for r in replies] == [1] * len(calls), replies
+                    continue
                 pipe = client.pipeline(transaction=False)
-                for _ in range(first, min(first + args.pipeline, args.events)):
-                    n = next(ticks)
-                    eid = ids[n % len(ids)]
-                    keys = [f"cost:{{{eid}}}:{kind}" for kind in ("stream", "meta", "idem")]
-                    argv = [HEAD, TAIL, "progress", "0", "", str(HISTORY), "600", str(int(time.time() * 1000))]
-                    pipe.evalsha(sha, 3, *keys, *argv, f"cost:{{{eid}}}:live", f"epoch{n}")
+                for keys, argv in calls:
+                    pipe.evalsha(sha, 3, *keys, *argv)
                 pipe.execute()
 
         def instructions() -> int:
@@ -121,11 +142,13 @@ def main() -> int:
             return totals
 
         publishes(client.script_load(PUBLISH_LUA))  # warm-up
-        for label, source in VARIANTS.items():
+        variants = [(label, source, False) for label, source in VARIANTS.items()]
+        variants.append(("one script call per pipeline", PER_PIPELINE, True))
+        for label, source, per_pipeline in variants:
             sha = client.script_load(source)
             control("-z")
             control("-i", "on")
-            publishes(sha)
+            publishes(sha, per_pipeline)
             control("-i", "off")
             print(f"{label:34s} {instructions() / args.events:9,.0f} instructions per event", flush=True)
         reader.stop()

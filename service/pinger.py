@@ -20,6 +20,8 @@ every event in flight, for 40 ms per 2,000 sockets; a 32nd of them per turn
 interval (``bench/tail_probe.py``), and their 62 pongs came back together. So a turn visits
 ``PER_TURN`` sockets at most (more only past ``sweep / MIN_GAP * PER_TURN``
 sockets), and a sweep takes as many turns as that needs, at least ``SLICES``.
+With fewer sockets than ``SLICES``, a turn visits one socket, so a process
+with no sockets wakes once a sweep instead of ``SLICES`` times.
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class Pinger:
 
 def turns(sockets: int, sweep: float) -> int:
     """Turns of the loop a sweep over ``sockets`` sockets lasting ``sweep`` seconds is spread over."""
-    wanted = max(SLICES, -(-sockets // PER_TURN))  # PER_TURN sockets a turn at most
+    if sockets < SLICES:
+        return max(1, sockets)  # a socket a turn; none: one turn, to look again a sweep later
+    wanted = -(-sockets // PER_TURN)  # PER_TURN sockets a turn at most
     return max(SLICES, min(wanted, int(sweep / MIN_GAP)))
 
 

@@ -91,6 +91,38 @@ async def test_a_sweep_visits_a_slice_of_the_sockets_per_turn() -> None:
     assert set(first_visits.values()) == {4}  # the same share each turn
 
 
+async def test_a_few_sockets_are_visited_one_a_turn() -> None:
+    """Fewer sockets than SLICES: each has a turn of its own (an idle process does not wake SLICES times a sweep)."""
+    first_visits = await first_sweep(0.4, 3)
+    assert sorted(first_visits.values()) == [1, 1, 1]
+
+
+async def test_an_idle_pinger_wakes_once_a_sweep() -> None:
+    """With no socket open, the loop sleeps a whole sweep at a time; a socket added meanwhile is visited."""
+    pinger = Pinger(0.4, 0.4)  # a sweep every 0.2 s
+    sleeps: list[float] = []
+    second = asyncio.Event()
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+        if len(sleeps) == 2:
+            second.set()
+        await real_sleep(delay)
+
+    pinger.start()
+    sock = Socket(pinger)
+    asyncio.sleep = sleep  # type: ignore[assignment]  # the pinger's sleeps from here on, counted
+    try:
+        await asyncio.wait_for(second.wait(), 5)  # two empty sweeps: one sleep each
+        pinger.sockets.add(sock)
+        await asyncio.wait_for(sock.visited.wait(), 5)
+    finally:
+        asyncio.sleep = real_sleep  # type: ignore[assignment]
+        await pinger.stop()
+    assert sleeps[:2] == [0.2, 0.2]
+
+
 async def test_a_turn_visits_a_few_sockets_however_many_are_open() -> None:
     """With many sockets a sweep takes more turns, PER_TURN sockets each: pings (and pongs) never come in a crowd."""
     first_visits = await first_sweep(0.8, PER_TURN * 100)  # a sweep every 0.4 s
@@ -99,8 +131,12 @@ async def test_a_turn_visits_a_few_sockets_however_many_are_open() -> None:
 
 
 def test_turns_per_sweep() -> None:
-    """A sweep takes SLICES turns at least, else PER_TURN sockets a turn, turns no closer than MIN_GAP."""
-    assert turns(0, 10.0) == SLICES
+    """A sweep takes SLICES turns at least, else PER_TURN sockets a turn, turns no closer than MIN_GAP;
+    with fewer sockets than SLICES, a turn per socket, and one turn per sweep when there are none."""
+    assert turns(0, 10.0) == 1
+    assert turns(1, 10.0) == 1
+    assert turns(SLICES - 1, 10.0) == SLICES - 1
+    assert turns(SLICES, 10.0) == SLICES
     assert turns(PER_TURN * SLICES, 10.0) == SLICES
     assert turns(2000, 10.0) == 250
     assert turns(10**6, 10.0) == int(10.0 / MIN_GAP)  # a million sockets: 200 a turn, 500 turns a second

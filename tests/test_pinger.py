@@ -131,8 +131,10 @@ async def test_a_turn_visits_a_few_sockets_however_many_are_open() -> None:
 
 
 def test_turns_per_sweep() -> None:
-    """A sweep takes SLICES turns at least, else PER_TURN sockets a turn, turns no closer than MIN_GAP;
-    with fewer sockets than SLICES, a turn per socket, and one turn per sweep when there are none."""
+    """A sweep takes SLICES turns at least, else PER_TURN sockets a turn, turns no closer than MIN_GAP.
+
+    With fewer sockets than SLICES, a turn per socket, and one turn per sweep when there are none.
+    """
     assert turns(0, 10.0) == 1
     assert turns(1, 10.0) == 1
     assert turns(SLICES - 1, 10.0) == SLICES - 1

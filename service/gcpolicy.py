@@ -20,14 +20,22 @@ The policy (choice), installed in served processes only:
   busy machine, 1-3 times in every 3 s (``bench/tail_probe.py --sizes``); now
   none examines more than ~1,800 but for a young one catching a burst.
 - The price: an object frozen and later left in a reference cycle is not
-  reclaimed by a collection. A closed connection leaves ~40 such objects
-  (cycles inside Sanic and websockets); a POST leaves none. So once as many
-  connections have closed as are open (and at least ``min_closed``), a
-  *compaction* runs from the event loop: ``gc.unfreeze()``, one full
-  collection of everything, and its survivors frozen again. It pauses like
-  CPython's own full collection, but once per turnover of the connections
-  instead of at every quarter of growth, and never while connections only
-  arrive.
+  reclaimed by a collection. A closed connection used to leave ~40 such
+  objects (cycles inside Sanic and websockets: the socket and its protocol
+  referring to each other, websockets' frame parser, the bound method Sanic's
+  ``Http`` keeps of itself). Those cycles are now broken when a connection
+  ends (``service/web/wsproto.py``, ``hardening.py``, ``routes/ws.py``), and
+  ``tests/test_gcpolicy.py`` checks that no way of ending one (a close
+  handshake, a dropped socket, a refused token, a publish, a stream, a long
+  poll) leaves one; a POST never did. What is left to a *compaction* is a
+  path no test covers: once four times as many connections have closed as
+  are open, and at least ``min_closed`` (20,000), it runs from the event
+  loop: ``gc.unfreeze()``, one full collection of everything, and its
+  survivors frozen again. It stands the loop still for as long as a full
+  collection of every live object takes (~1 µs an object on the benchmark
+  machine: ~0.4 s with 1,000 sockets left), so it must be rare: when it ran
+  after every turnover, a crowd of 5,000 sockets dropping at once stalled
+  every other socket for half a second (docs/performance.md).
 
 Every collection, compactions included, is timed in
 ``relay_gc_pause_seconds{generation}`` (service/metrics.py).
@@ -41,15 +49,15 @@ from typing import Any
 
 __all__ = ["CollectionPolicy", "policy"]
 
-#: Seconds from the closing that completes a turnover to the compaction: Sanic and websockets
+#: Seconds from the closing that makes a compaction due to the compaction: Sanic and websockets
 #: finish tearing a connection down (its tasks, the closing handshake) after it is lost.
 COMPACTION_DELAY = 1.0
 
 
 class CollectionPolicy:
-    """Freezes the survivors of every collection; compacts after a turnover of connections."""
+    """Freezes the survivors of every collection; compacts after many connections have closed."""
 
-    def __init__(self, min_closed: int = 1000) -> None:
+    def __init__(self, min_closed: int = 20_000) -> None:
         self.min_closed = min_closed
         self.installed = False
         self.open = 0
@@ -86,10 +94,10 @@ class CollectionPolicy:
         self.open += 1
 
     def connection_closed(self) -> None:
-        """Count a closed connection; schedule a compaction after a turnover."""
+        """Count a closed connection; schedule a compaction after four turnovers (and ``min_closed`` closes)."""
         self.open -= 1
         self.closed += 1
-        if self.installed and not self._compaction_due and self.closed >= max(self.open, self.min_closed):
+        if self.installed and not self._compaction_due and self.closed >= max(4 * self.open, self.min_closed):
             self._compaction_due = True
             asyncio.get_running_loop().call_later(COMPACTION_DELAY, self.compact)
 

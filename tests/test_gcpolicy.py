@@ -13,12 +13,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from websockets.server import ServerProtocol
 
 from service.events import Event
 from service.gcpolicy import CollectionPolicy
+from service.subscription import Subscription
 from service.web import wsproto
+from service.web.hardening import RelayHttp
 from service.web.wsproto import RelayWebSocketProtocol
-from tests.conftest import recv_json
+from tests.conftest import make_token, recv_json
 
 
 def scanned(kind: type) -> int:
@@ -82,7 +85,7 @@ async def test_young_collections_freeze_events_kept_in_history(server: Any, poli
 
 
 async def test_compaction_reclaims_closed_connections(start_server: Callable[..., Any], policy: Any) -> None:
-    """Once as many connections closed as are open (at least min_closed), a compaction frees their cycles."""
+    """Once four times as many connections closed as are open (at least min_closed), a compaction runs."""
     server = await start_server()
     policy.install()
     sockets = [await server.connect(f"gc-closed-{i}") for i in range(policy.min_closed)]
@@ -100,6 +103,89 @@ async def test_compaction_reclaims_closed_connections(start_server: Callable[...
     assert policy.closed == 0
     policy.uninstall()  # unfreezes (without collecting): closed ones not reclaimed would be visible again
     assert scanned_protocols() == 0
+
+
+async def test_a_crowd_leaving_makes_no_compaction_due(start_server: Callable[..., Any], policy: Any) -> None:
+    """Fewer closes than four times the sockets still open: no compaction (it would stall those sockets)."""
+    server = await start_server()
+    policy.install()
+    staying = [await server.connect(f"gc-stay-{i}") for i in range(5)]
+    leaving = [await server.connect(f"gc-leave-{i}") for i in range(3 * len(staying))]
+    for ws in staying + leaving:
+        assert (await recv_json(ws))["type"] == "connected"
+    for ws in leaving:
+        ws.transport.abort()  # dropped all at once
+    await wait_for(lambda: policy.open == len(staying))
+
+    assert policy.closed == len(leaving) >= policy.min_closed  # enough closes, but not four times the open ones
+    assert policy.compactions == 0 and not policy._compaction_due
+
+
+#: What each connection has on the server side (a cycle through any of them holds its whole graph). Not
+#: the request: the contexts of asyncio's timers hold it until they are due, cancelled ones too (it
+#: holds none of these).
+PER_CONNECTION = (RelayWebSocketProtocol, RelayHttp, ServerProtocol, Subscription)
+
+
+def left_over() -> list[str]:
+    """The per-connection server objects still in memory."""
+    return sorted(kind.__qualname__ for kind in map(type, gc.get_objects()) if issubclass(kind, PER_CONNECTION))
+
+
+async def close_ws(server: Any, how: str) -> None:
+    """Open sockets (refused ones too) and end them: a close handshake, or a dropped TCP connection."""
+    token = "not-a-token" if how == "refused" else None
+    sockets = [await server.connect(f"gc-cycles-{i}", token=token) for i in range(5)]
+    for ws in sockets:
+        if how == "refused":
+            await ws.wait_closed()
+            assert ws.close_code == 4500  # the token was refused
+        else:
+            assert (await recv_json(ws))["type"] == "connected"
+            if how == "abort":
+                ws.transport.abort()
+            else:
+                await ws.close()
+    server.sockets.clear()
+
+
+async def close_http(server: Any, how: str) -> None:
+    """Publish over keep-alive; read a stream (SSE) and a long poll; then close the client's connections."""
+    assert (await server.publish("gc-cycles-http")).status_code == 202
+    token = make_token("gc-cycles-http")
+    if how == "sse":
+        async with server.http.stream("GET", f"/v1/executions/gc-cycles-http/stream?token={token}") as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    break  # the first event: the client leaves mid-stream
+    elif how == "poll":
+        response = await server.http.get(f"/v1/executions/gc-cycles-http/events?token={token}&after=0")
+        assert response.status_code == 200
+    await server.http.aclose()
+
+
+@pytest.mark.parametrize("how", ["ws-close", "ws-abort", "ws-refused", "publish", "sse", "poll"])
+async def test_a_closed_connection_leaves_no_reference_cycle(
+    start_server: Callable[..., Any], policy: Any, how: str
+) -> None:
+    """Whichever way a connection ends, refcounting frees all its server objects: nothing waits for a collection.
+
+    Frozen by the policy while open, an object in a cycle could only be freed by a
+    compaction (a full collection of everything, standing the loop still): after a
+    crowd of clients drops at once, that was the one long pause left.
+    """
+    server = await start_server()
+    gc.collect()
+    gc.disable()  # from here, only reference counting frees anything
+    try:
+        if how.startswith("ws-"):
+            await close_ws(server, how.removeprefix("ws-"))
+        else:
+            await close_http(server, how)
+        await wait_for(lambda: policy.open == 0)  # every connection_lost has run
+        await wait_for(lambda: not left_over())  # and what each held is freed (their tasks end a turn or two later)
+    finally:
+        gc.enable()
 
 
 def test_uninstall_restores_cpython_policy() -> None:

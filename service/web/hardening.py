@@ -74,6 +74,17 @@ class RelayHttp(Http):
         if protocol.served:
             protocol.head_started = time.monotonic() if self.recv_buffer else None
 
+    async def http1(self) -> None:
+        """Sanic's request loop; when it ends, forget the bound method of this object kept in ``response_func``.
+
+        That method refers back to the object: a reference cycle that kept every
+        closed connection's ``Http`` (with its ``request``) for the cycle collector.
+        """
+        try:
+            await super().http1()  # type: ignore[no-untyped-call]
+        finally:
+            self.response_func = None
+
     async def http1_request_header(self) -> None:
         """Read and parse the head like Sanic, then refuse malformed field lines with 400."""
         try:

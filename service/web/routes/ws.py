@@ -209,6 +209,7 @@ async def _serve(
             received = getattr(ws.ws_proto, "close_rcvd", None)
             metrics.ws_closed(received.code if received is not None else None, "client")
         sub.close(closecodes.GOING_AWAY)  # no-op if already closed; unregisters
+        ws.listener = None  # socket -> reader -> subscription -> sink -> socket: no cycle left to collect
         log.info(
             "websocket closed",
             extra={

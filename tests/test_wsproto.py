@@ -326,6 +326,8 @@ async def test_sanic_internals_keep_their_shape(server: Server) -> None:
     expect(isinstance(proto.writes, list) and isinstance(proto.extensions, list), "ServerProtocol.writes/extensions")
     for name in ("send_text", "send_ping", "send_close", "data_to_send", "receive_data", "events_received"):
         expect(callable(getattr(proto, name, None)), f"ServerProtocol.{name}")
+    expect(inspect.isgenerator(proto.parser) and proto.parser_exc is None, "ServerProtocol.parser/parser_exc")
+    expect(io._http.response_func is not None, "Http.response_func (cleared when http1() ends: hardening.py)")
     expect(ws.io_proto.transport is io.transport, "io_proto.transport")
     expect(isinstance(ws.conn_mutex, asyncio.Lock), "conn_mutex")
     expect(isinstance(ws.pings, dict), "pings")

@@ -18,6 +18,11 @@ Everything here touches Sanic's private parts (checked against Sanic 25.12.1;
   response; the connection closes instead (a lingering close: the relay
   half-closes, discards what still arrives for ``LINGER`` s, then closes, so
   the peer reads the answer instead of a reset).
+- **No reference cycle left behind.** Sanic's ``Http`` keeps a bound method of
+  itself in ``response_func`` (the next response's writer); once its request
+  loop (``http1()``) ends, that is cleared, so a closed connection's ``Http``
+  goes with its last reference instead of waiting for the cycle collector
+  (``service/gcpolicy.py``).
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ class RelayHttp(Http):
         try:
             await super().http1()  # type: ignore[no-untyped-call]
         finally:
-            self.response_func = None
+            self.response_func = None  # type: ignore[assignment]  # Sanic sets None itself between responses
 
     async def http1_request_header(self) -> None:
         """Read and parse the head like Sanic, then refuse malformed field lines with 400."""

@@ -50,8 +50,11 @@ lists and tests its own):
   ``data_received``, ``close(timeout)``, ``connection_made(transport)``,
   ``connection_lost(exc)`` and ``check_timeouts()`` are extended, reading
   ``_http.stage`` (``sanic.http.constants.Stage.IDLE``), ``_time``,
-  ``transport`` and ``loop``; ``__init__`` replaces the ``_can_write`` and
-  ``_data_received`` events with :class:`LeanEvent`.
+  ``transport`` and ``loop``; ``connection_lost`` then sets ``websocket`` to
+  ``None``, closes websockets' ``ServerProtocol.parser`` (a generator) and
+  drops the traceback of its ``parser_exc`` (reference cycles otherwise);
+  ``__init__`` replaces the ``_can_write`` and ``_data_received`` events with
+  :class:`LeanEvent`.
 - ``sanic.server.websockets.impl.WebsocketImplProtocol``, subclassed as
   ``_LeanImpl``: built as ``(ws_proto, ping_interval=, ping_timeout=,
   close_timeout=)``; its ``__init__`` is replaced (Sanic's attributes less
@@ -882,6 +885,12 @@ def listen(ws: WebsocketImplProtocol, listener: Listener) -> None:
     if not isinstance(ws, _LeanImpl):
         raise TypeError("listen() needs a socket served by RelayWebSocketProtocol")
     ws.listen(listener)
+
+
+def stop_listening(ws: WebsocketImplProtocol) -> None:
+    """Forget ``ws``'s listener (what arrives from now on is held): the socket no longer refers to it."""
+    if isinstance(ws, _LeanImpl):
+        ws.listener = None
 
 
 def _guard(app: Any) -> FrameGuard | None:

@@ -30,7 +30,7 @@ from ...pinger import ping_payload
 from ...relay import Refused, Relay
 from ...subscription import Subscription
 from ..http import bearer_or_query_token
-from ..wsproto import listen, shared_text_frame
+from ..wsproto import listen, shared_text_frame, stop_listening
 
 __all__ = ["bp"]
 
@@ -209,7 +209,7 @@ async def _serve(
             received = getattr(ws.ws_proto, "close_rcvd", None)
             metrics.ws_closed(received.code if received is not None else None, "client")
         sub.close(closecodes.GOING_AWAY)  # no-op if already closed; unregisters
-        ws.listener = None  # socket -> reader -> subscription -> sink -> socket: no cycle left to collect
+        stop_listening(ws)  # socket -> reader -> subscription -> sink -> socket: no cycle left to collect
         log.info(
             "websocket closed",
             extra={

@@ -127,9 +127,9 @@ async def test_a_crowd_leaving_makes_no_compaction_due(start_server: Callable[..
 PER_CONNECTION = (RelayWebSocketProtocol, RelayHttp, ServerProtocol, Subscription)
 
 
-def left_over() -> list[str]:
-    """The per-connection server objects still in memory."""
-    return sorted(kind.__qualname__ for kind in map(type, gc.get_objects()) if issubclass(kind, PER_CONNECTION))
+def per_connection() -> list[Any]:
+    """The per-connection server objects in memory."""
+    return [o for o in gc.get_objects() if issubclass(type(o), PER_CONNECTION)]
 
 
 async def close_ws(server: Any, how: str) -> None:
@@ -176,6 +176,12 @@ async def test_a_closed_connection_leaves_no_reference_cycle(
     """
     server = await start_server()
     gc.collect()
+    before = per_connection()  # earlier tests' (kept alive here, so no new object takes one's id)
+    earlier = {id(o) for o in before}
+
+    def left_over() -> list[str]:
+        return sorted(type(o).__qualname__ for o in per_connection() if id(o) not in earlier)
+
     gc.disable()  # from here, only reference counting frees anything
     try:
         if how.startswith("ws-"):

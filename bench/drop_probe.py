@@ -2,6 +2,7 @@
 
     python bench/drop_probe.py                              # (a) and the relay, 2 rounds
     python bench/drop_probe.py --targets relay --tree before:/tmp/old --rounds 3
+    python bench/drop_probe.py --targets relay --env RELAY_LOG_LEVEL=WARNING
 
 Each trial starts a fresh server as ``bench/run.py`` does: ``--subscribers``
 sockets (one per execution) receive ``--rate`` events/s from the ``rates``
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--targets", default="sanic_minimal,relay")
     ap.add_argument("--tree", action="append", default=[], help="LABEL:DIR: one more relay, from the tree DIR")
+    ap.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE added to every relay's environment (trees too)"
+    )
     ap.add_argument("--subscribers", type=int, default=1000)
     ap.add_argument("--crowd", type=int, default=5000)
     ap.add_argument("--rate", type=int, default=1000)
@@ -83,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         start = f"import sys, runpy;sys.path.insert(0, {directory!r}); runpy.run_module('service', run_name='__main__')"
         t.command = lambda start=start: [bench.PY, "-c", start]  # type: ignore[method-assign]
         targets.append(t)
+    for t in targets:
+        if t.is_relay:
+            t.extra_env.update(dict(kv.split("=", 1) for kv in args.env))
     for _ in range(args.rounds):
         for t in targets:
             print(f"{t.name:16s} {trial(t, tmp, args)}", flush=True)

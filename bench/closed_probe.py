@@ -113,13 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         t.extra_env.update(dict(kv.split("=", 1) for kv in env.split(",") if kv))
         targets.append(t)
     for spec in args.tree:
-        label, _, directory = spec.partition(":")
-        t = bench.Target(name=f"relay_{label}", **bench.TARGETS["relay"])
-        start = f"import sys, runpy;sys.path.insert(0, {directory!r}); runpy.run_module('service', run_name='__main__')"
-        t.command = lambda start=start: [bench.PY, "-c", start]  # type: ignore[method-assign]
+        t = bench.tree_target(spec)
         t.extra_env.update(dict(kv.split("=", 1) for kv in args.env))
         # A prefix of its own: with a shared one, each tree's events would reach the other's subscribers too.
-        t.extra_env["RELAY_REDIS_PREFIX"] = f"{t.extra_env.get('RELAY_REDIS_PREFIX', 'relay')}-{label}"
+        t.extra_env["RELAY_REDIS_PREFIX"] = f"{t.extra_env.get('RELAY_REDIS_PREFIX', 'relay')}-{spec.partition(':')[0]}"
         targets.append(t)
     pubcfg = dict(mode="closed", connections=args.connections)
     rows: dict[str, list[dict]] = {t.name: [] for t in targets}

@@ -81,12 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.raise_fd_limit()
     tmp = Path(tempfile.mkdtemp(prefix="drop-probe-"))
     targets = [bench.Target(name=name, **bench.TARGETS[name]) for name in args.targets.split(",")]
-    for spec in args.tree:
-        label, _, directory = spec.partition(":")
-        t = bench.Target(name=f"relay_{label}", **bench.TARGETS["relay"])
-        start = f"import sys, runpy;sys.path.insert(0, {directory!r}); runpy.run_module('service', run_name='__main__')"
-        t.command = lambda start=start: [bench.PY, "-c", start]  # type: ignore[method-assign]
-        targets.append(t)
+    targets += [bench.tree_target(spec) for spec in args.tree]
     for t in targets:
         if t.is_relay:
             t.extra_env.update(dict(kv.split("=", 1) for kv in args.env))

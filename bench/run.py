@@ -146,6 +146,15 @@ REDIS_PREFIX = f"relaybench{os.getpid()}"
 _jwt = None
 
 
+def tree_target(spec: str) -> Target:
+    """``LABEL:DIR``: one more relay target, ``relay_LABEL``, running the service and auth packages found in DIR."""
+    label, _, directory = spec.partition(":")
+    t = Target(name=f"relay_{label}", **TARGETS["relay"])
+    start = f"import sys, runpy;sys.path.insert(0, {directory!r}); runpy.run_module('service', run_name='__main__')"
+    t.command = lambda: [PY, "-c", start]  # type: ignore[method-assign]
+    return t
+
+
 def mint_token(execution_id: str, sub: str) -> str:
     global _jwt
     if _jwt is None:
